@@ -1,0 +1,145 @@
+"""Typed pipeline parameters: load `params.yaml`, apply `--set section.key=value` overrides.
+
+This is the only module that reads the params file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from catsdogs.errors import UserError
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: str = "kaggle:bhavikjikadara/dog-and-cat-classification-dataset"
+    classes: list[str] = Field(default_factory=lambda: ["cat", "dog"], min_length=2)
+
+
+class ValidationParams(_Section):
+    allowed_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png"])
+    min_samples_per_class: int = Field(20, ge=1)
+    min_decodable_fraction: float = Field(0.95, ge=0, le=1)
+    max_imbalance_ratio: float = Field(1.5, ge=1)
+    min_width: int = Field(32, ge=1)
+    min_height: int = Field(32, ge=1)
+
+
+class TransformParams(_Section):
+    image_size: int = Field(224, ge=16, le=1024)
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    workers: int = Field(0, ge=0)
+
+
+class SplitParams(_Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitParams:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("split.train + split.val + split.test must equal 1")
+        return self
+
+
+class TrainParams(_Section):
+    batch_size: int = Field(32, ge=1, le=4096)
+    epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    seed: int = 42
+    num_workers: int = Field(2, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class ModelParams(_Section):
+    arch: Literal["resnet18", "mobilenet_v2"] = "resnet18"
+    weights: str = "imagenet"
+    freeze_backbone: bool = False
+
+
+class MlflowParams(_Section):
+    experiment_name: str = "Cats vs Dogs CNN"
+    registered_model_name: str = "CatsDogsCNN"
+
+
+class PromoteParams(_Section):
+    metric: Literal["accuracy", "precision", "recall", "f1", "roc_auc"] = "f1"
+    min_delta: float = Field(0.0, ge=0)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    validation: ValidationParams = ValidationParams()
+    transform: TransformParams = TransformParams()
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    model: ModelParams = ModelParams()
+    mlflow: MlflowParams = MlflowParams()
+    promote: PromoteParams = PromoteParams()
+
+    def flat(self) -> dict[str, Any]:
+        """Every parameter as `section.key -> value` (for MLflow params and stamps)."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+        }
+
+    def fingerprint(self, *sections: str) -> str:
+        """A stable hash of the named sections (all when none), for idempotency stamps."""
+        dumped = self.model_dump()
+        chosen = {name: dumped[name] for name in (sections or dumped)}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split `section.key=value`; the value is parsed as YAML (so `5`, `1e-4`, `[a, b]` work)."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=1")
+    return section, key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Load and validate params; an unknown key or a wrong type is a UserError naming it."""
+    path = Path(path) if path else DEFAULT_PARAMS_FILE
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a mapping of sections at the top level")
+    elif path != DEFAULT_PARAMS_FILE:
+        raise UserError(f"params file {path} does not exist")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in Params.model_fields:
+            raise UserError(f"--set {text!r}: unknown section {section!r} "
+                            f"(one of {', '.join(Params.model_fields)})")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"{path}: section {section!r} must be a mapping")
+        raw[section][key] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise UserError(f"invalid params ({path}): {problems}") from None

@@ -1,0 +1,85 @@
+"""Start real server processes for tests (MLflow, BentoML, Airflow) and stop them cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None,
+              log_file: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail with the server's log tail if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} was up:\n"
+                               f"{_tail(log_file)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not up after {timeout:.0f}s:\n{_tail(log_file)}")
+
+
+def _tail(log_file: Path | None, lines: int = 40) -> str:
+    if log_file is None or not log_file.exists():
+        return ""
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_process(argv: list[str], log_file: Path, env: dict[str, str] | None = None,
+                  cwd: Path | None = None) -> subprocess.Popen:
+    """Start `argv` in its own process group, output to `log_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = log_file.open("ab")
+    return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                            start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM the whole process group, SIGKILL what is left after `timeout`."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def start_mlflow_server(workdir: Path, python_bin: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free loopback port: SQLite backend, proxied artefacts."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [str(python_bin.parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+            "--artifacts-destination", str(workdir / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log_file = workdir / "server.log"
+    process = start_process(argv, log_file, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, process=process, log_file=log_file)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, url
