@@ -6,13 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv system-deps tools test lint demo bench clean up down logs
+.PHONY: help venv system-deps tools test lint demo demo-stop bench clean up down logs images
 
 help:
 	@echo "make demo    pipeline end to end (Airflow + MLflow), then serve the champion"
 	@echo "make test    create/reuse .venv and run the whole test suite"
 	@echo "make lint    ruff"
 	@echo "make bench   benchmarks (real photos in ../shared)"
+	@echo "make images build the Docker images (docker compose platform, docs/compose.md)"
+	@echo "make up     start the platform in docker compose; make down / make logs"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +43,11 @@ test: venv system-deps tools
 demo: venv
 	bash scripts/demo.sh
 
+# Stop what `make demo` left running (MLflow, the Airflow services, the Bento service).
+demo-stop:
+	if [ -f scripts/serve.sh ]; then bash scripts/serve.sh stop; fi
+	bash scripts/airflow-services.sh stop
+
 bench: venv
 	$(BIN)/python benchmarks/transform_speed.py
 	$(BIN)/python benchmarks/train_quality.py
@@ -48,3 +55,30 @@ bench: venv
 
 clean:
 	rm -rf data .demo test-artifacts .pytest_cache
+
+# The platform in docker compose (docs/compose.md): images, start (waits for health), stop, logs.
+images:
+	bash scripts/docker-images.sh
+
+up:
+	bash scripts/docker-up.sh
+
+down:
+	docker compose --profile serving down
+
+logs:
+	docker compose --profile serving logs -f --tail=100
+
+# Serving (docs/serving.md): import the registry's champion into the Bento model store, package a
+# bento (BENTO_BASE_IMAGE=... picks the image's base), serve it in the background on BENTO_PORT.
+.PHONY: bento-import bento-build serve
+bento-import: venv
+	$(BIN)/python -m bentoservice.import_model $(if $(MODEL_URI),--model-uri $(MODEL_URI))
+
+bento-build: bento-import
+	mkdir -p .demo
+	sed 's|^  base_image: .*|  base_image: $(or $(BENTO_BASE_IMAGE),python:3.11-slim)|' bentoservice/bentofile.yaml > .demo/bentofile.yaml
+	$(BIN)/bentoml build -f .demo/bentofile.yaml .
+
+serve: venv
+	bash scripts/serve.sh

@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"catsdogs {args.command}: interrupted; outputs were left as they were",
               file=sys.stderr)
         return 130
-    print(summary.line())
+    if not options.get("as_json"):          # a stage's --json output stands alone on stdout
+        print(summary.line())
     return 0
 
 

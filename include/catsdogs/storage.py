@@ -56,6 +56,7 @@ def atomic_dir(target: Path, stamp: str | None = None) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; stage containers may run as another user
     try:
         yield tmp
         if stamp is not None:
@@ -79,6 +80,7 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(0o644)  # mkstemp makes 0600
     try:
         yield tmp
         os.replace(tmp, target)

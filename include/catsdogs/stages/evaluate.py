@@ -1,6 +1,17 @@
-"""The evaluate stage (being built: see the open issue)."""
+"""The evaluate stage: score a registered model on any folder of class sub-folders.
+
+`catsdogs evaluate --images DIR [--model models:/CatsDogsCNN@champion] [--json]` prints accuracy,
+precision, recall, F1, ROC-AUC (dog is the positive class) and the confusion matrix; with `--json`
+a JSON document that also lists every prediction.
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.errors import UserError
@@ -8,5 +19,59 @@ from catsdogs.paths import DataPaths
 from catsdogs.summary import Summary
 
 
-def run(params: Params, paths: DataPaths) -> Summary:
-    raise UserError("the evaluate stage is not built yet")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path,
+                        help="folder with cat/ and dog/ sub-folders of images")
+    parser.add_argument("--model", default=None,
+                        help="registered model URI (default: models:/<registered name>@champion)")
+    parser.add_argument("--json", dest="as_json", action="store_true",
+                        help="print the result as JSON (instead of the summary line)")
+
+
+def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) -> dict[str, Any]:
+    """Score `model` on `images`: metrics, confusion matrix and per-image predictions."""
+    from catsdogs import tracking
+    from catsdogs.data_loading import ImageFolderDataset, list_images, make_loader
+    from catsdogs.metrics import classification_metrics, confusion
+    from catsdogs.model import CLASSES, eval_transform
+    from catsdogs.training import pick_device, predict, resolve_precision
+
+    if not images.is_dir():
+        raise UserError(f"--images {images}: not a folder; give a folder with "
+                        f"{' and '.join(f'{c}/' for c in CLASSES)} sub-folders")
+    list_images(images)                      # a folder without cat/ and dog/ fails before MLflow
+    tracking.connect(paths)
+    ref = tracking.resolve_model(model or f"models:/{params.mlflow.registered_model_name}@champion")
+    device = pick_device()
+    precision = resolve_precision(params.train.precision, device)
+    dataset = ImageFolderDataset(images, eval_transform(ref.image_size))
+    loader = make_loader(dataset, params.train.batch_size, shuffle=False, seed=0,
+                         num_workers=params.train.num_workers, device=device)
+    labels, probs = predict(tracking.load_model(ref, device), loader, device, precision)
+    metrics = classification_metrics(labels, probs)
+    return {
+        "model": ref.uri, "version": ref.version, "run_id": ref.run_id, "images": str(images),
+        "count": len(labels), "precision_mode": precision,
+        "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
+        "confusion_matrix": {"labels": list(CLASSES), "rows_true_cols_predicted":
+                             confusion(labels, probs)},
+        "predictions": [
+            {"path": str(path), "label": CLASSES[label], "prob_dog": prob,
+             "predicted": CLASSES[int(prob >= 0.5)]}
+            for (path, label), prob in zip(dataset.items, probs, strict=True)
+        ],
+    }
+
+
+def run(params: Params, paths: DataPaths, images: Path, model: str | None = None,
+        as_json: bool = False) -> Summary:
+    result = evaluate(params, paths, images, model)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    metrics = result["metrics"]
+    matrix = result["confusion_matrix"]["rows_true_cols_predicted"]
+    shown = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items())
+    message = (f"{result['model']} (v{result['version']}) on {result['count']} images: {shown}; "
+               f"confusion [[cat->cat, cat->dog], [dog->cat, dog->dog]] = {matrix}")
+    return Summary("evaluate", message, details={k: v for k, v in result.items()
+                                                 if k != "predictions"})

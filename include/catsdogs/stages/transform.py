@@ -1,12 +1,118 @@
-"""The transform stage (being built: see the open issue)."""
+"""Transform: RGB + square resize + stratified split into `transformed/{train,val,test}/<label>/`.
+
+Each image goes through `catsdogs.images.decode_image` (EXIF orientation, every colour mode to RGB,
+JPEG draft decoding by 1/2..1/8 only while at least twice the output size remains, as Pillow's own
+`thumbnail` does), then it is resized directly to `transform.image_size` squared with Pillow's
+antialiased BILINEAR filter: exactly the squash resize that `catsdogs.model.eval_transform`
+(torchvision `Resize((s, s))`) applies to an uploaded photo at serving time, so training pixels
+match serving pixels. Output is JPEG at `transform.jpeg_quality`. The split is stratified per class and seeded (`split.seed`): the same
+prepared manifest always gives byte-identical `splits.csv`. Work runs on a process pool
+(`transform.workers`, 0 = one per core).
+"""
 
 from __future__ import annotations
 
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
 from catsdogs.config import Params
 from catsdogs.errors import UserError
+from catsdogs.manifest import read_csv, write_csv
 from catsdogs.paths import DataPaths
+from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
 from catsdogs.summary import Summary
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ("path", "split", "label", "source")
+DRAFT_GAP = 2  # JPEG draft keeps >= 2x the output size, so the final resample still antialiases
+ALGORITHM = "squash-bilinear-draft2x/v1"  # part of the stamp: bump when output changes
+
+
+def square_image(source: Path, size: int) -> Any:
+    """Decode (draft mode) and squash-resize to a size x size RGB image."""
+    from PIL import Image
+
+    from catsdogs.images import decode_image
+
+    image = decode_image(source, draft_size=size * DRAFT_GAP)
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def _transform_one(job: tuple[str, str, int, int]) -> str:
+    """Worker: write one output JPEG; returns '' or an error message."""
+    from catsdogs.images import ImageRejected
+
+    source, target, size, quality = job
+    try:
+        square_image(Path(source), size).save(target, "JPEG", quality=quality)
+    except (ImageRejected, OSError) as exc:
+        return f"{source}: {exc}"
+    return ""
+
+
+def assign_splits(rows: list[dict[str, str]], params: Params) -> list[tuple[str, dict[str, str]]]:
+    """(split, row) pairs: per class, a seeded shuffle of the path-sorted rows cut by fractions."""
+    chosen: list[tuple[str, dict[str, str]]] = []
+    for label in params.data.classes:
+        members = sorted((r for r in rows if r["label"] == label), key=lambda r: r["path"])
+        random.Random(f"{params.split.seed}:{label}").shuffle(members)
+        n_val = round(len(members) * params.split.val)
+        n_test = round(len(members) * params.split.test)
+        n_train = len(members) - n_val - n_test
+        for index, row in enumerate(members):
+            split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
+            chosen.append((split, row))
+    return chosen
+
+
+def _output_names(rows: list[dict[str, str]]) -> dict[str, str]:
+    """prepared path -> output file name (`<stem>.jpg`, plus a hash when two stems clash)."""
+    stems = Counter((r["label"], Path(r["path"]).stem) for r in rows)
+    return {r["path"]: (f"{Path(r['path']).stem}.jpg" if stems[(r["label"], Path(r["path"]).stem)] == 1
+                        else f"{Path(r['path']).stem}-{r['sha256'][:8]}.jpg") for r in rows}
 
 
 def run(params: Params, paths: DataPaths) -> Summary:
-    raise UserError("the transform stage is not built yet")
+    """Write transformed/ and splits.csv (skipped when the inputs and params are unchanged)."""
+    from catsdogs.parallel import parallel_map, worker_count
+
+    rows = read_csv(paths.prepared_manifest, ("path", "label", "sha256"), "prepare")
+    settings = params.transform
+    stamp = fingerprint(sha256_file(paths.prepared_manifest), settings.image_size,
+                        settings.jpeg_quality, params.split.model_dump(),
+                        list(params.data.classes), ALGORITHM)
+    if is_up_to_date([paths.transformed], stamp):
+        return Summary("transform", f"{paths.transformed} is up to date", skipped=True)
+    if not rows:
+        raise UserError(f"{paths.prepared_manifest} lists no images: check `catsdogs prepare`")
+
+    assigned = assign_splits(rows, params)
+    names = _output_names(rows)
+    with atomic_dir(paths.transformed, stamp=stamp) as tmp:
+        for split in SPLITS:
+            for label in params.data.classes:
+                (tmp / split / label).mkdir(parents=True)
+        records = [{"path": f"{split}/{row['label']}/{names[row['path']]}", "split": split,
+                    "label": row["label"], "source": row["path"]} for split, row in assigned]
+        jobs = [(str(paths.prepared / r["source"]), str(tmp / r["path"]), settings.image_size,
+                 settings.jpeg_quality) for r in records]
+        errors = [e for e in parallel_map(_transform_one, jobs, desc="transform",
+                                          workers=settings.workers) if e]
+        if errors:
+            raise UserError(f"{len(errors)} images could not be transformed (first: {errors[0]}); "
+                            "re-run `catsdogs prepare` to screen them out")
+        records.sort(key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        write_csv(tmp / "splits.csv", records, SPLIT_COLUMNS)
+
+    counts = Counter((r["split"], r["label"]) for r in records)
+    text = "; ".join(f"{split} " + ", ".join(f"{label} {counts[(split, label)]}"
+                                            for label in params.data.classes) for split in SPLITS)
+    return Summary("transform", f"{len(records)} images at {settings.image_size}px "
+                   f"({text}) with {worker_count(settings.workers)} workers into {paths.transformed}",
+                   details={"images": len(records),
+                            "counts": {f"{s}/{lab}": n for (s, lab), n in counts.items()}})

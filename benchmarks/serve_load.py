@@ -1,0 +1,205 @@
+"""Load test: the catsdogs Bento service against the usual Flask app for this task.
+
+    python benchmarks/serve_load.py [--requests 300] [--concurrency 1 8 32]
+
+Both serve the same MLflow model file. The baseline is what a Flask tutorial for cats vs dogs
+does: one process, one image per request, PIL decode + the evaluation transform, fp32 eager
+model. Both get the same real photos (../shared/data/petimages-sample) at each concurrency;
+the table gives requests/s, p50 and p99 latency and the throughput ratio.
+
+The model: `--model-uri models:/CatsDogsCNN@champion` (with MLFLOW_TRACKING_URI) benchmarks the
+real champion; without it an untrained resnet18 (weights "none") is registered in a temporary
+MLflow store: the speed of a network does not depend on its weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
+
+from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
+
+
+def register_untrained(tracking_uri: str, arch: str, image_size: int) -> str:
+    """Register an untrained `arch` as CatsDogsBench@champion; returns its model URI."""
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from catsdogs.model import CLASSES, build_model
+    from catsdogs.tracking import CHAMPION, log_and_register, version_tags
+
+    mlflow.set_tracking_uri(tracking_uri)
+    net = build_model(arch, weights="none").eval()
+    example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
+    with mlflow.start_run():
+        version = log_and_register(net, "CatsDogsBench", example,
+                                   version_tags(image_size, CLASSES, arch))
+    MlflowClient().set_registered_model_alias("CatsDogsBench", CHAMPION, version.version)
+    return "models:/CatsDogsBench@champion"
+
+
+def flask_baseline(model_dir: str, image_size: int, port: int) -> None:
+    """The baseline server (run in its own process by main)."""
+    import mlflow.pytorch
+    import torch
+    from flask import Flask, jsonify, request
+    from PIL import Image
+
+    from catsdogs.model import CLASSES, eval_transform
+
+    model = mlflow.pytorch.load_model(model_dir, map_location="cpu").eval()
+    transform = eval_transform(image_size)
+    app = Flask("baseline")
+
+    @app.post("/predict")
+    def predict():  # type: ignore[no-untyped-def]
+        image = Image.open(io.BytesIO(request.files["image"].read())).convert("RGB")
+        with torch.no_grad():
+            probs = torch.softmax(model(transform(image).unsqueeze(0)), dim=1)[0].tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return jsonify(label=CLASSES[best], confidence=probs[best])
+
+    @app.get("/health")
+    def health():  # type: ignore[no-untyped-def]
+        return "ok"
+
+    app.run(host="127.0.0.1", port=port, threaded=False)
+
+
+async def load(url: str, photos: list[bytes], concurrency: int, count: int
+               ) -> tuple[float, list[float], int]:
+    """Send `count` requests, `concurrency` at a time: (successful requests/s, latencies in s,
+    errors)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal next_index, errors
+            while next_index < count:
+                index = next_index
+                next_index += 1
+                form = aiohttp.FormData()
+                form.add_field("image", photos[index % len(photos)], filename="photo.jpg",
+                               content_type="image/jpeg")
+                started = time.perf_counter()
+                async with session.post(url, data=form) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return (count - errors) / elapsed, latencies, errors
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
+        else values[0]
+
+
+def measure(name: str, url: str, photos: list[bytes], levels: list[int], count: int
+            ) -> dict[int, tuple[float, float, float, int]]:
+    asyncio.run(load(url, photos, 4, 40))  # warm-up
+    results = {}
+    for concurrency in levels:
+        rate, latencies, errors = asyncio.run(load(url, photos, concurrency, count))
+        results[concurrency] = (rate, 1000 * percentile(latencies, 50),
+                                1000 * percentile(latencies, 99), errors)
+        print(f"  {name:8s} c={concurrency:<3d} {rate:7.1f} req/s  p50 "
+              f"{results[concurrency][1]:7.1f} ms  p99 {results[concurrency][2]:7.1f} ms  "
+              f"errors {errors}", flush=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", default=None, help="registered model (default: untrained)")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--requests", type=int, default=300, help="requests per level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--calibration-images", type=int, default=400,
+                        help="photos for the fp32/bf16 agreement check at import")
+    parser.add_argument("--flask-baseline", nargs=3, metavar=("MODEL_DIR", "SIZE", "PORT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.flask_baseline:
+        flask_baseline(args.flask_baseline[0], int(args.flask_baseline[1]),
+                       int(args.flask_baseline[2]))
+        return 0
+    if not (SAMPLE / "cat").is_dir():
+        print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
+        return 2
+    photos = [p.read_bytes() for p in sorted((SAMPLE / "cat").glob("*.jpg"))[: args.photos // 2]
+              + sorted((SAMPLE / "dog").glob("*.jpg"))[: args.photos // 2]]
+    work = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "PYTHONPATH": str(REPO_ROOT)}
+    model_uri = args.model_uri
+    if model_uri is None:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+        model_uri = register_untrained(env["MLFLOW_TRACKING_URI"], args.arch, args.image_size)
+    subprocess.run([sys.executable, "-m", "bentoservice.import_model", "--model-uri", model_uri,
+                    "--calibration-dir", str(SAMPLE), "--calibration-images",
+                    str(args.calibration_images), "--data-dir", str(work / "data")],
+                   env=env, cwd=REPO_ROOT, check=True)
+    meta = subprocess.run(
+        [sys.executable, "-c", "import bentoml, json; m = bentoml.models.get('catsdogs_cnn:latest');"
+         "print(json.dumps([m.path_of('mlflow_model'), m.info.metadata]))"],
+        env=env, capture_output=True, text=True, check=True).stdout
+    import json
+
+    model_dir, metadata = json.loads(meta.strip().splitlines()[-1])
+    print(f"model {model_uri} ({metadata['arch']}, {metadata['image_size']} px); fp32/bf16 "
+          f"label agreement: {metadata.get('bf16_agreement')} on "
+          f"{metadata.get('bf16_agreement_images', 0)} photos", flush=True)
+
+    results = {}
+    for name in ("bentoml", "flask"):
+        port = free_port()
+        if name == "bentoml":
+            argv = [str(Path(sys.executable).parent / "bentoml"), "serve",
+                    "bentoservice.service:CatsDogs", "--host", "127.0.0.1", "--port", str(port)]
+            health, url = "/readyz", f"http://127.0.0.1:{port}/predict"
+        else:
+            argv = [sys.executable, __file__, "--flask-baseline", model_dir,
+                    str(metadata["image_size"]), str(port)]
+            health, url = "/health", f"http://127.0.0.1:{port}/predict"
+        log_file = work / f"{name}.log"
+        process = start_process(argv, log_file, env=env, cwd=REPO_ROOT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}{health}", 180, process, log_file)
+            results[name] = measure(name, url, photos, args.concurrency, args.requests)
+        finally:
+            stop_process(process)
+    print(f"\n{'concurrency':>11} | {'bentoml req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'flask req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | ratio")
+    for c in args.concurrency:
+        b, f = results["bentoml"][c], results["flask"][c]
+        print(f"{c:>11} | {b[0]:>13.1f} {b[1]:>7.1f} {b[2]:>7.1f} | {f[0]:>11.1f} {f[1]:>7.1f} "
+              f"{f[2]:>7.1f} | {b[0] / f[0]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

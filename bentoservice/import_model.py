@@ -1,0 +1,181 @@
+"""Import a registered MLflow model (default `models:/CatsDogsCNN@champion`) into the Bento model
+store, so `bentoml build` packages it and the served image needs no MLflow server at run time.
+
+    python -m bentoservice.import_model [--model-uri models:/CatsDogsCNN@champion]
+
+The Bento model carries the registry name, version, run id, architecture, image size and classes
+in its metadata, plus the measured fp32/bf16 label agreement on real photos (the service uses
+bf16 only when it is >= 99.5%). Re-importing the same registry version is a no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from catsdogs.config import Params, load_params
+from catsdogs.console import setup_logging
+from catsdogs.errors import UserError
+from catsdogs.paths import DataPaths
+from catsdogs.summary import Summary
+
+logger = logging.getLogger(__name__)
+
+BENTO_MODEL_NAME = "catsdogs_cnn"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
+
+
+def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
+    """Registry facts about the model version: name, version, run id, arch, image size, classes."""
+    from mlflow import MlflowClient
+
+    from catsdogs.tracking import resolve_model
+
+    ref = resolve_model(model_uri)
+    tags = MlflowClient().get_model_version(ref.name, ref.version).tags
+    return {
+        "registered_model": ref.name,
+        "version": ref.version,
+        "alias": model_uri.split("@", 1)[1] if "@" in model_uri else "",
+        "run_id": ref.run_id,
+        "source_uri": model_uri,
+        "arch": tags.get("arch") or params.model.arch,
+        "image_size": ref.image_size,
+        "classes": list(ref.classes),
+    }
+
+
+def _existing(bento_model: str, version: str, run_id: str) -> str | None:
+    """Tag of a stored Bento model imported from the same registry version, if any."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.list(bento_model)
+    except NotFound:
+        return None
+    for model in stored:
+        labels = model.info.labels
+        if labels.get("mlflow_version") == version and labels.get("mlflow_run_id") == run_id:
+            return str(model.tag)
+    return None
+
+
+def calibration_files(folder: Path | None, limit: int, seed: int = 0) -> list[Path]:
+    """Up to `limit` photos (balanced over class sub-folders) for the fp32/bf16 agreement check."""
+    if folder is None or limit <= 0 or not folder.is_dir():
+        return []
+    groups = [sorted(p for p in sub.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+              for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    rng = random.Random(seed)
+    per_group = max(1, limit // max(1, len(groups)))
+    chosen: list[Path] = []
+    for files in groups:
+        chosen += rng.sample(files, min(per_group, len(files)))
+    return chosen[:limit]
+
+
+def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
+                           files: Sequence[Path]) -> float | None:
+    """fp32 vs bf16 label agreement of the imported model on `files` (None when not measurable)."""
+    import torch
+
+    from bentoservice.runtime import bf16_agreement, load_network
+    from catsdogs.images import ImageRejected, decode_image
+    from catsdogs.model import cpu_supports_bf16, preprocess_batch
+
+    if not files or not cpu_supports_bf16():
+        return None
+    images = []
+    for path in files:
+        try:
+            images.append(decode_image(path, draft_size=metadata["image_size"]))
+        except ImageRejected:
+            continue
+    net = load_network(model_dir, metadata["arch"])
+    batches = [preprocess_batch(images[i:i + 32], metadata["image_size"])
+               for i in range(0, len(images), 32)]
+    with torch.inference_mode():
+        return bf16_agreement(net, batches) if batches else None
+
+
+def run(params: Params, paths: DataPaths, model_uri: str | None = None,
+        bento_model: str = BENTO_MODEL_NAME, calibration_dir: Path | None = None,
+        calibration_images: int = 400) -> Summary:
+    """Import the model into the Bento store; skip when that registry version is already there."""
+    import bentoml
+
+    from catsdogs.tracking import CHAMPION, connect
+
+    model_uri = model_uri or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
+    connect(paths)
+    metadata = resolve_metadata(model_uri, params)
+    labels = {"mlflow_model": metadata["registered_model"], "mlflow_version": metadata["version"],
+              "mlflow_run_id": metadata["run_id"]}
+    found = _existing(bento_model, metadata["version"], metadata["run_id"])
+    if found:
+        return Summary("bento-import", f"{model_uri} (version {metadata['version']}) already "
+                       f"imported as {found}", skipped=True, details={"tag": found, **metadata})
+    imported = bentoml.mlflow.import_model(bento_model, model_uri, labels=labels,
+                                           metadata=metadata)
+    stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
+    files = calibration_files(calibration_dir, calibration_images)
+    agreement = measure_bf16_agreement(Path(stored.path_of("mlflow_model")), metadata, files)
+    if agreement is not None:
+        metadata.update(bf16_agreement=round(agreement, 5), bf16_agreement_images=len(files))
+        stored.info.metadata.update(metadata)
+        stored.flush()
+        logger.info("fp32/bf16 label agreement on %d photos: %.2f%%", len(files), 100 * agreement)
+    logger.info("imported %s (version %s, run %s) as %s", model_uri, metadata["version"],
+                metadata["run_id"], stored.tag)
+    return Summary("bento-import", f"{model_uri} (version {metadata['version']}) -> {stored.tag}",
+                   details={"tag": str(stored.tag), **metadata})
+
+
+def _default_calibration_dir(paths: DataPaths) -> Path | None:
+    for candidate in (os.environ.get("CATSDOGS_SAMPLE_DIR"), paths.split_dir("test"),
+                      SHARED_SAMPLE):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bentoservice.import_model",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", default=None,
+                        help="MLflow model URI (default: models:/<registered name>@champion)")
+    parser.add_argument("--bento-model", default=BENTO_MODEL_NAME,
+                        help=f"name in the Bento model store (default: {BENTO_MODEL_NAME})")
+    parser.add_argument("--calibration-dir", type=Path, default=None,
+                        help="photos in class sub-folders for the bf16 check (default: "
+                        "$CATSDOGS_SAMPLE_DIR, the test split, or ../shared's sample)")
+    parser.add_argument("--calibration-images", type=int, default=400,
+                        help="how many photos the bf16 check uses (0: skip; bf16 stays off)")
+    parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
+    parser.add_argument("--data-dir", default=None, help="data directory (embedded MLflow store)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        params = load_params(args.params)
+        paths = DataPaths.resolve(args.data_dir)
+        summary = run(params, paths, args.model_uri, args.bento_model,
+                      args.calibration_dir or _default_calibration_dir(paths),
+                      args.calibration_images)
+    except UserError as exc:
+        print(f"bento-import: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

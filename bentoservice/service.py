@@ -1,0 +1,226 @@
+"""The catsdogs Bento service: the champion CNN behind /predict, /predict_batch, /predict_base64,
+a web page at /, health probes and Prometheus metrics.
+
+Two services, two processes: `catsdogs` (the HTTP API) decodes and preprocesses pictures in a
+thread pool, then calls `catsdogs_model`, whose batchable `infer` runs the network on adaptive
+batches. Decoding therefore never waits behind the model. Configuration: bentoservice/settings.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+try:
+    import catsdogs  # noqa: F401  (installed in the venv; in a bento it comes from src/include)
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from bentoservice.guard import REJECT_HEADER, RequestGuard
+from bentoservice.runtime import (
+    MLFLOW_MODEL_FOLDER,
+    ModelInfo,
+    Predictor,
+    choose_device,
+    choose_precision,
+    load_network,
+    set_threads,
+)
+from bentoservice.settings import SETTINGS
+from bentoservice.web import web_app
+from catsdogs.images import ImageLimits, ImageRejected, decode_image
+from catsdogs.model import eval_transform
+
+logger = logging.getLogger("bentoservice")
+
+PREDICTIONS = bentoml.metrics.Counter(
+    name="catsdogs_predictions", documentation="Predictions served, by label",
+    labelnames=["label"])
+CONFIDENCE = bentoml.metrics.Histogram(
+    name="catsdogs_prediction_confidence", documentation="Confidence of the predicted label",
+    buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+MODEL_INFO = bentoml.metrics.Gauge(
+    name="catsdogs_model_info", documentation="The model being served (value 1)",
+    labelnames=["name", "version"], multiprocess_mode="max")
+
+
+class ModelRef(BaseModel):
+    name: str = Field(description="registered model name")
+    version: str = Field(description="registered model version")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="predicted class: cat or dog")
+    confidence: float = Field(description="probability of the predicted label")
+    probabilities: dict[str, float] = Field(description="probability of each class")
+    model: ModelRef
+
+
+@bentoml.service(name="catsdogs_model", workers=1, traffic={"timeout": 120})
+class CatsDogsModel:
+    """The network on adaptive batches (internal; the public API is the `catsdogs` service)."""
+
+    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        stored = self.bento_model
+        self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
+        self.model_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
+        self.predictor: Predictor | None = None
+        self.loaded = threading.Event()
+        threading.Thread(target=self._load, name="model-load", daemon=True).start()
+
+    def _load(self) -> None:
+        """Load, prepare and warm up the network; only then does /readyz say ready."""
+        time.sleep(SETTINGS.startup_delay_s)
+        set_threads(SETTINGS.torch_threads)
+        device = choose_device(SETTINGS.device)
+        precision = choose_precision(SETTINGS.precision, device, self.info.bf16_agreement)
+        started = time.perf_counter()
+        predictor = Predictor(load_network(self.model_dir, self.info.arch), device, precision,
+                              SETTINGS.bf16_min_batch)
+        size = self.info.image_size
+        for batch in (1, max(2, SETTINGS.bf16_min_batch)):
+            predictor(torch.zeros(batch, 3, size, size))
+        self.predictor = predictor
+        self.loaded.set()
+        logger.info("model %s v%s ready on %s (%s, %d threads) in %.1fs", self.info.name,
+                    self.info.version, device, precision, torch.get_num_threads(),
+                    time.perf_counter() - started)
+
+    def __is_ready__(self) -> bool:
+        return self.loaded.is_set()
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """N,3,H,W preprocessed pictures (float32) -> N,C class probabilities."""
+        if not self.loaded.wait(timeout=120):
+            raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
+        assert self.predictor is not None
+        return self.predictor(torch.from_numpy(batch)).numpy()
+
+
+def _error(status: int, reason: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "reason": reason}, status_code=status,
+                        headers={REJECT_HEADER: reason})
+
+
+@bentoml.asgi_app(web_app, path="/")
+@bentoml.service(name="catsdogs", workers=1,
+                 traffic={"timeout": 120, "max_concurrency": 512})
+class CatsDogs:
+    """Cats vs dogs: send a photo, get the label, its confidence and the model version."""
+
+    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    model = bentoml.depends(CatsDogsModel)
+
+    def __init__(self) -> None:
+        stored = self.bento_model
+        self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
+        self.limits = ImageLimits(max_bytes=SETTINGS.max_upload_bytes,
+                                  max_pixels=SETTINGS.max_pixels, min_side=SETTINGS.min_side,
+                                  max_aspect_ratio=SETTINGS.max_aspect_ratio)
+        self.transform = eval_transform(self.info.image_size)
+        torch.set_num_threads(1)  # one decode thread = one core; the model has its own process
+        self.pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="decode")
+        self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
+        MODEL_INFO.labels(name=self.info.name, version=self.info.version).set(1)
+        web_app.state.model = {"name": self.info.name, "version": self.info.version,
+                               "run_id": self.info.run_id, "bento_model": self.info.bento_tag,
+                               "classes": list(self.info.classes)}
+
+    def _prepare(self, source: bytes | Path) -> torch.Tensor:
+        image = decode_image(source, self.limits, draft_size=self.info.image_size)
+        return self.transform(image)
+
+    async def _tensors(self, sources: list[bytes | Path]) -> np.ndarray:
+        """Decode and preprocess in the thread pool; a bad picture raises ImageRejected (naming
+        its position when there are several)."""
+        loop = asyncio.get_running_loop()
+        tensors = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self._prepare, s) for s in sources),
+            return_exceptions=True)
+        for index, result in enumerate(tensors):
+            if isinstance(result, ImageRejected) and len(sources) > 1:
+                raise ImageRejected(result.reason,
+                                    f"image {index + 1} of {len(sources)}: {result}")
+            if isinstance(result, BaseException):
+                raise result
+        return torch.stack(tensors).numpy()
+
+    def _answer(self, probabilities: np.ndarray) -> list[Prediction]:
+        answers = []
+        for row in probabilities.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            label = self.info.classes[best]
+            PREDICTIONS.labels(label=label).inc()
+            CONFIDENCE.observe(row[best])
+            answers.append(Prediction(
+                label=label, confidence=row[best],
+                probabilities=dict(zip(self.info.classes, row, strict=True)),
+                model=self.model_ref))
+        return answers
+
+    async def _predict(self, sources: list[bytes | Path]) -> list[Prediction] | JSONResponse:
+        try:
+            batch = await self._tensors(sources)
+        except ImageRejected as exc:
+            return _error(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
+        probabilities = await self.model.to_async.infer(batch)
+        return self._answer(probabilities)
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self, image: Annotated[Path, Field(description="the photo (JPEG, PNG, WebP, GIF, ...)")],
+    ) -> Prediction:
+        """Classify one photo sent as multipart field `image`."""
+        result = await self._predict([image])
+        return result if isinstance(result, JSONResponse) else result[0]
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(
+        self, images: Annotated[list[Path], Field(description="photos, repeated field `images`")],
+    ) -> list[Prediction]:
+        """Classify several photos in one request; answers come back in the same order."""
+        if not images:
+            return _error(400, "empty", "no images: send one or more multipart fields `images`")
+        if len(images) > SETTINGS.max_batch_images:
+            return _error(400, "too_many_images", f"{len(images)} images; the limit per request "
+                          f"is {SETTINGS.max_batch_images} (CATSDOGS_MAX_BATCH_IMAGES)")
+        return await self._predict(list(images))
+
+    @bentoml.api(route="/predict_base64")
+    async def predict_base64(
+        self, image: Annotated[str, Field(description="the photo's bytes, base64-encoded")],
+    ) -> Prediction:
+        """Classify one photo sent as JSON `{"image": "<base64>"}` (a data: URL prefix is fine)."""
+        text = image.split(",", 1)[1] if image.startswith("data:") else image
+        if len(text) > SETTINGS.max_upload_bytes * 4 // 3 + 4:
+            return _error(413, "too_large", f"the encoded image is {len(text)} characters; the "
+                          f"limit is {SETTINGS.max_upload_bytes} bytes once decoded")
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            return _error(400, "bad_base64", f"`image` is not valid base64: {exc}")
+        result = await self._predict([data])
+        return result if isinstance(result, JSONResponse) else result[0]
+
+
+CatsDogs.add_asgi_middleware(RequestGuard, max_upload_bytes=SETTINGS.max_upload_bytes,
+                             max_batch_images=SETTINGS.max_batch_images)
+

@@ -1,0 +1,57 @@
+"use strict";
+const $ = (id) => document.getElementById(id);
+const drop = $("drop"), input = $("file");
+
+fetch("/model").then((r) => r.json()).then((m) => {
+  $("model-version").textContent = m.version ? `${m.name} v${m.version}` : "not loaded";
+}).catch(() => { $("model-version").textContent = "unavailable"; });
+
+function showError(text) {
+  $("result").hidden = true;
+  $("error").textContent = text;
+  $("error").hidden = false;
+}
+
+async function classify(file) {
+  $("error").hidden = true;
+  $("result").hidden = true;
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  preview.onerror = () => { preview.hidden = true; };
+  $("drop-text").textContent = `${file.name}: classifying…`;
+  const form = new FormData();
+  form.append("image", file, file.name);
+  try {
+    const response = await fetch("/predict", { method: "POST", body: form });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      showError(`Could not classify ${file.name}: ${body.error || response.statusText}`);
+      return;
+    }
+    const pct = Math.round(body.confidence * 1000) / 10;
+    $("label").textContent = body.label;
+    $("confidence").textContent = `${pct}% confident`;
+    $("bar-fill").style.width = `${pct}%`;
+    $("model-version").textContent = `${body.model.name} v${body.model.version}`;
+    $("result").hidden = false;
+  } catch (err) {
+    showError(`The service did not answer: ${err}`);
+  } finally {
+    $("drop-text").textContent = "Drop another photo, or click to choose one";
+  }
+}
+
+input.addEventListener("change", () => { if (input.files[0]) classify(input.files[0]); });
+drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") input.click(); });
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+  e.preventDefault(); drop.classList.add("over");
+}));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+}));
+drop.addEventListener("drop", (e) => {
+  const file = e.dataTransfer.files[0];
+  if (file) classify(file);
+});

@@ -1,0 +1,59 @@
+"""catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly.
+
+Wiring only: the stages come from `catsdogs.pipeline.STAGES`, the tasks from
+`catsdogs.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, CronTriggerTimetable, chain
+
+from catsdogs.airflow_tasks import (
+    DEFAULT_ARGS,
+    TEMPLATE_FILTERS,
+    TEMPLATE_MACROS,
+    dag_params,
+    make_task,
+    runner,
+    schedule,
+)
+from catsdogs.pipeline import STAGES
+
+MODE = runner()
+
+DOC_MD = f"""
+# Cats vs dogs: nightly retraining
+
+Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**; `CATSDOGS_RUNNER=docker|local`):
+
+| task | what it does |
+|------|--------------|
+""" + "\n".join(f"| `{s.name}` | {s.description} |" for s in STAGES) + """
+
+* **docker** mode runs each stage in the worker image on the shared volume `/data`; `train` and
+  `promote` get the host's GPUs when the *Use GPUs* param is on.
+* **local** mode runs the same commands as Bash tasks in the Airflow environment.
+* The trigger form's params become `--set section.key=value` overrides of `params.yaml`.
+* `validate` is a gate: a refused data set fails the run at once (no retries), nothing is trained.
+* `train` registers a challenger in MLflow (`CatsDogsCNN`); its **MLflow run** button opens the run.
+  `promote` moves `@champion` to it when it beats the champion on the chosen metric.
+"""
+
+with DAG(
+    dag_id="catsdogs_training",
+    description="Cats vs dogs: ingest, validate, prepare, transform, train, promote",
+    # No start date: the first run is the next 02:00 after the DAG appears (never a missed one).
+    schedule=CronTriggerTimetable(schedule(), timezone="UTC", run_immediately=False),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=10),
+    default_args=DEFAULT_ARGS,
+    params=dag_params(),
+    user_defined_macros=TEMPLATE_MACROS,
+    user_defined_filters=TEMPLATE_FILTERS,
+    doc_md=DOC_MD,
+    tags=["catsdogs", "ml", "training", MODE],
+) as dag:
+    chain(*(make_task(stage, MODE) for stage in STAGES))

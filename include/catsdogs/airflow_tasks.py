@@ -1,0 +1,317 @@
+"""Turn the stage table (`catsdogs.pipeline.STAGES`) into Airflow tasks, in either mode.
+
+- docker (default): one `DockerOperator` per stage running the worker image on the shared named
+  volume mounted at /data, on the compose network, GPUs requested for GPU stages when the run's
+  `gpu` param is on.
+- local: the same `catsdogs <stage>` command as a Bash task in the Airflow environment (hosts
+  without Docker, fast tests).
+
+Every task runs the same command string: `catsdogs <stage> --set section.key=value ...`, rendered
+from the run's params. Only imported by `dags/` and `plugins/`; nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+from airflow.providers.docker.exceptions import DockerContainerFailedSkipException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import Asset, BaseHook, BaseOperatorLink, Param
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
+from docker.types import DeviceRequest, Mount
+
+from catsdogs.config import ModelParams, Params, PromoteParams, load_params
+from catsdogs.errors import GateFailed
+from catsdogs.pipeline import Stage
+
+log = logging.getLogger(__name__)
+
+RUNNER_ENV = "CATSDOGS_RUNNER"
+RUNNERS = ("docker", "local")
+RUN_ID_XCOM_KEY = "mlflow_run_id"
+KAGGLE_CONN_ID = os.environ.get("CATSDOGS_KAGGLE_CONN_ID", "kaggle_default")
+DEFAULT_SCHEDULE = "0 2 * * *"
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+# "(run 6a99...)", "run_id=6a99...", "run id: 6a99..." (the train summary line names its run)
+_RUN_ID = re.compile(r"\brun(?:[ _]?id)?\s*[=:]?\s*['\"]?([0-9a-f]{32})\b", re.IGNORECASE)
+
+# DAG param -> the params.yaml key it overrides (the UI form shows these; see dag_params()).
+PARAM_KEYS: dict[str, str] = {
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "arch": "model.arch",
+    "data_source": "data.source",
+    "promote_metric": "promote.metric",
+    "promote_min_delta": "promote.min_delta",
+}
+
+
+# Every task: retries with exponential backoff (gate refusals are final, see _final_exit_codes).
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "catsdogs",
+    "retries": int(os.environ.get("CATSDOGS_TASK_RETRIES", "2")),
+    "retry_delay": timedelta(seconds=int(os.environ.get("CATSDOGS_RETRY_DELAY_S", "60"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+
+def runner() -> str:
+    """`docker` or `local`, from $CATSDOGS_RUNNER (default docker)."""
+    chosen = os.environ.get(RUNNER_ENV, "docker").strip().lower()
+    if chosen not in RUNNERS:
+        raise ValueError(f"{RUNNER_ENV}={chosen!r}: expected one of {', '.join(RUNNERS)}")
+    return chosen
+
+
+def schedule() -> str:
+    """Cron: $CATSDOGS_SCHEDULE, else Variable `catsdogs_schedule` (also read from
+    $AIRFLOW_VAR_CATSDOGS_SCHEDULE), else nightly at 02:00 UTC."""
+    if os.environ.get("CATSDOGS_SCHEDULE"):
+        return os.environ["CATSDOGS_SCHEDULE"]
+    from airflow.sdk import Variable
+
+    try:
+        return Variable.get("catsdogs_schedule", default=None) or DEFAULT_SCHEDULE
+    except Exception as exc:  # no metadata DB / API reachable while parsing: keep the default
+        log.warning("Variable catsdogs_schedule unreadable (%s); using %s", exc, DEFAULT_SCHEDULE)
+        return DEFAULT_SCHEDULE
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def default_params() -> Params:
+    """The project's params.yaml (what a stage run without overrides would use)."""
+    path = Path(os.environ.get("CATSDOGS_PARAMS", PROJECT_DIR / "params.yaml"))
+    return load_params(path) if path.is_file() else Params()
+
+
+def dag_params() -> dict[str, Param]:
+    """The trigger form: typed, bounded params whose defaults come from params.yaml."""
+    p = default_params()
+    archs = list(get_args(ModelParams.model_fields["arch"].annotation))
+    metrics = list(get_args(PromoteParams.model_fields["metric"].annotation))
+    return {
+        "epochs": Param(p.train.epochs, type="integer", minimum=1, maximum=200,
+                        title="Epochs", description="Training epochs."),
+        "lr": Param(p.train.lr, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                    title="Learning rate", description="Optimiser learning rate, in (0, 1)."),
+        "batch_size": Param(p.train.batch_size, type="integer", minimum=1, maximum=1024,
+                            title="Batch size"),
+        "arch": Param(p.model.arch, type="string", enum=archs,
+                      title="Architecture"),
+        "data_source": Param(p.data.source, type="string", minLength=5,
+                             pattern=r"^(kaggle|dir|archive):\S.*$", title="Data source",
+                             description="kaggle:OWNER/DATASET, dir:PATH (class folders) or "
+                                         "archive:PATH (zip/tar), as seen by the stage."),
+        "promote_metric": Param(p.promote.metric, type="string", enum=metrics,
+                                title="Promotion metric"),
+        "promote_min_delta": Param(p.promote.min_delta, type="number", minimum=0, maximum=1,
+                                   title="Promotion margin",
+                                   description="The challenger must beat the champion by this."),
+        "gpu": Param(_env_flag("CATSDOGS_GPU"), type="boolean", title="Use GPUs",
+                     description="Docker mode: request all GPUs for train and promote."),
+        "overrides": Param([], type="array", items={"type": "string",
+                                                    "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
+                           title="More overrides",
+                           description="Extra section.key=value settings (e.g. "
+                                       "transform.image_size=128)."),
+    }
+
+
+def overrides_from_params(params: Mapping[str, Any]) -> list[str]:
+    """`section.key=value` strings from a run's params (values JSON-encoded: YAML reads them)."""
+    items = [f"{key}={json.dumps(params[name])}" for name, key in PARAM_KEYS.items()
+             if params.get(name) is not None]
+    return items + [str(item) for item in params.get("overrides") or ()]
+
+
+def command_template(stage: Stage) -> str:
+    """The stage's command as one Jinja template; rendered, it is a shell-quoted command line."""
+    base = " ".join(shlex.quote(part) for part in stage.command())
+    return (base + "{% for item in catsdogs_overrides(params) %}"
+                   " --set {{ item | shquote }}{% endfor %}")
+
+
+TEMPLATE_MACROS: dict[str, Any] = {"catsdogs_overrides": overrides_from_params}
+TEMPLATE_FILTERS: dict[str, Any] = {"shquote": shlex.quote}
+
+
+def kaggle_credentials() -> dict[str, str]:
+    """KAGGLE_USERNAME/KAGGLE_KEY from the Airflow connection, else the environment; masked."""
+    found: dict[str, str] = {}
+    try:
+        conn = BaseHook.get_connection(KAGGLE_CONN_ID)
+        if conn.login and conn.password:
+            found = {"KAGGLE_USERNAME": conn.login, "KAGGLE_KEY": conn.password}
+    except AirflowNotFoundException:
+        pass
+    if not found and os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        found = {"KAGGLE_USERNAME": os.environ["KAGGLE_USERNAME"],
+                 "KAGGLE_KEY": os.environ["KAGGLE_KEY"]}
+    if found:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(found["KAGGLE_KEY"])
+    return found
+
+
+def parse_run_id(output: object) -> str | None:
+    """The MLflow run id named in a stage's last output line (`run <32 hex>`), if any."""
+    match = _RUN_ID.search(str(output or ""))
+    return match.group(1).lower() if match else None
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """'MLflow run' button on the train task: opens the run it logged in the MLflow UI."""
+
+    name = "MLflow run"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk.bases.xcom import BaseXCom
+
+        run_id = BaseXCom.get_value(ti_key=ti_key, key=RUN_ID_XCOM_KEY)
+        return mlflow_run_url(run_id) if run_id else ""
+
+
+def mlflow_run_url(run_id: str) -> str:
+    """The MLflow UI page of a run (base URL from $CATSDOGS_MLFLOW_UI_URL)."""
+    base = os.environ.get("CATSDOGS_MLFLOW_UI_URL") or os.environ.get(
+        "MLFLOW_TRACKING_URI", "http://localhost:5000")
+    return f"{base.rstrip('/')}/#/runs/{run_id}"
+
+
+def _final_exit_codes(stage: Stage) -> range | tuple[int, ...]:
+    """Exit codes that fail the task at once: a gate refusal always; any for a non-retryable stage."""
+    return range(1, 256) if not stage.retryable else (GateFailed.exit_code,)
+
+
+class _StageMixin:
+    """Shared by both modes: final failures skip retries; the train task pushes its MLflow run."""
+
+    stage_name: str
+    logs_mlflow_run: bool
+
+    def _finish(self, context: Any, output: Any) -> Any:
+        if self.logs_mlflow_run:
+            run_id = parse_run_id(output)
+            if run_id:
+                context["ti"].xcom_push(key=RUN_ID_XCOM_KEY, value=run_id)
+            else:
+                log.warning("%s: no MLflow run id in its last output line %r",
+                            self.stage_name, output)
+        return output
+
+    def _final(self, exc: AirflowSkipException) -> AirflowFailException:
+        return AirflowFailException(
+            f"catsdogs {self.stage_name} refused the run ({exc}); this failure is final, "
+            "retrying would not change it. Fix the data or params and trigger a new run.")
+
+
+class StageBashOperator(_StageMixin, BashOperator):
+    """Local mode: `catsdogs <stage>` in the Airflow environment (the venv's bin on PATH)."""
+
+    def __init__(self, *, stage: Stage, **kwargs: Any) -> None:
+        cwd = str(PROJECT_DIR) if (PROJECT_DIR / "params.yaml").is_file() else None
+        super().__init__(bash_command=command_template(stage), append_env=True, cwd=cwd,
+                         skip_on_exit_code=_final_exit_codes(stage), **kwargs)
+        self.stage_name = stage.name
+        self.logs_mlflow_run = stage.logs_mlflow_run
+        self.needs_kaggle = stage.needs_kaggle
+
+    def get_env(self, context: Any) -> dict:
+        """Add the venv's bin to PATH and (ingest only) Kaggle credentials, after rendering."""
+        env = super().get_env(context)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        if self.needs_kaggle:
+            env.update(kaggle_credentials())
+        return env
+
+    def execute(self, context: Any) -> Any:
+        try:
+            output = super().execute(context)
+        except AirflowSkipException as exc:
+            raise self._final(exc) from None
+        return self._finish(context, output)
+
+
+class StageDockerOperator(_StageMixin, DockerOperator):
+    """Docker mode: the stage in the worker image, GPUs only when the stage and the run want them."""
+
+    def __init__(self, *, stage: Stage, **kwargs: Any) -> None:
+        gpu = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if stage.needs_gpu else None
+        super().__init__(command=command_template(stage), device_requests=gpu,
+                         skip_on_exit_code=_final_exit_codes(stage), **kwargs)
+        self.stage_name = stage.name
+        self.logs_mlflow_run = stage.logs_mlflow_run
+        self.needs_kaggle = stage.needs_kaggle
+        self.gpu_device_requests = gpu
+
+    def device_requests_for(self, params: Mapping[str, Any]) -> list[DeviceRequest] | None:
+        """The GPU request this run gets: the stage's, when the run's `gpu` param is on."""
+        return self.gpu_device_requests if params.get("gpu") else None
+
+    def execute(self, context: Any) -> Any:
+        self.device_requests = self.device_requests_for(context["params"])
+        if self.needs_kaggle:
+            # private_environment is not a template field: never rendered, stored or logged.
+            self._private_environment = {**self._private_environment, **kaggle_credentials()}
+        try:
+            output = super().execute(context)
+        except DockerContainerFailedSkipException as exc:
+            raise self._final(exc) from None
+        return self._finish(context, output)
+
+
+def docker_settings() -> dict[str, Any]:
+    """DockerOperator settings shared by every stage (all from the environment)."""
+    mlflow_uri = (os.environ.get("CATSDOGS_WORKER_MLFLOW_URI")
+                  or os.environ.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000")
+    return {
+        "image": os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest"),
+        "docker_url": os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
+        "network_mode": os.environ.get("CATSDOGS_DOCKER_NETWORK", "catsdogs"),
+        "mounts": [Mount(target="/data", type="volume",
+                         source=os.environ.get("CATSDOGS_DATA_VOLUME", "catsdogs-data"))],
+        "mount_tmp_dir": False,
+        "auto_remove": "success",
+        "shm_size": int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3))),
+        "environment": {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": mlflow_uri,
+                        "PYTHONUNBUFFERED": "1"},
+    }
+
+
+def make_task(stage: Stage, mode: str) -> BashOperator | DockerOperator:
+    """One task for one stage; retries with exponential backoff, a timeout, its assets."""
+    common: dict[str, Any] = {
+        "task_id": stage.name,
+        "stage": stage,
+        "doc_md": f"**{stage.name}**: {stage.description}.",
+        "execution_timeout": timedelta(minutes=stage.timeout_minutes),
+        "outlets": [Asset(name=uri.split("://", 1)[1], uri=uri) for uri in stage.assets],
+    }
+    if mode == "local":
+        task: BashOperator | DockerOperator = StageBashOperator(**common)
+    else:
+        task = StageDockerOperator(**common, **docker_settings())
+    if stage.logs_mlflow_run:
+        task.operator_extra_links = (MlflowRunLink(),)
+    return task

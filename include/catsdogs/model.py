@@ -1,0 +1,135 @@
+"""The CNN: architecture factory, THE evaluation transform, and prediction helpers.
+
+Used by train (val/test), evaluate and the Bento service, so a picture is preprocessed the same
+way everywhere. Stage modules import this module inside their functions (it imports torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+CLASSES: tuple[str, ...] = ("cat", "dog")
+ARCHES: tuple[str, ...] = ("resnet18", "mobilenet_v2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_model(arch: str = "resnet18", weights: str = "imagenet", num_classes: int = 2,
+                freeze_backbone: bool = False) -> torch.nn.Module:
+    """A torchvision `arch` with its classifier head replaced by `num_classes` outputs.
+
+    `weights`: "imagenet" (torchvision's weights, from the $TORCH_HOME cache or downloaded),
+    "none" (random init) or a path to a state-dict file for the full network (either the
+    ImageNet 1000-class network or this 2-class one). `freeze_backbone` trains only the head.
+    """
+    from catsdogs.weights import backbone_weights, load_state_dict_file
+
+    if arch not in ARCHES:
+        from catsdogs.errors import UserError
+
+        raise UserError(f"model.arch={arch!r} is not supported; use one of {', '.join(ARCHES)}")
+    import torchvision
+
+    factory = getattr(torchvision.models, arch)
+    net = factory(weights=backbone_weights(arch, weights))
+    state = load_state_dict_file(weights) if weights not in ("imagenet", "none") else None
+    if state is not None and _head_outputs(state) != num_classes:
+        net.load_state_dict(state)
+        state = None
+    if freeze_backbone:
+        for parameter in net.parameters():
+            parameter.requires_grad = False
+    _replace_head(net, arch, num_classes)
+    if state is not None:
+        net.load_state_dict(state)
+    return net
+
+
+def _head_outputs(state: dict[str, torch.Tensor]) -> int:
+    """Number of classes a state dict's last layer predicts."""
+    last_bias = [key for key in state if key.endswith(".bias")][-1]
+    return int(state[last_bias].shape[0])
+
+
+def _replace_head(net: torch.nn.Module, arch: str, num_classes: int) -> None:
+    if arch == "resnet18":
+        net.fc = torch.nn.Linear(net.fc.in_features, num_classes)
+    else:
+        last = net.classifier[-1]
+        net.classifier[-1] = torch.nn.Linear(last.in_features, num_classes)
+
+
+def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """THE evaluation transform: RGB, resize to image_size x image_size, ImageNet normalisation.
+
+    A squash resize, like the transform stage's: an already-resized picture passes unchanged.
+    """
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Lambda(_to_rgb),
+        transforms.Resize((image_size, image_size), antialias=True),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Training augmentation: random resized crop and horizontal flip, then normalisation."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Lambda(_to_rgb),
+        transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def preprocess_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
+    """Stack pictures into an N,3,H,W float32 batch with the evaluation transform."""
+    transform = eval_transform(image_size)
+    return torch.stack([transform(image) for image in images])
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bfloat16 matrix support (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed precision for `precision` in {fp32, bf16, fp16} on `device` (fp32: a no-op)."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def predict_proba(model: torch.nn.Module, batch: torch.Tensor,
+                  precision: str = "fp32") -> torch.Tensor:
+    """Softmax class probabilities (N,2, float32, on the CPU) for a preprocessed batch."""
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode(), autocast(device, precision):
+        inputs = batch.to(device, non_blocking=True)
+        if device.type == "cuda" or precision == "bf16":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        logits = model(inputs)
+    return torch.softmax(logits.float(), dim=1).cpu()

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The demo's services on this host, no Docker: an MLflow server (SQLite backend) and Airflow 3
+# (api-server, scheduler, dag-processor, triggerer; embedded SQLite, LocalExecutor, local mode:
+# each stage runs as a Bash task with this venv's `catsdogs`).
+#
+#   scripts/airflow-services.sh start    start (or restart) them, wait until healthy
+#   scripts/airflow-services.sh stop     stop them (SIGTERM to each process group, then SIGKILL)
+#   scripts/airflow-services.sh status   which are running
+#
+# Everything lives under .demo/ (DEMO_DIR): pid files in pids/, logs in logs/, the Airflow home,
+# the MLflow store and the data dir. Ports: AIRFLOW_PORT (8080), MLFLOW_PORT (5000); DEMO_HOST
+# (127.0.0.1) is the address they listen on.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEMO_DIR="${DEMO_DIR:-$ROOT/.demo}"
+BIN="${VENV_BIN:-$ROOT/.venv/bin}"
+HOST="${DEMO_HOST:-127.0.0.1}"
+AIRFLOW_PORT="${AIRFLOW_PORT:-8080}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+PIDS="$DEMO_DIR/pids"
+LOGS="$DEMO_DIR/logs"
+SERVICES=(mlflow api-server scheduler dag-processor triggerer)
+
+say() { printf '\033[1m[services]\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31m[services] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+running() {  # NAME -> 0 when its process group is alive
+  local pidfile="$PIDS/$1.pid"
+  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+stop_one() {
+  local name="$1" pidfile="$PIDS/$1.pid" pid
+  [[ -f "$pidfile" ]] || return 0
+  pid="$(cat "$pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+    say "stopped $name (process group $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+start_one() {  # NAME ARGV... : own process group (setsid), pid file, log file
+  local name="$1"; shift
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+wait_http() {  # URL NAME TIMEOUT_S
+  local url="$1" name="$2" timeout="$3" waited=0
+  until curl -fs -o /dev/null --max-time 3 "$url"; do
+    running "$name" || die "$name exited while starting; last lines of $LOGS/$name.log:
+$(tail -n 30 "$LOGS/$name.log" 2>/dev/null)"
+    (( waited >= timeout )) && die "$name not answering at $url after ${timeout}s (see $LOGS/$name.log)"
+    sleep 1; waited=$((waited + 1))
+  done
+}
+
+port_free() {
+  ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+write_env() {
+  # Settings every Airflow process (and the demo) shares; secrets generated once, kept in .demo/.
+  mkdir -p "$DEMO_DIR/airflow" "$DEMO_DIR/data" "$DEMO_DIR/mlflow" "$PIDS" "$LOGS"
+  local secrets="$DEMO_DIR/airflow/secrets.env"
+  if [[ ! -f "$secrets" ]]; then
+    umask 077
+    {
+      echo "AIRFLOW__API_AUTH__JWT_SECRET=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')"
+      echo "AIRFLOW__API__SECRET_KEY=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')"
+    } >"$secrets"
+    umask 022
+  fi
+  cat >"$DEMO_DIR/env.sh" <<EOF
+# Written by scripts/airflow-services.sh: source it to talk to the demo's services.
+set -a
+. "$secrets"
+AIRFLOW_HOME="$DEMO_DIR/airflow"
+AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$DEMO_DIR/airflow/airflow.db"
+AIRFLOW__CORE__EXECUTOR=LocalExecutor
+AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+AIRFLOW__CORE__LOAD_EXAMPLES=false
+AIRFLOW__CORE__PARALLELISM=4
+AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://$HOST:$AIRFLOW_PORT/execution/"
+AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
+AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$DEMO_DIR/airflow/passwords.json"
+AIRFLOW__API__BASE_URL="http://$HOST:$AIRFLOW_PORT"
+AIRFLOW__API__WORKERS=1
+AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=10
+CATSDOGS_RUNNER=local
+CATSDOGS_DATA_DIR="$DEMO_DIR/data"
+MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
+CATSDOGS_MLFLOW_UI_URL="http://$HOST:$MLFLOW_PORT"
+PATH="$BIN:\$PATH"
+AIRFLOW_URL="http://$HOST:$AIRFLOW_PORT"
+set +a
+EOF
+  # shellcheck disable=SC1091
+  . "$DEMO_DIR/env.sh"
+  if [[ ! -f "$DEMO_DIR/airflow/passwords.json" ]]; then  # the UI login: admin / generated
+    (umask 077; "$BIN/python" -c 'import json, secrets; print(json.dumps({"admin": secrets.token_urlsafe(12)}))' \
+      >"$DEMO_DIR/airflow/passwords.json")
+  fi
+}
+
+start() {
+  [[ -x "$BIN/airflow" && -x "$BIN/mlflow" ]] || die "no venv at $BIN: run 'make venv' first"
+  stop
+  write_env
+  for port in "$MLFLOW_PORT" "$AIRFLOW_PORT"; do
+    port_free "$port" || die "port $port on $HOST is taken; free it or set MLFLOW_PORT / AIRFLOW_PORT"
+  done
+  say "MLflow server on $MLFLOW_TRACKING_URI (SQLite: $DEMO_DIR/mlflow/mlflow.db)"
+  start_one mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$BIN/mlflow" server \
+    --backend-store-uri "sqlite:///$DEMO_DIR/mlflow/mlflow.db" \
+    --artifacts-destination "$DEMO_DIR/mlflow/artifacts" \
+    --host "$HOST" --port "$MLFLOW_PORT" --workers 1
+  say "Airflow metadata database (SQLite: $AIRFLOW_HOME/airflow.db)"
+  "$BIN/airflow" db migrate >>"$LOGS/airflow-db-migrate.log" 2>&1 \
+    || die "airflow db migrate failed (see $LOGS/airflow-db-migrate.log)"
+  start_one api-server "$BIN/airflow" api-server --host "$HOST" --port "$AIRFLOW_PORT"
+  for name in scheduler dag-processor triggerer; do start_one "$name" "$BIN/airflow" "$name"; done
+  say "waiting for MLflow and the Airflow API server"
+  wait_http "$MLFLOW_TRACKING_URI/health" mlflow 180
+  wait_http "$AIRFLOW_URL/api/v2/monitor/health" api-server 180
+  for name in scheduler dag-processor triggerer; do
+    running "$name" || die "$name exited; last lines of $LOGS/$name.log:
+$(tail -n 30 "$LOGS/$name.log")"
+  done
+  say "up: Airflow $AIRFLOW_URL, MLflow $MLFLOW_TRACKING_URI (logs in $LOGS)"
+}
+
+stop() {
+  mkdir -p "$PIDS"
+  for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do stop_one "${SERVICES[i]}"; done
+}
+
+status() {
+  for name in "${SERVICES[@]}"; do
+    if running "$name"; then echo "$name: running (pid $(cat "$PIDS/$name.pid"))"
+    else echo "$name: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Base images for the project's Dockerfiles and for compose's Postgres and Prometheus.
+# Uses the official images (python:3.11-slim, postgres:16, prom/prometheus) when present or
+# pullable; otherwise (no Docker Hub) builds stand-ins from Debian packages on a debootstrap
+# root file system. Prints KEY=VALUE lines for compose/.env on stdout; logs go to stderr.
+#   CATSDOGS_BASE=auto|official|local   (default auto)
+#   CATSDOGS_BASE_REBUILD=1              rebuild the local stand-ins even when they exist
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+MODE="${CATSDOGS_BASE:-auto}"
+export DOCKER_BUILDKIT=0
+log() { echo "docker-base-images: $*" >&2; }
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+pullable() { have "$1" || timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
+
+OFFICIAL_PYTHON=python:3.11-slim
+OFFICIAL_POSTGRES=postgres:16
+OFFICIAL_PROMETHEUS=prom/prometheus:v2.55.1
+LOCAL_DEBIAN=catsdogs-base/debian:bookworm
+LOCAL_PYTHON=catsdogs-base/python:3.11
+LOCAL_POSTGRES=catsdogs-base/postgres:15
+LOCAL_PROMETHEUS=catsdogs-base/prometheus:2
+
+if [ "$MODE" = official ] || { [ "$MODE" = auto ] && pullable "$OFFICIAL_PYTHON" \
+     && pullable "$OFFICIAL_POSTGRES" && pullable "$OFFICIAL_PROMETHEUS"; }; then
+  log "using the official base images"
+  echo "BASE_IMAGE=$OFFICIAL_PYTHON"
+  echo "POSTGRES_IMAGE=$OFFICIAL_POSTGRES"
+  echo "PROMETHEUS_IMAGE=$OFFICIAL_PROMETHEUS"
+  exit 0
+fi
+
+log "building local base images from Debian packages (no Docker Hub)"
+bash "$ROOT/scripts/docker-ca.sh"
+rebuild="${CATSDOGS_BASE_REBUILD:-0}"
+if [ "$rebuild" = 1 ] || ! have "$LOCAL_DEBIAN"; then
+  command -v debootstrap >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+  rootfs="$(mktemp -d /tmp/catsdogs-rootfs.XXXXXX)"
+  trap 'rm -rf "$rootfs"' EXIT
+  log "debootstrap bookworm (minbase) into $rootfs"
+  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import - "$LOCAL_DEBIAN" >/dev/null
+  rm -rf "$rootfs"
+fi
+build() {  # image dockerfile; in the background, its log in build/
+  if [ "$rebuild" = 1 ] || ! have "$1"; then
+    log "building $1"
+    local name; name="$(basename "$2" .Dockerfile)"
+    ( docker build --network host --build-arg "DEBIAN_IMAGE=$LOCAL_DEBIAN" \
+        -f "$2" -t "$1" . >"build/docker-build-base-$name.log" 2>&1 \
+      || { log "$1 FAILED:"; tail -30 "build/docker-build-base-$name.log" >&2; exit 1; } ) &
+    pids+=($!)
+  fi
+}
+mkdir -p build
+pids=()
+build "$LOCAL_PYTHON" docker/base/python.Dockerfile
+build "$LOCAL_POSTGRES" docker/base/postgres.Dockerfile
+build "$LOCAL_PROMETHEUS" docker/base/prometheus.Dockerfile
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || exit 1
+echo "BASE_IMAGE=$LOCAL_PYTHON"
+echo "POSTGRES_IMAGE=$LOCAL_POSTGRES"
+echo "PROMETHEUS_IMAGE=$LOCAL_PROMETHEUS"

@@ -1,0 +1,165 @@
+"""The DAG's shape: task order, schedule, the trigger form's params, the docker-mode operators'
+settings (image, volume, shm, network, environment, GPUs), the rendered commands, credentials
+and the MLflow link."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk.definitions.param import ParamValidationError
+
+from catsdogs.airflow_tasks import (
+    DEFAULT_SCHEDULE,
+    StageBashOperator,
+    StageDockerOperator,
+    kaggle_credentials,
+    mlflow_run_url,
+    overrides_from_params,
+    parse_run_id,
+)
+from catsdogs.config import load_params
+from catsdogs.pipeline import STAGE_NAMES
+
+ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote"]
+SECRET = "s3cr3t-kaggle-key-value"
+
+
+def _chain(dag) -> list[str]:
+    order, task = [], dag.get_task("ingest")
+    while task is not None:
+        order.append(task.task_id)
+        downstream = list(task.downstream_list)
+        assert len(downstream) <= 1
+        task = downstream[0] if downstream else None
+    return order
+
+
+@pytest.mark.parametrize("runner", ["docker", "local"])
+def test_tasks_run_in_stage_order(parse_dag, runner: str) -> None:
+    dag = parse_dag(runner)
+    assert list(STAGE_NAMES) == ORDER
+    assert sorted(dag.task_ids) == sorted(ORDER)
+    assert _chain(dag) == ORDER
+    kind = StageDockerOperator if runner == "docker" else StageBashOperator
+    assert all(isinstance(task, kind) for task in dag.tasks)
+
+
+def test_nightly_schedule_without_catchup(parse_dag) -> None:
+    dag = parse_dag("local")
+    assert dag.timetable.expression == DEFAULT_SCHEDULE == "0 2 * * *"
+    assert str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+@pytest.mark.parametrize("name", ["CATSDOGS_SCHEDULE", "AIRFLOW_VAR_CATSDOGS_SCHEDULE"])
+def test_schedule_is_overridable(parse_dag, name: str) -> None:
+    assert parse_dag("local", **{name: "30 4 * * 1-5"}).timetable.expression == "30 4 * * 1-5"
+
+
+def test_params_defaults_come_from_params_yaml(parse_dag) -> None:
+    params, yaml_params = parse_dag("local").params, load_params("params.yaml")
+    assert params["epochs"] == yaml_params.train.epochs
+    assert params["lr"] == yaml_params.train.lr
+    assert params["batch_size"] == yaml_params.train.batch_size
+    assert params["arch"] == yaml_params.model.arch
+    assert params["data_source"] == yaml_params.data.source
+    assert params["promote_metric"] == yaml_params.promote.metric
+    assert params["promote_min_delta"] == yaml_params.promote.min_delta
+    assert params["gpu"] is False
+    assert params["overrides"] == []
+
+
+@pytest.mark.parametrize(("name", "good", "bad"), [
+    ("epochs", 200, 0), ("epochs", 1, 201), ("epochs", 3, "three"),
+    ("lr", 0.5, 0), ("lr", 1e-5, 1),
+    ("batch_size", 1024, 0), ("batch_size", 8, 2048),
+    ("arch", "mobilenet_v2", "vgg16"),
+    ("data_source", "dir:/data/photos", "ftp://x"),
+    ("promote_metric", "roc_auc", "loss"),
+    ("promote_min_delta", 0.05, -0.1),
+    ("gpu", True, "yes"),
+    ("overrides", ["train.seed=1"], ["not an override"]),
+])
+def test_form_refuses_invalid_values(parse_dag, name: str, good, bad) -> None:
+    param = parse_dag("local").params.get_param(name)
+    assert param.resolve(good) == good
+    with pytest.raises(ParamValidationError):
+        param.resolve(bad)
+
+
+def test_params_reach_the_stage_as_valid_overrides(parse_dag) -> None:
+    dag = parse_dag("local")
+    params = {**dag.params.dump(), "epochs": 3, "lr": 0.001, "data_source": "dir:/tmp/my photos",
+              "overrides": ["transform.image_size=128"]}
+    overrides = overrides_from_params(params)
+    loaded = load_params("params.yaml", overrides)
+    assert (loaded.train.epochs, loaded.train.lr) == (3, 0.001)
+    assert loaded.data.source == "dir:/tmp/my photos"
+    assert loaded.transform.image_size == 128
+    template = dag.get_template_env()
+    command = template.from_string(dag.get_task("train").bash_command).render(params=params)
+    assert command.startswith("catsdogs train --set ")
+    assert "'data.source=\"dir:/tmp/my photos\"'" in command  # shell-quoted, YAML-quoted
+
+
+def test_docker_mode_operators(parse_dag) -> None:
+    dag = parse_dag("docker", CATSDOGS_WORKER_IMAGE="registry.local/catsdogs-worker:1.2",
+                    MLFLOW_TRACKING_URI="http://mlflow:5000", KAGGLE_KEY=SECRET,
+                    KAGGLE_USERNAME="someone")
+    for task in dag.tasks:
+        assert task.image == "registry.local/catsdogs-worker:1.2"
+        [mount] = task.mounts
+        assert (mount["Type"], mount["Source"], mount["Target"]) == ("volume", "catsdogs-data",
+                                                                     "/data")
+        assert task.mount_tmp_dir is False
+        assert task.auto_remove == "success"
+        assert task.shm_size >= 1024**3
+        assert task.network_mode == "catsdogs"
+        assert task.environment["CATSDOGS_DATA_DIR"] == "/data"
+        assert task.environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert not any("KAGGLE" in key or SECRET in str(value)
+                       for key, value in task.environment.items())
+        assert task.command.startswith(f"catsdogs {task.task_id}")
+        assert "environment" in task.template_fields
+        assert "private_environment" not in task.template_fields
+
+
+def test_gpus_only_for_train_and_promote_when_switched_on(parse_dag) -> None:
+    dag = parse_dag("docker")
+    for task in dag.tasks:
+        assert task.device_requests_for({"gpu": False}) is None
+        requests = task.device_requests_for({"gpu": True})
+        if task.task_id in ("train", "promote"):
+            [request] = requests
+            assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+        else:
+            assert requests is None
+
+
+def test_kaggle_credentials_from_the_environment_only_for_ingest(parse_dag, monkeypatch) -> None:
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", SECRET)
+    assert kaggle_credentials() == {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": SECRET}
+    dag = parse_dag("docker")
+    assert [t.task_id for t in dag.tasks if t.needs_kaggle] == ["ingest"]
+    monkeypatch.delenv("KAGGLE_KEY")
+    assert kaggle_credentials() == {}
+
+
+def test_assets_announced(parse_dag) -> None:
+    dag = parse_dag("local")
+    uris = {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks}
+    assert uris["transform"] == ["catsdogs://data/transformed"]
+    assert uris["train"] == ["mlflow://models/CatsDogsCNN"]
+
+
+def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch) -> None:
+    dag = parse_dag("local")
+    assert [link.name for link in dag.get_task("train").operator_extra_links] == ["MLflow run"]
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert parse_run_id(f"[train] done: registered CatsDogsCNN v1 @challenger (run {run_id})") \
+        == run_id
+    assert parse_run_id(f"[train] done: accuracy 0.91 (run_id={run_id.upper()})") == run_id
+    assert parse_run_id("[train] done: nothing to see") is None
+    monkeypatch.setenv("CATSDOGS_MLFLOW_UI_URL", "http://localhost:5000/")
+    assert mlflow_run_url(run_id) == f"http://localhost:5000/#/runs/{run_id}"

@@ -1,0 +1,332 @@
+"""The platform in docker compose, end to end on a real Docker engine.
+
+Builds the images (local Debian-based stand-ins for the base images when Docker Hub is
+unreachable), starts Postgres, Airflow (api-server, scheduler, dag-processor, triggerer), MLflow
+and Prometheus, triggers `catsdogs_training` through Airflow's REST API for a short CPU run on a
+few hundred real photos, checks that every stage ran as its own DockerOperator container on the
+shared volume, that MLflow's registry has `CatsDogsCNN@champion`, then builds the champion's Bento
+image, serves it in compose, predicts a real photo and checks Prometheus scraped it. Tears
+everything down afterwards (CATSDOGS_E2E_KEEP=1 keeps the images for a faster re-run).
+Phase timings, image sizes and memory at rest go to test-artifacts/e2e-compose.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.compose import (
+    COMPOSE_FILE,
+    REPO_ROOT,
+    compose_command,
+    dashboard_exprs,
+    http_json,
+    wait_until,
+)
+from tests.servers import free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
+
+PROJECT = "catsdogs-e2e"
+TAG = "e2e"
+PER_CLASS = int(os.environ.get("CATSDOGS_E2E_PER_CLASS", "150"))
+STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
+CORE_SERVICES = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer", "mlflow", "prometheus")
+KEEP = os.environ.get("CATSDOGS_E2E_KEEP") == "1"
+
+
+def run(argv: list[str], timeout: float, env: dict[str, str] | None = None,
+        check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command; on failure the assertion shows its output's tail."""
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                         env=env, **kwargs)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(argv[:6])} ... exited {out.returncode}:\n"
+                             f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def image_ids() -> set[str]:
+    return set(run(["docker", "images", "-q", "--no-trunc"], 60).stdout.split())
+
+
+@dataclass
+class Stack:
+    compose: list[str]
+    env: dict[str, str]
+    ports: dict[str, int]
+    figures: dict = field(default_factory=dict)
+
+    def url(self, service: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+    def compose_run(self, *args: str, timeout: float = 900, check: bool = True, **kwargs):
+        return run([*self.compose, *args], timeout, env=self.env, check=check, **kwargs)
+
+    def phase(self, name: str, started: float) -> None:
+        self.figures.setdefault("phases_s", {})[name] = round(time.monotonic() - started, 1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iterator[Stack]:
+    t0 = time.monotonic()
+    figures: dict = {}
+    run(["bash", "scripts/docker-engine.sh"], 600)
+    compose = compose_command()
+    assert compose, "docker compose is missing after scripts/docker-engine.sh"
+    figures.setdefault("phases_s", {})["engine"] = round(time.monotonic() - t0, 1)
+    before = image_ids()
+
+    t = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CATSDOGS_"))}
+    env.update(CATSDOGS_IMAGE_TAG=TAG, DOCKER_BUILDKIT="0")
+    built = run(["bash", "scripts/docker-images.sh"], 2400, env=env)
+    images = dict(line.split("=", 1) for line in built.stdout.split() if "=" in line)
+    figures["phases_s"]["images"] = round(time.monotonic() - t, 1)
+    figures["images_built_log"] = built.stderr.strip().splitlines()[-8:]
+
+    ports = {name: free_port() for name in ("airflow", "mlflow", "bento", "prometheus", "grafana")}
+    password = secrets.token_urlsafe(12)
+    settings = {
+        **images,
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "CATSDOGS_DATA_VOLUME": f"{PROJECT}-data", "CATSDOGS_DOCKER_NETWORK": PROJECT,
+        "BENTO_IMAGE": f"catsdogs-service:{TAG}",
+        "AIRFLOW_PORT": str(ports["airflow"]), "MLFLOW_PORT": str(ports["mlflow"]),
+        "BENTO_PORT": str(ports["bento"]), "PROMETHEUS_PORT": str(ports["prometheus"]),
+        "GRAFANA_PORT": str(ports["grafana"]),
+        "AIRFLOW_BASE_URL": f"http://localhost:{ports['airflow']}",
+        "CATSDOGS_MLFLOW_UI_URL": f"http://localhost:{ports['mlflow']}",
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(12), "AIRFLOW_ADMIN_PASSWORD": password,
+        "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(24),
+        "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(24),
+        "CATSDOGS_GPU": "false", "CATSDOGS_TASK_RETRIES": "0", "AIRFLOW_PARALLELISM": "2",
+        "CATSDOGS_SHM_BYTES": str(512 * 1024**2),
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+    }
+    env_file = tmp_path_factory.mktemp("compose") / "e2e.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    base = [*compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "-p", PROJECT]
+    s = Stack(base, {**env, **settings}, ports, figures)
+    s.env["AIRFLOW_ADMIN_PASSWORD"] = password
+    try:
+        s.compose_run("--profile", "serving", "down", "-v", "--remove-orphans", timeout=300)
+        t = time.monotonic()
+        s.compose_run("up", "-d", "--wait", "--wait-timeout", "900", *CORE_SERVICES, timeout=1200)
+        s.phase("compose_up_healthy", t)
+        yield s
+    finally:
+        logs = s.compose_run("--profile", "serving", "logs", "--no-color", "--tail", "300",
+                             timeout=120, check=False)
+        (artifacts_dir / "e2e-compose.log").write_text(logs.stdout + logs.stderr)
+        leftovers = run(["docker", "ps", "-aq", "--filter",
+                         f"ancestor={images.get('CATSDOGS_WORKER_IMAGE', 'x')}"], 60,
+                        check=False).stdout.split()
+        if leftovers:
+            run(["docker", "rm", "-f", *leftovers], 120, check=False)
+        s.compose_run("--profile", "serving", "down", "-v", "--remove-orphans", timeout=300,
+                      check=False)
+        figures["phases_s"]["total"] = round(time.monotonic() - t0, 1)
+        (artifacts_dir / "e2e-compose.json").write_text(json.dumps(figures, indent=2))
+        if not KEEP:
+            new = sorted(image_ids() - before)
+            if new:
+                run(["docker", "rmi", "-f", *new], 600, check=False)
+            run(["docker", "image", "prune", "-f"], 300, check=False)
+
+
+def airflow_token(stack: Stack) -> str:
+    body = {"username": "admin", "password": stack.env["AIRFLOW_ADMIN_PASSWORD"]}
+    return http_json(stack.url("airflow", "/auth/token"), "POST", body)["access_token"]
+
+
+def seed_photos(stack: Stack, sample_dir: Path, tmp: Path) -> str:
+    """Copy a few hundred real photos into the shared volume; the `dir:` source the run reads."""
+    subset = tmp / "photos"
+    for label in ("cat", "dog"):
+        (subset / label).mkdir(parents=True)
+        for photo in sorted((sample_dir / label).glob("*.jpg"))[:PER_CLASS]:
+            shutil.copy2(photo, subset / label / photo.name)
+    worker = stack.env["CATSDOGS_WORKER_IMAGE"]
+    run(["docker", "run", "--rm", "--network", "none",
+         "-v", f"{stack.env['CATSDOGS_DATA_VOLUME']}:/data", "-v", f"{subset}:/photos:ro",
+         worker, "sh", "-c", "mkdir -p /data/incoming && cp -r /photos/. /data/incoming/"], 300)
+    return "dir:/data/incoming"
+
+
+def trigger_training(stack: Stack, token: str, source: str) -> str:
+    dag = "catsdogs_training"
+    api = stack.url("airflow", "/api/v2")
+
+    def parsed() -> bool:
+        errors = http_json(f"{api}/importErrors", token=token)
+        assert not errors["import_errors"], f"DAG import errors: {errors['import_errors']}"
+        return http_json(f"{api}/dags/{dag}", token=token)["dag_id"] == dag
+
+    wait_until(parsed, 300, what="the DAG parsed by the dag-processor")
+    http_json(f"{api}/dags/{dag}", "PATCH", {"is_paused": False}, token=token)
+    conf = {"epochs": 1, "batch_size": 32, "arch": "mobilenet_v2", "data_source": source,
+            "gpu": False,
+            "overrides": ["model.weights=none", "transform.image_size=96",
+                          "train.num_workers=0", "train.precision=fp32"]}
+    run_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    http_json(f"{api}/dags/{dag}/dagRuns", "POST",
+              {"dag_run_id": run_id, "logical_date": None, "conf": conf}, token=token)
+    return run_id
+
+
+def task_failure_report(stack: Stack, token: str, run_id: str, instances: list[dict]) -> str:
+    api = stack.url("airflow", f"/api/v2/dags/catsdogs_training/dagRuns/{run_id}/taskInstances")
+    lines = [f"{ti['task_id']}: {ti['state']}" for ti in instances]
+    for ti in instances:
+        if ti["state"] not in ("success", None):
+            try:
+                logs = http_json(f"{api}/{ti['task_id']}/logs/{max(ti['try_number'], 1)}"
+                                 "?full_content=true", token=token)
+                text = "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e)
+                                 for e in logs.get("content", []))
+            except AssertionError as exc:
+                text = str(exc)
+            lines.append(f"--- {ti['task_id']} log ---\n{text[-4000:]}")
+    return "\n".join(lines)
+
+
+def wait_for_run(stack: Stack, token_box: list[str], run_id: str) -> list[dict]:
+    base = stack.url("airflow", f"/api/v2/dags/catsdogs_training/dagRuns/{run_id}")
+    deadline = time.monotonic() + float(os.environ.get("CATSDOGS_E2E_RUN_TIMEOUT_S", "1500"))
+    state = "queued"
+    while time.monotonic() < deadline:
+        try:
+            state = http_json(base, token=token_box[0])["state"]
+        except AssertionError as exc:
+            if "HTTP 401" not in str(exc):
+                raise
+            token_box[0] = airflow_token(stack)
+            continue
+        if state in ("success", "failed"):
+            break
+        time.sleep(10)
+    instances = http_json(f"{base}/taskInstances", token=token_box[0])["task_instances"]
+    assert state == "success", (f"DAG run {run_id} ended {state}:\n"
+                                + task_failure_report(stack, token_box[0], run_id, instances))
+    return instances
+
+
+def mlflow_champion(stack: Stack) -> tuple[dict, dict]:
+    api = stack.url("mlflow", "/api/2.0/mlflow")
+    query = urllib.parse.urlencode({"name": "CatsDogsCNN", "alias": "champion"})
+    version = http_json(f"{api}/registered-models/alias?{query}")["model_version"]
+    mlflow_run = http_json(f"{api}/runs/get?run_id={version['run_id']}")["run"]
+    return version, mlflow_run
+
+
+def build_bento_image(stack: Stack, bentoml_home: Path) -> None:
+    """scripts/docker-bento.sh: champion -> Bento store -> bento -> `bentoml containerize`."""
+    env = {**stack.env, "MLFLOW_TRACKING_URI": stack.url("mlflow"), "BENTOML_HOME": str(bentoml_home),
+           "CATSDOGS_BENTO_START": "0", "CATSDOGS_CALIBRATION_IMAGES": "64"}
+    run(["bash", "scripts/docker-bento.sh", stack.env["BENTO_IMAGE"]], 2400, env=env)
+
+
+def predict(stack: Stack, photo: Path) -> dict:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"{photo.name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    body += photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(stack.url("bento", "/predict"), data=body, method="POST")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def memory_at_rest(stack: Stack) -> dict[str, str]:
+    out = run(["docker", "stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}"], 120)
+    return dict(line.split("\t", 1) for line in out.stdout.strip().splitlines()
+                if line.startswith(PROJECT))
+
+
+def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_dir: Path,
+                                                         tmp_path: Path) -> None:
+    figures = stack.figures
+    figures["memory_at_rest_core"] = memory_at_rest(stack)
+
+    # 1. Airflow: trigger a short CPU run on real photos, every stage as a DockerOperator container.
+    t = time.monotonic()
+    source = seed_photos(stack, sample_dir, tmp_path)
+    token = [airflow_token(stack)]
+    run_id = trigger_training(stack, token[0], source)
+    instances = wait_for_run(stack, token, run_id)
+    stack.phase("dag_run", t)
+    by_task = {ti["task_id"]: ti for ti in instances}
+    assert set(by_task) == set(STAGES)
+    for stage in STAGES:
+        assert by_task[stage]["state"] == "success", stage
+        assert by_task[stage]["operator"] == "StageDockerOperator", by_task[stage]["operator"]
+    listing = run(["docker", "run", "--rm", "--network", "none", "-v",
+                   f"{stack.env['CATSDOGS_DATA_VOLUME']}:/data",
+                   stack.env["CATSDOGS_WORKER_IMAGE"], "sh", "-c",
+                   "ls /data; ls /data/transformed/train/cat | wc -l; ls /data/raw/cat | wc -l"],
+                  120).stdout.split()
+    assert {"raw", "prepared", "transformed", "reports"} <= set(listing), listing
+    train_cats, raw_cats = int(listing[-2]), int(listing[-1])
+    assert raw_cats == PER_CLASS and 0 < train_cats < raw_cats
+
+    # 2. MLflow server (REST): the run with its metrics, a version aliased champion.
+    version, mlflow_run = mlflow_champion(stack)
+    assert version["name"] == "CatsDogsCNN" and "champion" in version.get("aliases", [])
+    metrics = {m["key"]: m["value"] for m in mlflow_run["data"].get("metrics", [])}
+    assert metrics, "the champion's run logged no metrics"
+    experiment = http_json(stack.url("mlflow", "/api/2.0/mlflow/experiments/get?experiment_id="
+                                     + mlflow_run["info"]["experiment_id"]))["experiment"]
+    assert experiment["name"] == "Cats vs Dogs CNN"
+    figures["champion"] = {"version": version["version"], "metrics": metrics}
+
+    # 3. The champion's Bento image in compose: predict a real photo.
+    t = time.monotonic()
+    build_bento_image(stack, tmp_path / "bentoml")
+    stack.phase("bento_image", t)
+    t = time.monotonic()
+    stack.compose_run("--profile", "serving", "up", "-d", "--wait", "--wait-timeout", "300",
+                      "bento", timeout=600)
+    stack.phase("bento_healthy", t)
+    photo = sorted((sample_dir / "dog").glob("*.jpg"))[-1]   # not among the training photos
+    answer = predict(stack, photo)
+    assert answer.get("label") in ("cat", "dog"), answer
+    figures["prediction"] = answer
+
+    # 4. Prometheus scraped the Bento service (and the dashboard's queries parse).
+    prom = stack.url("prometheus", "/api/v1")
+
+    def bento_scraped() -> bool:
+        targets = http_json(f"{prom}/targets")["data"]["activeTargets"]
+        up = [t for t in targets if t["labels"].get("job") == "bento" and t["health"] == "up"]
+        query = urllib.parse.quote('bentoml_service_request_total{job="bento"}')
+        series = http_json(f"{prom}/query?query={query}")["data"]["result"]
+        return bool(up and series)
+
+    wait_until(bento_scraped, 120, interval=3, what="Prometheus scraping the Bento service")
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{i}", "expr": expr.replace("$__rate_interval", "1m")}
+        for i, expr in enumerate(sorted(dashboard_exprs()))]}]}
+    checked = stack.compose_run("exec", "-T", "prometheus", "sh", "-c",
+                                "cat > /tmp/dashboard-rules.yml && "
+                                "promtool check rules /tmp/dashboard-rules.yml",
+                                timeout=120, check=False, input=json.dumps(rules))
+    assert checked.returncode == 0, f"dashboard PromQL rejected:\n{checked.stdout}{checked.stderr}"
+
+    figures["memory_at_rest_all"] = memory_at_rest(stack)
+    sizes = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}\t{{.Size}}"], 60)
+    figures["image_sizes"] = dict(line.split("\t") for line in sizes.stdout.strip().splitlines()
+                                  if line.startswith("catsdogs"))

@@ -1,0 +1,168 @@
+"""Static checks of the compose platform that need no Docker engine (they always run): the
+compose file resolves, is wired as documented, every variable is documented, and the Prometheus
+and Grafana provisioning is consistent. Grafana cannot be installed on the build machines, so its
+provisioning and dashboard are checked here; the e2e test runs everything else for real."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.compose import (
+    COMPOSE_FILE,
+    DASHBOARD,
+    REPO_ROOT,
+    compose_config,
+    dashboard,
+    dashboard_exprs,
+)
+
+DOCKER_DIR = REPO_ROOT / "docker"
+GRAFANA = DOCKER_DIR / "grafana"
+AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler",
+                    "airflow-dag-processor", "airflow-triggerer")
+LONG_RUNNING = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer", "mlflow", "bento", "prometheus", "grafana")
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return compose_config(REPO_ROOT / ".env.example")
+
+
+def _env(service: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def test_compose_resolves_with_every_service(config: dict) -> None:
+    assert set(config["services"]) >= {*LONG_RUNNING, "airflow-init", "worker"}
+    ports = {name: {(p["published"], p["target"]) for p in svc.get("ports", [])}
+             for name, svc in config["services"].items()}
+    assert ("8080", 8080) in ports["airflow-apiserver"]
+    assert ("5000", 5000) in ports["mlflow"]
+    assert ("3000", 3000) in ports["bento"]
+    assert ("9090", 9090) in ports["prometheus"]
+    assert ("3001", 3000) in ports["grafana"]
+
+
+def test_long_running_services_are_health_checked_and_wait_for_health(config: dict) -> None:
+    services = config["services"]
+    for name in LONG_RUNNING:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name, service in services.items():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            expected = ("service_completed_successfully" if dep == "airflow-init"
+                        else "service_healthy")
+            assert spec["condition"] == expected, f"{name} -> {dep}: {spec['condition']}"
+    for name in AIRFLOW_SERVICES[1:]:
+        assert services[name]["depends_on"]["airflow-init"]
+    assert services["mlflow"]["depends_on"]["postgres"]
+
+
+def test_airflow_containers_share_one_configuration(config: dict) -> None:
+    services = config["services"]
+    envs = [_env(services[name]) for name in AIRFLOW_SERVICES]
+    for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "CATSDOGS_DATA_VOLUME",
+                "CATSDOGS_DOCKER_NETWORK", "CATSDOGS_WORKER_IMAGE", "MLFLOW_TRACKING_URI"):
+        assert len({env.get(key) for env in envs}) == 1, f"{key} differs between Airflow containers"
+    env = envs[0]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    assert env["CATSDOGS_RUNNER"] == "docker"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_stage_containers_find_the_volume_network_and_engine(config: dict) -> None:
+    env = _env(config["services"]["airflow-scheduler"])
+    assert config["volumes"]["catsdogs-data"]["name"] == env["CATSDOGS_DATA_VOLUME"]
+    assert config["networks"]["catsdogs"]["name"] == env["CATSDOGS_DOCKER_NETWORK"]
+    mounts = {m["target"]: m for m in config["services"]["airflow-scheduler"]["volumes"]}
+    assert mounts["/var/run/docker.sock"]["type"] == "bind"
+    for name in ("mlflow", "airflow-scheduler"):
+        assert "catsdogs" in config["services"][name]["networks"]
+
+
+def test_mlflow_serves_artifacts_from_postgres_and_allows_its_service_name(config: dict) -> None:
+    command = " ".join(config["services"]["mlflow"]["command"])
+    assert _env(config["services"]["mlflow"])["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
+    assert "--serve-artifacts" in command and "--artifacts-destination=/mlartifacts" in command
+    allowed = re.search(r"--allowed-hosts=(\S+)", command).group(1).split(",")
+    assert "mlflow:5000" in allowed
+
+
+def test_every_compose_variable_is_documented_in_env_example() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_FILE.read_text()))
+    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (REPO_ROOT / ".env.example").read_text(),
+                                re.MULTILINE))
+    assert used - documented == set()
+
+
+def test_no_secret_beyond_development_defaults_is_committed() -> None:
+    text = (REPO_ROOT / ".env.example").read_text()
+    secrets = dict(re.findall(r"^((?:\w*PASSWORD|\w*SECRET\w*|KAGGLE_KEY))=(.*)$", text, re.MULTILINE))
+    assert secrets, "no secrets documented"
+    for key, value in secrets.items():
+        assert value in ("", "admin") or "dev" in value, f"{key} looks like a real secret"
+
+
+def test_prometheus_scrapes_the_bento_service_and_itself(config: dict) -> None:
+    prom = yaml.safe_load((DOCKER_DIR / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    targets = {t for job in jobs.values() for sc in job["static_configs"] for t in sc["targets"]}
+    assert {"bento:3000", "localhost:9090"} <= targets
+    assert jobs["bento"].get("metrics_path", "/metrics") == "/metrics"
+    mount = {m["target"]: m for m in config["services"]["prometheus"]["volumes"]}
+    assert Path(mount["/etc/prometheus/prometheus.yml"]["source"]).name == "prometheus.yml"
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder(config: dict) -> None:
+    sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "catsdogs.yaml").read_text())
+    (provider,) = providers["providers"]
+    mounts = {m["target"]: Path(m["source"]) for m in config["services"]["grafana"]["volumes"]}
+    assert mounts[provider["options"]["path"]] == GRAFANA / "dashboards"
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+    home = _env(config["services"]["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+
+
+def test_dashboard_has_the_documented_panels_on_the_provisioned_data_source() -> None:
+    board = dashboard()
+    uid = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yaml")
+                         .read_text())["datasources"][0]["uid"]
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    titles = " | ".join(p["title"].lower() for p in panels)
+    for topic in ("request rate", "latency", "predictions by label", "confidence",
+                  "model version", "rejected"):
+        assert topic in titles, f"no panel about {topic!r}"
+    for panel in panels:
+        assert panel["datasource"]["uid"] == uid
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+            assert target["datasource"]["uid"] == uid
+
+
+def dashboard_metrics() -> set[str]:
+    names = set(re.findall(r"\b((?:bentoml|catsdogs)_[a-z0-9_]+)", " ".join(dashboard_exprs())))
+    return {re.sub(r"_(bucket|sum|count|total)$", "", name) for name in names}
+
+
+def test_dashboard_queries_metrics_the_service_defines() -> None:
+    """Every custom `catsdogs_*` series the dashboard plots is defined by the Bento service."""
+    service_dir = REPO_ROOT / "bentoservice"
+    sources = " ".join(p.read_text() for p in service_dir.rglob("*.py"))
+    if not sources:
+        pytest.fail("bentoservice/ has no Python source to check the dashboard against")
+    missing = {name for name in dashboard_metrics()
+               if name.startswith("catsdogs_")
+               and re.sub(r"^catsdogs_", "", name) not in sources and name not in sources}
+    assert not missing, f"dashboard plots metrics the service never defines: {sorted(missing)}"

@@ -1,0 +1,75 @@
+"""A real `bentoml serve` of the catsdogs service: a tiny model registered in the real MLflow
+server, imported with the project's import step, served on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port, start_process, stop_process, wait_http
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_NAME = "CatsDogsServingTest"
+IMAGE_SIZE = 64
+STARTUP_DELAY_S = 4
+
+
+@dataclass
+class BentoServer:
+    url: str
+    version: str
+    log_file: Path
+    readyz_before_load: int   # /readyz status seen once /livez first answered
+    readyz_after_load: int
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture(scope="session")
+def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[BentoServer]:
+    workdir = tmp_path_factory.mktemp("bento")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+           "BENTOML_HOME": str(workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "CATSDOGS_STARTUP_DELAY_S": str(STARTUP_DELAY_S),
+           "PYTHONPATH": str(REPO_ROOT)}
+    registered = subprocess.run(
+        [sys.executable, "-m", "tests.serving.register_tiny", mlflow_server, MODEL_NAME,
+         str(IMAGE_SIZE)], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    version = registered.stdout.strip().splitlines()[-1]
+    imported = subprocess.run(
+        [sys.executable, "-m", "bentoservice.import_model", "--model-uri",
+         f"models:/{MODEL_NAME}@champion", "--calibration-images", "0",
+         "--data-dir", str(workdir / "data")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    port = free_port()
+    log_file = workdir / "serve.log"
+    process = start_process(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", "bentoservice.service:CatsDogs",
+         "--host", "127.0.0.1", "--port", str(port)], log_file, env=env, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/livez", timeout=120, process=process, log_file=log_file)
+        before = _status(f"{url}/readyz")
+        wait_http(f"{url}/readyz", timeout=120, process=process, log_file=log_file)
+        yield BentoServer(url, version, log_file, before, _status(f"{url}/readyz"))
+    finally:
+        stop_process(process)
+        time.sleep(0.5)

@@ -1,0 +1,36 @@
+"""Register a tiny untrained model in a real MLflow server the way training does (used by the
+serving tests' fixture, run as `python -m tests.serving.register_tiny URL NAME IMAGE_SIZE`).
+
+The head's weights are scaled up so different pictures get clearly different probabilities:
+that lets the tests tell answers apart (batching mix-ups, EXIF handling)."""
+
+from __future__ import annotations
+
+import sys
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+
+from catsdogs.model import CLASSES, build_model
+from catsdogs.tracking import CHAMPION, log_and_register, version_tags
+
+
+def main(url: str, name: str, image_size: int) -> None:
+    mlflow.set_tracking_uri(url)
+    torch.manual_seed(0)
+    net = build_model("resnet18", weights="none").eval()
+    with torch.no_grad():
+        net.fc.weight.mul_(20.0)
+    example = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
+    mlflow.set_experiment("catsdogs serving tests")
+    with mlflow.start_run():
+        version = log_and_register(net, name, example,
+                                   version_tags(image_size, CLASSES, "resnet18"))
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version.version)
+    print(version.version)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

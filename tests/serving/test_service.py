@@ -1,0 +1,215 @@
+"""The catsdogs Bento service, served for real: every endpoint, odd formats, bad input, metrics,
+readiness and concurrency (see conftest.py for the server)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.serving.conftest import MODEL_NAME, BentoServer
+from tests.serving.images import (
+    animated_gif,
+    as_decoded,
+    encode,
+    exif_rotated_jpeg,
+    minimal_pdf,
+    multipage_tiff,
+    odd_formats,
+    picture,
+    png_header_only,
+)
+
+pytestmark = pytest.mark.services
+TIMEOUT = 60
+
+
+def predict(server: BentoServer, data: bytes, name: str = "image.png") -> requests.Response:
+    return requests.post(f"{server.url}/predict", files={"image": (name, data)}, timeout=TIMEOUT)
+
+
+def probabilities(response: requests.Response) -> dict[str, float]:
+    assert response.status_code == 200, response.text
+    return response.json()["probabilities"]
+
+
+def close(a: dict[str, float], b: dict[str, float], tol: float) -> bool:
+    return all(abs(a[k] - b[k]) <= tol for k in a)
+
+
+def check_answer(body: dict, server: BentoServer) -> None:
+    assert body["label"] in ("cat", "dog")
+    assert set(body["probabilities"]) == {"cat", "dog"}
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-4
+    assert body["confidence"] == pytest.approx(body["probabilities"][body["label"]])
+    assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
+    assert body["model"] == {"name": MODEL_NAME, "version": server.version}
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? ([0-9.e+-]+)$", line)
+        if match and match.group(1) == sample:
+            found = ",".join(sorted(p for p in (match.group(2) or "").split(",") if p))
+            if found == wanted:
+                return float(match.group(3))
+    return 0.0
+
+
+def test_readiness_before_and_after_load(bento_server: BentoServer) -> None:
+    assert bento_server.readyz_before_load == 503
+    assert bento_server.readyz_after_load == 200
+    assert requests.get(f"{bento_server.url}/livez", timeout=TIMEOUT).status_code == 200
+
+
+def test_predict_real_photos(bento_server: BentoServer, sample_dir: Path) -> None:
+    photos = sorted((sample_dir / "cat").glob("*.jpg"))[:4] + \
+        sorted((sample_dir / "dog").glob("*.jpg"))[:4]
+    for photo in photos:
+        response = predict(bento_server, photo.read_bytes(), photo.name)
+        assert response.status_code == 200, (photo, response.text)
+        check_answer(response.json(), bento_server)
+    batch = requests.post(f"{bento_server.url}/predict_batch", timeout=TIMEOUT,
+                          files=[("images", (p.name, p.read_bytes())) for p in photos])
+    assert batch.status_code == 200, batch.text
+    singles = [probabilities(predict(bento_server, p.read_bytes())) for p in photos]
+    assert [close(a["probabilities"], s, 1e-3) for a, s in zip(batch.json(), singles,
+                                                                 strict=True)] == [True] * 8
+
+
+def test_predict_batch_keeps_order(bento_server: BentoServer) -> None:
+    files = [encode(picture(seed), "PNG") for seed in range(6)]
+    singles = [probabilities(predict(bento_server, data)) for data in files]
+    response = requests.post(f"{bento_server.url}/predict_batch", timeout=TIMEOUT,
+                             files=[("images", (f"{i}.png", d)) for i, d in enumerate(files)])
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert len(answers) == 6
+    for answer, single in zip(answers, singles, strict=True):
+        check_answer(answer, bento_server)
+        assert close(answer["probabilities"], single, 1e-3)
+    assert not close(singles[0], singles[1], 1e-2), "test pictures must get different answers"
+
+
+def test_predict_base64_matches_multipart(bento_server: BentoServer) -> None:
+    data = encode(picture(7), "JPEG", quality=90)
+    expected = probabilities(predict(bento_server, data))
+    for text in (base64.b64encode(data).decode(),
+                 "data:image/jpeg;base64," + base64.b64encode(data).decode()):
+        response = requests.post(f"{bento_server.url}/predict_base64", json={"image": text},
+                                 timeout=TIMEOUT)
+        assert close(probabilities(response), expected, 1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(odd_formats(picture(0))))
+def test_odd_formats_predicted_like_their_rgb_picture(bento_server: BentoServer,
+                                                      name: str) -> None:
+    data, seen = odd_formats(picture(3))[name]
+    got = probabilities(predict(bento_server, data, name))
+    expected = probabilities(predict(bento_server, encode(seen, "PNG")))
+    assert close(got, expected, 1e-3), (name, got, expected)
+
+
+def test_exif_rotation_is_applied(bento_server: BentoServer) -> None:
+    data = exif_rotated_jpeg(picture(5))
+    got = probabilities(predict(bento_server, data))
+    upright = probabilities(predict(bento_server, encode(as_decoded(data), "PNG")))
+    ignored = probabilities(predict(bento_server, encode(as_decoded(data, exif=False), "PNG")))
+    assert close(got, upright, 1e-3)
+    assert not close(ignored, upright, 0.05), "the test picture must depend on orientation"
+
+
+@pytest.mark.parametrize("data", [animated_gif(), multipage_tiff()], ids=["gif", "tiff"])
+def test_multi_frame_files_use_the_first_frame(bento_server: BentoServer, data: bytes) -> None:
+    first = probabilities(predict(bento_server, encode(picture(0), "PNG")))
+    got = probabilities(predict(bento_server, data))
+    tolerance = 0.1 if data.startswith(b"GIF") else 1e-3  # GIF frames are palette-reduced
+    assert close(got, first, tolerance)
+
+
+TRUNCATED_JPEG = encode(picture(1, (640, 480)), "JPEG", quality=95)
+BAD_UPLOADS = {
+    "text": (b"hello, I am not a picture\n", "not_an_image", 400),
+    "pdf": (minimal_pdf(), "not_an_image", 400),
+    "random-bytes": (bytes(range(256)) * 64, "not_an_image", 400),
+    "truncated-jpeg": (TRUNCATED_JPEG[: len(TRUNCATED_JPEG) // 2], "truncated", 400),
+    "zero-bytes": (b"", "empty", 400),
+    "decompression-bomb": (png_header_only(30000, 30000), "too_many_pixels", 400),
+    "one-pixel": (encode(picture(1, (1, 1)), "PNG"), "bad_dimensions", 400),
+    "20000x10": (encode(picture(1, (20000, 10)), "PNG"), "bad_dimensions", 400),
+    "over-10MB": (b"\xff\xd8\xff" + bytes(10 * 1024 * 1024), "too_large", 413),
+    "far-over-limit": (bytes(20 * 1024 * 1024), "too_large", 413),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+def test_bad_uploads_get_a_json_4xx(bento_server: BentoServer, case: str) -> None:
+    data, reason, status = BAD_UPLOADS[case]
+    response = predict(bento_server, data, f"{case}.bin")
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["reason"] == reason
+    assert body["error"]
+    assert requests.get(f"{bento_server.url}/livez", timeout=TIMEOUT).status_code == 200
+
+
+def test_malformed_requests_get_a_json_4xx(bento_server: BentoServer) -> None:
+    url = bento_server.url
+    empty = requests.post(f"{url}/predict", data=b"", timeout=TIMEOUT)
+    assert empty.status_code == 400 and empty.json()["reason"] == "empty"
+    missing = requests.post(f"{url}/predict", files={"photo": ("a.png", b"x")}, timeout=TIMEOUT)
+    assert missing.status_code == 400 and "image" in missing.text
+    bad_b64 = requests.post(f"{url}/predict_base64", json={"image": "not base64!!"},
+                            timeout=TIMEOUT)
+    assert bad_b64.status_code == 400 and bad_b64.json()["reason"] == "bad_base64"
+    good = encode(picture(2), "PNG")
+    mixed = requests.post(f"{url}/predict_batch", timeout=TIMEOUT,
+                          files=[("images", ("a.png", good)), ("images", ("b.txt", b"text"))])
+    assert mixed.status_code == 400 and mixed.json()["reason"] == "not_an_image"
+    assert mixed.json()["error"].startswith("image 2 of 2")
+    assert requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200
+
+
+def test_metrics_count_predictions_and_rejections(bento_server: BentoServer) -> None:
+    url = bento_server.url
+    before = requests.get(f"{url}/metrics", timeout=TIMEOUT).text
+    label = predict(bento_server, encode(picture(11), "PNG")).json()["label"]
+    predict(bento_server, b"plain text")
+    requests.post(f"{url}/predict", files={"photo": ("a.png", b"x")}, timeout=TIMEOUT)
+    after = requests.get(f"{url}/metrics", timeout=TIMEOUT).text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("catsdogs_predictions_total", label=label) == 1
+    assert delta("catsdogs_prediction_confidence_count") == 1
+    assert delta("catsdogs_rejected_requests_total", reason="not_an_image") == 1
+    assert delta("catsdogs_rejected_requests_total", reason="invalid_request") == 1
+    assert metric(after, "catsdogs_model_info", name=MODEL_NAME,
+                  version=bento_server.version) == 1
+    assert "bentoml_service_request_total" in after
+    assert "bentoml_service_adaptive_batch_size_bucket" in after
+
+
+def test_concurrent_requests_get_their_own_answers(bento_server: BentoServer) -> None:
+    files = [encode(picture(100 + i), "PNG") for i in range(24)]
+    expected = [probabilities(predict(bento_server, data)) for data in files]
+    with ThreadPoolExecutor(12) as pool:
+        for _ in range(2):
+            answers = list(pool.map(lambda d: probabilities(predict(bento_server, d)), files))
+            assert [close(a, e, 1e-3) for a, e in zip(answers, expected, strict=True)] \
+                == [True] * len(files)
+    distinct = {round(e["cat"], 2) for e in expected}
+    assert len(distinct) > len(files) // 2, "pictures must get distinguishable answers"
+
+
+def test_openapi_documents_the_endpoints(bento_server: BentoServer) -> None:
+    spec = requests.get(f"{bento_server.url}/docs.json", timeout=TIMEOUT).json()
+    assert {"/predict", "/predict_batch", "/predict_base64"} <= set(spec["paths"])
+    assert requests.get(f"{bento_server.url}/docs", timeout=TIMEOUT).status_code == 200

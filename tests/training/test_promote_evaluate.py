@@ -1,0 +1,110 @@
+"""Promotion against a real MLflow server, and `catsdogs evaluate` (JSON checked with sklearn)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from sklearn import metrics as sk
+
+from catsdogs import cli, tracking
+from catsdogs.paths import DataPaths
+from catsdogs.stages import evaluate, promote
+from tests.training.conftest import IMAGE_SIZE, tiny_params
+from tests.training.crafted import ColourRule
+
+NAME = "CatsDogsCNN-promotion-test"
+
+
+def _register(model: ColourRule, paths: DataPaths) -> str:
+    """Log and register `model` as a new @challenger of NAME, like the train stage does."""
+    tracking.connect(paths)
+    experiment = tracking.experiment_id("Cats vs Dogs CNN", paths)
+    example = np.random.default_rng(0).normal(size=(2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32")
+    with mlflow.start_run(experiment_id=experiment):
+        version = tracking.log_and_register(
+            model, NAME, example, tracking.version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
+    return version.version
+
+
+def _champion() -> str | None:
+    found = tracking.alias_version(NAME, tracking.CHAMPION)
+    return None if found is None else found.version
+
+
+def test_promotes_first_refuses_worse_promotes_better(tiny_data: DataPaths,
+                                                      tracking_uri: str) -> None:
+    params = tiny_params(f"mlflow.registered_model_name={NAME}")
+    client = MlflowClient()
+
+    first = _register(ColourRule(weight=0, bias=1), tiny_data)          # always "dog": F1 2/3
+    summary = promote.run(params, tiny_data)
+    assert summary.details["promoted"] and summary.details["champion_score"] is None
+    assert _champion() == first
+    assert client.get_model_version(NAME, first).tags["promotion.reason"] == "no champion yet"
+
+    worse = _register(ColourRule(weight=0, bias=-1), tiny_data)         # always "cat": F1 0
+    summary = promote.run(params, tiny_data)
+    assert not summary.details["promoted"]
+    assert _champion() == first
+    tags = client.get_model_version(NAME, worse).tags
+    assert tags["promotion.decision"] == "rejected"
+    assert float(tags["promotion.challenger_score"]) == 0.0
+    assert float(tags["promotion.champion_score"]) == pytest.approx(2 / 3, abs=1e-4)
+    run_tags = client.get_run(client.get_model_version(NAME, worse).run_id).data.tags
+    assert run_tags["promotion.decision"] == "rejected"
+    assert run_tags["promotion.reason"] == tags["promotion.reason"]
+
+    better = _register(ColourRule(weight=1, bias=0), tiny_data)         # the colour rule
+    summary = promote.run(params, tiny_data)
+    assert summary.details["promoted"]
+    assert summary.details["challenger_score"] > summary.details["champion_score"]
+    assert _champion() == better
+    assert promote.run(params, tiny_data).skipped                       # already champion
+
+    result = evaluate.evaluate(params, tiny_data, tiny_data.split_dir("test"), None)
+    assert result["model"] == f"models:/{NAME}@champion" and result["version"] == better
+
+
+def test_decide_needs_a_gain_above_min_delta() -> None:
+    assert promote.decide(0.90, None, 0.0, "f1")[0]
+    assert promote.decide(0.91, 0.90, 0.0, "f1")[0]
+    assert not promote.decide(0.90, 0.90, 0.0, "f1")[0]
+    assert not promote.decide(0.91, 0.90, 0.02, "f1")[0]
+
+
+def test_evaluate_json_matches_sklearn(trained: dict, tiny_data: DataPaths, tracking_uri: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`catsdogs evaluate --json` on a folder: its metrics equal sklearn's on its predictions."""
+    test_dir = tiny_data.split_dir("test")
+    code = cli.main(["evaluate", "--images", str(test_dir), "--model",
+                     f"models:/CatsDogsCNN/{trained['version']}", "--json",
+                     "--data-dir", str(tiny_data.root), "--set", "train.num_workers=0"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)            # nothing but the JSON on stdout
+    labels = [int(p["label"] == "dog") for p in result["predictions"]]
+    probs = [p["prob_dog"] for p in result["predictions"]]
+    predicted = [int(p["predicted"] == "dog") for p in result["predictions"]]
+    assert predicted == [int(p >= 0.5) for p in probs]
+    assert result["count"] == len(list(test_dir.rglob("*.jpg"))) == len(labels)
+    expected = {
+        "accuracy": sk.accuracy_score(labels, predicted),
+        "precision": sk.precision_score(labels, predicted, zero_division=0),
+        "recall": sk.recall_score(labels, predicted, zero_division=0),
+        "f1": sk.f1_score(labels, predicted, zero_division=0),
+        "roc_auc": sk.roc_auc_score(labels, probs),
+    }
+    assert result["metrics"] == pytest.approx(expected)
+    assert result["confusion_matrix"]["rows_true_cols_predicted"] == \
+        sk.confusion_matrix(labels, predicted).tolist()
+
+
+def test_evaluate_refuses_a_folder_without_class_folders(tmp_path, tracking_uri: str) -> None:
+    from catsdogs.errors import UserError
+
+    with pytest.raises(UserError, match="no images found"):
+        evaluate.evaluate(tiny_params(), DataPaths(tmp_path), tmp_path,
+                          "models:/CatsDogsCNN@challenger")

@@ -1,0 +1,94 @@
+"""The train stage against a real MLflow server: metrics, artefacts, registry, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from catsdogs.errors import UserError
+from catsdogs.stages import train
+from tests.servers import free_port
+from tests.training.conftest import IMAGE_SIZE, tiny_params
+
+EPOCH_METRICS = ("train_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
+                 "val_roc_auc")
+TEST_METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc")
+ARTEFACTS = ("reports/confusion_matrix.png", "reports/roc_curve.png",
+             "reports/classification_report.txt", "reports/model_performance_report.md",
+             "validation/summary.json", "eda/class_balance.json")
+
+
+def _all_artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path or None):
+        found |= _all_artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_run_logs_params_metrics_tags_and_artefacts(trained: dict, tracking_uri: str) -> None:
+    client = MlflowClient()
+    run = client.get_run(trained["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "Cats vs Dogs CNN"
+    expected_params = {k: str(v) for k, v in tiny_params().flat().items()}
+    assert run.data.params == expected_params
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [point.step for point in history] == [1], name
+    for name in TEST_METRICS:
+        assert name in run.data.metrics
+        assert run.data.metrics[name] == pytest.approx(trained["test"][name[5:]], nan_ok=True)
+    for tag in ("device", "precision", "data.manifest_sha256", "data.transformed_sha256",
+                "git.commit"):
+        assert run.data.tags.get(tag), tag
+    assert run.data.tags["device"] == "cpu"
+    assert set(ARTEFACTS) <= _all_artifacts(client, run.info.run_id)
+    report = client.download_artifacts(run.info.run_id, "reports/model_performance_report.md")
+    text = Path(report).read_text()
+    assert "Best epoch by validation F1: 1" in text and "| f1 |" in text
+
+
+def test_registered_version_has_challenger_alias_and_metadata(trained: dict,
+                                                              tracking_uri: str) -> None:
+    from catsdogs.tracking import resolve_model
+
+    version = MlflowClient().get_model_version_by_alias("CatsDogsCNN", "challenger")
+    assert version.version == trained["version"]
+    assert version.run_id == trained["run_id"]
+    ref = resolve_model("models:/CatsDogsCNN@challenger")
+    assert (ref.version, ref.run_id, ref.image_size, ref.classes) == (
+        trained["version"], trained["run_id"], IMAGE_SIZE, ("cat", "dog"))
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_model_reloads_from_registry_for_any_batch_size(trained: dict, tracking_uri: str,
+                                                        batch: int) -> None:
+    import mlflow.pyfunc
+    import mlflow.pytorch
+
+    from catsdogs.model import predict_proba
+
+    model = mlflow.pytorch.load_model("models:/CatsDogsCNN@challenger")
+    images = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+    probs = predict_proba(model, images)
+    assert probs.shape == (batch, 2)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(batch), atol=1e-5)
+    pyfunc = mlflow.pyfunc.load_model("models:/CatsDogsCNN@challenger")
+    logits = np.asarray(pyfunc.predict(images.numpy()))
+    assert logits.shape == (batch, 2)
+
+
+def test_same_data_and_params_is_skipped(trained: dict, tiny_data, tracking_uri: str) -> None:
+    summary = train.run(tiny_params(), tiny_data)
+    assert summary.skipped
+    assert summary.details["run_id"] == trained["run_id"]
+
+
+def test_unreachable_tracking_server_fails_fast_naming_it(tiny_data, monkeypatch) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(UserError, match=f"MLflow tracking server {url} is not reachable"):
+        train.run(tiny_params(), tiny_data, force=True)
