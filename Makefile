@@ -45,7 +45,7 @@ demo: venv
 
 # Stop what `make demo` left running (MLflow, the Airflow services, the Bento service).
 demo-stop:
-	if [ -f scripts/serve.sh ]; then bash scripts/serve.sh stop; fi
+	bash scripts/serve.sh stop
 	bash scripts/airflow-services.sh stop
 
 bench: venv

@@ -143,10 +143,5 @@ EOF
 loud "" "Airflow UI : $AIRFLOW_URL   (login: admin / $PASSWORD)" \
         "MLflow UI  : $MLFLOW_TRACKING_URI" \
         "Logs       : $DEMO_DIR/logs   stop everything: make demo-stop" ""
-if [[ -f "$ROOT/scripts/serve.sh" ]]; then
-  say "serving the champion (scripts/serve.sh)"
-  MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI" bash "$ROOT/scripts/serve.sh"
-else
-  loud "[demo] scripts/serve.sh is not in this checkout yet: the champion is registered in" \
-       "       MLflow (models:/CatsDogsCNN@champion) but not served."
-fi
+say "serving the champion (scripts/serve.sh)"
+MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI" bash "$ROOT/scripts/serve.sh"
