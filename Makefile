@@ -18,9 +18,12 @@ help:
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import torch, torchvision, airflow, mlflow, bentoml, great_expectations, catsdogs"
+	set -o pipefail; $(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+	  | { grep -v '^WARNING: Location' || true; }
+	set -o pipefail; $(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
+	  | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -c "import torch, torchvision, airflow, mlflow, bentoml, great_expectations, catsdogs" >/dev/null 2>&1 \
+	|| { echo "the venv is incomplete: rm -rf $(VENV) and run make again"; exit 1; }
 	touch $(STAMP)
 
 venv: $(STAMP)
