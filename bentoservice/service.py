@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
+import aiohttp
 import bentoml
 import numpy as np
 import torch
@@ -181,8 +182,21 @@ class CatsDogs:
             batch = await self._tensors(sources)
         except ImageRejected as exc:
             return _error(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
-        probabilities = await self.model.to_async.infer(batch)
+        probabilities = await self._infer(batch)
+        if probabilities is None:
+            return _error(503, "model_unavailable",
+                          "the model process did not answer; retry in a moment")
         return self._answer(probabilities)
+
+    async def _infer(self, batch: np.ndarray, attempts: int = 3) -> np.ndarray | None:
+        """Call the batched model service. Inference is idempotent, so a pooled keep-alive
+        connection that the model process closed under us is retried on a fresh one."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.model.to_async.infer(batch)
+            except aiohttp.ClientError as exc:
+                logger.warning("model call failed (attempt %d/%d): %s", attempt, attempts, exc)
+        return None
 
     @bentoml.api(route="/predict")
     async def predict(
