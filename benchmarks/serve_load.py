@@ -8,8 +8,11 @@ model. Both get the same real photos (../shared/data/petimages-sample) at each c
 the table gives requests/s, p50 and p99 latency and the throughput ratio.
 
 The model: `--model-uri models:/CatsDogsCNN@champion` (with MLFLOW_TRACKING_URI) benchmarks the
-real champion; without it an untrained resnet18 (weights "none") is registered in a temporary
-MLflow store: the speed of a network does not depend on its weights.
+real champion. Without it, `--arch` (mobilenet_v2, what `make demo` trains here, or resnet18) gets
+ImageNet weights when torchvision's cache has them (`python -m catsdogs.weights` seeds MobileNetV2;
+ResNet18's cannot be downloaded here, so it keeps random ones) and a cats/dogs head fitted on
+300 sample photos that are not in the load set, and is registered in a temporary MLflow store.
+The bento import measures its fp32/bf16 label agreement on real photos, which decides bf16.
 """
 
 from __future__ import annotations
@@ -32,17 +35,69 @@ SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
 
 
-def register_untrained(tracking_uri: str, arch: str, image_size: int) -> str:
-    """Register an untrained `arch` as CatsDogsBench@champion; returns its model URI."""
+def imagenet_cached(arch: str) -> bool:
+    from catsdogs.weights import _imagenet_enum, checkpoint_dir
+
+    return (checkpoint_dir() / os.path.basename(_imagenet_enum(arch).url)).exists()
+
+
+def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, str]:
+    """`arch` with ImageNet weights when cached (else random ones) and a 2-class head fitted on
+    `files` (logistic regression on the backbone's features): a real, confident classifier, so
+    the fp32/bf16 agreement measured at import means something. Returns (network, description)."""
+    import torch
+
+    from catsdogs.images import decode_image
+    from catsdogs.model import CLASSES, build_model, eval_resize, normalize
+
+    torch.manual_seed(0)
+    weights = "imagenet" if imagenet_cached(arch) else "none"
+    net = build_model(arch, weights=weights).eval()
+    head = net.fc if arch == "resnet18" else net.classifier[-1]
+    resize = eval_resize(image_size)
+    labels = torch.tensor([CLASSES.index(f.parent.name) for f in files])
+    with torch.inference_mode():
+        pixels = torch.stack([resize(decode_image(f, draft_size=image_size)) for f in files])
+        if arch == "resnet18":
+            net.fc = torch.nn.Identity()
+        else:
+            net.classifier[-1] = torch.nn.Identity()
+        features = torch.cat([net(normalize(pixels[i:i + 32])) for i in range(0, len(files), 32)])
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    features = (features - mean) / std
+    fitted = torch.nn.Linear(features.shape[1], len(CLASSES))
+    optimizer = torch.optim.LBFGS(fitted.parameters(), max_iter=100)
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = torch.nn.functional.cross_entropy(fitted(features), labels) \
+            + 1e-3 * fitted.weight.square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    with torch.no_grad():
+        accuracy = float((fitted(features).argmax(1) == labels).float().mean())
+        head.weight.copy_(fitted.weight / std)  # the standardisation folded into the head
+        head.bias.copy_(fitted.bias - (fitted.weight * mean / std).sum(1))
+    if arch == "resnet18":
+        net.fc = head
+    else:
+        net.classifier[-1] = head
+    return net, f"{arch}, {weights} backbone, head fitted on {len(files)} photos " \
+                f"(train accuracy {accuracy:.3f})"
+
+
+def register(tracking_uri: str, net: object, image_size: int, arch: str) -> str:
+    """Register `net` as CatsDogsBench@champion in `tracking_uri`; returns its model URI."""
     import mlflow
     import numpy as np
     from mlflow import MlflowClient
 
-    from catsdogs.model import CLASSES, build_model
+    from catsdogs.model import CLASSES
     from catsdogs.tracking import CHAMPION, log_and_register, version_tags
 
     mlflow.set_tracking_uri(tracking_uri)
-    net = build_model(arch, weights="none").eval()
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
     with mlflow.start_run():
         version = log_and_register(net, "CatsDogsBench", example,
@@ -133,7 +188,7 @@ def measure(name: str, url: str, photos: list[bytes], levels: list[int], count: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", default=None, help="registered model (default: untrained)")
-    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--arch", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18"])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--requests", type=int, default=300, help="requests per level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -158,7 +213,11 @@ def main() -> int:
     model_uri = args.model_uri
     if model_uri is None:
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-        model_uri = register_untrained(env["MLFLOW_TRACKING_URI"], args.arch, args.image_size)
+        head_files = sorted((SAMPLE / "cat").glob("*.jpg"))[-150:] \
+            + sorted((SAMPLE / "dog").glob("*.jpg"))[-150:]
+        net, description = train_head(args.arch, args.image_size, head_files)
+        print(f"benchmark model: {description}", flush=True)
+        model_uri = register(env["MLFLOW_TRACKING_URI"], net, args.image_size, args.arch)
     subprocess.run([sys.executable, "-m", "bentoservice.import_model", "--model-uri", model_uri,
                     "--calibration-dir", str(SAMPLE), "--calibration-images",
                     str(args.calibration_images), "--data-dir", str(work / "data")],

@@ -89,7 +89,7 @@ def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
 
     from bentoservice.runtime import bf16_agreement, load_network
     from catsdogs.images import ImageRejected, decode_image
-    from catsdogs.model import cpu_supports_bf16, preprocess_batch
+    from catsdogs.model import cpu_supports_bf16, eval_resize
 
     if not files or not cpu_supports_bf16():
         return None
@@ -100,7 +100,8 @@ def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
         except ImageRejected:
             continue
     net = load_network(model_dir, metadata["arch"])
-    batches = [preprocess_batch(images[i:i + 32], metadata["image_size"])
+    resize = eval_resize(metadata["image_size"])
+    batches = [torch.stack([resize(image) for image in images[i:i + 32]])
                for i in range(0, len(images), 32)]
     with torch.inference_mode():
         return bf16_agreement(net, batches) if batches else None

@@ -25,17 +25,17 @@ def _float(name: str, default: float) -> float:
 @dataclass(frozen=True)
 class Settings:
     model_tag: str = os.environ.get("CATSDOGS_BENTO_MODEL", "catsdogs_cnn:latest")
-    max_batch_size: int = _int("CATSDOGS_MAX_BATCH_SIZE", 32)
-    max_latency_ms: int = _int("CATSDOGS_MAX_LATENCY_MS", 10000)
+    max_batch_size: int = _int("CATSDOGS_MAX_BATCH_SIZE", 16)
+    max_latency_ms: int = _int("CATSDOGS_MAX_LATENCY_MS", 2000)
     max_upload_bytes: int = _int("CATSDOGS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
     max_pixels: int = _int("CATSDOGS_MAX_PIXELS", 40_000_000)
     min_side: int = _int("CATSDOGS_MIN_SIDE", 16)
     max_aspect_ratio: float = _float("CATSDOGS_MAX_ASPECT_RATIO", 10.0)
     max_batch_images: int = _int("CATSDOGS_MAX_BATCH_IMAGES", 32)
-    decode_threads: int = _int("CATSDOGS_DECODE_THREADS", 4)
+    decode_threads: int = _int("CATSDOGS_DECODE_THREADS", 0)  # 0: one per CPU core
     torch_threads: int = _int("CATSDOGS_TORCH_THREADS", 0)  # 0: one per CPU core
     precision: str = os.environ.get("CATSDOGS_PRECISION", "auto")  # auto | fp32 | bf16
-    bf16_min_batch: int = _int("CATSDOGS_BF16_MIN_BATCH", 4)
+    jit: bool = _int("CATSDOGS_JIT", 1) != 0  # CPU: frozen TorchScript graph, oneDNN fusion
     device: str = os.environ.get("CATSDOGS_DEVICE", "auto")  # auto | cpu | cuda
     startup_delay_s: float = _float("CATSDOGS_STARTUP_DELAY_S", 0.0)
 

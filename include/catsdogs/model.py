@@ -64,19 +64,32 @@ def _replace_head(net: torch.nn.Module, arch: str, num_classes: int) -> None:
         net.classifier[-1] = torch.nn.Linear(last.in_features, num_classes)
 
 
-def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """THE evaluation transform: RGB, resize to image_size x image_size, ImageNet normalisation.
-
-    A squash resize, like the transform stage's: an already-resized picture passes unchanged.
-    """
+def eval_resize(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The geometric half of the evaluation transform: RGB, squash resize to image_size squared
+    (antialiased bilinear, like the transform stage: a presized picture passes unchanged),
+    as a uint8 3,H,W tensor. The Bento service runs it per upload, `normalize` per batch."""
     from torchvision import transforms
 
     return transforms.Compose([
         transforms.Lambda(_to_rgb),
         transforms.Resize((image_size, image_size), antialias=True),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.PILToTensor(),
     ])
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """The other half: uint8 pixels (3,H,W or N,3,H,W) to float32 scaled to [0, 1] and
+    ImageNet-normalised; the same arithmetic as torchvision's ToTensor + Normalize."""
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
+    return pixels.float().div_(255).sub_(mean).div_(std)
+
+
+def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """THE evaluation transform: `eval_resize` then `normalize` (float32 3,H,W)."""
+    from torchvision import transforms
+
+    return transforms.Compose([eval_resize(image_size), normalize])
 
 
 def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:

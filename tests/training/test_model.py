@@ -12,7 +12,16 @@ from PIL import Image
 
 from catsdogs.data_loading import ImageFolderDataset, make_loader, seed_everything
 from catsdogs.errors import UserError
-from catsdogs.model import build_model, eval_transform, preprocess_batch, train_transform
+from catsdogs.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_model,
+    eval_resize,
+    eval_transform,
+    normalize,
+    preprocess_batch,
+    train_transform,
+)
 from catsdogs.training import fit, train_mode
 from catsdogs.weights import MOBILENET_V2_FILE, checkpoint_dir, seed_cache
 from tests.servers import free_port
@@ -85,6 +94,20 @@ def test_eval_transform_is_shared_and_keeps_presized_images() -> None:
     assert batch.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.dtype == torch.float32
     assert torch.equal(batch[0], single)
     assert train_transform(IMAGE_SIZE)(image).shape == single.shape
+
+
+def test_eval_transform_halves_match_torchvision_bit_for_bit() -> None:
+    """Serving resizes per upload and normalises per batch; the result must be exactly what
+    ToTensor + Normalize (training's arithmetic) gives."""
+    from torchvision import transforms
+
+    image = Image.effect_noise((300, 200), 60).convert("RGB")
+    resized = eval_resize(IMAGE_SIZE)(image)
+    assert resized.dtype == torch.uint8 and resized.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    reference = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(
+        transforms.ToTensor()(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)))
+    assert torch.equal(eval_transform(IMAGE_SIZE)(image), reference)
+    assert torch.equal(normalize(torch.stack([resized, resized]))[1], reference)
 
 
 def _fit_once(paths, epochs: int = 2):
