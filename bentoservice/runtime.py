@@ -1,8 +1,8 @@
 """The model at serving time: load the imported MLflow model, pick device and precision, predict.
 
 Precision: fp32 by default; on a CPU with native bfloat16 (AVX512-BF16 / AMX) the bf16 path (weights
-and activations in bfloat16, channels_last, for every batch size) is used only when the import step measured that it
-gives the same labels as fp32 on at least `BF16_MIN_AGREEMENT` of the real sample photos.
+and activations in bfloat16, channels_last, at every batch size) is used only when the import step
+measured that it gives the same labels as fp32 on at least `BF16_MIN_AGREEMENT` of the real photos.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def choose_precision(wanted: str, device: torch.device, agreement: float | None)
 
 class Predictor:
     """A network prepared for fast inference: eval mode, batch norms folded into the preceding
-    convolutions, channels_last, on its device; with bf16 a bfloat16 copy of the weights (on AMX
-    CPUs several times faster than fp32 at every batch size); on CPU, with `jit`, a frozen
+    convolutions, channels_last, on its device; with bf16 the weights in bfloat16 (on AMX CPUs
+    several times faster than fp32 at every batch size); on CPU, with `jit`, a frozen
     TorchScript graph whose conv+ReLU chains oneDNN fuses. Takes uint8 pixel batches, so the API
     process ships 4x fewer bytes, and normalises them here, a batch at a time."""
 
@@ -105,11 +105,8 @@ class Predictor:
         net = fold_batch_norms(net.eval()).to(device, dtype=self.dtype)
         self.net = net.to(memory_format=torch.channels_last)
         if jit and device.type == "cpu":
-            self.net = freeze_graph(self.net, self._example(2, image_size))
-
-    def _example(self, batch: int, image_size: int) -> torch.Tensor:
-        return torch.zeros(batch, 3, image_size, image_size, dtype=self.dtype,
-                           device=self.device).contiguous(memory_format=torch.channels_last)
+            example = torch.zeros(2, 3, image_size, image_size, dtype=self.dtype)
+            self.net = freeze_graph(self.net, example.contiguous(memory_format=torch.channels_last))
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:

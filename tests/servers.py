@@ -9,7 +9,17 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPResponse
 from pathlib import Path
+
+# Loopback servers are reached directly: never through a proxy from the environment, which
+# urllib's shared opener would otherwise keep from whichever test first opened a URL.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def open_local(url: str | urllib.request.Request, timeout: float) -> HTTPResponse:
+    """`urllib.request.urlopen` for a server on this machine (no proxy)."""
+    return _LOCAL.open(url, timeout=timeout)
 
 
 def free_port() -> int:
@@ -27,7 +37,7 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None,
             raise RuntimeError(f"server exited with {process.returncode} before {url} was up:\n"
                                f"{_tail(log_file)}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with open_local(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):

@@ -44,6 +44,11 @@ def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def imagenet_cache_file(arch: str) -> Path:
+    """Where torchvision keeps `arch`'s ImageNet weights (the file may not exist yet)."""
+    return checkpoint_dir() / os.path.basename(_imagenet_enum(arch).url)
+
+
 def backbone_weights(arch: str, weights: str) -> Any:
     """The torchvision `weights=` argument for `model.weights`: an enum for "imagenet", else None.
 
@@ -53,7 +58,7 @@ def backbone_weights(arch: str, weights: str) -> Any:
     if weights != "imagenet":
         return None
     enum = _imagenet_enum(arch)
-    cached = checkpoint_dir() / os.path.basename(enum.url)
+    cached = imagenet_cache_file(arch)
     if not cached.exists():
         _download(enum.url, cached, arch)
     return enum

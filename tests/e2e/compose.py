@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.servers import open_local
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 DASHBOARD = REPO_ROOT / "docker" / "grafana" / "dashboards" / "catsdogs-service.json"
@@ -54,7 +56,7 @@ def http_json(url: str, method: str = "GET", body: Any = None, token: str | None
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with open_local(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         raise AssertionError(f"{method} {url}: HTTP {exc.code}: {exc.read()[:2000]!r}") from None

@@ -35,7 +35,7 @@ from tests.e2e.compose import (
     http_json,
     wait_until,
 )
-from tests.servers import free_port
+from tests.servers import free_port, open_local
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
@@ -249,7 +249,7 @@ def predict(stack: Stack, photo: Path) -> dict:
     body += photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(stack.url("bento", "/predict"), data=body, method="POST")
     request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with open_local(request, timeout=60) as response:
         return json.loads(response.read())
 
 

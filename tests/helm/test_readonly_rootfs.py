@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helm.conftest import Renderer
-from tests.servers import free_port, start_process, stop_process, wait_http
+from tests.servers import free_port, open_local, start_process, stop_process, wait_http
 
 # Two services like bentoservice/ (an entry service depending on a model service): BentoML runs
 # them as separate processes talking over local sockets.
@@ -133,11 +133,11 @@ def test_bentoml_serves_on_a_read_only_root(read_only_pod: tuple[dict[str, str],
         request = urllib.request.Request(
             f"{url}/size", data=body, method="POST",
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with open_local(request, timeout=30) as response:
             assert response.read().decode().strip() == str(len(payload))
-        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        with open_local(f"{url}/metrics", timeout=10) as response:
             assert b"bentoml_service_request_total" in response.read()
-        with urllib.request.urlopen(f"{url}/livez", timeout=10) as response:
+        with open_local(f"{url}/livez", timeout=10) as response:
             assert response.status == 200
     finally:
         stop_process(process)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, start_process, stop_process, wait_http
+from tests.servers import free_port, open_local, start_process, stop_process, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "CatsDogsServingTest"
@@ -34,7 +34,7 @@ class BentoServer:
 
 def _status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with open_local(url, timeout=5) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code

@@ -4,6 +4,7 @@ evaluation transform, and reproducible training with a deep-copied best state.""
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ from tests.training.conftest import IMAGE_SIZE
 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any download goes through a proxy on a closed loopback port: refused at once."""
+    """Any download goes through a proxy on a closed loopback port: refused at once. urllib's
+    shared opener is reset afterwards: it keeps the proxies it was first built with."""
+    monkeypatch.setattr(urllib.request, "_opener", None)
     proxy = f"http://127.0.0.1:{free_port()}"
     for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(name, proxy)
