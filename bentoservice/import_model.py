@@ -85,24 +85,23 @@ def calibration_files(folder: Path | None, limit: int, seed: int = 0) -> list[Pa
 def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
                            files: Sequence[Path]) -> float | None:
     """fp32 vs bf16 label agreement of the imported model on `files` (None when not measurable)."""
+    import numpy as np
     import torch
 
     from bentoservice.runtime import bf16_agreement, load_network
-    from catsdogs.images import ImageRejected, decode_image
-    from catsdogs.model import cpu_supports_bf16, eval_resize
+    from catsdogs.images import ImageRejected, square_image
+    from catsdogs.model import cpu_supports_bf16
 
     if not files or not cpu_supports_bf16():
         return None
-    images = []
-    for path in files:
+    pixels = []
+    for path in files:  # exactly what the service does to an upload
         try:
-            images.append(decode_image(path, draft_size=metadata["image_size"]))
+            pixels.append(np.asarray(square_image(path, metadata["image_size"])))
         except ImageRejected:
             continue
     net = load_network(model_dir, metadata["arch"])
-    resize = eval_resize(metadata["image_size"])
-    batches = [torch.stack([resize(image) for image in images[i:i + 32]])
-               for i in range(0, len(images), 32)]
+    batches = [torch.from_numpy(np.stack(pixels[i:i + 32])) for i in range(0, len(pixels), 32)]
     with torch.inference_mode():
         return bf16_agreement(net, batches) if batches else None
 

@@ -1,9 +1,10 @@
 """The catsdogs Bento service: the champion CNN behind /predict, /predict_batch, /predict_base64,
 a web page at /, health probes and Prometheus metrics.
 
-Two services, two processes: `catsdogs` (the HTTP API) decodes and preprocesses pictures in a
-thread pool, then calls `catsdogs_model`, whose batchable `infer` runs the network on adaptive
-batches. Decoding therefore never waits behind the model. Configuration: bentoservice/settings.py.
+Two services, two processes: `catsdogs` (the HTTP API) decodes and resizes pictures in a thread
+pool, joins the pixels of concurrent requests (bentoservice/coalesce.py) and calls
+`catsdogs_model`, whose batchable `infer` runs the network on adaptive batches. Decoding therefore
+never waits behind the model. Configuration: bentoservice/settings.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
+from bentoservice.coalesce import Coalescer
 from bentoservice.guard import REJECT_HEADER, RequestGuard
 from bentoservice.runtime import (
     MLFLOW_MODEL_FOLDER,
@@ -39,13 +41,13 @@ from bentoservice.runtime import (
     Predictor,
     choose_device,
     choose_precision,
+    freeze_startup_heap,
     load_network,
     set_threads,
 )
 from bentoservice.settings import SETTINGS
 from bentoservice.web import web_app
-from catsdogs.images import ImageLimits, ImageRejected, decode_image
-from catsdogs.model import eval_resize
+from catsdogs.images import ImageLimits, ImageRejected, square_image
 
 logger = logging.getLogger("bentoservice")
 
@@ -108,6 +110,7 @@ class CatsDogsModel:
                               self.info.image_size, jit=SETTINGS.jit)
         predictor.warm_up(SETTINGS.max_batch_size, self.info.image_size)
         self.predictor = predictor
+        freeze_startup_heap()
         self.loaded.set()
         logger.info("model %s v%s ready on %s (%s, %d threads) in %.1fs", self.info.name,
                     self.info.version, device, precision, torch.get_num_threads(),
@@ -119,7 +122,7 @@ class CatsDogsModel:
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """N,3,H,W resized pictures (uint8, from `eval_resize`) -> N,C class probabilities."""
+        """N,H,W,3 uint8 pictures (`square_image` pixels) -> N,C class probabilities."""
         if not self.loaded.wait(timeout=120):
             raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
         assert self.predictor is not None
@@ -146,34 +149,34 @@ class CatsDogs:
         self.limits = ImageLimits(max_bytes=SETTINGS.max_upload_bytes,
                                   max_pixels=SETTINGS.max_pixels, min_side=SETTINGS.min_side,
                                   max_aspect_ratio=SETTINGS.max_aspect_ratio)
-        self.resize = eval_resize(self.info.image_size)
-        torch.set_num_threads(1)  # one decode thread = one core; the model has its own process
         self.pool = ThreadPoolExecutor(SETTINGS.decode_threads or len(os.sched_getaffinity(0)),
                                        thread_name_prefix="decode")
+        self.coalescer = Coalescer(self._infer, SETTINGS.max_batch_size,
+                                   SETTINGS.model_calls_in_flight)
         self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
         MODEL_INFO.labels(name=self.info.name, version=self.info.version).set(1)
         web_app.state.model = {"name": self.info.name, "version": self.info.version,
                                "run_id": self.info.run_id, "bento_model": self.info.bento_tag,
                                "classes": list(self.info.classes)}
+        freeze_startup_heap()
 
-    def _prepare(self, source: bytes | Path) -> torch.Tensor:
-        image = decode_image(source, self.limits, draft_size=self.info.image_size)
-        return self.resize(image)
+    def _prepare(self, source: bytes | Path) -> np.ndarray:
+        return np.asarray(square_image(source, self.info.image_size, self.limits))
 
-    async def _tensors(self, sources: list[bytes | Path]) -> np.ndarray:
-        """Decode and resize in the thread pool (uint8; the model process normalises batches);
-        a bad picture raises ImageRejected (naming its position when there are several)."""
+    async def _pixels(self, sources: list[bytes | Path]) -> np.ndarray:
+        """Decode and resize in the thread pool: N,H,W,3 uint8 (the model process normalises
+        batches); a bad picture raises ImageRejected (naming its position when there are several)."""
         loop = asyncio.get_running_loop()
-        tensors = await asyncio.gather(
+        pictures = await asyncio.gather(
             *(loop.run_in_executor(self.pool, self._prepare, s) for s in sources),
             return_exceptions=True)
-        for index, result in enumerate(tensors):
+        for index, result in enumerate(pictures):
             if isinstance(result, ImageRejected) and len(sources) > 1:
                 raise ImageRejected(result.reason,
                                     f"image {index + 1} of {len(sources)}: {result}")
             if isinstance(result, BaseException):
                 raise result
-        return torch.stack(tensors).numpy()
+        return np.stack(pictures)
 
     def _answer(self, probabilities: np.ndarray) -> list[Prediction]:
         answers = []
@@ -190,22 +193,22 @@ class CatsDogs:
 
     async def _predict(self, sources: list[bytes | Path]) -> list[Prediction] | JSONResponse:
         try:
-            batch = await self._tensors(sources)
+            pixels = await self._pixels(sources)
         except ImageRejected as exc:
             return _error(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
-        probabilities = await self._infer(batch)
+        probabilities = await self.coalescer.infer(pixels)
         if probabilities is None:
             return _error(503, "model_unavailable",
                           "the model service is overloaded or not answering; retry in a moment")
         return self._answer(probabilities)
 
-    async def _infer(self, batch: np.ndarray, attempts: int = 3) -> np.ndarray | None:
+    async def _infer(self, pixels: np.ndarray, attempts: int = 3) -> np.ndarray | None:
         """Probabilities from the batched model service; None when it cannot answer (overloaded,
         still loading past the timeout, gone). Inference is idempotent, so a connection the
         model process dropped (e.g. it restarted) is retried on a fresh one."""
         for attempt in range(1, attempts + 1):
             try:
-                return await self.model.to_async.infer(batch)
+                return await self.model.to_async.infer(pixels)
             except aiohttp.ClientError as exc:
                 logger.warning("model call failed (attempt %d/%d): %s", attempt, attempts, exc)
             except bentoml.exceptions.BentoMLException as exc:

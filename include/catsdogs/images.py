@@ -1,7 +1,8 @@
 """The one image decoding path used by prepare, transform and the serving endpoint.
 
 `decode_image` turns bytes or a file into an 8-bit RGB `PIL.Image`, or raises `ImageRejected` with
-a machine-readable reason. It checks the size limits from the header before decoding any pixels,
+a machine-readable reason. `square_image` adds THE geometric preprocessing (square resize): the
+transform stage stores its output for training and the Bento service applies it to every upload. It checks the size limits from the header before decoding any pixels,
 applies the EXIF orientation, composites transparency on white, scales 16-bit and float images to
 8 bits and, for multi-frame files (animated GIF/WebP, multi-page TIFF), keeps the first frame.
 """
@@ -20,6 +21,7 @@ from catsdogs.errors import UserError
 REASONS = ("empty", "not_an_image", "truncated", "too_large", "too_many_pixels",
            "bad_dimensions", "multi_frame", "unsupported_mode")
 
+DRAFT_GAP = 2  # JPEG draft keeps >= 2x the output size, so the final resample still antialiases
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -133,3 +135,16 @@ def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {exc}") from exc
     return _to_rgb(image)
+
+
+def square(image: Image.Image, size: int) -> Image.Image:
+    """Squash-resize to size x size with Pillow's antialiased BILINEAR filter (what torchvision's
+    `Resize((size, size))` does to a PIL image; a picture already that size passes unchanged)."""
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def square_image(source: bytes | Path, size: int, limits: ImageLimits = ImageLimits()
+                 ) -> Image.Image:
+    """Decode (JPEG draft scaling only while at least `DRAFT_GAP` x size remains, as Pillow's own
+    `thumbnail` does) and `square` to a size x size RGB image."""
+    return square(decode_image(source, limits, draft_size=size * DRAFT_GAP), size)

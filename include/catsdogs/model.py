@@ -7,9 +7,11 @@ way everywhere. Stage modules import this module inside their functions (it impo
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -64,22 +66,27 @@ def _replace_head(net: torch.nn.Module, arch: str, num_classes: int) -> None:
         net.classifier[-1] = torch.nn.Linear(last.in_features, num_classes)
 
 
-def eval_resize(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """The geometric half of the evaluation transform: RGB, squash resize to image_size squared
-    (antialiased bilinear, like the transform stage: a presized picture passes unchanged),
-    as a uint8 3,H,W tensor. The Bento service runs it per upload, `normalize` per batch."""
-    from torchvision import transforms
+def square_pixels(image: Image.Image, image_size: int) -> np.ndarray:
+    """The geometric half of the evaluation transform: RGB, `catsdogs.images.square` (the transform
+    stage's resize, so a presized picture passes unchanged), as an H,W,3 uint8 array. The Bento
+    service runs it per upload and ships these bytes; `normalize` runs per batch."""
+    from catsdogs.images import square
 
-    return transforms.Compose([
-        transforms.Lambda(_to_rgb),
-        transforms.Resize((image_size, image_size), antialias=True),
-        transforms.PILToTensor(),
-    ])
+    return np.array(square(_to_rgb(image), image_size))
+
+
+def eval_resize(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """`square_pixels` as a 3,H,W uint8 tensor (for datasets; picklable for loader workers)."""
+    return functools.partial(_square_chw, image_size=image_size)
+
+
+def _square_chw(image: Image.Image, image_size: int) -> torch.Tensor:
+    return torch.from_numpy(square_pixels(image, image_size)).permute(2, 0, 1).contiguous()
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """The other half: uint8 pixels (3,H,W or N,3,H,W) to float32 scaled to [0, 1] and
-    ImageNet-normalised; the same arithmetic as torchvision's ToTensor + Normalize."""
+    """The other half: uint8 pixels (3,H,W or N,3,H,W, any memory layout) to float32 scaled to
+    [0, 1] and ImageNet-normalised; the same arithmetic as torchvision's ToTensor + Normalize."""
     mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
     return pixels.float().div_(255).sub_(mean).div_(std)

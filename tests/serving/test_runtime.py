@@ -16,13 +16,16 @@ CPU = torch.device("cpu")
 
 
 def _pixels(batch: int, seed: int = 0) -> torch.Tensor:
+    """N,H,W,3 uint8, the layout the API process sends."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+    return torch.randint(0, 256, (batch, SIZE, SIZE, 3), dtype=torch.uint8, generator=generator)
 
 
 def _reference(net: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The training-side arithmetic: contiguous N,3,H,W, normalised, eager fp32 network."""
     with torch.inference_mode():
-        return torch.softmax(net.eval()(normalize(pixels)), dim=1)
+        nchw = pixels.permute(0, 3, 1, 2).contiguous()
+        return torch.softmax(net.eval()(normalize(nchw)), dim=1)
 
 
 def _trained_looking(arch: str) -> torch.nn.Module:

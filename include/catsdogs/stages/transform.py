@@ -1,11 +1,10 @@
 """Transform: RGB + square resize + stratified split into `transformed/{train,val,test}/<label>/`.
 
-Each image goes through `catsdogs.images.decode_image` (EXIF orientation, every colour mode to RGB,
-JPEG draft decoding by 1/2..1/8 only while at least twice the output size remains, as Pillow's own
-`thumbnail` does), then it is resized directly to `transform.image_size` squared with Pillow's
-antialiased BILINEAR filter: exactly the squash resize that `catsdogs.model.eval_transform`
-(torchvision `Resize((s, s))`) applies to an uploaded photo at serving time, so training pixels
-match serving pixels. Output is JPEG at `transform.jpeg_quality`. The split is stratified per class and seeded (`split.seed`): the same
+Each image goes through `catsdogs.images.square_image` (EXIF orientation, every colour mode to RGB,
+JPEG draft decoding by 1/2..1/8 only while at least twice the output size remains, then a squash
+resize to `transform.image_size` squared with Pillow's antialiased BILINEAR filter): the same
+function the Bento service applies to an uploaded photo, so training pixels match serving pixels.
+Output is JPEG at `transform.jpeg_quality`. The split is stratified per class and seeded (`split.seed`): the same
 prepared manifest always gives byte-identical `splits.csv`. Work runs on a process pool
 (`transform.workers`, 0 = one per core).
 """
@@ -16,7 +15,6 @@ import logging
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.errors import UserError
@@ -29,23 +27,12 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("path", "split", "label", "source")
-DRAFT_GAP = 2  # JPEG draft keeps >= 2x the output size, so the final resample still antialiases
 ALGORITHM = "squash-bilinear-draft2x/v1"  # part of the stamp: bump when output changes
-
-
-def square_image(source: Path, size: int) -> Any:
-    """Decode (draft mode) and squash-resize to a size x size RGB image."""
-    from PIL import Image
-
-    from catsdogs.images import decode_image
-
-    image = decode_image(source, draft_size=size * DRAFT_GAP)
-    return image.resize((size, size), Image.Resampling.BILINEAR)
 
 
 def _transform_one(job: tuple[str, str, int, int]) -> str:
     """Worker: write one output JPEG; returns '' or an error message."""
-    from catsdogs.images import ImageRejected
+    from catsdogs.images import ImageRejected, square_image
 
     source, target, size, quality = job
     try:
