@@ -34,7 +34,7 @@ class Settings:
     max_batch_images: int = _int("CATSDOGS_MAX_BATCH_IMAGES", 32)
     model_calls_in_flight: int = _int("CATSDOGS_MODEL_CALLS_IN_FLIGHT", 2)
     decode_threads: int = _int("CATSDOGS_DECODE_THREADS", 0)  # 0: one per CPU core
-    torch_threads: int = _int("CATSDOGS_TORCH_THREADS", 0)  # 0: half the CPU cores
+    torch_threads: int = _int("CATSDOGS_TORCH_THREADS", 0)  # 0: one per CPU core
     precision: str = os.environ.get("CATSDOGS_PRECISION", "auto")  # auto | fp32 | bf16
     jit: bool = _int("CATSDOGS_JIT", 1) != 0  # CPU: frozen TorchScript graph, oneDNN fusion
     device: str = os.environ.get("CATSDOGS_DEVICE", "auto")  # auto | cpu | cuda

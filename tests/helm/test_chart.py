@@ -205,7 +205,7 @@ def test_security_context_and_scratch_volumes(render: Renderer) -> None:
 def test_service_settings_reach_the_environment(render: Renderer) -> None:
     env = env_of(render())
     assert env["CATSDOGS_MAX_UPLOAD_BYTES"] == "10485760"  # an integer, not 1.048576e+07
-    assert env["CATSDOGS_TORCH_THREADS"] == "1"  # half the 2-CPU limit; the API decodes on the rest
+    assert env["CATSDOGS_TORCH_THREADS"] == "2"  # matches the 2-CPU limit
     assert "CATSDOGS_BENTO_MODEL" not in env  # empty: the service's default
     assert "CATSDOGS_MAX_BATCH_SIZE" not in env  # null: the service's default
     env = env_of(render(sets=["config.torchThreads=null", "config.modelTag=catsdogs_cnn:abc",
