@@ -177,12 +177,12 @@ def percentile(values: list[float], q: float) -> float:
         else values[0]
 
 
-def measure(name: str, url: str, photos: list[bytes], levels: list[int], count: int
+def measure(name: str, url: str, bodies: list[bytes], levels: list[int], count: int
             ) -> dict[int, tuple[float, float, float, int]]:
-    asyncio.run(load(url, photos, 4, 40))  # warm-up
+    asyncio.run(load(url, bodies, 4, 40))  # warm-up
     results = {}
     for concurrency in levels:
-        rate, latencies, errors = asyncio.run(load(url, photos, concurrency, count))
+        rate, latencies, errors = asyncio.run(load(url, bodies, concurrency, count))
         results[concurrency] = (rate, 1000 * percentile(latencies, 50),
                                 1000 * percentile(latencies, 99), errors)
         print(f"  {name:8s} c={concurrency:<3d} {rate:7.1f} req/s  p50 "
@@ -211,7 +211,7 @@ def main() -> int:
     if not (SAMPLE / "cat").is_dir():
         print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
         return 2
-    photos = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[: args.photos // 2]
+    bodies = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[: args.photos // 2]
               + sorted((SAMPLE / "dog").glob("*.jpg"))[: args.photos // 2]]
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
@@ -254,7 +254,7 @@ def main() -> int:
         process = start_process(argv, log_file, env=env, cwd=REPO_ROOT)
         try:
             wait_http(f"http://127.0.0.1:{port}{health}", 180, process, log_file)
-            results[name] = measure(name, url, photos, args.concurrency, args.requests)
+            results[name] = measure(name, url, bodies, args.concurrency, args.requests)
         finally:
             stop_process(process)
     print(f"\n{'concurrency':>11} | {'bentoml req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | "

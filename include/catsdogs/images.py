@@ -1,10 +1,11 @@
 """The one image decoding path used by prepare, transform and the serving endpoint.
 
 `decode_image` turns bytes or a file into an 8-bit RGB `PIL.Image`, or raises `ImageRejected` with
-a machine-readable reason. `square_image` adds THE geometric preprocessing (square resize): the
-transform stage stores its output for training and the Bento service applies it to every upload. It checks the size limits from the header before decoding any pixels,
+a machine-readable reason. It checks the size limits from the header before decoding any pixels,
 applies the EXIF orientation, composites transparency on white, scales 16-bit and float images to
 8 bits and, for multi-frame files (animated GIF/WebP, multi-page TIFF), keeps the first frame.
+`square_image` adds THE geometric preprocessing (the square resize): the transform stage stores its
+output for training and the Bento service applies it to every upload.
 """
 
 from __future__ import annotations
