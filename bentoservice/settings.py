@@ -25,7 +25,7 @@ def _float(name: str, default: float) -> float:
 @dataclass(frozen=True)
 class Settings:
     model_tag: str = os.environ.get("CATSDOGS_BENTO_MODEL", "catsdogs_cnn:latest")
-    max_batch_size: int = _int("CATSDOGS_MAX_BATCH_SIZE", 16)
+    max_batch_size: int = _int("CATSDOGS_MAX_BATCH_SIZE", 8)
     max_latency_ms: int = _int("CATSDOGS_MAX_LATENCY_MS", 2000)
     max_upload_bytes: int = _int("CATSDOGS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
     max_pixels: int = _int("CATSDOGS_MAX_PIXELS", 40_000_000)
