@@ -211,8 +211,9 @@ def main() -> int:
     if not (SAMPLE / "cat").is_dir():
         print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
         return 2
-    bodies = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[: args.photos // 2]
-              + sorted((SAMPLE / "dog").glob("*.jpg"))[: args.photos // 2]]
+    half = args.photos // 2
+    bodies = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[:half]
+              + sorted((SAMPLE / "dog").glob("*.jpg"))[:half]]
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "PYTHONPATH": str(REPO_ROOT)}

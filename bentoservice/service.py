@@ -165,7 +165,7 @@ class CatsDogs:
 
     async def _pixels(self, sources: list[bytes | Path]) -> np.ndarray:
         """Decode and resize in the thread pool: N,H,W,3 uint8 (the model process normalises
-        batches); a bad picture raises ImageRejected (naming its position when there are several)."""
+        batches); a bad picture raises ImageRejected, naming its position when there are several."""
         loop = asyncio.get_running_loop()
         pictures = await asyncio.gather(
             *(loop.run_in_executor(self.pool, self._prepare, s) for s in sources),

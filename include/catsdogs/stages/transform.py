@@ -4,9 +4,9 @@ Each image goes through `catsdogs.images.square_image` (EXIF orientation, every 
 JPEG draft decoding by 1/2..1/8 only while at least twice the output size remains, then a squash
 resize to `transform.image_size` squared with Pillow's antialiased BILINEAR filter): the same
 function the Bento service applies to an uploaded photo, so training pixels match serving pixels.
-Output is JPEG at `transform.jpeg_quality`. The split is stratified per class and seeded (`split.seed`): the same
-prepared manifest always gives byte-identical `splits.csv`. Work runs on a process pool
-(`transform.workers`, 0 = one per core).
+Output is JPEG at `transform.jpeg_quality`. The split is stratified per class and seeded
+(`split.seed`): the same prepared manifest always gives byte-identical `splits.csv`. Work runs on
+a process pool (`transform.workers`, 0 = one per core).
 """
 
 from __future__ import annotations
