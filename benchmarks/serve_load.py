@@ -189,6 +189,16 @@ def run_level(url: str, bodies: list[bytes], concurrency: int, count: int
     return rate, 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99), errors
 
 
+def cpu_probe_ms() -> float:
+    """Milliseconds for a fixed pure-Python loop: how fast this machine runs right now (on a
+    shared VM it moves by more than 1.5x within minutes, with no steal time reported)."""
+    started = time.process_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i
+    return 1000 * (time.process_time() - started)
+
+
 def server_command(name: str, port: int, model_dir: str, image_size: int
                    ) -> tuple[list[str], str]:
     """The command that starts server `name` on `port`, and its health path."""
@@ -283,7 +293,8 @@ def main() -> int:
             urls[name] = f"http://127.0.0.1:{port}/predict"
             asyncio.run(load(urls[name], bodies, 4, 40))  # warm-up
         for round_number in range(1, args.rounds + 1):
-            print(f"\nround {round_number} of {args.rounds}", flush=True)
+            print(f"\nround {round_number} of {args.rounds} (CPU probe: {cpu_probe_ms():.0f} ms; "
+                  "lower is a faster machine)", flush=True)
             results: dict[str, dict[int, tuple[float, float, float, int]]] = {}
             for concurrency in args.concurrency:
                 for name in SERVERS:
