@@ -7,8 +7,8 @@ does: one process, one image per request, PIL decode + the evaluation transform,
 model. Both get the same real photos (../shared/data/petimages-sample) at each concurrency;
 the table gives requests/s, p50 and p99 latency, the throughput ratio and whether the issue's
 targets hold. Both servers run side by side and each level is measured on one and then at once
-on the other, so a change in the machine's speed during the run (this shared VM's drifts by up
-to 1.7x) falls on both sides of the ratio; `--rounds` repeats the sweep.
+on the other, so a change in the machine's speed during the run (this shared VM's moved by up
+to 1.9x in a day) falls on both sides of the ratio; `--rounds` repeats the sweep.
 
 The model: `--model-uri models:/CatsDogsCNN@champion` (with MLFLOW_TRACKING_URI) benchmarks the
 real champion. Without it, `--arch` (mobilenet_v2, what `make demo` trains here, or resnet18) gets
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 BOUNDARY = "catsdogs-benchmark-boundary"
 SERVERS = ("bentoml", "flask")
+LevelResult = tuple[float, float, float, int]  # requests/s, p50 ms, p99 ms, errors
 
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
 
@@ -182,9 +183,8 @@ def percentile(values: list[float], q: float) -> float:
         else values[0]
 
 
-def run_level(url: str, bodies: list[bytes], concurrency: int, count: int
-              ) -> tuple[float, float, float, int]:
-    """One load run: (requests/s, p50 ms, p99 ms, errors)."""
+def run_level(url: str, bodies: list[bytes], concurrency: int, count: int) -> LevelResult:
+    """One load run at `concurrency`."""
     rate, latencies, errors = asyncio.run(load(url, bodies, concurrency, count))
     return rate, 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99), errors
 
@@ -210,8 +210,7 @@ def server_command(name: str, port: int, model_dir: str, image_size: int
             str(port)], "/health"
 
 
-def print_table(results: dict[str, dict[int, tuple[float, float, float, int]]],
-                levels: list[int]) -> None:
+def print_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -> None:
     print(f"\n{'concurrency':>11} | {'bentoml req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | "
           f"{'flask req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | ratio")
     for c in levels:
@@ -295,7 +294,7 @@ def main() -> int:
         for round_number in range(1, args.rounds + 1):
             print(f"\nround {round_number} of {args.rounds} (CPU probe: {cpu_probe_ms():.0f} ms; "
                   "lower is a faster machine)", flush=True)
-            results: dict[str, dict[int, tuple[float, float, float, int]]] = {}
+            results: dict[str, dict[int, LevelResult]] = {}
             for concurrency in args.concurrency:
                 for name in SERVERS:
                     result = run_level(urls[name], bodies, concurrency, args.requests)
