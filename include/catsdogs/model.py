@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,12 +114,6 @@ def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def preprocess_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
-    """Stack pictures into an N,3,H,W float32 batch with the evaluation transform."""
-    transform = eval_transform(image_size)
-    return torch.stack([transform(image) for image in images])
 
 
 def cpu_supports_bf16() -> bool:

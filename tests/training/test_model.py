@@ -20,7 +20,6 @@ from catsdogs.model import (
     eval_resize,
     eval_transform,
     normalize,
-    preprocess_batch,
     train_transform,
 )
 from catsdogs.training import fit, train_mode
@@ -93,9 +92,11 @@ def test_state_dict_file_and_frozen_backbone(tmp_path) -> None:
 def test_eval_transform_is_shared_and_keeps_presized_images() -> None:
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 100, 50))
     single = eval_transform(IMAGE_SIZE)(image)
-    batch = preprocess_batch([image, Image.new("L", (300, 120), 90)], IMAGE_SIZE)
-    assert batch.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.dtype == torch.float32
-    assert torch.equal(batch[0], single)
+    grey = eval_transform(IMAGE_SIZE)(Image.new("L", (300, 120), 90))
+    assert single.shape == grey.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    assert single.dtype == grey.dtype == torch.float32
+    assert torch.equal(single[:, 0, 0], torch.tensor([200, 100, 50]).div(255).sub(
+        torch.tensor(IMAGENET_MEAN)).div(torch.tensor(IMAGENET_STD)))
     assert train_transform(IMAGE_SIZE)(image).shape == single.shape
 
 
