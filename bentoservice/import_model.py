@@ -89,8 +89,8 @@ def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
     import torch
 
     from bentoservice.runtime import bf16_agreement, load_network
-    from catsdogs.images import ImageRejected, square_image
-    from catsdogs.model import cpu_supports_bf16
+    from catsdogs.data.images import ImageRejected, square_image
+    from catsdogs.training.model import cpu_supports_bf16
 
     if not files or not cpu_supports_bf16():
         return None

@@ -54,12 +54,12 @@ class ModelInfo:
 
 def load_network(model_dir: Path, arch: str) -> torch.nn.Module:
     """The logged network as an eager `nn.Module` (pt2/GraphModule models are rebuilt from their
-    state dict with `catsdogs.model.build_model`, so channels_last and bf16 apply everywhere)."""
+    state dict with `catsdogs.training.model.build_model`, so channels_last and bf16 apply everywhere)."""
     import mlflow.pytorch
 
     loaded = mlflow.pytorch.load_model(str(model_dir), map_location="cpu")
     if isinstance(loaded, torch.fx.GraphModule):
-        from catsdogs.model import build_model
+        from catsdogs.training.model import build_model
 
         try:
             net = build_model(arch, weights="none")
@@ -78,7 +78,7 @@ def choose_device(wanted: str) -> torch.device:
 
 def choose_precision(wanted: str, device: torch.device, agreement: float | None) -> str:
     """fp32 or bf16 (see the module docstring); an explicit CATSDOGS_PRECISION wins."""
-    from catsdogs.model import cpu_supports_bf16
+    from catsdogs.training.model import cpu_supports_bf16
 
     if wanted in ("fp32", "bf16"):
         return wanted
@@ -112,9 +112,9 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """N,H,W,3 uint8 pixels (`catsdogs.model.square_pixels`) -> N,C softmax probabilities
+        """N,H,W,3 uint8 pixels (`catsdogs.training.model.square_pixels`) -> N,C softmax probabilities
         (float32, CPU)."""
-        from catsdogs.model import normalize
+        from catsdogs.training.model import normalize
 
         nchw = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # a channels_last view
         inputs = normalize(nchw).to(self.dtype)

@@ -47,7 +47,7 @@ from bentoservice.runtime import (
 )
 from bentoservice.settings import SETTINGS
 from bentoservice.web import web_app
-from catsdogs.images import ImageLimits, ImageRejected, square_image
+from catsdogs.data.images import ImageLimits, ImageRejected, square_image
 
 logger = logging.getLogger("bentoservice")
 

@@ -1,7 +1,7 @@
 """catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly.
 
-Wiring only: the stages come from `catsdogs.pipeline.STAGES`, the tasks from
-`catsdogs.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local).
+Wiring only: the stages come from `catsdogs.orchestration.stage_table.STAGES`, the tasks from
+`catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, CronTriggerTimetable, chain
 
-from catsdogs.airflow_tasks import (
+from catsdogs.orchestration.airflow_tasks import (
     DEFAULT_ARGS,
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
@@ -19,7 +19,7 @@ from catsdogs.airflow_tasks import (
     runner,
     schedule,
 )
-from catsdogs.pipeline import STAGES
+from catsdogs.orchestration.stage_table import STAGES
 
 MODE = runner()
 

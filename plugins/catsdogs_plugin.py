@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from catsdogs.airflow_tasks import MlflowRunLink
+from catsdogs.orchestration.airflow_tasks import MlflowRunLink
 
 
 class CatsDogsPlugin(AirflowPlugin):

@@ -26,7 +26,7 @@ die() { printf '\033[1;31m[demo] error:\033[0m %s\n' "$*" >&2; exit 1; }
 if [[ -n "${DEMO_SOURCE:-}" ]]; then
   SOURCE="$DEMO_SOURCE"
   say "data: $SOURCE (DEMO_SOURCE)"
-elif "$PY" -c 'import sys; from catsdogs.kaggle_source import has_credentials; sys.exit(0 if has_credentials() else 1)'; then
+elif "$PY" -c 'import sys; from catsdogs.data.kaggle import has_credentials; sys.exit(0 if has_credentials() else 1)'; then
   SOURCE="$("$PY" -c 'from catsdogs.config import load_params; print(load_params("'"$ROOT"'/params.yaml").data.source)')"
   say "data: Kaggle credentials found: downloading the real data set ($SOURCE)"
 else
@@ -34,7 +34,7 @@ else
   PER_CLASS="${DEMO_SYNTHETIC_PER_CLASS:-60}"
   if [[ ! -f "$SYNTH/.complete-$PER_CLASS" ]]; then
     rm -rf "$SYNTH"
-    "$PY" -c "from pathlib import Path; from catsdogs.synthetic import generate_dataset; generate_dataset(Path('$SYNTH'), per_class=$PER_CLASS)"
+    "$PY" -c "from pathlib import Path; from catsdogs.data.synthetic import generate_dataset; generate_dataset(Path('$SYNTH'), per_class=$PER_CLASS)"
     touch "$SYNTH/.complete-$PER_CLASS"
   fi
   SOURCE="dir:$SYNTH"
@@ -52,7 +52,7 @@ fi
 ARCH="${DEMO_ARCH:-mobilenet_v2}"
 WEIGHTS=none
 mkdir -p "$DEMO_DIR/logs"
-if [[ "$ARCH" == mobilenet_v2 ]] && "$PY" -m catsdogs.weights >>"$DEMO_DIR/logs/weights.log" 2>&1; then
+if [[ "$ARCH" == mobilenet_v2 ]] && "$PY" -m catsdogs.training.weights >>"$DEMO_DIR/logs/weights.log" 2>&1; then
   WEIGHTS=imagenet
   say "weights: ImageNet mobilenet_v2 from the torchvision cache"
 else

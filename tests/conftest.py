@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.synthetic import generate_dataset
+from catsdogs.data.synthetic import generate_dataset
 from tests.servers import start_mlflow_server, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

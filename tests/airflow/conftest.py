@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from catsdogs.synthetic import generate_dataset
+from catsdogs.data.synthetic import generate_dataset
 from tests.airflow.harness import REPO_ROOT, AirflowServices
 
 # Airflow reads its configuration once, when first imported: point it at a private home first.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.definitions.param import ParamValidationError
 
-from catsdogs.airflow_tasks import (
+from catsdogs.config import load_params
+from catsdogs.orchestration.airflow_tasks import (
     DEFAULT_SCHEDULE,
     StageBashOperator,
     StageDockerOperator,
@@ -16,8 +17,7 @@ from catsdogs.airflow_tasks import (
     overrides_from_params,
     parse_run_id,
 )
-from catsdogs.config import load_params
-from catsdogs.pipeline import STAGE_NAMES
+from catsdogs.orchestration.stage_table import STAGE_NAMES
 
 ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote"]
 SECRET = "s3cr3t-kaggle-key-value"

@@ -1,4 +1,4 @@
-"""catsdogs.images.decode_image: every colour mode to RGB, every kind of bad input refused."""
+"""catsdogs.data.images.decode_image: every colour mode to RGB, every kind of bad input refused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs.images import ImageLimits, ImageRejected, decode_image
+from catsdogs.data.images import ImageLimits, ImageRejected, decode_image
 from tests.data.helpers import encode, noise_image, rotated_jpeg, sixteen_bit_png
 
 

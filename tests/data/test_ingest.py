@@ -19,7 +19,7 @@ import pytest
 from catsdogs.config import Params
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
-from catsdogs.sources import label_for, parse_source
+from catsdogs.data.sources import label_for, parse_source
 from catsdogs.stages import ingest
 from tests.data.fake_kaggle import FakeKaggle
 from tests.data.helpers import (

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from catsdogs.pipeline import STAGE_NAMES, STAGES
+from catsdogs.orchestration.stage_table import STAGE_NAMES, STAGES
 
 CLI = [str(Path(sys.executable).parent / "catsdogs")]
 

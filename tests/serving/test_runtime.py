@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bentoservice.runtime import Predictor, bf16_agreement, fold_batch_norms
-from catsdogs.model import build_model, cpu_supports_bf16, normalize
+from catsdogs.training.model import build_model, cpu_supports_bf16, normalize
 
 SIZE = 64
 CPU = torch.device("cpu")

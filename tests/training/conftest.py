@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from catsdogs.config import Params, load_params
+from catsdogs.data.synthetic import generate_dataset
 from catsdogs.paths import DataPaths
-from catsdogs.synthetic import generate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64

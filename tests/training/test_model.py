@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from catsdogs.data_loading import ImageFolderDataset, make_loader, seed_everything
 from catsdogs.errors import UserError
-from catsdogs.model import (
+from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
+from catsdogs.training.loop import fit, train_mode
+from catsdogs.training.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_model,
@@ -22,8 +23,7 @@ from catsdogs.model import (
     normalize,
     train_transform,
 )
-from catsdogs.training import fit, train_mode
-from catsdogs.weights import MOBILENET_V2_FILE, checkpoint_dir, seed_cache
+from catsdogs.training.weights import MOBILENET_V2_FILE, checkpoint_dir, seed_cache
 from tests.servers import free_port
 from tests.training.conftest import IMAGE_SIZE
 

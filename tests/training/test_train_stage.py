@@ -69,7 +69,7 @@ def test_model_reloads_from_registry_for_any_batch_size(trained: dict, tracking_
     import mlflow.pyfunc
     import mlflow.pytorch
 
-    from catsdogs.model import predict_proba
+    from catsdogs.training.model import predict_proba
 
     model = mlflow.pytorch.load_model("models:/CatsDogsCNN@challenger")
     images = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)

@@ -31,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) -> dict[str, Any]:
     """Score `model` on `images`: metrics, confusion matrix and per-image predictions."""
     from catsdogs import tracking
-    from catsdogs.data_loading import ImageFolderDataset, list_images, make_loader
-    from catsdogs.metrics import classification_metrics, confusion
-    from catsdogs.model import CLASSES, eval_transform
-    from catsdogs.training import pick_device, predict, resolve_precision
+    from catsdogs.training.loading import ImageFolderDataset, list_images, make_loader
+    from catsdogs.training.loop import pick_device, predict, resolve_precision
+    from catsdogs.training.metrics import classification_metrics, confusion
+    from catsdogs.training.model import CLASSES, eval_transform
 
     if not images.is_dir():
         raise UserError(f"--images {images}: not a folder; give a folder with "

@@ -12,10 +12,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from catsdogs import sources
 from catsdogs.config import Params
+from catsdogs.data import sources
+from catsdogs.data.manifest import RAW_COLUMNS, write_csv
 from catsdogs.errors import UserError
-from catsdogs.manifest import RAW_COLUMNS, write_csv
 from catsdogs.paths import DataPaths
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
 from catsdogs.summary import Summary
@@ -50,7 +50,7 @@ def _stamp(kind: str, value: str, classes: list[str]) -> str:
 def _fetch(kind: str, value: str, staging: Path) -> Path:
     """Unpacked files of an archive or Kaggle source, under `staging`."""
     if kind == "kaggle":
-        from catsdogs.kaggle_source import download
+        from catsdogs.data.kaggle import download
 
         archive = download(value, staging / "download")
     else:

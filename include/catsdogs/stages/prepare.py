@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
-from catsdogs.manifest import RAW_COLUMNS, extension, read_csv, write_csv
+from catsdogs.data.manifest import RAW_COLUMNS, extension, read_csv, write_csv
 from catsdogs.paths import DataPaths
 from catsdogs.stages.validate import require_passed
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
@@ -72,8 +72,8 @@ def _link(source: Path, target: Path) -> None:
 
 def run(params: Params, paths: DataPaths) -> Summary:
     """Screen raw/ into prepared/ (+ dropped.csv) and write eda/ (skipped when unchanged)."""
-    from catsdogs import eda
-    from catsdogs.probe import probe_all
+    from catsdogs.data import eda
+    from catsdogs.data.probe import probe_all
 
     require_passed(params, paths)
     raw_rows = read_csv(paths.raw_manifest, RAW_COLUMNS, "ingest")

@@ -76,7 +76,7 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
     tracking.connect(paths)
     experiment = tracking.experiment_id(params.mlflow.experiment_name, paths)
 
-    from catsdogs.training import pick_device, resolve_precision
+    from catsdogs.training.loop import pick_device, resolve_precision
 
     device = pick_device()
     precision = resolve_precision(params.train.precision, device)
@@ -107,10 +107,10 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, preci
     import torch
 
     from catsdogs import tracking
-    from catsdogs.data_loading import ImageFolderDataset, make_loader, seed_everything
-    from catsdogs.metrics import classification_metrics
-    from catsdogs.model import CLASSES, build_model, eval_transform, train_transform
-    from catsdogs.training import fit, predict
+    from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
+    from catsdogs.training.loop import fit, predict
+    from catsdogs.training.metrics import classification_metrics
+    from catsdogs.training.model import CLASSES, build_model, eval_transform, train_transform
 
     settings, size = params.train, params.transform.image_size
     seed_everything(settings.seed)
@@ -163,7 +163,7 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
     """Plots, classification report, performance report, plus the validation summary and EDA."""
     import mlflow
 
-    from catsdogs import reports
+    from catsdogs.training import reports
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -1,6 +1,6 @@
 """Transform: RGB + square resize + stratified split into `transformed/{train,val,test}/<label>/`.
 
-Each image goes through `catsdogs.images.square_image` (EXIF orientation, every colour mode to RGB,
+Each image goes through `catsdogs.data.images.square_image` (EXIF orientation, every colour mode to RGB,
 JPEG draft decoding by 1/2..1/8 only while at least twice the output size remains, then a squash
 resize to `transform.image_size` squared with Pillow's antialiased BILINEAR filter): the same
 function the Bento service applies to an uploaded photo, so training pixels match serving pixels.
@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from catsdogs.config import Params
+from catsdogs.data.manifest import read_csv, write_csv
 from catsdogs.errors import UserError
-from catsdogs.manifest import read_csv, write_csv
 from catsdogs.paths import DataPaths
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
 from catsdogs.summary import Summary
@@ -32,7 +32,7 @@ ALGORITHM = "squash-bilinear-draft2x/v1"  # part of the stamp: bump when output 
 
 def _transform_one(job: tuple[str, str, int, int]) -> str:
     """Worker: write one output JPEG; returns '' or an error message."""
-    from catsdogs.images import ImageRejected, square_image
+    from catsdogs.data.images import ImageRejected, square_image
 
     source, target, size, quality = job
     try:
@@ -66,7 +66,7 @@ def _output_names(rows: list[dict[str, str]]) -> dict[str, str]:
 
 def run(params: Params, paths: DataPaths) -> Summary:
     """Write transformed/ and splits.csv (skipped when the inputs and params are unchanged)."""
-    from catsdogs.parallel import parallel_map, worker_count
+    from catsdogs.data.parallel import parallel_map, worker_count
 
     rows = read_csv(paths.prepared_manifest, ("path", "label", "sha256"), "prepare")
     settings = params.transform

@@ -1,7 +1,7 @@
 """Validate: the Great Expectations gate over the raw manifest.
 
 Every file is decoded once to learn whether it is usable and its size; the suite in
-`catsdogs.validation_suite` then checks extensions, labels, decodable share, minimum size, samples per
+`catsdogs.data.validation_suite` then checks extensions, labels, decodable share, minimum size, samples per
 class and class imbalance. Reports go to `reports/validation/`: `gx_result.json` (the GX validation
 results), `data_docs/index.html` (GX Data Docs) and `summary.json`. A failed expectation raises
 `GateFailed` with a table of what failed, so nothing downstream runs on bad data.
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
+from catsdogs.data.manifest import RAW_COLUMNS, extension, read_csv
 from catsdogs.errors import GateFailed, UserError
-from catsdogs.manifest import RAW_COLUMNS, extension, read_csv
 from catsdogs.paths import DataPaths
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file, write_stamp
 from catsdogs.summary import Summary
@@ -52,7 +52,7 @@ def require_passed(params: Params, paths: DataPaths) -> None:
 
 
 def _file_rows(paths: DataPaths, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    from catsdogs.probe import probe_all
+    from catsdogs.data.probe import probe_all
 
     probes = probe_all([paths.raw / row["path"] for row in rows])
     return [{"path": row["path"], "label": row["label"], "extension": extension(row["path"]),
@@ -62,7 +62,7 @@ def _file_rows(paths: DataPaths, rows: list[dict[str, str]]) -> list[dict[str, A
 
 def run(params: Params, paths: DataPaths) -> Summary:
     """Validate raw/manifest.csv; raise GateFailed listing failed expectations."""
-    from catsdogs import validation_suite
+    from catsdogs.data import validation_suite
 
     manifest = read_csv(paths.raw_manifest, RAW_COLUMNS, "ingest")
     stamp, manifest_sha = stamp_for(params, paths)

@@ -1,4 +1,4 @@
-"""Turn the stage table (`catsdogs.pipeline.STAGES`) into Airflow tasks, in either mode.
+"""Turn the stage table (`catsdogs.orchestration.stage_table.STAGES`) into Airflow tasks, in either mode.
 
 - docker (default): one `DockerOperator` per stage running the worker image on the shared named
   volume mounted at /data, on the compose network, GPUs requested for GPU stages when the run's
@@ -36,7 +36,7 @@ from docker.types import DeviceRequest, Mount
 
 from catsdogs.config import ModelParams, Params, PromoteParams, load_params
 from catsdogs.errors import GateFailed
-from catsdogs.pipeline import Stage
+from catsdogs.orchestration.stage_table import Stage
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image
 
-from catsdogs.images import ImageRejected, decode_image
-from catsdogs.parallel import parallel_map
+from catsdogs.data.images import ImageRejected, decode_image
+from catsdogs.data.parallel import parallel_map
 
 PROBE_DRAFT = 64  # decode JPEGs at 1/2..1/8 scale: every byte is still read, so damage shows
 

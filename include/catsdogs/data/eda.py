@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from catsdogs.images import decode_image
+from catsdogs.data.images import decode_image
 
 GRID_PER_CLASS = 8
 THUMB = 128

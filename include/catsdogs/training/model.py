@@ -29,7 +29,7 @@ def build_model(arch: str = "resnet18", weights: str = "imagenet", num_classes: 
     "none" (random init) or a path to a state-dict file for the full network (either the
     ImageNet 1000-class network or this 2-class one). `freeze_backbone` trains only the head.
     """
-    from catsdogs.weights import backbone_weights, load_state_dict_file
+    from catsdogs.training.weights import backbone_weights, load_state_dict_file
 
     if arch not in ARCHES:
         from catsdogs.errors import UserError
@@ -67,10 +67,10 @@ def _replace_head(net: torch.nn.Module, arch: str, num_classes: int) -> None:
 
 
 def square_pixels(image: Image.Image, image_size: int) -> np.ndarray:
-    """The geometric half of the evaluation transform: RGB, `catsdogs.images.square` (the transform
+    """The geometric half of the evaluation transform: RGB, `catsdogs.data.images.square` (the transform
     stage's resize, so a presized picture passes unchanged), as an H,W,3 uint8 array. The Bento
     service runs it per upload and ships these bytes; `normalize` runs per batch."""
-    from catsdogs.images import square
+    from catsdogs.data.images import square
 
     return np.array(square(_to_rgb(image), image_size))
 

