@@ -49,8 +49,9 @@ def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, s
     import numpy as np
     import torch
 
+    from catsdogs.config import CLASSES
     from catsdogs.data.images import square_image
-    from catsdogs.training.model import CLASSES, build_model, normalize
+    from catsdogs.training.model import build_model, normalize
     from catsdogs.training.weights import imagenet_cache_file, seed_cache
 
     if arch == "mobilenet_v2" and not imagenet_cache_file(arch).exists():
@@ -99,8 +100,8 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str) -> str:
     import numpy as np
     from mlflow import MlflowClient
 
+    from catsdogs.config import CLASSES
     from catsdogs.tracking import CHAMPION, log_and_register, version_tags
-    from catsdogs.training.model import CLASSES
 
     mlflow.set_tracking_uri(tracking_uri)
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
@@ -118,7 +119,8 @@ def flask_baseline(model_dir: str, image_size: int, port: int) -> None:
     from flask import Flask, jsonify, request
     from PIL import Image
 
-    from catsdogs.training.model import CLASSES, eval_transform
+    from catsdogs.config import CLASSES
+    from catsdogs.training.model import eval_transform
 
     model = mlflow.pytorch.load_model(model_dir, map_location="cpu").eval()
     transform = eval_transform(image_size)

@@ -1,6 +1,6 @@
 """catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly.
 
-Wiring only: the stages come from `catsdogs.orchestration.stage_table.STAGES`, the tasks from
+Wiring only: the stages come from `catsdogs.orchestration.stage_table.PIPELINE`, the tasks from
 `catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local).
 """
 
@@ -19,7 +19,7 @@ from catsdogs.orchestration.airflow_tasks import (
     runner,
     schedule,
 )
-from catsdogs.orchestration.stage_table import STAGES
+from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 
 MODE = runner()
 
@@ -30,7 +30,7 @@ Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**; `CATSDOGS_RUNN
 
 | task | what it does |
 |------|--------------|
-""" + "\n".join(f"| `{s.name}` | {s.description} |" for s in STAGES) + """
+""" + "\n".join(f"| `{s.name}` | {s.description} |" for s in PIPELINE) + """
 
 * **docker** mode runs each stage in the worker image on the shared volume `/data`; `train` and
   `promote` get the host's GPUs when the *Use GPUs* param is on.
@@ -42,7 +42,7 @@ Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**; `CATSDOGS_RUNN
 """
 
 with DAG(
-    dag_id="catsdogs_training",
+    dag_id=TRAINING_DAG_ID,
     description="Cats vs dogs: ingest, validate, prepare, transform, train, promote",
     # No start date: the first run is the next 02:00 after the DAG appears (never a missed one).
     schedule=CronTriggerTimetable(schedule(), timezone="UTC", run_immediately=False),
@@ -56,4 +56,4 @@ with DAG(
     doc_md=DOC_MD,
     tags=["catsdogs", "ml", "training", MODE],
 ) as dag:
-    chain(*(make_task(stage, MODE) for stage in STAGES))
+    chain(*(make_task(stage, MODE) for stage in PIPELINE))

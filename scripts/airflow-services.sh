@@ -64,48 +64,14 @@ port_free() {
 }
 
 write_env() {
-  # Settings every Airflow process (and the demo) shares; secrets generated once, kept in .demo/.
-  mkdir -p "$DEMO_DIR/airflow" "$DEMO_DIR/data" "$DEMO_DIR/mlflow" "$PIDS" "$LOGS"
-  local secrets="$DEMO_DIR/airflow/secrets.env"
-  if [[ ! -f "$secrets" ]]; then
-    umask 077
-    {
-      echo "AIRFLOW__API_AUTH__JWT_SECRET=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')"
-      echo "AIRFLOW__API__SECRET_KEY=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')"
-    } >"$secrets"
-    umask 022
-  fi
-  cat >"$DEMO_DIR/env.sh" <<EOF
-# Written by scripts/airflow-services.sh: source it to talk to the demo's services.
-set -a
-. "$secrets"
-AIRFLOW_HOME="$DEMO_DIR/airflow"
-AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$DEMO_DIR/airflow/airflow.db"
-AIRFLOW__CORE__EXECUTOR=LocalExecutor
-AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
-AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
-AIRFLOW__CORE__LOAD_EXAMPLES=false
-AIRFLOW__CORE__PARALLELISM=4
-AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://$HOST:$AIRFLOW_PORT/execution/"
-AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
-AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$DEMO_DIR/airflow/passwords.json"
-AIRFLOW__API__BASE_URL="http://$HOST:$AIRFLOW_PORT"
-AIRFLOW__API__WORKERS=1
-AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=10
-CATSDOGS_RUNNER=local
-CATSDOGS_DATA_DIR="$DEMO_DIR/data"
-MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
-CATSDOGS_MLFLOW_UI_URL="http://$HOST:$MLFLOW_PORT"
-PATH="$BIN:\$PATH"
-AIRFLOW_URL="http://$HOST:$AIRFLOW_PORT"
-set +a
-EOF
+  # The environment every Airflow process (and the demo) shares, from the Python module that the
+  # tests' services use too; secrets are generated once into the Airflow home, never printed.
+  mkdir -p "$DEMO_DIR/data" "$DEMO_DIR/mlflow" "$PIDS" "$LOGS"
+  "$BIN/python" -m catsdogs.orchestration.local_airflow env --home "$DEMO_DIR/airflow" \
+    --data-dir "$DEMO_DIR/data" --mlflow-uri "http://$HOST:$MLFLOW_PORT" --host "$HOST" \
+    --port "$AIRFLOW_PORT" --venv-bin "$BIN" >"$DEMO_DIR/env.sh"
   # shellcheck disable=SC1091
   . "$DEMO_DIR/env.sh"
-  if [[ ! -f "$DEMO_DIR/airflow/passwords.json" ]]; then  # the UI login: admin / generated
-    (umask 077; "$BIN/python" -c 'import json, secrets; print(json.dumps({"admin": secrets.token_urlsafe(12)}))' \
-      >"$DEMO_DIR/airflow/passwords.json")
-  fi
 }
 
 start() {

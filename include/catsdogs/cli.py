@@ -1,4 +1,5 @@
-"""The `catsdogs` command: one sub-command per stage, each a thin call into `catsdogs.stages`.
+"""The `catsdogs` command: one sub-command per entry of the stage table
+(`catsdogs.orchestration.stage_table.STAGES`), each a thin call into `catsdogs.stages.<name>`.
 
 A stage module exposes `run(params, paths, **options) -> Summary` and, optionally,
 `add_arguments(parser)` for its own options. Stage modules import heavy libraries (torch, mlflow,
@@ -9,27 +10,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from catsdogs import __version__
 from catsdogs.config import load_params
 from catsdogs.console import setup_logging
 from catsdogs.errors import UserError
+from catsdogs.orchestration.stage_table import STAGES
 from catsdogs.paths import DataPaths
+from catsdogs.summary import SUMMARY_FILE_ENV
 
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("catsdogs.stages.ingest", "fetch raw images (kaggle:, dir: or archive: source)"),
-    "validate": ("catsdogs.stages.validate", "Great Expectations gate over the raw manifest"),
-    "prepare": ("catsdogs.stages.prepare", "drop corrupt/duplicate images, write EDA"),
-    "transform": ("catsdogs.stages.transform", "RGB + resize + stratified train/val/test split"),
-    "train": ("catsdogs.stages.train", "train the CNN, log to MLflow, register a challenger"),
-    "promote": ("catsdogs.stages.promote", "promote the challenger to champion if it is better"),
-    "evaluate": ("catsdogs.stages.evaluate", "score a registered model on a folder of images"),
-}
-
-_COMMON = {"command", "module", "params", "overrides", "data_dir", "verbose"}
+_COMMON = {"command", "module", "params", "overrides", "data_dir", "verbose", "as_json",
+           "summary_file"}
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +34,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         metavar="SECTION.KEY=VALUE", help="override a parameter (repeatable)")
     parser.add_argument("--data-dir", default=None,
                         help="data directory (default: $CATSDOGS_DATA_DIR or ./data)")
+    parser.add_argument("--json", dest="as_json", action="store_true",
+                        help="print the stage's summary as one JSON document")
+    parser.add_argument("--summary-file", type=Path,
+                        default=os.environ.get(SUMMARY_FILE_ENV) or None,
+                        help=f"also write the JSON summary to this file (${SUMMARY_FILE_ENV})")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -46,11 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="catsdogs", description="Cats-vs-dogs pipeline stages (configured by params.yaml).")
     parser.add_argument("--version", action="version", version=f"catsdogs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
-    for name, (module_name, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    for stage in STAGES:
+        sub = commands.add_parser(stage.name, help=stage.description,
+                                  description=stage.description)
         _add_common(sub)
-        sub.set_defaults(module=module_name)
-        module = importlib.import_module(module_name)
+        sub.set_defaults(module=stage.module)
+        module = importlib.import_module(stage.module)
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
     return parser
@@ -72,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"catsdogs {args.command}: interrupted; outputs were left as they were",
               file=sys.stderr)
         return 130
-    if not options.get("as_json"):          # a stage's --json output stands alone on stdout
-        print(summary.line())
+    if args.summary_file:
+        summary.write(Path(args.summary_file))
+    print(json.dumps(summary.to_dict(), indent=2) if args.as_json else summary.line())
     return 0
 
 

@@ -11,11 +11,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from catsdogs.errors import UserError
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+CLASSES: tuple[str, ...] = ("cat", "dog")
+"""THE class list, in label-index order (0 = cat, 1 = dog, the positive class of the binary
+metrics): the data stages' folders, the network's outputs and the service's answers."""
 
 
 class _Section(BaseModel):
@@ -24,7 +35,15 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     source: str = "kaggle:bhavikjikadara/dog-and-cat-classification-dataset"
-    classes: list[str] = Field(default_factory=lambda: ["cat", "dog"], min_length=2)
+    classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_the_model_can_train(cls, classes: list[str]) -> list[str]:
+        if tuple(classes) != CLASSES:
+            raise ValueError(f"must be {list(CLASSES)} in that order (the model is a two-class "
+                             f"cat/dog classifier), got {classes}")
+        return classes
 
 
 class ValidationParams(_Section):

@@ -76,6 +76,29 @@ def _probe(uri: str) -> None:
     )
 
 
+def mlflow_run_url(run_id: str) -> str:
+    """The MLflow UI page of a run (base URL from $CATSDOGS_MLFLOW_UI_URL, else the tracking
+    server's URL)."""
+    base = os.environ.get("CATSDOGS_MLFLOW_UI_URL") or os.environ.get(
+        TRACKING_ENV, "http://localhost:5000")
+    return f"{base.rstrip('/')}/#/runs/{run_id}"
+
+
+def orchestrator_tags() -> dict[str, str]:
+    """Tags that link a run back to the Airflow DAG run that started it (empty outside Airflow):
+    `airflow.dag_id`, `airflow.dag_run_id`, `airflow.run_url`, and the run's description
+    (`mlflow.note.content`, shown as Markdown in the MLflow UI) with a link to that page."""
+    dag_id, run_id = os.environ.get("AIRFLOW_CTX_DAG_ID"), os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    if not dag_id or not run_id:
+        return {}
+    tags = {"airflow.dag_id": dag_id, "airflow.dag_run_id": run_id}
+    url = os.environ.get("CATSDOGS_AIRFLOW_RUN_URL")
+    if url:
+        tags["airflow.run_url"] = url
+        tags["mlflow.note.content"] = f"Started by Airflow DAG run [{dag_id} / {run_id}]({url})."
+    return tags
+
+
 def experiment_id(name: str, paths: DataPaths) -> str:
     """The experiment's id, creating it (artefacts in the data dir for the embedded store)."""
     import mlflow

@@ -1,21 +1,20 @@
-"""Real Airflow for the tests: environment, `airflow db migrate`, the four service processes, and a
-small REST API v2 client (token auth)."""
+"""Real Airflow for the tests: the local stack's environment
+(`catsdogs.orchestration.local_airflow`, the one `make demo` uses), `airflow db migrate`, the four
+service processes, and the project's REST API v2 client (`catsdogs.orchestration.airflow_client`)."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port, open_local, start_process, stop_process, wait_http
+from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
+from catsdogs.orchestration.local_airflow import ADMIN, environment
+from tests.servers import free_port, start_process, stop_process, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -26,40 +25,18 @@ FAKE_KAGGLE = {"KAGGLE_USERNAME": "catsdogs-ci", "KAGGLE_KEY": "f4ke" + "0123456
 
 def airflow_env(home: Path, data_dir: Path, tracking_uri: str, port: int | None = None,
                 password: str = "admin", extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for Airflow processes: local mode, SQLite, LocalExecutor, loopback only."""
-    home.mkdir(parents=True, exist_ok=True)
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({"admin": password}))
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-        "AIRFLOW__API__WORKERS": "1",
+    """Environment for Airflow processes: the local stack's (local mode, SQLite, LocalExecutor,
+    loopback only) with faster polling and retries for tests, and no Kaggle credentials."""
+    env = {**os.environ, **environment(home, data_dir, tracking_uri, port=port or free_port(),
+                                       password=password, venv_bin=VENV_BIN)}
+    env.update({
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "CATSDOGS_RUNNER": "local",
-        "CATSDOGS_DATA_DIR": str(data_dir),
         "CATSDOGS_RETRY_DELAY_S": "5",
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "CATSDOGS_MLFLOW_UI_URL": tracking_uri,
         "TORCH_NUM_THREADS": "2",
         "OMP_NUM_THREADS": "2",
-    }
-    if port is not None:
-        env["AIRFLOW__API__PORT"] = str(port)
-        env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{port}"
-        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
+    })
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
         env.pop(name, None)
     return {**env, **(extra or {})}
@@ -90,20 +67,22 @@ def run_dag_test(env: dict[str, str], conf: dict[str, Any],
 
 @dataclass
 class AirflowServices:
-    """The four Airflow processes on loopback plus an authenticated REST API v2 client."""
+    """The four Airflow processes on loopback plus the project's REST API v2 client."""
 
     url: str
     env: dict[str, str]
     logs: Path
+    client: AirflowClient
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    token: str = ""
 
     @classmethod
     def start(cls, home: Path, data_dir: Path, tracking_uri: str) -> AirflowServices:
         port = free_port()
         env = airflow_env(home, data_dir, tracking_uri, port=port, extra=FAKE_KAGGLE)
         migrate(env)
-        services = cls(url=f"http://127.0.0.1:{port}", env=env, logs=home / "service-logs")
+        url = f"http://127.0.0.1:{port}"
+        services = cls(url=url, env=env, logs=home / "service-logs",
+                       client=AirflowClient(url, ADMIN, "admin"))
         try:
             for name in SERVICES:
                 argv = [str(VENV_BIN / "airflow"), name]
@@ -114,7 +93,7 @@ class AirflowServices:
             wait_http(f"{services.url}/api/v2/monitor/health", timeout=180,
                       process=services.processes["api-server"],
                       log_file=services.logs / "api-server.log")
-            services.login("admin", "admin")
+            services.client.login()
         except BaseException:
             services.stop()
             raise
@@ -133,57 +112,23 @@ class AirflowServices:
                 parts.append(f"--- {name} ---\n" + "\n".join(text))
         return "\n".join(parts)
 
-    def request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        """JSON in, JSON out; raise HTTPError with the body on a non-2xx answer."""
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with open_local(request, timeout=30) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
-        return json.loads(payload) if payload else None
-
-    def login(self, username: str, password: str) -> None:
-        """`POST /auth/token` → bearer token for the REST API."""
-        answer = self.request("POST", "/auth/token",
-                              {"username": username, "password": password}, auth=False)
-        self.token = answer["access_token"]
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """JSON in, JSON out; a non-2xx answer raises AirflowError naming the HTTP code."""
+        return self.client.request(method, path, body)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
         """Until the dag-processor has parsed `dag_id` (its import errors are raised)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                return self.request("GET", f"/api/v2/dags/{dag_id}")
-            except RuntimeError as exc:
-                if "HTTP 404" not in str(exc):
-                    raise
-            errors = self.request("GET", "/api/v2/importErrors")
-            if errors.get("total_entries"):
-                raise RuntimeError(f"import errors: {errors['import_errors']}")
-            time.sleep(1)
-        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout:.0f}s\n{self.log_tail()}")
+        return self.client.wait_for_dag(dag_id, timeout)
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                           {"logical_date": None, "conf": conf})
-        return run["dag_run_id"]
+        return self.client.trigger(dag_id, conf)
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 420) -> str:
         """Poll the run until it ends; its final state."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in ("success", "failed"):
-                return run["state"]
-            time.sleep(2)
-        raise TimeoutError(f"run {run_id} still running after {timeout:.0f}s\n{self.log_tail()}")
+        try:
+            return self.client.follow(dag_id, run_id, timeout=timeout, poll_s=2)
+        except AirflowError as exc:
+            raise AirflowError(f"{exc}\n{self.log_tail()}", exc.status) from None
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
-        answer = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti for ti in answer["task_instances"]}
+        return self.client.task_instances(dag_id, run_id)

@@ -26,7 +26,7 @@ def main(dags_folder: str, conf: str, mark_success: str | None = None) -> int:
         "state": str(run.state),
         "tasks": {task_id: str(ti.state) for task_id, ti in tis.items()},
         "outputs": {task_id: ti.xcom_pull(task_ids=task_id) for task_id, ti in tis.items()},
-        "mlflow_run_id": train.xcom_pull(task_ids="train", key="mlflow_run_id"),
+        "mlflow_run_id": (train.xcom_pull(task_ids="train") or {}).get("run_id"),
         "mlflow_link": train.xcom_pull(task_ids="train", key="_link_MlflowRunLink"),
     }
     print("DAG_TEST_RESULT " + json.dumps(result))

@@ -10,12 +10,11 @@ from airflow.sdk.definitions.param import ParamValidationError
 from catsdogs.config import load_params
 from catsdogs.orchestration.airflow_tasks import (
     DEFAULT_SCHEDULE,
+    MlflowRunLink,
     StageBashOperator,
     StageDockerOperator,
     kaggle_credentials,
-    mlflow_run_url,
     overrides_from_params,
-    parse_run_id,
 )
 from catsdogs.orchestration.stage_table import STAGE_NAMES
 
@@ -153,13 +152,24 @@ def test_assets_announced(parse_dag) -> None:
     assert uris["train"] == ["mlflow://models/CatsDogsCNN"]
 
 
-def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch) -> None:
-    dag = parse_dag("local")
+@pytest.mark.parametrize("runner", ["docker", "local"])
+def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch, runner: str) -> None:
+    dag = parse_dag(runner)
     assert [link.name for link in dag.get_task("train").operator_extra_links] == ["MLflow run"]
+    assert [link.name for link in dag.get_task("promote").operator_extra_links] == ["MLflow run"]
+    assert not dag.get_task("transform").operator_extra_links
+    # The serialised DAG (what the api-server and the UI read) carries the button too.
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    tasks = [t.get("__var", t) for t in DagSerialization.to_dict(dag)["dag"]["tasks"]]
+    links = {t["task_id"]: t.get("_operator_extra_links") for t in tasks}
+    assert links["train"] == {"MLflow run": "_link_MlflowRunLink"}
+    assert links["ingest"] is None
+    # The URL comes from the stage's JSON summary (the `run_id` it names), never from a log line.
     run_id = "0123456789abcdef0123456789abcdef"
-    assert parse_run_id(f"[train] done: registered CatsDogsCNN v1 @challenger (run {run_id})") \
-        == run_id
-    assert parse_run_id(f"[train] done: accuracy 0.91 (run_id={run_id.upper()})") == run_id
-    assert parse_run_id("[train] done: nothing to see") is None
     monkeypatch.setenv("CATSDOGS_MLFLOW_UI_URL", "http://localhost:5000/")
-    assert mlflow_run_url(run_id) == f"http://localhost:5000/#/runs/{run_id}"
+    train = dag.get_task("train")
+    train.stage_summary = {"stage": "train", "run_id": run_id}
+    assert MlflowRunLink().get_link(train, ti_key=None) == f"http://localhost:5000/#/runs/{run_id}"
+    train.stage_summary = None
+    assert MlflowRunLink().get_link(train, ti_key=None) == ""

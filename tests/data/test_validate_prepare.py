@@ -102,3 +102,28 @@ def test_prepare_needs_a_passed_validation(tmp_path: Path, params: Params,
     ingest.run(params, data_paths, source=f"dir:{write_tree(tmp_path / 'src', files)}")
     with pytest.raises(UserError, match="catsdogs validate"):
         prepare.run(params, data_paths)
+
+
+def test_each_raw_picture_is_decoded_once(messy_dir: Path, messy_params: Params,
+                                          data_paths: DataPaths,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validate decodes every raw file and keeps its per-file table; prepare reads that table
+    (decoding nothing) and drops exactly what the table says."""
+    import catsdogs.data.probe as probe
+
+    ingest.run(messy_params, data_paths, source=f"dir:{messy_dir}")
+    validate.run(messy_params, data_paths)
+    table = _csv(data_paths.validation_reports / "files.csv")
+    assert len(table) == 36 and sum(row["decodable"] == "True" for row in table) == 32
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepare decoded the raw pictures again")
+
+    monkeypatch.setattr(probe, "probe_all", no_decoding)
+    monkeypatch.setattr(probe, "probe", no_decoding)
+    prepare.run(messy_params, data_paths)
+    dropped = _csv(data_paths.prepared / "dropped.csv")
+    assert Counter(row["reason"] for row in dropped) == EXPECTED_DROPS
+    undecodable = {row["path"]: row["reason"] for row in table if row["decodable"] == "False"}
+    assert {row["path"]: row["reason"] for row in dropped if row["path"] in undecodable} \
+        == undecodable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,32 @@ def test_stage_table_commands_are_cli_commands() -> None:
         argv = stage.command(["train.epochs=1"])
         assert argv == ["catsdogs", stage.name, "--set", "train.epochs=1"]
         assert run_cli(stage.name, "--help").returncode == 0
+
+
+def test_sub_commands_are_the_stage_table() -> None:
+    """Adding a stage is one entry in the stage table: the CLI and the DAG both read it."""
+    from catsdogs.cli import build_parser
+    from catsdogs.orchestration.stage_table import PIPELINE
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    assert list(commands.choices) == [stage.name for stage in STAGES]
+    assert [stage.name for stage in PIPELINE] == list(STAGE_NAMES)
+    assert "evaluate" in commands.choices and "evaluate" not in STAGE_NAMES
+
+
+def test_summary_travels_as_json(tmp_path: Path, synthetic_images: Path) -> None:
+    """`--summary-file` (what the Airflow task reads) and `--json` give the same document; a
+    re-run says it skipped."""
+    data, summary_file = tmp_path / "data", tmp_path / "summary.json"
+    first = run_cli("ingest", "--source", f"dir:{synthetic_images}", "--data-dir", str(data),
+                    "--summary-file", str(summary_file))
+    assert first.returncode == 0, first.stderr
+    document = json.loads(summary_file.read_text())
+    assert document["stage"] == "ingest" and document["status"] == "done"
+    assert document["skipped"] is False and document["message"] in first.stdout
+    again = run_cli("ingest", "--source", f"dir:{synthetic_images}", "--data-dir", str(data),
+                    "--json")
+    assert again.returncode == 0, again.stderr
+    document = json.loads(again.stdout)                     # nothing but the JSON on stdout
+    assert (document["status"], document["skipped"]) == ("skipped", True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.config import Params, load_params, parse_override
+from catsdogs.config import CLASSES, Params, load_params, parse_override
 from catsdogs.errors import UserError
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -33,12 +33,21 @@ def test_repo_params_file_sets_every_field() -> None:
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
-    params = load_params(REPO_PARAMS, ["train.epochs=1", "train.lr=3e-4", "data.classes=[a, b]",
+    params = load_params(REPO_PARAMS, ["train.epochs=1", "train.lr=3e-4",
+                                       "validation.allowed_extensions=[jpg, webp]",
                                        "model.freeze_backbone=true"])
     assert params.train.epochs == 1
     assert params.train.lr == pytest.approx(3e-4)
-    assert params.data.classes == ["a", "b"]
+    assert params.validation.allowed_extensions == ["jpg", "webp"]
     assert params.model.freeze_backbone is True
+
+
+@pytest.mark.parametrize("classes", ["[cat, dog, fox]", "[dog, cat]", "[a, b]"])
+def test_a_class_list_the_model_cannot_train_is_refused_up_front(classes: str) -> None:
+    """One class list (catsdogs.config.CLASSES): data stages and the model agree, or nothing runs."""
+    with pytest.raises(UserError, match=r"data\.classes: .*must be \['cat', 'dog'\]"):
+        load_params(REPO_PARAMS, [f"data.classes={classes}"])
+    assert load_params(REPO_PARAMS, ["data.classes=[cat, dog]"]).data.classes == list(CLASSES)
 
 
 @pytest.mark.parametrize(

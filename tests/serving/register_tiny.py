@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
+from catsdogs.config import CLASSES
 from catsdogs.tracking import CHAMPION, log_and_register, version_tags
-from catsdogs.training.model import CLASSES, build_model
+from catsdogs.training.model import build_model
 
 
 def main(url: str, name: str, image_size: int) -> None:

@@ -1,4 +1,5 @@
-"""Turn the stage table (`catsdogs.orchestration.stage_table.STAGES`) into Airflow tasks, in either mode.
+"""Turn the stage table (`catsdogs.orchestration.stage_table.PIPELINE`) into Airflow tasks, in either
+mode.
 
 - docker (default): one `DockerOperator` per stage running the worker image on the shared named
   volume mounted at /data, on the compose network, GPUs requested for GPU stages when the run's
@@ -7,7 +8,11 @@
   without Docker, fast tests).
 
 Every task runs the same command string: `catsdogs <stage> --set section.key=value ...`, rendered
-from the run's params. Only imported by `dags/` and `plugins/`; nothing heavy is imported here.
+from the run's params. The stage writes its summary as JSON ($CATSDOGS_SUMMARY_FILE); the task reads
+it back (local: a temporary file; docker: copied out of the finished container) and returns it, so
+it lands in XCom as `return_value` (the train stage's run id, promote's decision...). The train
+and promote tasks carry the "MLflow run" extra link, built from that summary.
+Only imported by `dags/` and `plugins/`; nothing heavy is imported here.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -37,17 +42,18 @@ from docker.types import DeviceRequest, Mount
 from catsdogs.config import ModelParams, Params, PromoteParams, load_params
 from catsdogs.errors import GateFailed
 from catsdogs.orchestration.stage_table import Stage
+from catsdogs.summary import SUMMARY_FILE_ENV
+from catsdogs.tracking import mlflow_run_url
 
 log = logging.getLogger(__name__)
 
 RUNNER_ENV = "CATSDOGS_RUNNER"
 RUNNERS = ("docker", "local")
-RUN_ID_XCOM_KEY = "mlflow_run_id"
 KAGGLE_CONN_ID = os.environ.get("CATSDOGS_KAGGLE_CONN_ID", "kaggle_default")
 DEFAULT_SCHEDULE = "0 2 * * *"
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-# "(run 6a99...)", "run_id=6a99...", "run id: 6a99..." (the train summary line names its run)
-_RUN_ID = re.compile(r"\brun(?:[ _]?id)?\s*[=:]?\s*['\"]?([0-9a-f]{32})\b", re.IGNORECASE)
+PROJECT_DIR = Path(__file__).resolve().parents[3]
+# Where the stage writes its JSON summary inside the worker container (copied out afterwards).
+CONTAINER_SUMMARY_FILE = "/tmp/catsdogs-summary.json"
 
 # DAG param -> the params.yaml key it overrides (the UI form shows these; see dag_params()).
 PARAM_KEYS: dict[str, str] = {
@@ -174,29 +180,25 @@ def kaggle_credentials() -> dict[str, str]:
     return found
 
 
-def parse_run_id(output: object) -> str | None:
-    """The MLflow run id named in a stage's last output line (`run <32 hex>`), if any."""
-    match = _RUN_ID.search(str(output or ""))
-    return match.group(1).lower() if match else None
-
-
 class MlflowRunLink(BaseOperatorLink):
-    """'MLflow run' button on the train task: opens the run it logged in the MLflow UI."""
+    """'MLflow run' button on the tasks that log to MLflow (train, promote): opens the run that
+    the task's stage summary names (`run_id`). Airflow calls `get_link` in the worker when the
+    task ends and stores the URL; the UI reads it back."""
 
     name = "MLflow run"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        from airflow.sdk.bases.xcom import BaseXCom
-
-        run_id = BaseXCom.get_value(ti_key=ti_key, key=RUN_ID_XCOM_KEY)
+        run_id = (getattr(operator, "stage_summary", None) or {}).get("run_id")
         return mlflow_run_url(run_id) if run_id else ""
 
 
-def mlflow_run_url(run_id: str) -> str:
-    """The MLflow UI page of a run (base URL from $CATSDOGS_MLFLOW_UI_URL)."""
-    base = os.environ.get("CATSDOGS_MLFLOW_UI_URL") or os.environ.get(
-        "MLFLOW_TRACKING_URI", "http://localhost:5000")
-    return f"{base.rstrip('/')}/#/runs/{run_id}"
+def airflow_context_env(context: Any) -> dict[str, str]:
+    """What a stage needs to link its MLflow run back to this task's DAG run: the ids, and the
+    DAG run's page in the Airflow UI (base URL from [api] base_url)."""
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
+    return {"AIRFLOW_CTX_DAG_ID": dag_id, "AIRFLOW_CTX_DAG_RUN_ID": run_id,
+            "CATSDOGS_AIRFLOW_RUN_URL": f"{base}/dags/{dag_id}/runs/{run_id}"}
 
 
 def _final_exit_codes(stage: Stage) -> range | tuple[int, ...]:
@@ -205,22 +207,28 @@ def _final_exit_codes(stage: Stage) -> range | tuple[int, ...]:
 
 
 class _StageMixin:
-    """Shared by both modes: final failures skip retries; the train task pushes its MLflow run."""
+    """Shared by both modes: final failures skip retries; the stage's JSON summary becomes the
+    task's return value (XCom `return_value`) and feeds the MLflow link."""
 
     stage_name: str
-    logs_mlflow_run: bool
+    stage_summary: dict[str, Any] | None = None
 
-    def _finish(self, context: Any, output: Any) -> Any:
-        if self.logs_mlflow_run:
-            run_id = parse_run_id(output)
-            if run_id:
-                context["ti"].xcom_push(key=RUN_ID_XCOM_KEY, value=run_id)
-            else:
-                log.warning("%s: no MLflow run id in its last output line %r",
-                            self.stage_name, output)
-        return output
+    def _link_mlflow(self, stage: Stage) -> None:
+        """Give the task the "MLflow run" button when its stage logs to MLflow (set before the
+        DAG is serialised, so the UI and the REST API see it)."""
+        if stage.logs_mlflow:
+            self.operator_extra_links = (MlflowRunLink(),)
 
-    def _final(self, exc: AirflowSkipException) -> AirflowFailException:
+    def _finish(self, summary: Any) -> dict[str, Any] | None:
+        if not isinstance(summary, dict):
+            log.warning("catsdogs %s wrote no summary document", self.stage_name)
+            return None
+        self.stage_summary = summary
+        state = "skipped (up to date)" if summary.get("skipped") else "done"
+        log.info("catsdogs %s %s: %s", self.stage_name, state, summary.get("message", ""))
+        return summary
+
+    def _final(self, exc: Exception) -> AirflowFailException:
         return AirflowFailException(
             f"catsdogs {self.stage_name} refused the run ({exc}); this failure is final, "
             "retrying would not change it. Fix the data or params and trigger a new run.")
@@ -234,36 +242,50 @@ class StageBashOperator(_StageMixin, BashOperator):
         super().__init__(bash_command=command_template(stage), append_env=True, cwd=cwd,
                          skip_on_exit_code=_final_exit_codes(stage), **kwargs)
         self.stage_name = stage.name
-        self.logs_mlflow_run = stage.logs_mlflow_run
         self.needs_kaggle = stage.needs_kaggle
+        self.summary_file = ""
+        self._link_mlflow(stage)
 
     def get_env(self, context: Any) -> dict:
-        """Add the venv's bin to PATH and (ingest only) Kaggle credentials, after rendering."""
+        """Add the venv's bin to PATH, the summary file, the DAG run's ids and (ingest only)
+        Kaggle credentials, after rendering."""
         env = super().get_env(context)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env[SUMMARY_FILE_ENV] = self.summary_file
+        env.update(airflow_context_env(context))
         if self.needs_kaggle:
             env.update(kaggle_credentials())
         return env
 
     def execute(self, context: Any) -> Any:
-        try:
-            output = super().execute(context)
-        except AirflowSkipException as exc:
-            raise self._final(exc) from None
-        return self._finish(context, output)
+        with tempfile.TemporaryDirectory(prefix="catsdogs-task-") as folder:
+            self.summary_file = str(Path(folder, "summary.json"))
+            try:
+                super().execute(context)
+            except AirflowSkipException as exc:
+                raise self._final(exc) from None
+            try:
+                summary = json.loads(Path(self.summary_file).read_text())
+            except (OSError, ValueError):
+                summary = None
+        return self._finish(summary)
 
 
 class StageDockerOperator(_StageMixin, DockerOperator):
-    """Docker mode: the stage in the worker image, GPUs only when the stage and the run want them."""
+    """Docker mode: the stage in the worker image, GPUs only when the stage and the run want them;
+    the summary file is copied out of the finished container (`retrieve_output`)."""
+
+    pickling_library = json  # DockerOperator loads the retrieved file with this library
 
     def __init__(self, *, stage: Stage, **kwargs: Any) -> None:
         gpu = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if stage.needs_gpu else None
         super().__init__(command=command_template(stage), device_requests=gpu,
-                         skip_on_exit_code=_final_exit_codes(stage), **kwargs)
+                         skip_on_exit_code=_final_exit_codes(stage), retrieve_output=True,
+                         retrieve_output_path=CONTAINER_SUMMARY_FILE, **kwargs)
         self.stage_name = stage.name
-        self.logs_mlflow_run = stage.logs_mlflow_run
         self.needs_kaggle = stage.needs_kaggle
         self.gpu_device_requests = gpu
+        self._link_mlflow(stage)
 
     def device_requests_for(self, params: Mapping[str, Any]) -> list[DeviceRequest] | None:
         """The GPU request this run gets: the stage's, when the run's `gpu` param is on."""
@@ -271,14 +293,15 @@ class StageDockerOperator(_StageMixin, DockerOperator):
 
     def execute(self, context: Any) -> Any:
         self.device_requests = self.device_requests_for(context["params"])
+        self.environment = {**self.environment, **airflow_context_env(context)}
         if self.needs_kaggle:
             # private_environment is not a template field: never rendered, stored or logged.
             self._private_environment = {**self._private_environment, **kaggle_credentials()}
         try:
-            output = super().execute(context)
+            summary = super().execute(context)
         except DockerContainerFailedSkipException as exc:
             raise self._final(exc) from None
-        return self._finish(context, output)
+        return self._finish(summary)
 
 
 def docker_settings() -> dict[str, Any]:
@@ -295,12 +318,13 @@ def docker_settings() -> dict[str, Any]:
         "auto_remove": "success",
         "shm_size": int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3))),
         "environment": {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": mlflow_uri,
-                        "PYTHONUNBUFFERED": "1"},
+                        "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: CONTAINER_SUMMARY_FILE},
     }
 
 
 def make_task(stage: Stage, mode: str) -> BashOperator | DockerOperator:
-    """One task for one stage; retries with exponential backoff, a timeout, its assets."""
+    """One task for one stage; retries with exponential backoff, a timeout, its assets, and the
+    MLflow link where the stage logs to MLflow."""
     common: dict[str, Any] = {
         "task_id": stage.name,
         "stage": stage,
@@ -309,9 +333,5 @@ def make_task(stage: Stage, mode: str) -> BashOperator | DockerOperator:
         "outlets": [Asset(name=uri.split("://", 1)[1], uri=uri) for uri in stage.assets],
     }
     if mode == "local":
-        task: BashOperator | DockerOperator = StageBashOperator(**common)
-    else:
-        task = StageDockerOperator(**common, **docker_settings())
-    if stage.logs_mlflow_run:
-        task.operator_extra_links = (MlflowRunLink(),)
-    return task
+        return StageBashOperator(**common)
+    return StageDockerOperator(**common, **docker_settings())

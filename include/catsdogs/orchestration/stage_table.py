@@ -1,22 +1,36 @@
-"""The stage table: one definition of each pipeline stage, used by the Airflow DAG (Docker and
-local modes), `make demo` and the tests. Nothing here imports heavy libraries."""
+"""The stage table: THE list of `catsdogs` commands. The CLI builds its sub-commands from it, the
+Airflow DAG its tasks (the entries with `dag_task=True`, in order), and the tests their
+expectations. Adding a stage is one entry here plus its module `catsdogs.stages.<name>`.
+
+Nothing here imports heavy libraries.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+TRAINING_DAG_ID = "catsdogs_training"
+
 
 @dataclass(frozen=True)
 class Stage:
+    """One `catsdogs <name>` command, implemented by `catsdogs.stages.<name>.run`."""
+
     name: str
     description: str
-    outputs: tuple[str, ...]          # relative to the data dir
+    outputs: tuple[str, ...] = ()     # relative to the data dir
+    dag_task: bool = True             # False: a CLI command only, not a task of the training DAG
     needs_gpu: bool = False
     retryable: bool = True            # False for gates: a refused data set stays refused
     timeout_minutes: int = 60
     assets: tuple[str, ...] = ()      # Airflow Asset URIs this stage announces when it succeeds
     needs_kaggle: bool = False        # gets Kaggle credentials (never in templates or logs)
-    logs_mlflow_run: bool = False     # its last output line names the MLflow run it logged
+    logs_mlflow: bool = False         # its summary names an MLflow run (`run_id`): a UI link
+
+    @property
+    def module(self) -> str:
+        """The module whose `run(params, paths, **options) -> Summary` implements the stage."""
+        return f"catsdogs.stages.{self.name}"
 
     def command(self, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
         """The argv that runs this stage (the data dir comes from CATSDOGS_DATA_DIR)."""
@@ -36,17 +50,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("transform", "RGB, resize, stratified train/val/test split", outputs=("transformed",),
           timeout_minutes=60, assets=("catsdogs://data/transformed",)),
     Stage("train", "Transfer-learn the CNN, log to MLflow, register a challenger",
-          outputs=(), needs_gpu=True, timeout_minutes=240,
-          assets=("mlflow://models/CatsDogsCNN",), logs_mlflow_run=True),
-    Stage("promote", "Move @champion to the challenger if it scores better", outputs=(),
-          needs_gpu=True, timeout_minutes=30, assets=("mlflow://models/CatsDogsCNN@champion",)),
+          needs_gpu=True, timeout_minutes=240, assets=("mlflow://models/CatsDogsCNN",),
+          logs_mlflow=True),
+    Stage("promote", "Move @champion to the challenger if it scores better",
+          needs_gpu=True, timeout_minutes=30, assets=("mlflow://models/CatsDogsCNN@champion",),
+          logs_mlflow=True),
+    Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
+          dag_task=False),
 )
 
-STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)
+"""The training DAG's tasks, in order."""
 
-
-def stage(name: str) -> Stage:
-    for candidate in STAGES:
-        if candidate.name == name:
-            return candidate
-    raise KeyError(name)
+STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in PIPELINE)

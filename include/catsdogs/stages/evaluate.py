@@ -8,7 +8,6 @@ a JSON document that also lists every prediction.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with cat/ and dog/ sub-folders of images")
     parser.add_argument("--model", default=None,
                         help="registered model URI (default: models:/<registered name>@champion)")
-    parser.add_argument("--json", dest="as_json", action="store_true",
-                        help="print the result as JSON (instead of the summary line)")
 
 
 def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) -> dict[str, Any]:
     """Score `model` on `images`: metrics, confusion matrix and per-image predictions."""
     from catsdogs import tracking
+    from catsdogs.config import CLASSES
     from catsdogs.training.loading import ImageFolderDataset, list_images, make_loader
     from catsdogs.training.loop import pick_device, predict, resolve_precision
     from catsdogs.training.metrics import classification_metrics, confusion
-    from catsdogs.training.model import CLASSES, eval_transform
+    from catsdogs.training.model import eval_transform
 
     if not images.is_dir():
         raise UserError(f"--images {images}: not a folder; give a folder with "
@@ -63,15 +61,12 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     }
 
 
-def run(params: Params, paths: DataPaths, images: Path, model: str | None = None,
-        as_json: bool = False) -> Summary:
+def run(params: Params, paths: DataPaths, images: Path, model: str | None = None) -> Summary:
+    """Score `model` on `images`; `--json` prints every field of `evaluate` (predictions too)."""
     result = evaluate(params, paths, images, model)
-    if as_json:
-        print(json.dumps(result, indent=2))
     metrics = result["metrics"]
     matrix = result["confusion_matrix"]["rows_true_cols_predicted"]
     shown = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items())
     message = (f"{result['model']} (v{result['version']}) on {result['count']} images: {shown}; "
                f"confusion [[cat->cat, cat->dog], [dog->cat, dog->dog]] = {matrix}")
-    return Summary("evaluate", message, details={k: v for k, v in result.items()
-                                                 if k != "predictions"})
+    return Summary("evaluate", message, details=result)

@@ -1,6 +1,7 @@
 """Prepare: keep only usable, unique, unambiguous images; write EDA.
 
-Runs only on raw data that passed `catsdogs validate`. Drops, with the reason recorded in
+Runs only on raw data that passed `catsdogs validate`, and reads what decoding found for each file
+from validate's report (`reports/validation/files.csv`) instead of decoding every picture again. Drops, with the reason recorded in
 `prepared/dropped.csv`: files that do not decode (empty, not_an_image, truncated, too_many_pixels,
 ...), extensions outside `validation.allowed_extensions` (bad_extension), images smaller than
 `validation.min_width` x `min_height` (too_small), the same bytes under two labels (label_conflict,
@@ -19,8 +20,8 @@ from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.data.manifest import RAW_COLUMNS, extension, read_csv, write_csv
+from catsdogs.data.validation_report import read_files, require_passed
 from catsdogs.paths import DataPaths
-from catsdogs.stages.validate import require_passed
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
 from catsdogs.summary import Summary
 
@@ -73,7 +74,6 @@ def _link(source: Path, target: Path) -> None:
 def run(params: Params, paths: DataPaths) -> Summary:
     """Screen raw/ into prepared/ (+ dropped.csv) and write eda/ (skipped when unchanged)."""
     from catsdogs.data import eda
-    from catsdogs.data.probe import probe_all
 
     require_passed(params, paths)
     raw_rows = read_csv(paths.raw_manifest, RAW_COLUMNS, "ingest")
@@ -83,8 +83,9 @@ def run(params: Params, paths: DataPaths) -> Summary:
     if is_up_to_date([paths.prepared, paths.eda], stamp):
         return Summary("prepare", f"{paths.prepared} is up to date", skipped=True)
 
-    probes = probe_all([paths.raw / row["path"] for row in raw_rows])
-    rows = [{**row, **info} for row, info in zip(raw_rows, probes, strict=True)]
+    # What decoding found for each file, from validate's report (each picture is decoded once).
+    probes = {row["path"]: row for row in read_files(paths)}
+    rows = [{**probes[row["path"]], **row} for row in raw_rows]
     kept, dropped = _screen(params, rows)
 
     with atomic_dir(paths.prepared, stamp=stamp) as tmp:

@@ -94,6 +94,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
                f"@champion is v{champion_now}")
     log.info("%s", message)
     return Summary("promote", message, details={
-        "promoted": promoted, "challenger_version": challenger.version,
+        "promoted": promoted, "run_id": challenger.run_id,
+        "challenger_version": challenger.version,
         "champion_version": champion_now, "challenger_score": challenger_score,
         "champion_score": champion_score, "metric": metric, "reason": reason})

@@ -107,10 +107,11 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, preci
     import torch
 
     from catsdogs import tracking
+    from catsdogs.config import CLASSES
     from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
     from catsdogs.training.loop import fit, predict
     from catsdogs.training.metrics import classification_metrics
-    from catsdogs.training.model import CLASSES, build_model, eval_transform, train_transform
+    from catsdogs.training.model import build_model, eval_transform, train_transform
 
     settings, size = params.train, params.transform.image_size
     seed_everything(settings.seed)
@@ -127,7 +128,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, preci
     run_name = f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run(experiment_id=experiment, run_name=run_name) as active:
         mlflow.log_params(params.flat())
-        mlflow.set_tags(tags)
+        mlflow.set_tags(tags | tracking.orchestrator_tags())
         log.info("training %s on %s (%s), %d train images, run %s", params.model.arch, device,
                  precision, len(loaders["train"].dataset), active.info.run_id)
         result = fit(model, loaders["train"], loaders["val"], epochs=settings.epochs,

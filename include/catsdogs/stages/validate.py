@@ -1,9 +1,11 @@
 """Validate: the Great Expectations gate over the raw manifest.
 
 Every file is decoded once to learn whether it is usable and its size; the suite in
-`catsdogs.data.validation_suite` then checks extensions, labels, decodable share, minimum size, samples per
-class and class imbalance. Reports go to `reports/validation/`: `gx_result.json` (the GX validation
-results), `data_docs/index.html` (GX Data Docs) and `summary.json`. A failed expectation raises
+`catsdogs.data.validation_suite` then checks extensions, labels, decodable share, minimum size,
+samples per class and class imbalance. Reports go to `reports/validation/`: `gx_result.json` (the GX
+validation results), `data_docs/index.html` (GX Data Docs), `summary.json` and `files.csv` (what
+decoding found for each file, read by prepare: see `catsdogs.data.validation_report`). A failed
+expectation raises
 `GateFailed` with a table of what failed, so nothing downstream runs on bad data.
 """
 
@@ -16,48 +18,23 @@ from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.data.manifest import RAW_COLUMNS, extension, read_csv
-from catsdogs.errors import GateFailed, UserError
+from catsdogs.data.validation_report import SUMMARY_NAME, stamp_for, write_files
+from catsdogs.errors import GateFailed
 from catsdogs.paths import DataPaths
-from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file, write_stamp
+from catsdogs.storage import atomic_dir, is_up_to_date, write_stamp
 from catsdogs.summary import Summary
 
 log = logging.getLogger(__name__)
 
-SUMMARY_NAME = "summary.json"
-
-
-def stamp_for(params: Params, paths: DataPaths) -> tuple[str, str]:
-    """(fingerprint of the raw manifest + validation params, sha256 of the raw manifest)."""
-    manifest_sha = sha256_file(paths.raw_manifest)
-    return fingerprint(manifest_sha, params.fingerprint("validation"),
-                       list(params.data.classes)), manifest_sha
-
-
-def require_passed(params: Params, paths: DataPaths) -> None:
-    """Refuse to go on unless validation passed on the current raw manifest and params."""
-    summary_file = paths.validation_reports / SUMMARY_NAME
-    if not paths.raw_manifest.is_file():
-        raise UserError(f"{paths.raw_manifest} does not exist: run `catsdogs ingest` first")
-    expected, _ = stamp_for(params, paths)
-    try:
-        summary = json.loads(summary_file.read_text())
-    except (OSError, ValueError):
-        summary = {}
-    if summary.get("fingerprint") != expected:
-        raise UserError("the raw data has not been validated with the current params: run "
-                        "`catsdogs validate` first")
-    if not summary.get("success"):
-        raise GateFailed(f"the raw data failed validation (see {summary_file}); fix the data "
-                         "and run `catsdogs ingest` and `catsdogs validate` again")
-
 
 def _file_rows(paths: DataPaths, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Decode every raw file once (all cores): the per-file table (`FILE_COLUMNS` of
+    `catsdogs.data.validation_report`)."""
     from catsdogs.data.probe import probe_all
 
     probes = probe_all([paths.raw / row["path"] for row in rows])
     return [{"path": row["path"], "label": row["label"], "extension": extension(row["path"]),
-             "decodable": info["decodable"], "width": info["width"], "height": info["height"],
-             "reason": info["reason"]} for row, info in zip(rows, probes, strict=True)]
+             **info} for row, info in zip(rows, probes, strict=True)]
 
 
 def run(params: Params, paths: DataPaths) -> Summary:
@@ -85,6 +62,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
             "data_docs": "data_docs/index.html",
         }
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        write_files(tmp, rows)
         if outcome.success:
             write_stamp(tmp, stamp)
     report = Path(target, "data_docs", "index.html")

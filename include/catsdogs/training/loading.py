@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from catsdogs.config import CLASSES
 from catsdogs.data.images import decode_image
 from catsdogs.errors import UserError
-from catsdogs.training.model import CLASSES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-CLASSES: tuple[str, ...] = ("cat", "dog")
 ARCHES: tuple[str, ...] = ("resnet18", "mobilenet_v2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

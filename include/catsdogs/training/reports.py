@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from catsdogs.config import CLASSES
 from catsdogs.training.metrics import METRIC_NAMES, confusion
-from catsdogs.training.model import CLASSES
 
 
 def plot_confusion(labels: Sequence[int], probs: Sequence[float], target: Path) -> None:
