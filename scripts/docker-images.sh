@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the project's images (catsdogs-airflow, catsdogs-mlflow, catsdogs-worker) on the base
-# images chosen by docker-base-images.sh, and writes the choice to build/images.env for compose.
+# Builds the project's images (catsdogs-airflow, catsdogs-mlflow, catsdogs-worker) on their shared
+# base catsdogs-python-base (docker/base/project.Dockerfile), itself on the base image chosen by
+# docker-base-images.sh, and writes the choice to build/images.env for compose.
 #   CATSDOGS_IMAGES="airflow mlflow worker"  which images to build (default all three)
 #   CATSDOGS_TORCH_SOURCE=wheelhouse|index   wheelhouse (default): the host's pip fetches the torch
 #       wheels once into build/wheelhouse (local disk or PyPI) and serves them to the build on
@@ -27,6 +28,11 @@ bash scripts/docker-base-images.sh >build/images.env
 # shellcheck disable=SC1091
 . build/images.env
 log "base image: $BASE_IMAGE"
+# The block every project image shares (settings, extra CA certificates, uv), built once.
+PROJECT_BASE="catsdogs-python-base:$TAG"
+docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -f docker/base/project.Dockerfile \
+  -t "$PROJECT_BASE" . >build/docker-build-python-base.log 2>&1 \
+  || { log "$PROJECT_BASE FAILED:"; tail -30 build/docker-build-python-base.log >&2; exit 1; }
 
 torch_args=(--build-arg "TORCH_VERSION=$TORCH_VERSION" --build-arg "TORCHVISION_VERSION=$TORCHVISION_VERSION"
             --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}" --build-arg "TORCH_FIND_LINKS=${TORCH_FIND_LINKS:-}")
@@ -40,7 +46,7 @@ fi
 # The images are independent: build them side by side (pip downloads overlap with unpacking).
 pids=()
 for name in $IMAGES; do
-  args=(--network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "docker/$name/Dockerfile" -t "catsdogs-$name:$TAG")
+  args=(--network host --build-arg "BASE_IMAGE=$PROJECT_BASE" -f "docker/$name/Dockerfile" -t "catsdogs-$name:$TAG")
   [ "$name" = worker ] && args+=("${torch_args[@]}")
   log "building catsdogs-$name:$TAG (log: build/docker-build-$name.log)"
   ( start=$SECONDS
@@ -57,6 +63,7 @@ failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 [ "$failed" = 0 ] || exit 1
 {
+  echo "PROJECT_BASE_IMAGE=$PROJECT_BASE"
   echo "AIRFLOW_IMAGE=catsdogs-airflow:$TAG"
   echo "MLFLOW_IMAGE=catsdogs-mlflow:$TAG"
   echo "CATSDOGS_WORKER_IMAGE=catsdogs-worker:$TAG"

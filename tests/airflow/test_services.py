@@ -3,7 +3,9 @@ local mode): trigger the DAG through REST API v2 with `conf` and watch it end.""
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from tests.airflow.conftest import DAG_ID
 from tests.airflow.harness import FAKE_KAGGLE, AirflowServices
 
 pytestmark = pytest.mark.services
+CHROMIUM = "/usr/bin/chromium"
 STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
 
 
@@ -47,7 +50,8 @@ def _secret_free(services: AirflowServices, run_id: str, task_id: str) -> list[s
 
 
 def test_triggered_run_succeeds_with_link_and_no_secrets(
-        services: AirflowServices, tiny_conf: dict[str, Any], mlflow_server: str) -> None:
+        services: AirflowServices, tiny_conf: dict[str, Any], mlflow_server: str,
+        artifacts_dir: Path) -> None:
     from mlflow import MlflowClient
 
     run_id = services.trigger(DAG_ID, tiny_conf)
@@ -72,6 +76,70 @@ def test_triggered_run_succeeds_with_link_and_no_secrets(
         assert _secret_free(services, run_id, task_id) == []
     plugins = services.request("GET", "/api/v2/plugins")["plugins"]
     assert "catsdogs" in [plugin["name"] for plugin in plugins]
+
+    # The button is part of the serialised DAG, on train and promote only: the links endpoint
+    # (what the UI's task page asks) lists it. (`GET /dags/{id}/tasks/{task}` answers
+    # "extra_links": [] for every task in Airflow 3.3.2: its TaskResponse has no field for them.)
+    for task_id, expected in (("train", ["MLflow run"]), ("promote", ["MLflow run"]),
+                              ("transform", [])):
+        listed = services.client.task_links(DAG_ID, run_id, task_id)
+        assert sorted(listed) == expected, (task_id, listed)
+        assert all(url and url.startswith(f"{mlflow_server}/#/runs/") for url in listed.values())
+    # Each stage's summary is the task's XCom return value: data, not a scraped log line.
+    client = services.client
+    summaries = {stage: client.xcom(DAG_ID, run_id, stage) for stage in STAGES}
+    assert all(summary["stage"] == stage for stage, summary in summaries.items())
+    assert summaries["train"]["run_id"] == mlflow_run
+    assert summaries["promote"]["status"] in ("done", "skipped")
+    # The reverse link: the MLflow run names the DAG run that trained it and links back to it.
+    # (A run reused by train's idempotency names the DAG run that trained it first.)
+    tags = MlflowClient(tracking_uri=mlflow_server).get_run(mlflow_run).data.tags
+    trained_by = tags["airflow.dag_run_id"]
+    assert trained_by == run_id or summaries["train"]["skipped"]
+    assert tags["airflow.run_url"].endswith(
+        f"/dags/{DAG_ID}/runs/{urllib.parse.quote(trained_by, safe='')}")
+    assert tags["airflow.run_url"] in tags["mlflow.note.content"]
+    assert _ui_link(services, run_id, artifacts_dir) == link
+
+
+def _ui_link(services: AirflowServices, run_id: str, artifacts_dir: Path) -> str:
+    """The train task's Details page in the real Airflow UI (headless chromium): the URL behind
+    its "MLflow run" button; a screenshot goes to test-artifacts/."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            context.add_cookies([{"name": "_token", "value": services.client.token,
+                                  "url": services.url}])
+            page = context.new_page()
+            page.goto(f"{services.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}"
+                      "/tasks/train/details")
+            button = page.get_by_role("link", name="MLflow run")
+            button.wait_for(timeout=60_000)
+            page.screenshot(path=str(artifacts_dir / "airflow-train-task-mlflow-button.png"))
+            return button.get_attribute("href") or ""
+        finally:
+            browser.close()
+
+
+def test_second_run_reports_every_stage_up_to_date(
+        services: AirflowServices, tiny_conf: dict[str, Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The same data and params again: every stage skips, and the demo's follower says so."""
+    from catsdogs.orchestration.demo import trigger_and_follow
+
+    with caplog.at_level(logging.INFO, logger="demo"):
+        record = trigger_and_follow(services.client, tiny_conf, "admin / admin", timeout=420)
+    assert record["state"] == "success", services.log_tail()
+    assert {stage: s["skipped"] for stage, s in record["summaries"].items()} == \
+        dict.fromkeys(STAGES, True)
+    reported = [line for line in caplog.messages if "up to date" in line]
+    assert len(reported) == len(STAGES), caplog.messages
 
 
 def test_form_refuses_out_of_bounds_conf(services: AirflowServices) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
+from catsdogs.orchestration.stage_table import TRAINING_DAG_ID
 from tests.e2e.compose import (
     COMPOSE_FILE,
     REPO_ROOT,
@@ -150,9 +152,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
             run(["docker", "image", "prune", "-f"], 300, check=False)
 
 
-def airflow_token(stack: Stack) -> str:
-    body = {"username": "admin", "password": stack.env["AIRFLOW_ADMIN_PASSWORD"]}
-    return http_json(stack.url("airflow", "/auth/token"), "POST", body)["access_token"]
+def airflow_client(stack: Stack) -> AirflowClient:
+    """The project's REST API v2 client, logged in as the stack's admin."""
+    return AirflowClient(stack.url("airflow"), "admin", stack.env["AIRFLOW_ADMIN_PASSWORD"])
 
 
 def seed_photos(stack: Stack, sample_dir: Path, tmp: Path) -> str:
@@ -169,61 +171,35 @@ def seed_photos(stack: Stack, sample_dir: Path, tmp: Path) -> str:
     return "dir:/data/incoming"
 
 
-def trigger_training(stack: Stack, token: str, source: str) -> str:
-    dag = "catsdogs_training"
-    api = stack.url("airflow", "/api/v2")
-
-    def parsed() -> bool:
-        errors = http_json(f"{api}/importErrors", token=token)
-        assert not errors["import_errors"], f"DAG import errors: {errors['import_errors']}"
-        return http_json(f"{api}/dags/{dag}", token=token)["dag_id"] == dag
-
-    wait_until(parsed, 300, what="the DAG parsed by the dag-processor")
-    http_json(f"{api}/dags/{dag}", "PATCH", {"is_paused": False}, token=token)
+def trigger_training(client: AirflowClient, source: str) -> str:
+    client.wait_for_dag(TRAINING_DAG_ID, timeout=300)
+    client.unpause(TRAINING_DAG_ID)
     conf = {"epochs": 1, "batch_size": 32, "arch": "mobilenet_v2", "data_source": source,
             "gpu": False,
             "overrides": ["model.weights=none", "transform.image_size=96",
                           "train.num_workers=0", "train.precision=fp32"]}
-    run_id = f"e2e-{uuid.uuid4().hex[:8]}"
-    http_json(f"{api}/dags/{dag}/dagRuns", "POST",
-              {"dag_run_id": run_id, "logical_date": None, "conf": conf}, token=token)
-    return run_id
+    return client.trigger(TRAINING_DAG_ID, conf, run_id=f"e2e-{uuid.uuid4().hex[:8]}")
 
 
-def task_failure_report(stack: Stack, token: str, run_id: str, instances: list[dict]) -> str:
-    api = stack.url("airflow", f"/api/v2/dags/catsdogs_training/dagRuns/{run_id}/taskInstances")
+def task_failure_report(client: AirflowClient, run_id: str, instances: list[dict]) -> str:
     lines = [f"{ti['task_id']}: {ti['state']}" for ti in instances]
     for ti in instances:
         if ti["state"] not in ("success", None):
             try:
-                logs = http_json(f"{api}/{ti['task_id']}/logs/{max(ti['try_number'], 1)}"
-                                 "?full_content=true", token=token)
-                text = "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e)
-                                 for e in logs.get("content", []))
-            except AssertionError as exc:
+                text = client.task_log(TRAINING_DAG_ID, run_id, ti["task_id"],
+                                       max(ti["try_number"], 1))
+            except AirflowError as exc:
                 text = str(exc)
             lines.append(f"--- {ti['task_id']} log ---\n{text[-4000:]}")
     return "\n".join(lines)
 
 
-def wait_for_run(stack: Stack, token_box: list[str], run_id: str) -> list[dict]:
-    base = stack.url("airflow", f"/api/v2/dags/catsdogs_training/dagRuns/{run_id}")
-    deadline = time.monotonic() + float(os.environ.get("CATSDOGS_E2E_RUN_TIMEOUT_S", "1500"))
-    state = "queued"
-    while time.monotonic() < deadline:
-        try:
-            state = http_json(base, token=token_box[0])["state"]
-        except AssertionError as exc:
-            if "HTTP 401" not in str(exc):
-                raise
-            token_box[0] = airflow_token(stack)
-            continue
-        if state in ("success", "failed"):
-            break
-        time.sleep(10)
-    instances = http_json(f"{base}/taskInstances", token=token_box[0])["task_instances"]
+def wait_for_run(client: AirflowClient, run_id: str) -> list[dict]:
+    timeout = float(os.environ.get("CATSDOGS_E2E_RUN_TIMEOUT_S", "1500"))
+    state = client.follow(TRAINING_DAG_ID, run_id, timeout=timeout, poll_s=10)
+    instances = list(client.task_instances(TRAINING_DAG_ID, run_id).values())
     assert state == "success", (f"DAG run {run_id} ended {state}:\n"
-                                + task_failure_report(stack, token_box[0], run_id, instances))
+                                + task_failure_report(client, run_id, instances))
     return instances
 
 
@@ -267,9 +243,9 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     # 1. Airflow: trigger a short CPU run on real photos, every stage as a DockerOperator container.
     t = time.monotonic()
     source = seed_photos(stack, sample_dir, tmp_path)
-    token = [airflow_token(stack)]
-    run_id = trigger_training(stack, token[0], source)
-    instances = wait_for_run(stack, token, run_id)
+    client = airflow_client(stack)
+    run_id = trigger_training(client, source)
+    instances = wait_for_run(client, run_id)
     stack.phase("dag_run", t)
     by_task = {ti["task_id"]: ti for ti in instances}
     assert set(by_task) == set(STAGES)
@@ -290,6 +266,12 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     assert version["name"] == "CatsDogsCNN" and "champion" in version.get("aliases", [])
     metrics = {m["key"]: m["value"] for m in mlflow_run["data"].get("metrics", [])}
     assert metrics, "the champion's run logged no metrics"
+    # Each stage's summary came out of its container into XCom; the button opens the run.
+    train = client.xcom(TRAINING_DAG_ID, run_id, "train")
+    assert train["stage"] == "train" and train["run_id"] == version["run_id"], train
+    assert client.task_links(TRAINING_DAG_ID, run_id, "train")["MLflow run"].endswith(
+        f"/#/runs/{version['run_id']}")
+    assert client.xcom(TRAINING_DAG_ID, run_id, "promote")["promoted"] is True
     experiment = http_json(stack.url("mlflow", "/api/2.0/mlflow/experiments/get?experiment_id="
                                      + mlflow_run["info"]["experiment_id"]))["experiment"]
     assert experiment["name"] == "Cats vs Dogs CNN"

@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -198,7 +199,8 @@ def airflow_context_env(context: Any) -> dict[str, str]:
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
     base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
     return {"AIRFLOW_CTX_DAG_ID": dag_id, "AIRFLOW_CTX_DAG_RUN_ID": run_id,
-            "CATSDOGS_AIRFLOW_RUN_URL": f"{base}/dags/{dag_id}/runs/{run_id}"}
+            "CATSDOGS_AIRFLOW_RUN_URL":
+                f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}"}
 
 
 def _final_exit_codes(stage: Stage) -> range | tuple[int, ...]:

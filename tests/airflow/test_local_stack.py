@@ -1,0 +1,50 @@
+"""The local Airflow stack's pieces that need no running service: its environment (one source
+for `make demo` and the tests) and the demo's closing summary."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from catsdogs.orchestration.demo import summary_lines
+from catsdogs.orchestration.local_airflow import admin_password, environment
+
+
+def test_env_for_the_shell_sources_and_keeps_secrets_private(tmp_path: Path) -> None:
+    home = tmp_path / "airflow home"          # a space: the shell lines must be quoted
+    argv = [sys.executable, "-m", "catsdogs.orchestration.local_airflow", "env", "--home",
+            str(home), "--data-dir", str(tmp_path / "data"), "--mlflow-uri",
+            "http://127.0.0.1:5999", "--port", "18080"]
+    printed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    shell = subprocess.run(["bash", "-c", f"{printed}\necho \"$AIRFLOW_HOME|$CATSDOGS_RUNNER|"
+                            "$AIRFLOW__CORE__EXECUTION_API_SERVER_URL|$AIRFLOW_URL\""],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert shell == f"{home}|local|http://127.0.0.1:18080/execution/|http://127.0.0.1:18080"
+    password = admin_password(home)
+    assert password and password not in printed
+    for name in ("passwords.json", "secrets.json"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600
+    # Generated once: a second call keeps the secrets (running services keep their tokens valid).
+    again = environment(home, tmp_path / "data", "http://127.0.0.1:5999", port=18080)
+    assert again["AIRFLOW__API_AUTH__JWT_SECRET"] in printed
+    assert admin_password(home) == password
+
+
+def test_demo_summary_says_what_was_trained_and_how_to_try_it() -> None:
+    record = {"url": "http://127.0.0.1:8080/dags/catsdogs_training/runs/r1", "summaries": {
+        "train": {"run_id": "abc", "version": "3", "test": {"f1": 0.9312, "accuracy": 0.925}},
+        "promote": {"promoted": True, "skipped": False, "reason": "no champion yet"}}}
+    lines = "\n".join(summary_lines(record, "admin / pw", "http://127.0.0.1:5000",
+                                    "http://127.0.0.1:3000",
+                                    {"source": "dir:/x/synthetic", "synthetic": "true"}))
+    assert "login: admin / pw" in lines
+    assert "F1 0.9312, accuracy 0.9250 (model v3)" in lines
+    assert "promoted: no champion yet" in lines
+    assert "/#/runs/abc" in lines
+    assert "GENERATED stand-in pictures" in lines and "KAGGLE_USERNAME" in lines
+    assert "curl -F image=@cat.jpg http://127.0.0.1:3000/predict" in lines
+    real = "\n".join(summary_lines(record, "admin / pw", "m", "s",
+                                   {"source": "kaggle:x/y", "synthetic": "false"}))
+    assert "GENERATED" not in real and "Trained on  : kaggle:x/y" in real
