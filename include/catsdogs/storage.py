@@ -87,7 +87,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     for candidate in target.parent.glob(f".{glob.escape(target.name)}{TEMP_MARK}*"):
         try:
             fd = _try_lock(candidate)
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, or not ours to open: leave it
             continue
         if fd is None:  # a live run is writing it
             continue
