@@ -3,9 +3,10 @@ store, so `bentoml build` packages it and the served image needs no MLflow serve
 
     python -m bentoservice.import_model [--model-uri models:/CatsDogsCNN@champion]
 
-The Bento model carries the registry name, version, run id, architecture, image size and classes
-in its metadata, plus the measured fp32/bf16 label agreement on real photos (the service uses
-bf16 only when it is >= 99.5%). Re-importing the same registry version is a no-op.
+The Bento model carries the registry name, version, run id, architecture, image size, classes and
+the training data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in
+its metadata, plus the measured fp32/bf16 label agreement on real photos (the service uses bf16
+only when it is >= 99.5%). Re-importing the same registry version is a no-op.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 
 
 def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
-    """Registry facts about the model version: name, version, run id, arch, image size, classes."""
+    """Registry facts about the model version: name, version, run id, arch, image size, classes,
+    and the training data's source (`data_source`, `data_synthetic`; absent when unknown)."""
     from mlflow import MlflowClient
 
     from catsdogs.tracking import resolve_model
 
     ref = resolve_model(model_uri)
     tags = MlflowClient().get_model_version(ref.name, ref.version).tags
+    data = {"data_source": ref.data.source, "data_synthetic": ref.data.synthetic} if ref.data else {}
     return {
         "registered_model": ref.name,
         "version": ref.version,
@@ -49,6 +52,7 @@ def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
         "arch": tags.get("arch") or params.model.arch,
         "image_size": ref.image_size,
         "classes": list(ref.classes),
+        **data,
     }
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from catsdogs.data.provenance import Provenance
+
 logger = logging.getLogger(__name__)
 
 BF16_MIN_AGREEMENT = 0.995
@@ -38,10 +40,13 @@ class ModelInfo:
     classes: tuple[str, ...]
     bento_tag: str
     bf16_agreement: float | None
+    data: Provenance | None = None   # the training data; None when the import did not record it
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any], bento_tag: str) -> ModelInfo:
         agreement = metadata.get("bf16_agreement")
+        data = (Provenance(str(metadata["data_source"]), bool(metadata.get("data_synthetic")))
+                if metadata.get("data_source") else None)
         return cls(name=str(metadata.get("registered_model", "CatsDogsCNN")),
                    version=str(metadata.get("version", "")),
                    run_id=str(metadata.get("run_id", "")),
@@ -49,7 +54,8 @@ class ModelInfo:
                    image_size=int(metadata.get("image_size", 224)),
                    classes=tuple(metadata.get("classes") or ("cat", "dog")),
                    bento_tag=bento_tag,
-                   bf16_agreement=float(agreement) if agreement is not None else None)
+                   bf16_agreement=float(agreement) if agreement is not None else None,
+                   data=data)
 
 
 def load_network(model_dir: Path, arch: str) -> torch.nn.Module:

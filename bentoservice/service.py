@@ -155,9 +155,13 @@ class CatsDogs:
                                    SETTINGS.model_calls_in_flight)
         self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
         MODEL_INFO.labels(name=self.info.name, version=self.info.version).set(1)
+        data = self.info.data
         web_app.state.model = {"name": self.info.name, "version": self.info.version,
                                "run_id": self.info.run_id, "bento_model": self.info.bento_tag,
-                               "classes": list(self.info.classes)}
+                               "classes": list(self.info.classes),
+                               "data": data.as_dict() if data is not None else None}
+        if data is not None and data.synthetic:
+            logger.warning("serving %s v%s: %s", self.info.name, self.info.version, data.note())
         freeze_startup_heap()
 
     def _prepare(self, source: bytes | Path) -> np.ndarray:

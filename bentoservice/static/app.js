@@ -4,6 +4,12 @@ const drop = $("drop"), input = $("file");
 
 fetch("/model").then((r) => r.json()).then((m) => {
   $("model-version").textContent = m.version ? `${m.name} v${m.version}` : "not loaded";
+  if (m.data) {
+    // where the training data came from; a generated stand-in set is said plainly
+    $("model-data").textContent = `· trained on ${m.data.synthetic ? "GENERATED stand-in images" : m.data.source}`;
+    $("data-note").textContent = m.data.note;
+    $("data-note").hidden = !m.data.synthetic;
+  }
 }).catch(() => { $("model-version").textContent = "unavailable"; });
 
 function showError(text) {

@@ -13,10 +13,13 @@ import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from catsdogs.storage import is_stamp
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,13 @@ PROBE_TIMEOUT_S = 5.0
 MODEL_NAME = "model"                     # artifact name of the logged model inside its run
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+UI_URL_ENV = "CATSDOGS_MLFLOW_UI_URL"   # the MLflow UI as people reach it, when not the tracking URI
+# MLflow 3.17's UI shows every page in its global "GenAI" mode (a traces overview for an
+# experiment) unless the URL says `workflowType=machine_learning` (or the browser remembers the
+# "Model training" switch). The experiment kind tag is what the UI uses when that switch is off.
+UI_QUERY = "?workflowType=machine_learning"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class ModelRef:
     run_id: str
     image_size: int
     classes: tuple[str, ...]
+    data: Provenance | None = None   # the training data's source; None for versions without tags
 
 
 def tracking_uri(paths: DataPaths) -> str:
@@ -49,6 +60,9 @@ def connect(paths: DataPaths) -> str:
     import mlflow
 
     uri = tracking_uri(paths)
+    # MLflow prints a "View experiment" link that opens the GenAI page; the stages log their own
+    # links (`experiment_url`, `run_url`)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri.startswith(("http://", "https://")):
         _probe(uri)
     else:
@@ -76,12 +90,22 @@ def _probe(uri: str) -> None:
     )
 
 
-def mlflow_run_url(run_id: str) -> str:
-    """The MLflow UI page of a run (base URL from $CATSDOGS_MLFLOW_UI_URL, else the tracking
-    server's URL)."""
-    base = os.environ.get("CATSDOGS_MLFLOW_UI_URL") or os.environ.get(
-        TRACKING_ENV, "http://localhost:5000")
-    return f"{base.rstrip('/')}/#/runs/{run_id}"
+def ui_base_url() -> str | None:
+    """The MLflow UI's base URL: `$CATSDOGS_MLFLOW_UI_URL`, else an http(s) `$MLFLOW_TRACKING_URI`;
+    None for a local store (no UI)."""
+    base = os.environ.get(UI_URL_ENV) or os.environ.get(TRACKING_ENV, "")
+    return base.rstrip("/") if base.startswith(("http://", "https://")) else None
+
+
+def experiment_url(base: str, experiment: str) -> str:
+    """The MLflow UI's runs table of an experiment (not the GenAI traces overview)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/runs{UI_QUERY}"
+
+
+def run_url(base: str, experiment: str, run_id: str) -> str:
+    """The MLflow UI page of a run, in the UI's machine-learning mode (the UI's `#/runs/<id>`
+    redirect drops the mode, so the experiment id is needed)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}{UI_QUERY}"
 
 
 def orchestrator_tags() -> dict[str, str]:
@@ -100,16 +124,37 @@ def orchestrator_tags() -> dict[str, str]:
 
 
 def experiment_id(name: str, paths: DataPaths) -> str:
-    """The experiment's id, creating it (artefacts in the data dir for the embedded store)."""
+    """The experiment's id, creating it (artefacts in the data dir for the embedded store).
+
+    The experiment is tagged as a machine-learning one (`EXPERIMENT_KIND`), also when it already
+    exists without a kind, so MLflow's "View experiment" link opens the runs table.
+    """
     import mlflow
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                                     EXPERIMENT_KIND)
         return found.experiment_id
     location = None
     if not tracking_uri(paths).startswith(("http://", "https://")):
         location = (paths.mlflow_dir / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location,
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def log_folder(folder: Path, artifact_path: str) -> int:
+    """Log the files under `folder` as artefacts under `artifact_path`, leaving out the stages'
+    internal stamp files. Returns how many files were logged."""
+    import mlflow
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_stamp(p))
+    for path in files:
+        parent = path.parent.relative_to(folder).as_posix()
+        mlflow.log_artifact(str(path), artifact_path if parent == "." else
+                            f"{artifact_path}/{parent}")
+    return len(files)
 
 
 def alias_version(name: str, alias: str) -> Any | None:
@@ -148,7 +193,18 @@ def resolve_model(uri: str) -> ModelRef:
     tags = version.tags
     return ModelRef(uri=uri, name=name, version=str(version.version), run_id=version.run_id,
                     image_size=int(tags["image_size"]),
-                    classes=tuple(json.loads(tags["classes"])))
+                    classes=tuple(json.loads(tags["classes"])),
+                    data=Provenance.from_tags(tags))
+
+
+def champion_data(registered_name: str) -> Provenance | None:
+    """What the `@champion` version of `registered_name` was trained on (after `connect`).
+
+    `.synthetic` is True for a generated stand-in set, `.note()` a plain warning for people
+    ('' for real data). None when there is no champion or it predates the `data.*` tags.
+    """
+    version = alias_version(registered_name, CHAMPION)
+    return Provenance.from_tags(version.tags) if version is not None else None
 
 
 def load_model(ref: ModelRef, device: Any) -> Any:
@@ -159,9 +215,12 @@ def load_model(ref: ModelRef, device: Any) -> Any:
     return model.eval()
 
 
-def version_tags(image_size: int, classes: tuple[str, ...], arch: str) -> dict[str, str]:
-    """The tags a registered version carries for its consumers (service, evaluate, promote)."""
-    return {"image_size": str(image_size), "classes": json.dumps(list(classes)), "arch": arch}
+def version_tags(image_size: int, classes: tuple[str, ...], arch: str,
+                 data: Provenance | None = None) -> dict[str, str]:
+    """The tags a registered version carries for its consumers (service, evaluate, promote,
+    the demo summary): image size, classes, arch and, when known, `data.source`/`data.synthetic`."""
+    return ({"image_size": str(image_size), "classes": json.dumps(list(classes)), "arch": arch}
+            | (data.tags() if data is not None else {}))
 
 
 def _requirements() -> list[str]:

@@ -29,5 +29,7 @@ def test_dag_test_runs_every_stage_and_crowns_a_champion(
     # The run train pushed is the one behind a registered version (trained now, or reused by
     # train's idempotency when the services test trained the same data and params first).
     assert client.search_model_versions(f"run_id='{result['mlflow_run_id']}'")
-    assert result["mlflow_link"] == f"{mlflow_server}/#/runs/{result['mlflow_run_id']}"
+    experiment = client.get_run(result["mlflow_run_id"]).info.experiment_id
+    assert result["mlflow_link"] == (f"{mlflow_server}/#/experiments/{experiment}/runs/"
+                                     f"{result['mlflow_run_id']}?workflowType=machine_learning")
     assert (tmp_path / "data" / "transformed" / "train" / "cat").is_dir()

@@ -169,7 +169,8 @@ def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch, runner: str) -> N
     run_id = "0123456789abcdef0123456789abcdef"
     monkeypatch.setenv("CATSDOGS_MLFLOW_UI_URL", "http://localhost:5000/")
     train = dag.get_task("train")
-    train.stage_summary = {"stage": "train", "run_id": run_id}
-    assert MlflowRunLink().get_link(train, ti_key=None) == f"http://localhost:5000/#/runs/{run_id}"
+    train.stage_summary = {"stage": "train", "run_id": run_id, "experiment_id": "4"}
+    assert MlflowRunLink().get_link(train, ti_key=None) == \
+        f"http://localhost:5000/#/experiments/4/runs/{run_id}?workflowType=machine_learning"
     train.stage_summary = None
     assert MlflowRunLink().get_link(train, ti_key=None) == ""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from catsdogs.data.provenance import Provenance
 from catsdogs.orchestration.demo import summary_lines
 from catsdogs.orchestration.local_airflow import admin_password, environment
 
@@ -34,17 +35,18 @@ def test_env_for_the_shell_sources_and_keeps_secrets_private(tmp_path: Path) -> 
 
 def test_demo_summary_says_what_was_trained_and_how_to_try_it() -> None:
     record = {"url": "http://127.0.0.1:8080/dags/catsdogs_training/runs/r1", "summaries": {
-        "train": {"run_id": "abc", "version": "3", "test": {"f1": 0.9312, "accuracy": 0.925}},
+        "train": {"run_id": "abc", "experiment_id": "7", "version": "3",
+                  "test": {"f1": 0.9312, "accuracy": 0.925}},
         "promote": {"promoted": True, "skipped": False, "reason": "no champion yet"}}}
     lines = "\n".join(summary_lines(record, "admin / pw", "http://127.0.0.1:5000",
                                     "http://127.0.0.1:3000",
-                                    {"source": "dir:/x/synthetic", "synthetic": "true"}))
+                                    Provenance("dir:/x/synthetic", synthetic=True)))
     assert "login: admin / pw" in lines
     assert "F1 0.9312, accuracy 0.9250 (model v3)" in lines
     assert "promoted: no champion yet" in lines
-    assert "/#/runs/abc" in lines
-    assert "GENERATED stand-in pictures" in lines and "KAGGLE_USERNAME" in lines
+    assert "http://127.0.0.1:5000/#/experiments/7/runs/abc" in lines
+    assert "generated stand-in pictures" in lines and "KAGGLE_USERNAME" in lines
     assert "curl -F image=@cat.jpg http://127.0.0.1:3000/predict" in lines
     real = "\n".join(summary_lines(record, "admin / pw", "m", "s",
-                                   {"source": "kaggle:x/y", "synthetic": "false"}))
-    assert "GENERATED" not in real and "Trained on  : kaggle:x/y" in real
+                                   Provenance("kaggle:x/y", synthetic=False)))
+    assert "generated" not in real and "Trained on  : kaggle:x/y" in real

@@ -66,8 +66,9 @@ def test_triggered_run_succeeds_with_link_and_no_secrets(
     links = services.request(
         "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/train/links")
     link = links["extra_links"]["MLflow run"]
-    assert link.startswith(f"{mlflow_server}/#/runs/")
-    mlflow_run = link.rsplit("/", 1)[1]
+    assert link.startswith(f"{mlflow_server}/#/experiments/")
+    assert link.endswith("?workflowType=machine_learning")    # the runs view, not GenAI traces
+    mlflow_run = link.removesuffix("?workflowType=machine_learning").rsplit("/", 1)[1]
     client = MlflowClient(tracking_uri=mlflow_server)
     assert client.search_model_versions(f"run_id='{mlflow_run}'")
     assert client.get_model_version_by_alias("CatsDogsCNN", "champion").version
@@ -84,7 +85,8 @@ def test_triggered_run_succeeds_with_link_and_no_secrets(
                               ("transform", [])):
         listed = services.client.task_links(DAG_ID, run_id, task_id)
         assert sorted(listed) == expected, (task_id, listed)
-        assert all(url and url.startswith(f"{mlflow_server}/#/runs/") for url in listed.values())
+        assert all(url and url.startswith(f"{mlflow_server}/#/experiments/")
+                   for url in listed.values())
     # Each stage's summary is the task's XCom return value: data, not a scraped log line.
     client = services.client
     summaries = {stage: client.xcom(DAG_ID, run_id, stage) for stage in STAGES}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import signal
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,10 +15,11 @@ import pytest
 from PIL import Image
 
 from catsdogs.config import Params, load_params
+from catsdogs.data.synthetic import generate_dataset
 from catsdogs.paths import DataPaths
 from catsdogs.stages import ingest, prepare, transform, validate
 from catsdogs.stages.transform import assign_splits
-from tests.data.helpers import MESSY_KEPT, MESSY_OVERRIDES, REPO
+from tests.data.helpers import CATSDOGS, MESSY_KEPT, MESSY_OVERRIDES, REPO
 
 
 def _params(*extra: str) -> Params:
@@ -84,3 +89,61 @@ def test_split_is_stratified_and_seeded(count: int) -> None:
     for label in ("cat", "dog"):
         for split, fraction in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
             assert abs(per[(split, label)] - count * fraction) <= 1
+
+
+def _session_members(session: int) -> list[str]:
+    """`pid state command` of every live (non-zombie) process in a session."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:  # ended meanwhile
+            continue
+        fields = rest.split()
+        if int(fields[3]) == session and fields[0] != "Z":
+            members.append(f"{stat.parent.name} {fields[0]} {head.partition('(')[2]}")
+    return members
+
+
+def _wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_sigkilled_transform_leaves_no_processes_and_next_run_cleans_up(tmp_path: Path) -> None:
+    """A real SIGKILL of a real `catsdogs transform` in the middle of its process pool."""
+    params = load_params(REPO / "params.yaml")
+    paths = DataPaths(tmp_path / "data")
+    ingest.run(params, paths, source=f"dir:{generate_dataset(tmp_path / 'images', 400)}")
+    validate.run(params, paths)
+    prepare.run(params, paths)
+    command = [str(CATSDOGS), "transform", "--data-dir", str(paths.root),
+               "--set", "transform.workers=2", "--set", "transform.image_size=160"]
+    temporaries = lambda: list(paths.root.glob(".transformed.tmp-*"))  # noqa: E731
+    written = lambda: [p for t in temporaries() for p in t.glob("*/*/*.jpg")]  # noqa: E731
+
+    stage = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_until(lambda: len(written()) > 0, timeout=120), "no output appeared"
+        pool = _session_members(stage.pid)
+        os.kill(stage.pid, signal.SIGKILL)
+    finally:
+        stage.kill()
+        stage.wait()
+    assert not paths.transformed.exists(), "the run finished before the kill: not mid-run"
+    assert len(pool) >= 4, pool  # the stage, the fork server, two workers (+ resource tracker)
+    assert _wait_until(lambda: not _session_members(stage.pid), timeout=30), \
+        f"left behind after SIGKILL: {_session_members(stage.pid)}"
+    assert len(temporaries()) == 1  # the half-written output a kill leaves
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert temporaries() == []
+    with paths.splits_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 800 and all((paths.transformed / r["path"]).is_file() for r in rows)

@@ -270,7 +270,7 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     train = client.xcom(TRAINING_DAG_ID, run_id, "train")
     assert train["stage"] == "train" and train["run_id"] == version["run_id"], train
     assert client.task_links(TRAINING_DAG_ID, run_id, "train")["MLflow run"].endswith(
-        f"/#/runs/{version['run_id']}")
+        f"/runs/{version['run_id']}?workflowType=machine_learning")
     assert client.xcom(TRAINING_DAG_ID, run_id, "promote")["promoted"] is True
     experiment = http_json(stack.url("mlflow", "/api/2.0/mlflow/experiments/get?experiment_id="
                                      + mlflow_run["info"]["experiment_id"]))["experiment"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,52 @@ def test_atomic_file(tmp_path: Path) -> None:
         tmp.write_text("broken")
         raise ValueError
     assert target.read_text() == "x" and sorted(tmp_path.iterdir()) == [target]
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from catsdogs.storage import atomic_dir, atomic_file
+target = Path(sys.argv[2])
+with (atomic_dir if sys.argv[1] == "dir" else atomic_file)(target) as tmp:
+    (tmp / "from-child.txt" if sys.argv[1] == "dir" else tmp).write_text("child")
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _writer(kind: str, target: Path) -> subprocess.Popen[str]:
+    """A real process inside atomic_dir/atomic_file for `target`, paused until it reads a line."""
+    process = subprocess.Popen([sys.executable, "-c", _WRITER, kind, str(target)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
+def _temporaries(target: Path) -> list[str]:
+    return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}."))
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_killed_writer_leftovers_are_removed_live_ones_kept(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "out"
+    context = atomic_dir if kind == "dir" else atomic_file
+
+    def write_here(text: str) -> None:
+        with context(target) as tmp:
+            (tmp / "a.txt" if kind == "dir" else tmp).write_text(text)
+
+    live = _writer(kind, target)
+    live_temp = _temporaries(target)
+    killed = _writer(kind, target)  # starting, it leaves the live writer's temporary alone
+    killed.kill()  # SIGKILL: no cleanup code runs
+    killed.wait()
+    assert len(_temporaries(target)) == 2 and set(live_temp) < set(_temporaries(target))
+    write_here("parent")  # removes the killed writer's temporary, not the live one's
+    assert _temporaries(target) == live_temp
+    assert live.communicate("go\n", timeout=60)[1] is None and live.returncode == 0
+    assert _temporaries(target) == []
+    assert (target / "from-child.txt" if kind == "dir" else target).read_text() == "child"
+    write_here("again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -21,6 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "CatsDogsServingTest"
 IMAGE_SIZE = 64
 STARTUP_DELAY_S = 4
+# the served model is tagged as trained on a generated stand-in set (what `make demo` does
+# without Kaggle credentials), so the page and /model must say so
+DATA_SOURCE = "dir:/data/generated-stand-in"
 
 
 @dataclass
@@ -47,10 +50,11 @@ def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
            "BENTOML_HOME": str(workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "CATSDOGS_STARTUP_DELAY_S": str(STARTUP_DELAY_S),
-           "PYTHONPATH": str(REPO_ROOT)}
+           # this checkout's package first, whatever the venv has installed
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
     registered = subprocess.run(
         [sys.executable, "-m", "tests.serving.register_tiny", mlflow_server, MODEL_NAME,
-         str(IMAGE_SIZE)], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+         str(IMAGE_SIZE), DATA_SOURCE, "true"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert registered.returncode == 0, registered.stderr[-3000:]
     version = registered.stdout.strip().splitlines()[-1]
     imported = subprocess.run(

@@ -1,5 +1,8 @@
 """Register a tiny untrained model in a real MLflow server the way training does (used by the
-serving tests' fixture, run as `python -m tests.serving.register_tiny URL NAME IMAGE_SIZE`).
+serving tests' fixture, run as
+`python -m tests.serving.register_tiny URL NAME IMAGE_SIZE [DATA_SOURCE true|false]`).
+The optional data source becomes the version's `data.source`/`data.synthetic` tags, as training
+records them.
 
 The head's weights are scaled up so different pictures get clearly different probabilities:
 that lets the tests tell answers apart (batching mix-ups, EXIF handling)."""
@@ -14,11 +17,12 @@ import torch
 from mlflow import MlflowClient
 
 from catsdogs.config import CLASSES
+from catsdogs.data.provenance import Provenance
 from catsdogs.tracking import CHAMPION, log_and_register, version_tags
 from catsdogs.training.model import build_model
 
 
-def main(url: str, name: str, image_size: int) -> None:
+def main(url: str, name: str, image_size: int, data: Provenance | None = None) -> None:
     mlflow.set_tracking_uri(url)
     torch.manual_seed(0)
     net = build_model("resnet18", weights="none").eval()
@@ -28,10 +32,11 @@ def main(url: str, name: str, image_size: int) -> None:
     mlflow.set_experiment("catsdogs serving tests")
     with mlflow.start_run():
         version = log_and_register(net, name, example,
-                                   version_tags(image_size, CLASSES, "resnet18"))
+                                   version_tags(image_size, CLASSES, "resnet18", data))
     MlflowClient().set_registered_model_alias(name, CHAMPION, version.version)
     print(version.version)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]),
+         Provenance(sys.argv[4], sys.argv[5] == "true") if len(sys.argv) > 5 else None)

@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from catsdogs.config import Params, load_params
+from catsdogs.data import provenance
 from catsdogs.data.synthetic import generate_dataset
 from catsdogs.paths import DataPaths
+from catsdogs.storage import write_stamp
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
@@ -25,8 +27,9 @@ def tiny_params(*extra: str) -> Params:
 
 
 def build_transformed(root: Path, per_class: int = 15) -> DataPaths:
-    """transformed/{train,val,test}/{cat,dog}/ (60/20/20) resized to IMAGE_SIZE, plus the
-    validation summary and an EDA file the train stage logs."""
+    """transformed/{train,val,test}/{cat,dog}/ (60/20/20) resized to IMAGE_SIZE, with the
+    provenance ingest records (a generated set), plus the validation summary and an EDA folder
+    (with the stamp prepare writes there) the train stage logs."""
     source = generate_dataset(root / "generated", per_class=per_class)
     paths = DataPaths(root / "data")
     for label in ("cat", "dog"):
@@ -37,10 +40,13 @@ def build_transformed(root: Path, per_class: int = 15) -> DataPaths:
             target = paths.split_dir(split) / label / file.name
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.open(file).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).save(target)
+    provenance.write(paths.transformed, provenance.Provenance(f"dir:{source}",
+                                                              provenance.is_generated(source)))
     paths.validation_reports.mkdir(parents=True)
     (paths.validation_reports / "summary.json").write_text(json.dumps({"success": True}))
     paths.eda.mkdir(parents=True)
     (paths.eda / "class_balance.json").write_text(json.dumps({"cat": per_class, "dog": per_class}))
+    write_stamp(paths.eda, "0123456789abcdef")
     return paths
 
 

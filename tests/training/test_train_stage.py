@@ -29,7 +29,8 @@ def _all_artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str
     return found
 
 
-def test_run_logs_params_metrics_tags_and_artefacts(trained: dict, tracking_uri: str) -> None:
+def test_run_logs_params_metrics_tags_and_artefacts(trained: dict, tiny_data,
+                                                    tracking_uri: str) -> None:
     client = MlflowClient()
     run = client.get_run(trained["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "Cats vs Dogs CNN"
@@ -45,7 +46,12 @@ def test_run_logs_params_metrics_tags_and_artefacts(trained: dict, tracking_uri:
                 "git.commit"):
         assert run.data.tags.get(tag), tag
     assert run.data.tags["device"] == "cpu"
-    assert set(ARTEFACTS) <= _all_artifacts(client, run.info.run_id)
+    assert run.data.tags["data.synthetic"] == "true"  # build_transformed's set is generated
+    assert run.data.tags["data.source"].startswith("dir:/")
+    artefacts = _all_artifacts(client, run.info.run_id)
+    assert set(ARTEFACTS) <= artefacts
+    assert (Path(tiny_data.eda) / ".stamp.json").exists()
+    assert not [path for path in artefacts if Path(path).name.startswith(".")], artefacts
     report = client.download_artifacts(run.info.run_id, "reports/model_performance_report.md")
     text = Path(report).read_text()
     assert "Best epoch by validation F1: 1" in text and "| f1 |" in text
@@ -61,6 +67,12 @@ def test_registered_version_has_challenger_alias_and_metadata(trained: dict,
     ref = resolve_model("models:/CatsDogsCNN@challenger")
     assert (ref.version, ref.run_id, ref.image_size, ref.classes) == (
         trained["version"], trained["run_id"], IMAGE_SIZE, ("cat", "dog"))
+    run_tags = MlflowClient().get_run(trained["run_id"]).data.tags
+    assert version.tags["data.synthetic"] == "true"
+    assert version.tags["data.source"] == run_tags["data.source"]
+    assert ref.data is not None and ref.data.synthetic
+    assert ref.data.source == run_tags["data.source"]
+    assert "generated stand-in" in ref.data.note() and "KAGGLE_USERNAME" in ref.data.note()
 
 
 @pytest.mark.parametrize("batch", [1, 7])

@@ -1,7 +1,9 @@
 """A small generated stand-in data set (used by `make demo` without Kaggle credentials, and tests).
 
 Cats are warm images with triangles (ears), dogs cool images with rounded blobs: easy enough for a
-CNN to learn in one epoch, varied enough (size, position, noise) to exercise every stage.
+CNN to learn in one epoch, varied enough (size, position, noise) to exercise every stage. The set
+is marked as generated (`catsdogs.data.provenance.GENERATED_MARKER`), so a model trained on it is
+recorded as such.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from catsdogs.data.provenance import mark_generated
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +42,14 @@ def _draw(label: str, rng: np.random.Generator) -> Image.Image:
 
 def generate_dataset(target: Path, per_class: int = 60, seed: int = 0,
                      classes: tuple[str, ...] = ("cat", "dog")) -> Path:
-    """Write `target/{cat,dog}/<label>.<i>.jpg` and return `target`. Deterministic for a seed."""
+    """Write `target/{cat,dog}/<label>.<i>.jpg` plus the generated-set marker and return `target`.
+    Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     for label in classes:
         folder = target / label
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             _draw(label, rng).save(folder / f"{label}.{index}.jpg", quality=90)
+    mark_generated(target, per_class=per_class, seed=seed, classes=list(classes))
     log.info("generated %d synthetic images per class in %s", per_class, target)
     return target

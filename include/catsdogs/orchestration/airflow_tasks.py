@@ -44,7 +44,7 @@ from catsdogs.config import ModelParams, Params, PromoteParams, load_params
 from catsdogs.errors import GateFailed
 from catsdogs.orchestration.stage_table import Stage
 from catsdogs.summary import SUMMARY_FILE_ENV
-from catsdogs.tracking import mlflow_run_url
+from catsdogs.tracking import run_url, ui_base_url
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,18 @@ def kaggle_credentials() -> dict[str, str]:
 
 class MlflowRunLink(BaseOperatorLink):
     """'MLflow run' button on the tasks that log to MLflow (train, promote): opens the run that
-    the task's stage summary names (`run_id`). Airflow calls `get_link` in the worker when the
+    the task's stage summary names (`run_id`, `experiment_id`) in the MLflow UI
+    ($CATSDOGS_MLFLOW_UI_URL, else the tracking server). Airflow calls `get_link` in the worker when the
     task ends and stores the URL; the UI reads it back."""
 
     name = "MLflow run"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        run_id = (getattr(operator, "stage_summary", None) or {}).get("run_id")
-        return mlflow_run_url(run_id) if run_id else ""
+        summary = getattr(operator, "stage_summary", None) or {}
+        base, run_id = ui_base_url(), summary.get("run_id")
+        if not (base and run_id and summary.get("experiment_id")):
+            return ""
+        return run_url(base, summary["experiment_id"], run_id)
 
 
 def airflow_context_env(context: Any) -> dict[str, str]:

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import load_params
+from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from catsdogs.orchestration.local_airflow import ADMIN, PROJECT_DIR, admin_password
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
-from catsdogs.tracking import mlflow_run_url
+from catsdogs.tracking import run_url
 
 log = logging.getLogger("demo")
 
@@ -145,16 +146,16 @@ def run(demo_dir: Path) -> int:
 
 
 def summary_lines(record: dict[str, Any], login: str, mlflow_ui: str, service: str,
-                  trained_on: dict[str, str] | None) -> list[str]:
-    """The closing block: a list of lines (no colours), from the run record and the champion's
-    data source (`trained_on`: {"source", "synthetic"} or None when unknown)."""
+                  trained_on: Provenance | None) -> list[str]:
+    """The closing block: a list of lines (no colours), from the run record and what the
+    champion was trained on (None when not recorded)."""
     train = record["summaries"].get("train") or {}
     promote = record["summaries"].get("promote") or {}
     test = train.get("test") or {}
     lines = [f"Airflow run : {record['url']}   (login: {login})",
              f"MLflow UI   : {mlflow_ui}"]
-    if train.get("run_id"):
-        lines.append(f"MLflow run  : {mlflow_run_url(train['run_id'])}")
+    if train.get("run_id") and train.get("experiment_id"):
+        lines.append(f"MLflow run  : {run_url(mlflow_ui, train['experiment_id'], train['run_id'])}")
     if test:
         lines.append(f"Test scores : F1 {test.get('f1', float('nan')):.4f}, accuracy "
                      f"{test.get('accuracy', float('nan')):.4f} (model v{train.get('version')})")
@@ -163,15 +164,21 @@ def summary_lines(record: dict[str, Any], login: str, mlflow_ui: str, service: s
                     else "promoted" if promote.get("promoted") else "rejected")
         lines.append(f"Promotion   : {decision}: {promote.get('reason') or promote.get('message')}")
     if trained_on is not None:
-        lines.append(f"Trained on  : {trained_on.get('source', '?')}")
-        if trained_on.get("synthetic") == "true":
-            lines.append("              GENERATED stand-in pictures, NOT real photos: its answers "
-                         "on real photos mean nothing. For a real model: KAGGLE_USERNAME/KAGGLE_KEY"
-                         " or DEMO_SOURCE=dir:/path/to/photos, then make demo.")
+        lines.append(f"Trained on  : {trained_on.source}")
+        if trained_on.synthetic:
+            lines.append(f"              {trained_on.note()}")
     lines += [f"Service     : {service}/   (API docs: {service}/docs)",
               f"Try it      : curl -F image=@cat.jpg {service}/predict",
               "Stop it all : make demo-stop"]
     return lines
+
+
+def _champion_data() -> Provenance | None:
+    """What the served champion was trained on (its registry tags), None when not recorded."""
+    from catsdogs import tracking
+
+    return tracking.champion_data(load_params(PROJECT_DIR / "params.yaml").mlflow
+                                  .registered_model_name)
 
 
 def summary(demo_dir: Path) -> int:
@@ -181,25 +188,9 @@ def summary(demo_dir: Path) -> int:
     service = f"http://{os.environ.get('BENTO_HOST', '127.0.0.1')}:" \
               f"{os.environ.get('BENTO_PORT', '3000')}"
     mlflow_ui = os.environ.get("CATSDOGS_MLFLOW_UI_URL") or os.environ["MLFLOW_TRACKING_URI"]
-    trained_on = _champion_data_source(record)
-    block = summary_lines(record, f"{ADMIN} / {password}", mlflow_ui, service, trained_on)
+    block = summary_lines(record, f"{ADMIN} / {password}", mlflow_ui, service, _champion_data())
     log.info("\n%s\n%s\n%s", BANNER, "\n".join(block), BANNER)
     return 0
-
-
-def _champion_data_source(record: dict[str, Any]) -> dict[str, str] | None:
-    """The served version's data-source tags (`data.source`, `data.synthetic`), if recorded."""
-    version = (record["summaries"].get("promote") or {}).get("champion_version") or \
-        (record["summaries"].get("train") or {}).get("version")
-    if not version:
-        return None
-    from mlflow import MlflowClient
-
-    tags = MlflowClient().get_model_version(
-        load_params(PROJECT_DIR / "params.yaml").mlflow.registered_model_name, str(version)).tags
-    if "data.source" not in tags:
-        return None
-    return {"source": tags["data.source"], "synthetic": tags.get("data.synthetic", "false")}
 
 
 def main(argv: list[str] | None = None) -> int:

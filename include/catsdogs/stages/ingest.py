@@ -1,7 +1,8 @@
 """Ingest: fetch the raw images into `raw/{cat,dog}/` and write `raw/manifest.csv`.
 
 The whole `raw/` folder is built in a temporary sibling and renamed into place, so an interrupted
-download or copy leaves the previous `raw/` as it was.
+download or copy leaves the previous `raw/` as it was. `raw/provenance.json` records the source
+and whether it is a generated stand-in set (`catsdogs.data.provenance`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from catsdogs.config import Params
-from catsdogs.data import sources
+from catsdogs.data import provenance, sources
 from catsdogs.data.manifest import RAW_COLUMNS, write_csv
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
@@ -66,30 +67,41 @@ def run(params: Params, paths: DataPaths, source: str | None = None) -> Summary:
     kind, value = sources.parse_source(spec)
     classes = list(params.data.classes)
     stamp = _stamp(kind, value, classes)
-    if is_up_to_date([paths.raw], stamp):
+    if is_up_to_date([paths.raw], stamp) and provenance.read(paths.raw) is not None:
         return Summary("ingest", f"{paths.raw} already holds {spec}", skipped=True)
 
     with atomic_dir(paths.raw, stamp=stamp) as tmp:
         if kind == "dir":
-            found = sources.scan(_existing(value, kind), classes)
+            root = _existing(value, kind)
+            found = sources.scan(root, classes)
             rows = sources.place_files(found, tmp, move=False)
+            origin = provenance.Provenance(f"dir:{root}", provenance.is_generated(root))
         else:
             staging = tmp / ".staging"
-            found = sources.scan(_fetch(kind, value, staging), classes)
+            files = _fetch(kind, value, staging)
+            found = sources.scan(files, classes)
             rows = sources.place_files(found, tmp, move=True)
+            named = f"archive:{_existing(value, kind)}" if kind == "archive" else f"kaggle:{value}"
+            origin = provenance.Provenance(named, provenance.is_generated(files))
             shutil.rmtree(staging)
         if not rows:
             raise UserError(f"no labelled images found in {spec}: expected class folders "
                             f"named like {classes} (e.g. Cat/, cats/) or file names like "
                             f"{classes[0]}.1.jpg")
         write_csv(tmp / "manifest.csv", rows, RAW_COLUMNS)
+        provenance.write(tmp, origin)
 
     counts = Counter(str(row["label"]) for row in rows)
     per_class = ", ".join(f"{label} {counts.get(label, 0)}" for label in classes)
     left_out = sum(found.skipped.values())
     if left_out:
         log.info("left out %d files (%s)", left_out, dict(found.skipped))
+    if origin.synthetic:
+        log.warning("%s is a GENERATED stand-in data set, not real photos: a model trained on it "
+                    "is recorded as such. %s", spec, provenance.REAL_DATA_HINT)
     return Summary("ingest", f"{len(rows)} files ({per_class}) from {spec} into {paths.raw}"
+                   + (" (GENERATED stand-in images, not real photos)" if origin.synthetic else "")
                    + (f"; left out {left_out} unlabelled/clutter files" if left_out else ""),
                    details={"files": len(rows), "per_class": dict(counts),
-                            "left_out": dict(found.skipped), "source": spec})
+                            "left_out": dict(found.skipped), "source": spec,
+                            "synthetic": origin.synthetic})

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
+from catsdogs.data import provenance
 from catsdogs.data.manifest import RAW_COLUMNS, extension, read_csv, write_csv
 from catsdogs.data.validation_report import read_files, require_passed
 from catsdogs.paths import DataPaths
@@ -81,6 +82,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
     stamp = fingerprint(sha256_file(paths.raw_manifest), params.fingerprint("validation"),
                         classes, params.split.seed)
     if is_up_to_date([paths.prepared, paths.eda], stamp):
+        provenance.carry(paths.raw, paths.prepared)
         return Summary("prepare", f"{paths.prepared} is up to date", skipped=True)
 
     # What decoding found for each file, from validate's report (each picture is decoded once).
@@ -96,6 +98,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
         write_csv(tmp / "dropped.csv", dropped, DROPPED_COLUMNS)
         with atomic_dir(paths.eda, stamp=stamp) as eda_tmp:
             eda.write(eda_tmp, raw_rows, kept, dropped, classes, tmp, params.split.seed)
+        provenance.carry(paths.raw, tmp)
 
     reasons = Counter(row["reason"] for row in dropped)
     per_class = Counter(row["label"] for row in kept)

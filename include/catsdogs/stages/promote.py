@@ -95,6 +95,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
     log.info("%s", message)
     return Summary("promote", message, details={
         "promoted": promoted, "run_id": challenger.run_id,
+        "experiment_id": client.get_run(challenger.run_id).info.experiment_id,
         "challenger_version": challenger.version,
         "champion_version": champion_now, "challenger_score": challenger_score,
         "champion_score": champion_score, "metric": metric, "reason": reason})

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
+from catsdogs.data import provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.storage import fingerprint, sha256_file
@@ -88,12 +89,21 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
         version = previous.data.tags["registered_version"]
         return Summary("train", f"run {previous.info.run_id} already trained these data and "
                        f"params (version {version}); use --force to train again", skipped=True,
-                       details={"run_id": previous.info.run_id, "version": version})
+                       details={"run_id": previous.info.run_id, "experiment_id": experiment,
+                                "version": version,
+                                "test": {key.removeprefix("test_"): value for key, value
+                                         in previous.data.metrics.items()
+                                         if key.startswith("test_")}})
+    data = provenance.read(paths.transformed)
+    if data is not None and data.synthetic:
+        log.warning("training on %s, a GENERATED stand-in data set: the model is tagged "
+                    "%s=true. %s", data.source, provenance.SYNTHETIC_TAG, provenance.REAL_DATA_HINT)
     return _train(params, paths, experiment, device, precision,
                   tags={"device": str(device), "precision": precision,
                         "data.transformed_sha256": hashed,
                         "data.manifest_sha256": _manifest_hash(paths),
-                        "git.commit": _git_commit(), "catsdogs.fingerprint": run_fingerprint})
+                        "git.commit": _git_commit(), "catsdogs.fingerprint": run_fingerprint,
+                        **(data.tags() if data is not None else {})})
 
 
 def _manifest_hash(paths: DataPaths) -> str:
@@ -146,14 +156,19 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, preci
         model = model.to("cpu").float().to(memory_format=torch.contiguous_format)
         version = tracking.log_and_register(
             model.eval(), params.mlflow.registered_model_name, example,
-            tracking.version_tags(size, CLASSES, params.model.arch))
+            tracking.version_tags(size, CLASSES, params.model.arch,
+                                  provenance.Provenance.from_tags(tags)))
         mlflow.set_tag("registered_version", version.version)
+    if (ui := tracking.ui_base_url()) is not None:
+        log.info("MLflow run: %s", tracking.run_url(ui, experiment, active.info.run_id))
+        log.info("MLflow experiment (all runs): %s", tracking.experiment_url(ui, experiment))
     message = (f"{params.model.arch} test F1 {test['f1']:.4f}, accuracy {test['accuracy']:.4f} "
                f"(best epoch {result.best_epoch}); registered "
                f"{params.mlflow.registered_model_name} v{version.version} @challenger "
                f"(run {active.info.run_id})")
     return Summary("train", message, details={
-        "run_id": active.info.run_id, "version": version.version, "test": test,
+        "run_id": active.info.run_id, "experiment_id": experiment, "version": version.version,
+        "test": test,
         "best_epoch": result.best_epoch, "device": str(device), "precision": precision,
         "train_images_per_second": result.images_per_second})
 
@@ -161,9 +176,11 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, preci
 def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, precision: str,
                  result: Any, test: dict[str, float], labels: list[int],
                  probs: list[float]) -> None:
-    """Plots, classification report, performance report, plus the validation summary and EDA."""
+    """Plots, classification report, performance report, plus the validation summary and EDA
+    (without the stages' internal stamp files)."""
     import mlflow
 
+    from catsdogs import tracking
     from catsdogs.training import reports
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,6 +200,6 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
     else:
         log.warning("no validation summary at %s to log", summary)
     if paths.eda.is_dir():
-        mlflow.log_artifacts(str(paths.eda), "eda")
+        tracking.log_folder(paths.eda, "eda")
     else:
         log.warning("no EDA folder at %s to log", paths.eda)

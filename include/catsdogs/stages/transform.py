@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from catsdogs.config import Params
+from catsdogs.data import provenance
 from catsdogs.data.manifest import read_csv, write_csv
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
@@ -74,6 +75,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
                         settings.jpeg_quality, params.split.model_dump(),
                         list(params.data.classes), ALGORITHM)
     if is_up_to_date([paths.transformed], stamp):
+        provenance.carry(paths.prepared, paths.transformed)
         return Summary("transform", f"{paths.transformed} is up to date", skipped=True)
     if not rows:
         raise UserError(f"{paths.prepared_manifest} lists no images: check `catsdogs prepare`")
@@ -95,6 +97,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
                             "re-run `catsdogs prepare` to screen them out")
         records.sort(key=lambda r: (SPLITS.index(r["split"]), r["path"]))
         write_csv(tmp / "splits.csv", records, SPLIT_COLUMNS)
+        provenance.carry(paths.prepared, tmp)
 
     counts = Counter((r["split"], r["label"]) for r in records)
     text = "; ".join(f"{split} " + ", ".join(f"{label} {counts[(split, label)]}"
