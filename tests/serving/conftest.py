@@ -47,7 +47,7 @@ def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
            "BENTOML_HOME": str(workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "CATSDOGS_STARTUP_DELAY_S": str(STARTUP_DELAY_S),
-           "PYTHONPATH": str(REPO_ROOT)}
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "include")])}
     registered = subprocess.run(
         [sys.executable, "-m", "tests.serving.register_tiny", mlflow_server, MODEL_NAME,
          str(IMAGE_SIZE)], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
