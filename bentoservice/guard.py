@@ -109,7 +109,7 @@ class _FormCheck:
     def write(self, chunk: bytes) -> None:
         try:
             self.parser.write(chunk)
-        except FormParserError as exc:
+        except (FormParserError, ValueError) as exc:
             raise Refusal(400, "bad_multipart", f"the multipart form is malformed ({exc}); "
                           f"{HOW[self.path]}") from None
 

@@ -116,11 +116,18 @@ mutation = st.tuples(
     st.integers(1, 64))
 
 
+mutations = st.lists(mutation, min_size=1, max_size=4)
+
+
+def mutate(data: bytes, changes: list[tuple[str, str, float, int, int]]) -> bytes:
+    """`data` with each drawn mutation applied in turn."""
+    for kind, where, at, value, span in changes:
+        data = _mutate(data, kind, where, at, value, span)
+    return data
+
+
 @st.composite
 def mutated_files(draw: st.DrawFn) -> tuple[str, bytes]:
     """(seed name, mutated bytes) for one fuzz case."""
     name = draw(st.sampled_from(sorted(seeds())))
-    data = seeds()[name]
-    for kind, where, at, value, span in draw(st.lists(mutation, min_size=1, max_size=4)):
-        data = _mutate(data, kind, where, at, value, span)
-    return name, data
+    return name, mutate(seeds()[name], draw(mutations))

@@ -16,7 +16,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import broken_exif, examples, mutated_files, seeds
+from tests.fuzzing import broken_exif, examples, mutate, mutated_files, mutations, seeds
 from tests.serving.conftest import BentoServer
 from tests.serving.images import encode, picture, png_header_only
 
@@ -278,4 +278,21 @@ def test_fuzzed_request_shapes_never_get_a_5xx(
     else:
         headers = {"Content-Type": content_type} if content_type else {}
         response = requests.post(url, data=raw, headers=headers, timeout=TIMEOUT)
+    _check_answer(response)
+
+
+FORM = (b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + GOOD + b"\r\n--B--\r\n")
+
+
+@examples(100)
+@given(mutations, st.sampled_from(["/predict", "/predict_batch"]))
+def test_fuzzed_form_bytes_never_get_a_5xx(bento_server: BentoServer,
+                                           changes: list[tuple[str, str, float, int, int]],
+                                           path: str) -> None:
+    """A valid form with its bytes mutated (boundaries, part headers, lengths, truncation)."""
+    body = mutate(FORM.replace(b'name="image"', b'name="images"') if path == "/predict_batch"
+                  else FORM, changes)
+    response = requests.post(f"{bento_server.url}{path}", data=body, timeout=TIMEOUT,
+                             headers={"Content-Type": "multipart/form-data; boundary=B"})
     _check_answer(response)
