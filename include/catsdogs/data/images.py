@@ -86,9 +86,9 @@ def _read(source: bytes | Path, limits: ImageLimits) -> bytes:
     return data
 
 
-def _too_many_pixels(pixels: int | str, limits: ImageLimits) -> ImageRejected:
-    return ImageRejected("too_many_pixels", f"image has {pixels} pixels; the limit is "
-                         f"{limits.limit('max_pixels')} (a possible decompression bomb)")
+def _too_many_pixels(pixels: str | None, limits: ImageLimits) -> ImageRejected:
+    return ImageRejected("too_many_pixels", f"image has {pixels or 'too many'} pixels; the limit "
+                         f"is {limits.limit('max_pixels')} (a possible decompression bomb)")
 
 
 def _check_header(image: Image.Image, limits: ImageLimits) -> None:
@@ -164,7 +164,7 @@ def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
         raise
     except Image.DecompressionBombError as exc:
         found = _PILLOW_PIXELS.search(str(exc))
-        raise _too_many_pixels(found.group(1) if found else "too many", limits) from exc
+        raise _too_many_pixels(found.group(1) if found else None, limits) from exc
     except Exception as exc:  # noqa: BLE001 - every other failure is this picture's fault
         raise ImageRejected("corrupt", f"the image cannot be decoded ({type(exc).__name__}: "
                             f"{exc}); send a JPEG or PNG image") from exc
