@@ -79,9 +79,7 @@ bento-import: venv
 	$(BIN)/python -m bentoservice.import_model $(if $(MODEL_URI),--model-uri $(MODEL_URI))
 
 bento-build: bento-import
-	mkdir -p .demo
-	sed 's|^  base_image: .*|  base_image: $(or $(BENTO_BASE_IMAGE),python:3.11-slim)|' bentoservice/bentofile.yaml > .demo/bentofile.yaml
-	$(BIN)/bentoml build -f .demo/bentofile.yaml .
+	$(BIN)/python -m bentoservice.package --base-image "$(BENTO_BASE_IMAGE)" --out-dir .demo/bento
 
 serve: venv
 	bash scripts/serve.sh

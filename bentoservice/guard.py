@@ -1,78 +1,450 @@
-"""ASGI middleware in front of the API: refuses oversized uploads before they are read, turns
-malformed requests into JSON 4xx answers, and counts every refusal in
-`catsdogs_rejected_requests_total{reason}`."""
+"""ASGI middleware in front of the API: every request shape gets a 2xx or a JSON 4xx.
+
+For the three POST endpoints it reads the body itself, counting while it streams (a request over
+the limit is refused with 413 as soon as it gets there, Content-Length or not), and hands BentoML
+only a request it can parse without surprises:
+
+- `/predict`, `/predict_batch`: a multipart form whose parts are all files under the endpoint's
+  field (`image`, `images`). Any other field name, a text value where the file belongs (which
+  BentoML would take for a URL and download: the service never fetches what a caller names), a
+  malformed form or another content type is refused here. The accepted files are passed on in a
+  freshly written form (plain part headers and file names). `/predict` also takes the photo as
+  the raw body with an `image/*` or `application/octet-stream` Content-Type.
+- `/predict_base64`: anything but a JSON object is refused with a hint.
+
+Every 4xx answer of the API, including BentoML's own validation errors, leaves as
+`{"error", "reason"}` JSON with the reason in the `x-catsdogs-reject-reason` header, and is counted
+in `catsdogs_rejected_requests_total{reason}`.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from tempfile import SpooledTemporaryFile
 from typing import Any
+from urllib.parse import parse_qs
 
 import bentoml
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
 API_PATHS = ("/predict", "/predict_batch", "/predict_base64")
 MULTIPART_OVERHEAD = 64 * 1024
+SPOOL_BYTES = 4 * 1024 * 1024  # a form bigger than this is buffered in a temporary file
+REPLAY_CHUNK = 1024 * 1024
+TEXT_KEPT = 200  # characters of a text value quoted back in the refusal
+URL_LIKE = re.compile(r"^\s*[\"']?([a-z][a-z0-9+.-]*://|data:)", re.IGNORECASE)
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*", b"BM")
 
 REJECTED = bentoml.metrics.Counter(
     name="catsdogs_rejected_requests", documentation="Requests refused with a 4xx, by reason",
     labelnames=["reason"])
 
 Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+HOW = {
+    "/predict": "send the photo as multipart file field `image` (curl -F image=@cat.jpg "
+                "URL/predict) or as the raw body with its image/* Content-Type",
+    "/predict_batch": "send the photos as repeated multipart file fields `images` (curl -F "
+                      "images=@cat.jpg -F images=@dog.jpg URL/predict_batch)",
+    "/predict_base64": "send JSON {\"image\": \"<base64 of the file>\"} with Content-Type "
+                       "application/json",
+}
+FIELD = {"/predict": "image", "/predict_batch": "images"}
+
+
+class Refusal(Exception):
+    """A request the guard answers itself: status, machine-readable reason, message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def looks_like_url(text: str) -> bool:
+    """True for `scheme://...` and `data:` strings (what BentoML would try to download)."""
+    return URL_LIKE.match(text) is not None
+
+
+def url_refusal(where: str, text: str, path: str) -> Refusal:
+    return Refusal(400, "url_not_accepted", f"{where} holds a URL ({text[:TEXT_KEPT]!r}); the "
+                   f"service never fetches URLs: {HOW[path]}")
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    size: int = 0
+    text: bytearray = field(default_factory=bytearray)
+    data: SpooledTemporaryFile[bytes] | None = None
+
+
+class _FormCheck:
+    """Streams a multipart body through python-multipart (the parser Starlette uses) and keeps
+    the file parts of the endpoint's field; refuses anything else as soon as it shows."""
+
+    def __init__(self, path: str, boundary: bytes, max_files: int) -> None:
+        self.path = path
+        self.field = FIELD[path]
+        self.max_files = max_files
+        self.parts: list[_Part] = []
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition = b""
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": self._begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_val, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done, "on_part_data": self._data,
+            "on_part_end": self._end})
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except (FormParserError, ValueError) as exc:
+            raise Refusal(400, "bad_multipart", f"the multipart form is malformed ({exc}); "
+                          f"{HOW[self.path]}") from None
+
+    def finish(self) -> None:
+        self.write(b"")
+        if self.parser.state != MultipartState.END:
+            raise Refusal(400, "bad_multipart", "the multipart form ends early (no closing "
+                          f"boundary); {HOW[self.path]}")
+        if not self.parts:
+            raise Refusal(400, "empty", f"the form has no field `{self.field}`; {HOW[self.path]}")
+
+    def close(self) -> None:
+        for part in self.parts:
+            if part.data is not None:
+                part.data.close()
+
+    def _begin(self) -> None:
+        self._disposition = b""
+        self.parts.append(_Part())
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_val(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if bytes(self._header_name).lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _headers_done(self) -> None:
+        part = self.parts[-1]
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise Refusal(400, "bad_multipart", "a form part has no Content-Disposition name; "
+                          f"{HOW[self.path]}")
+        part.name = options[b"name"].decode("utf-8", "replace")
+        if part.name != self.field:
+            raise Refusal(400, "invalid_request", f"field `{part.name[:TEXT_KEPT]}` is not accepted "
+                          f"here; {HOW[self.path]}")
+        if b"filename" in options:
+            part.data = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by close)
+            if sum(p.data is not None for p in self.parts) > self.max_files:
+                raise Refusal(400, "too_many_images", f"field `{self.field}` holds more than "
+                              f"{self.max_files} file(s); " + (
+                                  "send one photo per /predict request, or several to "
+                                  "/predict_batch" if self.path == "/predict"
+                                  else "the limit is CATSDOGS_MAX_BATCH_IMAGES"))
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        part = self.parts[-1]
+        part.size += end - start
+        if part.data is not None:
+            part.data.write(data[start:end])
+        elif len(part.text) < TEXT_KEPT:
+            part.text += data[start:min(end, start + TEXT_KEPT)]
+
+    def _end(self) -> None:
+        part = self.parts[-1]
+        if part.data is None:
+            self._refuse_text(part)
+        part.data.seek(0)
+
+    def _refuse_text(self, part: _Part) -> None:
+        text = part.text.decode("utf-8", "replace")
+        if looks_like_url(text):
+            raise url_refusal(f"field `{self.field}`", text, self.path)
+        raise Refusal(400, "not_a_file", f"field `{self.field}` was sent as a text value "
+                      f"({part.size} bytes), not as a file; {HOW[self.path]} (with curl: "
+                      f"-F {self.field}=@photo.jpg, not {self.field}=<photo.jpg)")
+
+
+class _Form:
+    """A plain multipart form holding the accepted files, replayed to BentoML in chunks (the
+    caller's part headers and file names are not passed on)."""
+
+    def __init__(self, field_name: str, files: list[SpooledTemporaryFile[bytes]],
+                 sizes: list[int]) -> None:
+        self.boundary = secrets.token_hex(16).encode()
+        self.files = files
+        self.heads = [(b"--" + self.boundary + b"\r\nContent-Disposition: form-data; name=\""
+                       + field_name.encode() + b"\"; filename=\"upload\"\r\n"
+                       b"Content-Type: application/octet-stream\r\n\r\n") for _ in files]
+        self.tail = b"--" + self.boundary + b"--\r\n"
+        self.length = sum(len(h) + s + 2 for h, s in zip(self.heads, sizes, strict=True)) \
+            + len(self.tail)
+
+    def content_type(self) -> bytes:
+        return b"multipart/form-data; boundary=" + self.boundary
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for head, data in zip(self.heads, self.files, strict=True):
+            yield head
+            while chunk := data.read(REPLAY_CHUNK):
+                yield chunk
+            yield b"\r\n"
+        yield self.tail
+
+    def close(self) -> None:
+        for data in self.files:
+            data.close()
 
 
 class RequestGuard:
-    """Body-size limit from Content-Length, empty-body check, rejection counting."""
+    """Streaming size limits, request-shape checks and `{"error", "reason"}` answers (module
+    docstring). Limits: `max_upload_bytes` per picture (plus base64 and form overhead),
+    `max_batch_images` files per /predict_batch request."""
 
     def __init__(self, app: Any, max_upload_bytes: int, max_batch_images: int) -> None:
         self.app = app
         single = max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 inflates by 4/3
         self.limits = {"/predict": single, "/predict_base64": single,
                        "/predict_batch": single * max_batch_images}
+        self.max_files = {"/predict": 1, "/predict_batch": max_batch_images}
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or path not in API_PATHS:
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope, path)
-        if refusal is not None:
-            await self._refuse(send, *refusal)
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, self._json_errors(send, path))
             return
-        counted = False
+        form: _Form | None = None
+        try:
+            scope, receive, form = await self._checked(scope, receive, path)
+        except Refusal as refusal:
+            await self._refuse(send, refusal)
+            return
+        try:
+            await self.app(scope, receive, self._json_errors(send, path))
+        finally:
+            if form is not None:
+                form.close()
 
-        async def counting_send(message: dict[str, Any]) -> None:
-            nonlocal counted
-            if message["type"] == "http.response.start" and not counted:
-                counted = True
+    async def _checked(self, scope: Scope, receive: Receive, path: str
+                       ) -> tuple[Scope, Receive, _Form | None]:
+        """The request as the app should see it, or a `Refusal`."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        length = headers.get("content-length", "").strip()
+        if length.isdigit() and int(length) == 0:
+            raise Refusal(400, "empty", f"the request body is empty; {HOW[path]}")
+        if length.isdigit() and int(length) > self.limits[path]:
+            raise self._too_large(path, f"the request is {int(length)} bytes")
+        media, options = parse_options_header(headers.get("content-type", ""))
+        media = media.lower()
+        if path == "/predict_base64":
+            if media.startswith(b"multipart/"):
+                raise Refusal(415, "unsupported_media_type", f"/predict_base64 takes JSON, not "
+                              f"a form; {HOW[path]} (or post the form to /predict)")
+            body = await self._read_all(receive, path)
+            self._check_json(body, path)
+            return scope, _replay(body), None
+        if media == b"multipart/form-data":
+            if not options.get(b"boundary"):
+                raise Refusal(400, "bad_multipart", f"the multipart Content-Type has no "
+                              f"boundary; {HOW[path]}")
+            check = _FormCheck(path, options[b"boundary"], self.max_files[path])
+            try:
+                await self._stream(receive, path, check.write)
+                check.finish()
+            except BaseException:
+                check.close()
+                raise
+            files = [p.data for p in check.parts if p.data is not None]
+            form = _Form(FIELD[path], files, [p.size for p in check.parts])
+        elif path == "/predict" and (media.startswith(b"image/")
+                                     or media == b"application/octet-stream"):
+            buffer: SpooledTemporaryFile[bytes] = SpooledTemporaryFile(  # noqa: SIM115 (form.close)
+                max_size=SPOOL_BYTES)
+            try:
+                size = await self._stream(receive, path, buffer.write)
+            except BaseException:
+                buffer.close()
+                raise
+            buffer.seek(0)
+            form = _Form("image", [buffer], [size])
+        else:
+            body = await self._read_all(receive, path)
+            self._refuse_other_body(body, media.decode("latin-1"), path)
+        scope = {**scope, "headers": [
+            *((k, v) for k, v in scope.get("headers", [])
+              if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")),
+            (b"content-type", form.content_type()),
+            (b"content-length", str(form.length).encode())]}
+        return scope, _replay_stream(form.chunks()), form
+
+    async def _stream(self, receive: Receive, path: str, sink: Callable[[bytes], Any]) -> int:
+        """Feed the body to `sink` chunk by chunk; 413 as soon as it passes the limit."""
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Refusal(400, "empty", "the client went away before the body was sent")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limits[path]:
+                raise self._too_large(path, f"the request passed {self.limits[path]} bytes")
+            if chunk:
+                sink(chunk)
+            if not message.get("more_body", False):
+                if size == 0:
+                    raise Refusal(400, "empty", f"the request body is empty; {HOW[path]}")
+                return size
+
+    async def _read_all(self, receive: Receive, path: str) -> bytes:
+        chunks: list[bytes] = []
+        await self._stream(receive, path, chunks.append)
+        return b"".join(chunks)
+
+    def _too_large(self, path: str, what: str) -> Refusal:
+        return Refusal(413, "too_large", f"{what}; the limit for {path} is {self.limits[path]} "
+                       "bytes (CATSDOGS_MAX_UPLOAD_BYTES per picture, plus encoding overhead)")
+
+    @staticmethod
+    def _check_json(body: bytes, path: str) -> None:
+        if body.startswith(IMAGE_MAGIC):
+            raise Refusal(400, "invalid_request", "the body is a raw image file, not JSON; "
+                          f"{HOW[path]}, or post the raw file to /predict")
+        if not body.lstrip().startswith(b"{"):
+            raise Refusal(400, "invalid_request", f"the body is not a JSON object; {HOW[path]}")
+
+    @staticmethod
+    def _refuse_other_body(body: bytes, media: str, path: str) -> None:
+        """A body /predict or /predict_batch does not take: url_not_accepted when it names a URL
+        (raw, as JSON `{"image": URL}` or as a URL-encoded form value), else 415."""
+        field_name = FIELD[path]
+        text = body[:TEXT_KEPT].decode("utf-8", "replace")
+        if media == "application/x-www-form-urlencoded":
+            values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get(field_name)
+            text = values[0] if values else text
+        elif body.lstrip().startswith(b"{"):
+            try:
+                value = json.loads(body)
+            except ValueError:
+                value = None
+            found = value.get(field_name) if isinstance(value, dict) else None
+            texts = found if isinstance(found, list) else [found]
+            text = next((t for t in texts if isinstance(t, str) and looks_like_url(t)), text)
+        if looks_like_url(text):
+            raise url_refusal("the request", text, path)
+        raw = " (it looks like a raw image file)" if body.startswith(IMAGE_MAGIC) else ""
+        raise Refusal(415, "unsupported_media_type", f"{path} does not take a body of type "
+                      f"{media or '(none given)'}{raw}; {HOW[path]}"
+                      + ("; JSON with base64 goes to /predict_base64" if path == "/predict"
+                         else ""))
+
+    def _json_errors(self, send: Send, path: str) -> Send:
+        """`send` that counts 4xx answers and rewrites any that is not `{"error", "reason"}`."""
+        held: list[Message] = []
+
+        async def guarded_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                           for k, v in message.get("headers", [])}
+                if 400 <= status < 500 and REJECT_HEADER not in headers:
+                    held.append(message)
+                    return
                 if 400 <= status < 500:
-                    headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}
-                    REJECTED.labels(reason=headers.get(REJECT_HEADER, "invalid_request")).inc()
+                    REJECTED.labels(reason=headers[REJECT_HEADER]).inc()
+                await send(message)
+                return
+            if held and message["type"] == "http.response.body":
+                held.append(message)
+                if not message.get("more_body", False):
+                    await self._refuse(send, _as_refusal(held, path))
+                return
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        return guarded_send
 
-    def _refusal(self, scope: Scope, path: str) -> tuple[int, str, str] | None:
-        if scope.get("method") != "POST":
-            return None
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-        length = headers.get("content-length")
-        if length is not None and length.strip().isdigit():
-            size = int(length)
-            if size == 0:
-                return 400, "empty", ("the request body is empty; send the photo as multipart "
-                                      "field `image` (or JSON {\"image\": \"<base64>\"} to "
-                                      "/predict_base64)")
-            if size > self.limits[path]:
-                return 413, "too_large", (f"the request is {size} bytes; the limit is "
-                                          f"{self.limits[path]} (CATSDOGS_MAX_UPLOAD_BYTES)")
-        return None
-
-    async def _refuse(self, send: Any, status: int, reason: str, message: str) -> None:
-        REJECTED.labels(reason=reason).inc()
-        body = json.dumps({"error": message, "reason": reason}).encode()
-        await send({"type": "http.response.start", "status": status,
+    @staticmethod
+    async def _refuse(send: Send, refusal: Refusal) -> None:
+        REJECTED.labels(reason=refusal.reason).inc()
+        body = json.dumps({"error": str(refusal), "reason": refusal.reason}).encode()
+        await send({"type": "http.response.start", "status": refusal.status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
-                                (REJECT_HEADER.encode(), reason.encode())]})
+                                (REJECT_HEADER.encode(), refusal.reason.encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+REASON_BY_STATUS = {405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def _as_refusal(held: list[Message], path: str) -> Refusal:
+    """BentoML's own 4xx (validation errors, wrong method) in the documented shape."""
+    status = held[0]["status"]
+    raw = b"".join(m.get("body", b"") for m in held[1:])
+    try:
+        found: Any = json.loads(raw)
+    except ValueError:
+        found = raw.decode("utf-8", "replace").strip()
+    if isinstance(found, list) and len(found) == 1:
+        found = found[0]
+    if isinstance(found, dict):
+        problems = "; ".join(f"{'.'.join(map(str, d.get('loc', ()))) or 'body'}: {d.get('msg')}"
+                             for d in found.get("detail") or () if isinstance(d, dict))
+        found = f"{found.get('error', 'invalid request')}" + (f" ({problems})" if problems else "")
+    hint = "use POST; " + HOW[path] if status == 405 else HOW[path]
+    return Refusal(status, REASON_BY_STATUS.get(status, "invalid_request"), f"{found}; {hint}")
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _replay_stream(chunks: AsyncIterator[bytes]) -> Receive:
+    pending: list[bytes] = []
+    done = False
+
+    async def receive() -> Message:
+        nonlocal done
+        if done:
+            return {"type": "http.disconnect"}
+        if not pending:
+            pending.append(await anext(chunks))
+        chunk = pending.pop()
+        try:
+            pending.append(await anext(chunks))
+        except StopAsyncIteration:
+            done = True
+        return {"type": "http.request", "body": chunk, "more_body": not done}
+
+    return receive

@@ -29,8 +29,6 @@ from catsdogs.summary import Summary
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = "catsdogs_cnn"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 
 
 def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
@@ -143,11 +141,16 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
                    details={"tag": str(stored.tag), **metadata})
 
 
-def _default_calibration_dir(paths: DataPaths) -> Path | None:
-    for candidate in (os.environ.get("CATSDOGS_SAMPLE_DIR"), paths.split_dir("test"),
-                      SHARED_SAMPLE):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+def default_calibration_dir(paths: DataPaths) -> Path | None:
+    """Photos for the bf16 check: `$CATSDOGS_SAMPLE_DIR` when set, else the data dir's test split
+    (`transformed/test`); None (no check, bf16 stays off, said in the log) when neither exists."""
+    sample = os.environ.get("CATSDOGS_SAMPLE_DIR", "").strip()
+    for candidate in (Path(sample) if sample else None, paths.split_dir("test")):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    logger.info("no calibration photos (CATSDOGS_SAMPLE_DIR unset, no test split at %s): the "
+                "fp32/bf16 agreement is not measured and the service will serve fp32",
+                paths.split_dir("test"))
     return None
 
 
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"name in the Bento model store (default: {BENTO_MODEL_NAME})")
     parser.add_argument("--calibration-dir", type=Path, default=None,
                         help="photos in class sub-folders for the bf16 check (default: "
-                        "$CATSDOGS_SAMPLE_DIR, the test split, or ../shared's sample)")
+                        "$CATSDOGS_SAMPLE_DIR, else the data dir's transformed/test split)")
     parser.add_argument("--calibration-images", type=int, default=400,
                         help="how many photos the bf16 check uses (0: skip; bf16 stays off)")
     parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
@@ -172,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load_params(args.params)
         paths = DataPaths.resolve(args.data_dir)
         summary = run(params, paths, args.model_uri, args.bento_model,
-                      args.calibration_dir or _default_calibration_dir(paths),
+                      args.calibration_dir or (default_calibration_dir(paths)
+                                               if args.calibration_images > 0 else None),
                       args.calibration_images)
     except UserError as exc:
         print(f"bento-import: error: {exc}", file=sys.stderr)

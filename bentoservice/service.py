@@ -14,7 +14,6 @@ import base64
 import binascii
 import logging
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +27,8 @@ import torch
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
-try:
-    import catsdogs  # noqa: F401  (installed in the venv; in a bento it comes from src/include)
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
-
 from bentoservice.coalesce import Coalescer
-from bentoservice.guard import REJECT_HEADER, RequestGuard
+from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
 from bentoservice.runtime import (
     MLFLOW_MODEL_FOLDER,
     ModelInfo,
@@ -148,7 +142,10 @@ class CatsDogs:
         self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
         self.limits = ImageLimits(max_bytes=SETTINGS.max_upload_bytes,
                                   max_pixels=SETTINGS.max_pixels, min_side=SETTINGS.min_side,
-                                  max_aspect_ratio=SETTINGS.max_aspect_ratio)
+                                  max_aspect_ratio=SETTINGS.max_aspect_ratio,
+                                  names={name: f"CATSDOGS_{name.upper()}" for name in (
+                                      "max_pixels", "min_side", "max_aspect_ratio")}
+                                  | {"max_bytes": "CATSDOGS_MAX_UPLOAD_BYTES"})
         self.pool = ThreadPoolExecutor(SETTINGS.decode_threads or len(os.sched_getaffinity(0)),
                                        thread_name_prefix="decode")
         self.coalescer = Coalescer(self._infer, SETTINGS.max_batch_size,
@@ -245,6 +242,9 @@ class CatsDogs:
         self, image: Annotated[str, Field(description="the photo's bytes, base64-encoded")],
     ) -> Prediction:
         """Classify one photo sent as JSON `{"image": "<base64>"}` (a data: URL prefix is fine)."""
+        if looks_like_url(image) and not image.lstrip().startswith("data:"):
+            refusal = url_refusal("`image`", image, "/predict_base64")
+            return _error(refusal.status, refusal.reason, str(refusal))
         text = image.split(",", 1)[1] if image.startswith("data:") else image
         if len(text) > SETTINGS.max_upload_bytes * 4 // 3 + 4:
             return _error(413, "too_large", f"the encoded image is {len(text)} characters; the "

@@ -1,44 +1,51 @@
-"""Service configuration, read once from the environment (defaults documented in docs/serving.md)."""
+"""Service configuration, read once from `CATSDOGS_*` environment variables with pydantic-settings
+(names, defaults and meanings: docs/serving.md). A bad value stops the service at start-up with
+one message naming the variable, what it got and what it takes."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+class Settings(BaseSettings):
+    """The service's settings; each field is read from `CATSDOGS_<FIELD NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="CATSDOGS_", frozen=True, extra="ignore", env_ignore_empty=True,
+                                      case_sensitive=False, protected_namespaces=())
+
+    bento_model: str = Field("catsdogs_cnn:latest", min_length=1)  # Bento model tag
+    max_batch_size: int = Field(8, ge=1)  # adaptive batching: largest batch
+    max_latency_ms: int = Field(2000, ge=1)  # adaptive batching: latency budget (ms)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)  # bytes per picture
+    max_pixels: int = Field(40_000_000, ge=1)  # width x height
+    min_side: int = Field(16, ge=1)  # pixels
+    max_aspect_ratio: float = Field(10.0, ge=1.0)  # longest / shortest side
+    max_batch_images: int = Field(32, ge=1)  # files per /predict_batch request
+    model_calls_in_flight: int = Field(2, ge=1)  # API -> model service calls at once
+    decode_threads: int = Field(0, ge=0)  # 0: one per CPU core
+    torch_threads: int = Field(0, ge=0)  # 0: one per CPU core
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    jit: bool = True  # CPU: frozen TorchScript graph, oneDNN fusion (1/0, true/false)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    startup_delay_s: float = Field(0.0, ge=0.0)  # wait before loading the model (seconds)
+
+    @property
+    def model_tag(self) -> str:
+        return self.bento_model
+
+
+def load_settings() -> Settings:
+    """`Settings()` from the environment; SystemExit naming every bad variable."""
     try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not an integer; unset it or give a number") from None
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CATSDOGS_{'_'.join(map(str, error['loc'])).upper()}="
+            f"{error.get('input')!r}: {error['msg']}" for error in exc.errors())
+        raise SystemExit(f"bad service setting: {problems} (see docs/serving.md)") from None
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give a number") from None
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_tag: str = os.environ.get("CATSDOGS_BENTO_MODEL", "catsdogs_cnn:latest")
-    max_batch_size: int = _int("CATSDOGS_MAX_BATCH_SIZE", 8)
-    max_latency_ms: int = _int("CATSDOGS_MAX_LATENCY_MS", 2000)
-    max_upload_bytes: int = _int("CATSDOGS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
-    max_pixels: int = _int("CATSDOGS_MAX_PIXELS", 40_000_000)
-    min_side: int = _int("CATSDOGS_MIN_SIDE", 16)
-    max_aspect_ratio: float = _float("CATSDOGS_MAX_ASPECT_RATIO", 10.0)
-    max_batch_images: int = _int("CATSDOGS_MAX_BATCH_IMAGES", 32)
-    model_calls_in_flight: int = _int("CATSDOGS_MODEL_CALLS_IN_FLIGHT", 2)
-    decode_threads: int = _int("CATSDOGS_DECODE_THREADS", 0)  # 0: one per CPU core
-    torch_threads: int = _int("CATSDOGS_TORCH_THREADS", 0)  # 0: one per CPU core
-    precision: str = os.environ.get("CATSDOGS_PRECISION", "auto")  # auto | fp32 | bf16
-    jit: bool = _int("CATSDOGS_JIT", 1) != 0  # CPU: frozen TorchScript graph, oneDNN fusion
-    device: str = os.environ.get("CATSDOGS_DEVICE", "auto")  # auto | cpu | cuda
-    startup_delay_s: float = _float("CATSDOGS_STARTUP_DELAY_S", 0.0)
-
-
-SETTINGS = Settings()
+SETTINGS = load_settings()

@@ -21,6 +21,10 @@ async def index(_: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
+async def favicon(_: Request) -> Response:
+    return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
+
+
 async def model(request: Request) -> Response:
     """The served model's name and version (for the page)."""
     info = getattr(request.app.state, "model", None)
@@ -38,6 +42,7 @@ async def docs(_: Request) -> Response:
 
 web_app = Starlette(routes=[
     Route("/", index, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/model", model, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     Mount("/ui", StaticFiles(directory=STATIC), name="ui"),

@@ -52,12 +52,8 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt UV_NATIVE_TLS=1
 ${WHEELHOUSE_URL:+ENV UV_FIND_LINKS=$WHEELHOUSE_URL PIP_FIND_LINKS=$WHEELHOUSE_URL}
 DOCKERFILE
-sed "s|^  base_image: .*|  base_image: $bento_base|" bentoservice/bentofile.yaml >build/bentofile.yaml
-grep -q "base_image: $bento_base" build/bentofile.yaml || { log "bentoservice/bentofile.yaml has no docker.base_image line to point at $bento_base"; exit 2; }
-
-log "bentoml build"
-tag="$("$BIN/bentoml" build -f build/bentofile.yaml --output tag . | tail -1)"
-tag="${tag#__tag__:}"
+log "bentoml build (bentoservice/package.py)"
+tag="$("$BIN/python" -m bentoservice.package --base-image "$bento_base" --out-dir build/bento | tail -1)"
 log "built bento $tag"
 start=$SECONDS
 log "bentoml containerize $tag -> $IMAGE"

@@ -86,3 +86,37 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(ImageRejected) as caught:
         decode_image(bomb)
     assert caught.value.reason == "too_many_pixels"
+
+
+def test_broken_exif_still_rotates() -> None:
+    """Issue 15: Orientation=6 beside an XResolution stored as ASCII text (ImageOps.exif_transpose
+    raised TypeError re-writing it); the Orientation value alone is applied."""
+    from tests.fuzzing import broken_exif
+
+    data = encode(noise_image(6), "JPEG", exif=broken_exif())
+    assert decode_image(data).size == (90, 120)
+
+
+@pytest.mark.parametrize("corrupt_at", [4, 10, 24, 30])
+def test_unreadable_exif_is_ignored_or_rejected(corrupt_at: int) -> None:
+    from tests.fuzzing import broken_exif
+
+    exif = bytearray(broken_exif())
+    exif[corrupt_at] ^= 0xFF
+    data = encode(noise_image(7), "JPEG", exif=bytes(exif))
+    try:
+        assert decode_image(data).mode == "RGB"
+    except ImageRejected as exc:
+        assert exc.reason in ("corrupt", "truncated", "not_an_image")
+
+
+def test_bomb_message_names_our_limit() -> None:
+    """Over Pillow's own bomb limit (2 x 89M pixels) the message still quotes the caller's."""
+    limits = ImageLimits(max_pixels=1_000_000, names={"max_pixels": "CATSDOGS_MAX_PIXELS"})
+    for size in ((30000, 30000), (2000, 2000)):
+        bomb = encode(Image.new("1", size), "PNG")
+        with pytest.raises(ImageRejected) as caught:
+            decode_image(bomb, limits)
+        assert caught.value.reason == "too_many_pixels"
+        assert "1000000 pixels (CATSDOGS_MAX_PIXELS)" in str(caught.value)
+        assert "178956970" not in str(caught.value)

@@ -1,9 +1,11 @@
 """The one image decoding path used by prepare, transform and the serving endpoint.
 
 `decode_image` turns bytes or a file into an 8-bit RGB `PIL.Image`, or raises `ImageRejected` with
-a machine-readable reason. It checks the size limits from the header before decoding any pixels,
-applies the EXIF orientation, composites transparency on white, scales 16-bit and float images to
-8 bits and, for multi-frame files (animated GIF/WebP, multi-page TIFF), keeps the first frame.
+a machine-readable reason: no other exception escapes it, whatever the bytes (a fuzz test holds it
+to that). It checks the size limits from the header before decoding any pixels, applies the EXIF
+orientation (read from the Orientation tag alone: a broken EXIF block is ignored, never rewritten),
+composites transparency on white, scales 16-bit and float images to 8 bits and, for multi-frame
+files (animated GIF/WebP, multi-page TIFF), keeps the first frame.
 `square_image` adds THE geometric preprocessing (the square resize): the transform stage stores its
 output for training and the Bento service applies it to every upload.
 """
@@ -11,20 +13,32 @@ output for training and the Bento service applies it to every upload.
 from __future__ import annotations
 
 import io
+import logging
+import re
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from catsdogs.errors import UserError
 
-REASONS = ("empty", "not_an_image", "truncated", "too_large", "too_many_pixels",
-           "bad_dimensions", "multi_frame", "unsupported_mode")
+logger = logging.getLogger(__name__)
+
+REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_large", "too_many_pixels",
+           "bad_dimensions", "unsupported_mode")
 
 DRAFT_GAP = 2  # JPEG draft keeps >= 2x the output size, so the final resample still antialiases
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_ORIENTATION_TAG = 0x0112
+# EXIF Orientation value -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageRejected(UserError):
@@ -37,10 +51,22 @@ class ImageRejected(UserError):
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """What `decode_image` accepts: file size in bytes, width x height in pixels, shortest side in
+    pixels, longest/shortest side. `names` maps a field name to the setting that sets it (e.g.
+    `{"max_pixels": "CATSDOGS_MAX_PIXELS"}`); refusal messages then name that setting."""
+
     max_bytes: int | None = None
     max_pixels: int = 50_000_000
     min_side: int = 1
     max_aspect_ratio: float | None = None
+    names: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def limit(self, name: str) -> str:
+        """The limit's value, followed by the setting's name when known: `40000000 pixels
+        (CATSDOGS_MAX_PIXELS)`."""
+        units = {"max_bytes": " bytes", "max_pixels": " pixels", "min_side": " pixels"}
+        setting = self.names.get(name)
+        return f"{getattr(self, name)}{units.get(name, '')}" + (f" ({setting})" if setting else "")
 
 
 def _read(source: bytes | Path, limits: ImageLimits) -> bytes:
@@ -49,29 +75,47 @@ def _read(source: bytes | Path, limits: ImageLimits) -> bytes:
     else:
         size = Path(source).stat().st_size
         if limits.max_bytes is not None and size > limits.max_bytes:
-            raise ImageRejected("too_large", f"file is {size} bytes; the limit is {limits.max_bytes}")
+            raise ImageRejected("too_large", f"file is {size} bytes; the limit is "
+                                f"{limits.limit('max_bytes')}")
         data = Path(source).read_bytes()
     if not data:
         raise ImageRejected("empty", "the file is empty (0 bytes); send a JPEG or PNG image")
     if limits.max_bytes is not None and len(data) > limits.max_bytes:
         raise ImageRejected("too_large",
-                            f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+                            f"image is {len(data)} bytes; the limit is {limits.limit('max_bytes')}")
     return data
+
+
+def _too_many_pixels(pixels: str | None, limits: ImageLimits) -> ImageRejected:
+    return ImageRejected("too_many_pixels", f"image has {pixels or 'too many'} pixels; the limit "
+                         f"is {limits.limit('max_pixels')} (a possible decompression bomb)")
 
 
 def _check_header(image: Image.Image, limits: ImageLimits) -> None:
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise ImageRejected("too_many_pixels", f"image is {width}x{height} pixels; the limit is "
-                            f"{limits.max_pixels} pixels (possible decompression bomb)")
-    if min(width, height) < limits.min_side:
+        raise _too_many_pixels(f"{width}x{height} = {width * height}", limits)
+    if min(width, height) < max(1, limits.min_side):
         raise ImageRejected("bad_dimensions", f"image is {width}x{height}; each side must be at "
-                            f"least {limits.min_side} pixels")
+                            f"least {limits.limit('min_side')}")
     if limits.max_aspect_ratio is not None:
         ratio = max(width, height) / min(width, height)
         if ratio > limits.max_aspect_ratio:
             raise ImageRejected("bad_dimensions", f"image is {width}x{height} (aspect ratio "
-                                f"{ratio:.1f}); the limit is {limits.max_aspect_ratio}")
+                                f"{ratio:.1f}); the limit is {limits.limit('max_aspect_ratio')}")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The picture turned as its EXIF Orientation tag says. Only that one value is read: the rest
+    of the EXIF block is neither checked nor rewritten (`ImageOps.exif_transpose` re-serialises
+    it, and raises on a malformed tag). Unreadable EXIF counts as no orientation."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception as exc:  # noqa: BLE001 - any damage inside the EXIF block
+        logger.debug("ignoring unreadable EXIF (%s: %s)", type(exc).__name__, exc)
+        return image
+    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
 
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
@@ -110,14 +154,27 @@ def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
     """RGB image: EXIF orientation applied, L/LA/P/CMYK/RGBA/I;16/I/F converted (alpha composited on
     white), first frame of animated GIF / multi-frame TIFF, JPEG draft mode when draft_size is given
     (the decoder scales by 1/2, 1/4 or 1/8 while keeping both sides >= draft_size).
-    Raises ImageRejected with a clear message on anything bad."""
+
+    Raises `ImageRejected` (reason in `REASONS`, a message saying what is wrong) on anything bad,
+    and no other exception: a failure inside Pillow that has no better name is `corrupt`."""
     data = _read(source, limits)
+    try:
+        return _decode(data, limits, draft_size)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        found = _PILLOW_PIXELS.search(str(exc))
+        raise _too_many_pixels(found.group(1) if found else None, limits) from exc
+    except Exception as exc:  # noqa: BLE001 - every other failure is this picture's fault
+        raise ImageRejected("corrupt", f"the image cannot be decoded ({type(exc).__name__}: "
+                            f"{exc}); send a JPEG or PNG image") from exc
+
+
+def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", f"image has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not_an_image", "not a recognised image file; send a JPEG or PNG "
                             "image") from exc
@@ -132,8 +189,8 @@ def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
             warnings.simplefilter("ignore")
             image.seek(0)
             image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            image = _upright(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {exc}") from exc
     return _to_rgb(image)
 
