@@ -22,6 +22,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from kubernetes.client import ApiClient
 
@@ -33,6 +34,7 @@ from catsdogs.orchestration.kubernetes_pods import (
     kubernetes_settings,
 )
 from catsdogs.orchestration.stage_table import PIPELINE, STAGES
+from tests.airflow.harness import REPO_ROOT
 
 KUBE_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
 SECRET = "s3cr3t-kaggle-key-value"
@@ -305,3 +307,84 @@ def test_operators_are_the_providers(k8s_dag) -> None:
 
     assert all(isinstance(task, StageKubernetesPodOperator) for task in k8s_dag.tasks)
     assert issubclass(StageKubernetesPodOperator, KubernetesPodOperator)
+
+
+# --- Airflow itself on Kubernetes: helm/airflow/values.yaml (official chart) and the data claim ---
+
+CHART_VALUES = REPO_ROOT / "helm" / "airflow" / "values.yaml"
+DATA_PVC = REPO_ROOT / "helm" / "airflow" / "data-pvc.yaml"
+GIT_SYNC_ROOT = "/opt/airflow/dags/repo"  # where the official chart's git-sync checks the repo out
+
+
+@pytest.fixture(scope="module")
+def chart_values() -> dict[str, Any]:
+    values = yaml.safe_load(CHART_VALUES.read_text())
+    assert isinstance(values, dict)
+    return values
+
+
+def chart_env(values: dict[str, Any]) -> dict[str, str]:
+    env = {item["name"]: item["value"] for item in values["env"]}
+    assert len(env) == len(values["env"]), "a variable is set twice"
+    assert all(isinstance(value, str) for value in env.values()), "env values must be strings"
+    return env
+
+
+def test_chart_values_run_these_dags_in_kubernetes_mode(chart_values) -> None:
+    from airflow import __version__ as airflow_version
+
+    assert chart_values["executor"] in ("KubernetesExecutor", "CeleryExecutor")
+    assert chart_values["airflowVersion"] == chart_values["defaultAirflowTag"] == airflow_version
+    assert chart_values["images"]["airflow"]["tag"].startswith(airflow_version)
+    assert chart_values["allowPodLaunching"] is True
+    env = chart_env(chart_values)
+    assert env["CATSDOGS_RUNNER"] == "kubernetes"
+    # git-sync checks the repository out at GIT_SYNC_ROOT: the paths name folders this repo has.
+    git_sync = chart_values["dags"]["gitSync"]
+    assert git_sync["enabled"] is True and (REPO_ROOT / git_sync["subPath"] / "catsdogs_training.py").is_file()
+    for path in (env["PYTHONPATH"], env["CATSDOGS_PARAMS"],
+                 chart_values["config"]["core"]["plugins_folder"]):
+        assert path.startswith(GIT_SYNC_ROOT + "/") and (REPO_ROOT / path[len(GIT_SYNC_ROOT) + 1:]).exists()
+
+
+def test_chart_values_set_only_settings_the_code_reads_and_no_secret(chart_values) -> None:
+    source = "\n".join(path.read_text() for path in (REPO_ROOT / "include").rglob("*.py"))
+    for name in chart_env(chart_values):
+        if name.startswith("CATSDOGS_"):
+            assert f'"{name}"' in source, f"{name} is read nowhere in include/"
+        # Secrets reach pods from Kubernetes Secrets (CATSDOGS_K8S_KAGGLE_SECRET names one).
+        assert not re.search(r"(^|_)(KEY|PASSWORD|TOKEN)$", name), f"{name}: a secret value?"
+        assert not name.startswith("KAGGLE"), name
+
+
+def test_chart_environment_gives_valid_stage_pods(parse_dag, chart_values, tmp_path) -> None:
+    """The DAG parsed with the values' environment (the container paths replaced by this
+    checkout's), one run with the form's defaults: every stage pod validates, on the claim and
+    Secret the values name, GPU stages on GPU nodes (CATSDOGS_GPU=true)."""
+    env = {name: value for name, value in chart_env(chart_values).items()
+           if name not in ("PYTHONPATH", "CATSDOGS_PARAMS")}
+    dag = parse_dag("kubernetes", **env, **kube_connection(tmp_path))
+    params = run_params(dag)
+    assert params["gpu"] is True
+    for task in dag.tasks:
+        pod = build_pod(dag, task.task_id, params)
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(pod, kube_version, strict=True)
+        [claim] = [v["persistentVolumeClaim"] for v in pod["spec"]["volumes"]
+                   if "persistentVolumeClaim" in v]
+        assert claim["claimName"] == env["CATSDOGS_K8S_DATA_CLAIM"]
+        assert pod["metadata"]["namespace"] == env["CATSDOGS_K8S_NAMESPACE"]
+        assert ("nvidia.com/gpu" in base(pod)["resources"]["limits"]) is task.needs_gpu
+        if task.needs_kaggle:
+            refs = {item["valueFrom"]["secretKeyRef"]["name"] for name, item in env_of(pod).items()
+                    if name.startswith("KAGGLE")}
+            assert refs == {env["CATSDOGS_K8S_KAGGLE_SECRET"]}
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_data_claim_is_read_write_many_and_valid(chart_values, kube_version: str) -> None:
+    [claim] = [doc for doc in yaml.safe_load_all(DATA_PVC.read_text()) if doc]
+    kubernetes_validate.validate(claim, kube_version, strict=True)
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["metadata"]["name"] == chart_env(chart_values)["CATSDOGS_K8S_DATA_CLAIM"]

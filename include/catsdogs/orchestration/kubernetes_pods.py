@@ -186,6 +186,7 @@ class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
         )
         self.stage_name = stage.name
         self.needs_gpu = stage.needs_gpu
+        self.needs_kaggle = stage.needs_kaggle
         self.stage_cpu, self.stage_memory = stage.cpu, stage.memory
         self.gpu_count = settings.gpu_count
         self.gpu_node_selector = dict(settings.gpu_node_selector)
