@@ -302,6 +302,35 @@ def test_final_exit_codes_fail_at_once_and_the_summary_is_returned(k8s_dag, monk
     assert ingest._summary_of(lambda: None) is None  # no summary file: logged, not fatal
 
 
+class Submitted(Exception):
+    """Raised where the provider would send the pod to the API server."""
+
+
+def test_execute_submits_the_pod_the_tests_build(k8s_dag) -> None:
+    """`execute` itself, up to the API call: the pod it hands to `get_or_create_pod` is the one
+    `build_pod` gives (only the random name suffix differs)."""
+    params = run_params(k8s_dag, gpu=True)
+    for name in ("ingest", "train"):
+        expected = build_pod(k8s_dag, name, params)
+        task = copy.deepcopy(k8s_dag.get_task(name))
+        submitted: list[Any] = []
+
+        def capture(pod_request_obj: Any, context: Any, sink: list[Any] = submitted) -> Any:
+            sink.append(ApiClient().sanitize_for_serialization(pod_request_obj))
+            raise Submitted
+
+        task.get_or_create_pod = capture
+        ti = types.SimpleNamespace(dag_id=k8s_dag.dag_id, task_id=name, map_index=-1, try_number=1)
+        context = {"params": params, "dag": k8s_dag, "run_id": RUN_ID, "ti": ti}
+        task.render_template_fields(context)
+        with pytest.raises(Submitted):
+            task.execute(context)
+        [pod] = submitted
+        for one in (pod, expected):
+            one["metadata"]["name"] = one["metadata"]["name"].rsplit("-", 1)[0]
+        assert pod == expected
+
+
 def test_operators_are_the_providers(k8s_dag) -> None:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
