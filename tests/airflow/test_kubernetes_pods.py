@@ -175,6 +175,7 @@ def test_gpu_node_selector_and_tolerations_from_the_environment(parse_dag, tmp_p
     ("CATSDOGS_K8S_GPU_NODE_SELECTOR", "gpu=true"),
     ("CATSDOGS_K8S_GPU_NODE_SELECTOR", '["gpu"]'),
     ("CATSDOGS_K8S_GPU_TOLERATIONS", '{"key": "gpu"}'),
+    ("CATSDOGS_K8S_GPU_TOLERATIONS", '[{"key": "gpu", "tolerationSecond": 60}]'),
 ])
 def test_malformed_gpu_settings_are_refused(monkeypatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

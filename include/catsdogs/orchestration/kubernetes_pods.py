@@ -67,7 +67,8 @@ class KubernetesSettings:
     gpu_count: int = 1
     gpu_node_selector: Mapping[str, str] = field(
         default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
-    gpu_tolerations: tuple[Mapping[str, Any], ...] = tuple(DEFAULT_GPU_TOLERATIONS)
+    gpu_tolerations: tuple[k8s.V1Toleration, ...] = field(
+        default_factory=lambda: tuple(k8s.V1Toleration(**t) for t in DEFAULT_GPU_TOLERATIONS))
     shm_bytes: int = 2 * 1024**3
     startup_timeout_s: int = 900
 
@@ -108,6 +109,10 @@ def kubernetes_settings() -> KubernetesSettings:
         raise ValueError("CATSDOGS_K8S_GPU_NODE_SELECTOR must be a JSON object of strings")
     if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
         raise ValueError("CATSDOGS_K8S_GPU_TOLERATIONS must be a JSON list of objects")
+    try:
+        gpu_tolerations = tuple(k8s.V1Toleration(**_snake(t)) for t in tolerations)
+    except TypeError as exc:  # a field V1Toleration does not have
+        raise ValueError(f"CATSDOGS_K8S_GPU_TOLERATIONS: {exc}") from None
     return KubernetesSettings(
         namespace=os.environ.get("CATSDOGS_K8S_NAMESPACE", "catsdogs"),
         image=os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest"),
@@ -118,7 +123,7 @@ def kubernetes_settings() -> KubernetesSettings:
         service_account=os.environ.get("CATSDOGS_K8S_SERVICE_ACCOUNT") or None,
         gpu_count=int(os.environ.get("CATSDOGS_K8S_GPUS", "1")),
         gpu_node_selector=selector,
-        gpu_tolerations=tuple(tolerations),
+        gpu_tolerations=gpu_tolerations,
         shm_bytes=int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3))),
         startup_timeout_s=int(os.environ.get("CATSDOGS_K8S_STARTUP_TIMEOUT_S", "900")),
     )
@@ -190,7 +195,7 @@ class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
         self.stage_cpu, self.stage_memory = stage.cpu, stage.memory
         self.gpu_count = settings.gpu_count
         self.gpu_node_selector = dict(settings.gpu_node_selector)
-        self.gpu_tolerations = [k8s.V1Toleration(**_snake(t)) for t in settings.gpu_tolerations]
+        self.gpu_tolerations = list(settings.gpu_tolerations)
         self._link_mlflow(stage)
 
     def uses_gpu(self, params: Mapping[str, Any]) -> bool:
@@ -236,6 +241,7 @@ def stage_resources(cpu: str, memory: str, gpus: int) -> k8s.V1ResourceRequireme
 
 
 def _snake(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A toleration written as in a manifest (`tolerationSeconds`) as the client's kwargs."""
+    """A toleration written as in a manifest (`tolerationSeconds`) as the client's keyword
+    arguments (`toleration_seconds`)."""
     return {"".join("_" + c.lower() if c.isupper() else c for c in key): value
             for key, value in obj.items()}
