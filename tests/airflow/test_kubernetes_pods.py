@@ -31,6 +31,7 @@ from catsdogs.orchestration.airflow_tasks import MlflowRunLink, command_template
 from catsdogs.orchestration.kubernetes_pods import (
     POD_SUMMARY_FILE,
     StageKubernetesPodOperator,
+    cpu_threads,
     kubernetes_settings,
 )
 from catsdogs.orchestration.stage_table import PIPELINE, STAGES
@@ -237,9 +238,11 @@ def test_resources_come_from_the_stage_table(pods) -> None:
     for stage in STAGES:
         assert QUANTITY.match(stage.cpu) and QUANTITY.match(stage.memory), stage.name
     for stage in PIPELINE:
-        resources = base(pods[(stage.name, False)])["resources"]
-        assert resources == {"requests": {"cpu": stage.cpu, "memory": stage.memory},
-                             "limits": {"memory": stage.memory}}
+        pod = pods[(stage.name, False)]
+        assert base(pod)["resources"] == {"requests": {"cpu": stage.cpu, "memory": stage.memory},
+                                          "limits": {"memory": stage.memory}}
+        # torch's thread pool follows the request, not the node's core count.
+        assert env_of(pod)["OMP_NUM_THREADS"]["value"] == str(cpu_threads(stage.cpu))
 
 
 def test_the_summary_travels_through_the_xcom_sidecar(k8s_dag, pods) -> None:
@@ -330,6 +333,12 @@ def test_execute_submits_the_pod_the_tests_build(k8s_dag) -> None:
         for one in (pod, expected):
             one["metadata"]["name"] = one["metadata"]["name"].rsplit("-", 1)[0]
         assert pod == expected
+
+
+@pytest.mark.parametrize(("cpu", "threads"), [("1", 1), ("4", 4), ("1.5", 2), ("500m", 1),
+                                               ("2500m", 3)])
+def test_cpu_threads_rounds_quantities_up(cpu: str, threads: int) -> None:
+    assert cpu_threads(cpu) == threads
 
 
 def test_operators_are_the_providers(k8s_dag) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -148,8 +149,11 @@ class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
     retries; failures to schedule or start the pod retry."""
 
     def __init__(self, *, stage: Stage, settings: KubernetesSettings, **kwargs: Any) -> None:
+        # OMP_NUM_THREADS: torch would otherwise size its thread pool by the node's cores, not by
+        # what the pod asked for.
         env = {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": settings.mlflow_uri,
-               "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: POD_SUMMARY_FILE}
+               "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: POD_SUMMARY_FILE,
+               "OMP_NUM_THREADS": str(cpu_threads(stage.cpu))}
         env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
         if stage.needs_kaggle:
             env_vars += [_secret_env("KAGGLE_USERNAME", settings.kaggle_secret, "username"),
@@ -238,6 +242,12 @@ def stage_resources(cpu: str, memory: str, gpus: int) -> k8s.V1ResourceRequireme
     `gpus` × nvidia.com/gpu when gpus > 0."""
     limits = {"memory": memory, **({GPU_RESOURCE: str(gpus)} if gpus else {})}
     return k8s.V1ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits=limits)
+
+
+def cpu_threads(cpu: str) -> int:
+    """Whole threads for a Kubernetes CPU quantity ("2" -> 2, "1.5" -> 2, "500m" -> 1)."""
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, math.ceil(cores))
 
 
 def _snake(obj: Mapping[str, Any]) -> dict[str, Any]:
