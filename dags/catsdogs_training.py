@@ -1,7 +1,7 @@
 """catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly.
 
 Wiring only: the stages come from `catsdogs.orchestration.stage_table.PIPELINE`, the tasks from
-`catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local).
+`catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ MODE = runner()
 DOC_MD = f"""
 # Cats vs dogs: nightly retraining
 
-Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**; `CATSDOGS_RUNNER=docker|local`):
+Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**;
+`CATSDOGS_RUNNER=docker|local|kubernetes`):
 
 | task | what it does |
 |------|--------------|
@@ -35,6 +36,9 @@ Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**; `CATSDOGS_RUNN
 * **docker** mode runs each stage in the worker image on the shared volume `/data`; `train` and
   `promote` get the host's GPUs when the *Use GPUs* param is on.
 * **local** mode runs the same commands as Bash tasks in the Airflow environment.
+* **kubernetes** mode runs each stage as a pod of the worker image on a shared volume claim at
+  `/data`, with the stage's CPU/memory requests; `train` and `promote` get a GPU node when the
+  *Use GPUs* param is on.
 * The trigger form's params become `--set section.key=value` overrides of `params.yaml`.
 * `validate` is a gate: a refused data set fails the run at once (no retries), nothing is trained.
 * `train` registers a challenger in MLflow (`CatsDogsCNN`); its **MLflow run** button opens the run.

@@ -15,7 +15,9 @@ from catsdogs.orchestration.airflow_tasks import (
     StageDockerOperator,
     kaggle_credentials,
     overrides_from_params,
+    runner,
 )
+from catsdogs.orchestration.kubernetes_pods import StageKubernetesPodOperator
 from catsdogs.orchestration.stage_table import STAGE_NAMES
 
 ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote"]
@@ -32,13 +34,14 @@ def _chain(dag) -> list[str]:
     return order
 
 
-@pytest.mark.parametrize("runner", ["docker", "local"])
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
 def test_tasks_run_in_stage_order(parse_dag, runner: str) -> None:
     dag = parse_dag(runner)
     assert list(STAGE_NAMES) == ORDER
     assert sorted(dag.task_ids) == sorted(ORDER)
     assert _chain(dag) == ORDER
-    kind = StageDockerOperator if runner == "docker" else StageBashOperator
+    kind = {"docker": StageDockerOperator, "local": StageBashOperator,
+            "kubernetes": StageKubernetesPodOperator}[runner]
     assert all(isinstance(task, kind) for task in dag.tasks)
 
 
@@ -84,6 +87,12 @@ def test_form_refuses_invalid_values(parse_dag, name: str, good, bad) -> None:
     assert param.resolve(good) == good
     with pytest.raises(ParamValidationError):
         param.resolve(bad)
+
+
+def test_an_unknown_runner_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("CATSDOGS_RUNNER", "celery")
+    with pytest.raises(ValueError, match="docker, local, kubernetes"):
+        runner()
 
 
 def test_params_reach_the_stage_as_valid_overrides(parse_dag) -> None:
@@ -152,7 +161,7 @@ def test_assets_announced(parse_dag) -> None:
     assert uris["train"] == ["mlflow://models/CatsDogsCNN"]
 
 
-@pytest.mark.parametrize("runner", ["docker", "local"])
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
 def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch, runner: str) -> None:
     dag = parse_dag(runner)
     assert [link.name for link in dag.get_task("train").operator_extra_links] == ["MLflow run"]

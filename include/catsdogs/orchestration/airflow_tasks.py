@@ -1,15 +1,20 @@
-"""Turn the stage table (`catsdogs.orchestration.stage_table.PIPELINE`) into Airflow tasks, in either
-mode.
+"""Turn the stage table (`catsdogs.orchestration.stage_table.PIPELINE`) into Airflow tasks, in any
+of three modes.
 
 - docker (default): one `DockerOperator` per stage running the worker image on the shared named
   volume mounted at /data, on the compose network, GPUs requested for GPU stages when the run's
   `gpu` param is on.
 - local: the same `catsdogs <stage>` command as a Bash task in the Airflow environment (hosts
   without Docker, fast tests).
+- kubernetes: one `KubernetesPodOperator` pod per stage: the worker image, a ReadWriteMany
+  PersistentVolumeClaim at /data, the stage table's CPU/memory requests, a GPU limit, node
+  selector and tolerations for GPU stages when the run's `gpu` param is on, Kaggle credentials
+  from a Kubernetes Secret (`secretKeyRef`, never a value).
 
 Every task runs the same command string: `catsdogs <stage> --set section.key=value ...`, rendered
 from the run's params. The stage writes its summary as JSON ($CATSDOGS_SUMMARY_FILE); the task reads
-it back (local: a temporary file; docker: copied out of the finished container) and returns it, so
+it back (local: a temporary file; docker: copied out of the finished container; kubernetes: the
+provider's XCom sidecar reads /airflow/xcom/return.json) and returns it, so
 it lands in XCom as `return_value` (the train stage's run id, promote's decision...). The train
 and promote tasks carry the "MLflow run" extra link, built from that summary.
 Only imported by `dags/` and `plugins/`; nothing heavy is imported here.
@@ -32,7 +37,7 @@ from typing import Any, get_args
 from airflow.providers.docker.exceptions import DockerContainerFailedSkipException
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import Asset, BaseHook, BaseOperatorLink, Param
+from airflow.sdk import Asset, BaseHook, BaseOperator, BaseOperatorLink, Param
 from airflow.sdk.exceptions import (
     AirflowFailException,
     AirflowNotFoundException,
@@ -49,7 +54,7 @@ from catsdogs.tracking import run_url, ui_base_url
 log = logging.getLogger(__name__)
 
 RUNNER_ENV = "CATSDOGS_RUNNER"
-RUNNERS = ("docker", "local")
+RUNNERS = ("docker", "local", "kubernetes")
 KAGGLE_CONN_ID = os.environ.get("CATSDOGS_KAGGLE_CONN_ID", "kaggle_default")
 DEFAULT_SCHEDULE = "0 2 * * *"
 PROJECT_DIR = Path(__file__).resolve().parents[3]
@@ -79,7 +84,8 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 def runner() -> str:
-    """`docker` or `local`, from $CATSDOGS_RUNNER (default docker)."""
+    """`docker`, `local` or `kubernetes`, from $CATSDOGS_RUNNER (default docker); ValueError for
+    anything else."""
     chosen = os.environ.get(RUNNER_ENV, "docker").strip().lower()
     if chosen not in RUNNERS:
         raise ValueError(f"{RUNNER_ENV}={chosen!r}: expected one of {', '.join(RUNNERS)}")
@@ -135,7 +141,9 @@ def dag_params() -> dict[str, Param]:
                                    title="Promotion margin",
                                    description="The challenger must beat the champion by this."),
         "gpu": Param(_env_flag("CATSDOGS_GPU"), type="boolean", title="Use GPUs",
-                     description="Docker mode: request all GPUs for train and promote."),
+                     description="Docker mode: all the host's GPUs for train and promote; "
+                                 "kubernetes mode: their nvidia.com/gpu limit, GPU node "
+                                 "selector and tolerations."),
         "overrides": Param([], type="array", items={"type": "string",
                                                     "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
                            title="More overrides",
@@ -310,10 +318,16 @@ class StageDockerOperator(_StageMixin, DockerOperator):
         return self._finish(summary)
 
 
+def worker_mlflow_uri() -> str:
+    """The MLflow server as the stage containers/pods reach it: $CATSDOGS_WORKER_MLFLOW_URI, else
+    $MLFLOW_TRACKING_URI, else http://mlflow:5000."""
+    return (os.environ.get("CATSDOGS_WORKER_MLFLOW_URI")
+            or os.environ.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000")
+
+
 def docker_settings() -> dict[str, Any]:
     """DockerOperator settings shared by every stage (all from the environment)."""
-    mlflow_uri = (os.environ.get("CATSDOGS_WORKER_MLFLOW_URI")
-                  or os.environ.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000")
+    mlflow_uri = worker_mlflow_uri()
     return {
         "image": os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest"),
         "docker_url": os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
@@ -328,7 +342,7 @@ def docker_settings() -> dict[str, Any]:
     }
 
 
-def make_task(stage: Stage, mode: str) -> BashOperator | DockerOperator:
+def make_task(stage: Stage, mode: str) -> BaseOperator:
     """One task for one stage; retries with exponential backoff, a timeout, its assets, and the
     MLflow link where the stage logs to MLflow."""
     common: dict[str, Any] = {
@@ -340,4 +354,12 @@ def make_task(stage: Stage, mode: str) -> BashOperator | DockerOperator:
     }
     if mode == "local":
         return StageBashOperator(**common)
+    if mode == "kubernetes":
+        # Imported here: only this mode needs the Kubernetes provider and client.
+        from catsdogs.orchestration.kubernetes_pods import (
+            StageKubernetesPodOperator,
+            kubernetes_settings,
+        )
+
+        return StageKubernetesPodOperator(**common, settings=kubernetes_settings())
     return StageDockerOperator(**common, **docker_settings())

@@ -26,6 +26,10 @@ class Stage:
     assets: tuple[str, ...] = ()      # Airflow Asset URIs this stage announces when it succeeds
     needs_kaggle: bool = False        # gets Kaggle credentials (never in templates or logs)
     logs_mlflow: bool = False         # its summary names an MLflow run (`run_id`): a UI link
+    # Kubernetes runner: what the scheduler reserves for the stage's pod (Kubernetes quantities).
+    # `memory` is the request and the limit (above it the pod is OOM-killed, not a neighbour).
+    cpu: str = "1"
+    memory: str = "2Gi"
 
     @property
     def module(self) -> str:
@@ -42,19 +46,20 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Download or copy the raw images into raw/{cat,dog}/ with a manifest",
-          outputs=("raw",), timeout_minutes=120, needs_kaggle=True),
+          outputs=("raw",), timeout_minutes=120, needs_kaggle=True, cpu="1", memory="1Gi"),
     Stage("validate", "Great Expectations gate over the raw manifest",
-          outputs=("reports/validation",), retryable=False, timeout_minutes=30),
+          outputs=("reports/validation",), retryable=False, timeout_minutes=30, cpu="1",
+          memory="2Gi"),
     Stage("prepare", "Drop corrupt/duplicate images, write EDA", outputs=("prepared", "eda"),
-          timeout_minutes=60),
+          timeout_minutes=60, cpu="2", memory="2Gi"),
     Stage("transform", "RGB, resize, stratified train/val/test split", outputs=("transformed",),
-          timeout_minutes=60, assets=("catsdogs://data/transformed",)),
+          timeout_minutes=60, assets=("catsdogs://data/transformed",), cpu="4", memory="4Gi"),
     Stage("train", "Transfer-learn the CNN, log to MLflow, register a challenger",
           needs_gpu=True, timeout_minutes=240, assets=("mlflow://models/CatsDogsCNN",),
-          logs_mlflow=True),
+          logs_mlflow=True, cpu="4", memory="12Gi"),
     Stage("promote", "Move @champion to the challenger if it scores better",
           needs_gpu=True, timeout_minutes=30, assets=("mlflow://models/CatsDogsCNN@champion",),
-          logs_mlflow=True),
+          logs_mlflow=True, cpu="2", memory="6Gi"),
     Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
           dag_task=False),
 )

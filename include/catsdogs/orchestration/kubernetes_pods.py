@@ -1,0 +1,257 @@
+"""Kubernetes mode (`CATSDOGS_RUNNER=kubernetes`): each stage of the stage table as one pod, started
+by Airflow's own `KubernetesPodOperator` (provider `apache-airflow-providers-cncf-kubernetes`).
+
+The pod runs the same rendered `catsdogs <stage> --set ...` command as the other modes, in the
+worker image, with:
+
+- the data on a PersistentVolumeClaim (ReadWriteMany when workers span nodes) mounted at /data,
+  and a memory-backed /dev/shm for DataLoader workers;
+- the stage table's CPU/memory requests (memory is also the limit);
+- for GPU stages, when the run's `gpu` param is on: an `nvidia.com/gpu` limit, a GPU node selector
+  and tolerations;
+- for ingest: KAGGLE_USERNAME/KAGGLE_KEY from a Kubernetes Secret (`secretKeyRef`): the values
+  never appear in the pod spec, in templates, logs or XCom;
+- the stage's JSON summary written to /airflow/xcom/return.json, which the provider's XCom sidecar
+  reads back: it becomes the task's `return_value` and feeds the "MLflow run" link.
+
+Imported by `airflow_tasks.make_task` only in kubernetes mode, so the other modes never load the
+Kubernetes client. Settings come from the environment (`kubernetes_settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk.exceptions import AirflowSkipException
+from kubernetes.client import models as k8s
+
+from catsdogs.orchestration.airflow_tasks import (
+    _final_exit_codes,
+    _StageMixin,
+    airflow_context_env,
+    command_template,
+    worker_mlflow_uri,
+)
+from catsdogs.orchestration.stage_table import Stage
+from catsdogs.summary import SUMMARY_FILE_ENV
+
+log = logging.getLogger(__name__)
+
+# The file the provider's XCom sidecar reads (`PodDefaults.XCOM_MOUNT_PATH` + /return.json).
+POD_SUMMARY_FILE = "/airflow/xcom/return.json"
+GPU_RESOURCE = "nvidia.com/gpu"
+# The worker image's user (docker/worker/Dockerfile): uid 50000, group 0 owns /data.
+WORKER_UID = 50000
+WORKER_GID = 0
+DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+DEFAULT_GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Where and how the stage pods run (see `kubernetes_settings` for the variables)."""
+
+    namespace: str = "catsdogs"
+    image: str = "catsdogs-worker:latest"
+    image_pull_policy: str = "IfNotPresent"
+    data_claim: str = "catsdogs-data"
+    mlflow_uri: str = "http://mlflow:5000"
+    kaggle_secret: str = "catsdogs-kaggle"
+    service_account: str | None = None
+    gpu_count: int = 1
+    gpu_node_selector: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
+    gpu_tolerations: tuple[k8s.V1Toleration, ...] = field(
+        default_factory=lambda: tuple(k8s.V1Toleration(**t) for t in DEFAULT_GPU_TOLERATIONS))
+    shm_bytes: int = 2 * 1024**3
+    startup_timeout_s: int = 900
+
+
+def _json_env(name: str, default: Any) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be JSON ({exc}): {raw!r}") from None
+
+
+def kubernetes_settings() -> KubernetesSettings:
+    """Settings shared by every stage pod, all from the environment:
+
+    | variable | default |
+    |---|---|
+    | CATSDOGS_K8S_NAMESPACE | `catsdogs` |
+    | CATSDOGS_WORKER_IMAGE | `catsdogs-worker:latest` |
+    | CATSDOGS_K8S_IMAGE_PULL_POLICY | `IfNotPresent` |
+    | CATSDOGS_K8S_DATA_CLAIM (PVC name, mounted at /data) | `catsdogs-data` |
+    | CATSDOGS_WORKER_MLFLOW_URI, else MLFLOW_TRACKING_URI | `http://mlflow:5000` |
+    | CATSDOGS_K8S_KAGGLE_SECRET (keys `username`, `key`) | `catsdogs-kaggle` |
+    | CATSDOGS_K8S_SERVICE_ACCOUNT | the namespace's default |
+    | CATSDOGS_K8S_GPUS (`nvidia.com/gpu` per GPU pod) | 1 |
+    | CATSDOGS_K8S_GPU_NODE_SELECTOR (JSON object) | `{"nvidia.com/gpu.present": "true"}` |
+    | CATSDOGS_K8S_GPU_TOLERATIONS (JSON list of tolerations) | `nvidia.com/gpu` Exists NoSchedule |
+    | CATSDOGS_SHM_BYTES (/dev/shm size) | 2 GiB |
+    | CATSDOGS_K8S_STARTUP_TIMEOUT_S (scheduling + image pull) | 900 |
+
+    Raises ValueError when a JSON variable does not parse or has the wrong shape.
+    """
+    selector = _json_env("CATSDOGS_K8S_GPU_NODE_SELECTOR", DEFAULT_GPU_NODE_SELECTOR)
+    tolerations = _json_env("CATSDOGS_K8S_GPU_TOLERATIONS", DEFAULT_GPU_TOLERATIONS)
+    if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
+        raise ValueError("CATSDOGS_K8S_GPU_NODE_SELECTOR must be a JSON object of strings")
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        raise ValueError("CATSDOGS_K8S_GPU_TOLERATIONS must be a JSON list of objects")
+    try:
+        gpu_tolerations = tuple(k8s.V1Toleration(**_snake(t)) for t in tolerations)
+    except TypeError as exc:  # a field V1Toleration does not have
+        raise ValueError(f"CATSDOGS_K8S_GPU_TOLERATIONS: {exc}") from None
+    return KubernetesSettings(
+        namespace=os.environ.get("CATSDOGS_K8S_NAMESPACE", "catsdogs"),
+        image=os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest"),
+        image_pull_policy=os.environ.get("CATSDOGS_K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
+        data_claim=os.environ.get("CATSDOGS_K8S_DATA_CLAIM", "catsdogs-data"),
+        mlflow_uri=worker_mlflow_uri(),
+        kaggle_secret=os.environ.get("CATSDOGS_K8S_KAGGLE_SECRET", "catsdogs-kaggle"),
+        service_account=os.environ.get("CATSDOGS_K8S_SERVICE_ACCOUNT") or None,
+        gpu_count=int(os.environ.get("CATSDOGS_K8S_GPUS", "1")),
+        gpu_node_selector=selector,
+        gpu_tolerations=gpu_tolerations,
+        shm_bytes=int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3))),
+        startup_timeout_s=int(os.environ.get("CATSDOGS_K8S_STARTUP_TIMEOUT_S", "900")),
+    )
+
+
+def _restricted_container() -> k8s.V1SecurityContext:
+    """Pod Security "restricted": no privilege escalation, no capabilities."""
+    return k8s.V1SecurityContext(allow_privilege_escalation=False,
+                                 capabilities=k8s.V1Capabilities(drop=["ALL"]))
+
+
+def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
+    """An environment variable read by the kubelet from a Secret (optional: the `dir:` and
+    `archive:` sources need no Kaggle account, and ingest says so when `kaggle:` lacks one)."""
+    return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
+        secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key, optional=True)))
+
+
+class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
+    """Kubernetes mode: the stage as a pod of the worker image (see the module docstring). A gate
+    refusal (exit code 3; any failure of a non-retryable stage) fails the task at once, without
+    retries; failures to schedule or start the pod retry."""
+
+    def __init__(self, *, stage: Stage, settings: KubernetesSettings, **kwargs: Any) -> None:
+        # OMP_NUM_THREADS: torch would otherwise size its thread pool by the node's cores, not by
+        # what the pod asked for.
+        env = {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+               "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: POD_SUMMARY_FILE,
+               "OMP_NUM_THREADS": str(cpu_threads(stage.cpu))}
+        env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
+        if stage.needs_kaggle:
+            env_vars += [_secret_env("KAGGLE_USERNAME", settings.kaggle_secret, "username"),
+                         _secret_env("KAGGLE_KEY", settings.kaggle_secret, "key")]
+        super().__init__(
+            namespace=settings.namespace,
+            image=settings.image,
+            image_pull_policy=settings.image_pull_policy,
+            name=f"catsdogs-{stage.name}",
+            labels={"app.kubernetes.io/name": "catsdogs", "app.kubernetes.io/component": stage.name},
+            # The rendered command line is shell-quoted (as in the other modes): `sh -c` splits it
+            # and `exec` leaves the stage as the container's main process.
+            cmds=["/bin/sh", "-c"],
+            arguments=["exec " + command_template(stage)],
+            env_vars=env_vars,
+            volumes=[
+                k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=settings.data_claim)),
+                k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
+                    medium="Memory", size_limit=str(settings.shm_bytes))),
+            ],
+            volume_mounts=[k8s.V1VolumeMount(name="data", mount_path="/data"),
+                           k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+            container_resources=stage_resources(stage.cpu, stage.memory, gpus=0),
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True, run_as_user=WORKER_UID, run_as_group=WORKER_GID,
+                fs_group=WORKER_GID, fs_group_change_policy="OnRootMismatch",
+                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+            container_security_context=_restricted_container(),
+            xcom_sidecar_container_security_context=_restricted_container(),
+            service_account_name=settings.service_account,
+            automount_service_account_token=False,  # the stages never call the Kubernetes API
+            do_xcom_push=True,
+            skip_on_exit_code=_final_exit_codes(stage),
+            on_finish_action="delete_succeeded_pod",  # a failed pod stays for `kubectl logs`
+            log_events_on_failure=True,
+            startup_timeout_seconds=settings.startup_timeout_s,
+            **kwargs,
+        )
+        self.stage_name = stage.name
+        self.needs_gpu = stage.needs_gpu
+        self.needs_kaggle = stage.needs_kaggle
+        self.stage_cpu, self.stage_memory = stage.cpu, stage.memory
+        self.gpu_count = settings.gpu_count
+        self.gpu_node_selector = dict(settings.gpu_node_selector)
+        self.gpu_tolerations = list(settings.gpu_tolerations)
+        self._link_mlflow(stage)
+
+    def uses_gpu(self, params: Mapping[str, Any]) -> bool:
+        """Whether this run's pod asks for GPUs: the stage needs them and the run's `gpu` is on."""
+        return self.needs_gpu and bool(params.get("gpu"))
+
+    def prepare_run(self, context: Any) -> None:
+        """What depends on the run, fixed before the provider builds the pod: GPU scheduling
+        (limit, node selector, tolerations; see `uses_gpu`) and the DAG run's ids and page in the
+        environment. `execute` calls it; then `build_pod_request_obj(context)` gives the pod."""
+        gpu = self.uses_gpu(context["params"])
+        self.container_resources = stage_resources(self.stage_cpu, self.stage_memory,
+                                                   gpus=self.gpu_count if gpu else 0)
+        self.node_selector = dict(self.gpu_node_selector) if gpu else {}
+        self.tolerations = list(self.gpu_tolerations) if gpu else []
+        run_env = airflow_context_env(context)
+        self.env_vars = [var for var in self.env_vars if var.name not in run_env] + [
+            k8s.V1EnvVar(name=name, value=value) for name, value in run_env.items()]
+
+    def execute(self, context: Any) -> Any:
+        self.prepare_run(context)
+        return self._summary_of(super().execute, context)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        """Deferrable mode: the pod finished while the task was deferred; same ending as execute."""
+        return self._summary_of(super().trigger_reentry, context, event)
+
+    def _summary_of(self, run: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+        """The provider's run, its XCom result as the stage summary; the provider's skip for a
+        final exit code (`skip_on_exit_code`) becomes a failure without retries."""
+        try:
+            summary = run(*args)
+        except AirflowSkipException as exc:
+            raise self._final(exc) from None
+        return self._finish(summary)
+
+
+def stage_resources(cpu: str, memory: str, gpus: int) -> k8s.V1ResourceRequirements:
+    """Requests `cpu` and `memory` (Kubernetes quantities, e.g. "2", "4Gi"); limits `memory`, and
+    `gpus` × nvidia.com/gpu when gpus > 0."""
+    limits = {"memory": memory, **({GPU_RESOURCE: str(gpus)} if gpus else {})}
+    return k8s.V1ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits=limits)
+
+
+def cpu_threads(cpu: str) -> int:
+    """Whole threads for a Kubernetes CPU quantity ("2" -> 2, "1.5" -> 2, "500m" -> 1)."""
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, math.ceil(cores))
+
+
+def _snake(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A toleration written as in a manifest (`tolerationSeconds`) as the client's keyword
+    arguments (`toleration_seconds`)."""
+    return {"".join("_" + c.lower() if c.isupper() else c for c in key): value
+            for key, value in obj.items()}
