@@ -299,10 +299,11 @@ def test_final_exit_codes_fail_at_once_and_the_summary_is_returned(k8s_dag, monk
 
     run_id = "0123456789abcdef0123456789abcdef"
     summary = {"stage": "train", "status": "done", "skipped": False, "message": "ok",
-               "run_id": run_id}
+               "run_id": run_id, "experiment_id": "2"}
     assert train._summary_of(lambda: summary) == summary
     monkeypatch.setenv("CATSDOGS_MLFLOW_UI_URL", "http://mlflow.example.com")
-    assert MlflowRunLink().get_link(train, ti_key=None) == f"http://mlflow.example.com/#/runs/{run_id}"
+    assert MlflowRunLink().get_link(train, ti_key=None) == \
+        f"http://mlflow.example.com/#/experiments/2/runs/{run_id}?workflowType=machine_learning"
     assert ingest._summary_of(lambda: None) is None  # no summary file: logged, not fatal
 
 
