@@ -118,8 +118,8 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """N,H,W,3 uint8 pixels (`catsdogs.training.model.square_pixels`) -> N,C softmax probabilities
-        (float32, CPU)."""
+        """N,H,W,3 uint8 pixels (`catsdogs.data.images.square_image`, what the service's API
+        process computes per upload) -> N,C softmax probabilities (float32, CPU)."""
         from catsdogs.training.model import normalize
 
         nchw = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # a channels_last view
