@@ -63,6 +63,7 @@ class TrainParams(_Section):
     head_epochs: int = Field(30, ge=0, le=10000)
     head_lr: float = Field(1e-3, gt=0, lt=1)
     top_blocks: int = Field(3, ge=1, le=8)
+    mirror: bool = False
     seed: int = 42
     num_workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

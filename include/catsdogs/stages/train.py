@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 GIT_COMMIT_ENV = "CATSDOGS_GIT_COMMIT"
+CHOICES_ENV = "CATSDOGS_TRAINING_CHOICES"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +104,9 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
 
 
 def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
-    """Precision and memory layout by measurement on this machine (kept per machine in
-    <data>/cache/training-choices.json so a re-run gets the same choice and fingerprint)."""
+    """Precision and memory layout by measurement on this machine, kept per machine, network and
+    image size in <data>/cache/training-choices.json (or `$CATSDOGS_TRAINING_CHOICES`) so a
+    re-run gets the same choice and fingerprint."""
     import platform
 
     import torch
@@ -121,9 +123,9 @@ def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
     machine = (platform.processor() or platform.machine(), sorted(cpu_flags()),
                torch.__version__, device.type)
     key = fingerprint(machine, params.model.arch, params.transform.image_size,
-                      params.train.batch_size, params.train.precision)
-    return choose(params.train.precision, device, probe,
-                  paths.root / "cache" / "training-choices.json", key)
+                      params.train.precision)
+    store = os.environ.get(CHOICES_ENV) or paths.root / "cache" / "training-choices.json"
+    return choose(params.train.precision, device, probe, Path(store), key)
 
 
 def _manifest_hash(paths: DataPaths) -> str:

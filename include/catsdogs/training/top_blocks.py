@@ -1,14 +1,15 @@
 """The `top_blocks` recipe: the frozen bottom of the network runs once, the top is trained many
 times on what it produced.
 
-1. **Encode once**: every training picture (as evaluation sees it: the whole squashed frame,
-   plus its mirror image) and every validation picture goes once through the frozen bottom of the
-   network (all blocks but the last `train.top_blocks`), in eval mode. The activations stay in
-   memory (MobileNetV2, 3 top blocks: 160 x 7 x 7 floats = 31 KB a view; ResNet18: 200 KB).
+1. **Encode once**: every training picture (as evaluation sees it: the whole squashed frame;
+   with `train.mirror` also its mirror image) and every validation picture goes once through the
+   frozen bottom of the network (all blocks but the last `train.top_blocks`), in eval mode. The
+   activations stay in memory (MobileNetV2, 3 top blocks: 160 x 7 x 7 floats = 31 KB a view;
+   ResNet18: 200 KB).
 2. **Head** (`train.head_epochs`, `train.head_lr`): the classifier alone on the pooled output
    of the (still frozen) top blocks, computed once: each epoch costs a few milliseconds.
 3. **Top blocks** (`train.epochs`, `train.lr`): the top blocks and the head fine-tuned on the
-   cached activations (one random view of each picture per epoch) with discriminative learning
+   cached activations (one random view of each picture per epoch, when mirrored) with discriminative learning
    rates: the head and the last block at `lr`, each block below at `TOP_LR_DECAY` times the one
    above. Batch-norm layers keep their ImageNet statistics (eval mode) throughout.
 
@@ -145,7 +146,7 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
     size = settings.batch_size
     cached = torch.stack([_encode(bottom, _pictures(train, size, mirrored), len(train), device,
                                   precision, memory, f"encode train{' mirrored' if mirrored else ''}")
-                          for mirrored in (False, True)])
+                          for mirrored in ((False, True) if settings.mirror else (False,))])
     cached_val = _encode(bottom, _pictures(val, size, False), len(val), device, precision,
                          memory, "encode val")
     generator = torch.Generator().manual_seed(settings.seed)
