@@ -7,10 +7,12 @@ is noise, yet a silent 10-minute loop looks hung: there `Progress` logs one line
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -99,3 +101,26 @@ def progress(items: Iterable[T], desc: str, total: int | None = None,
         for item in items:
             yield item
             counter.update()
+
+
+@contextlib.contextmanager
+def heartbeat(desc: str, status: Callable[[], str], interval: float | None = None
+              ) -> Iterator[None]:
+    """For work without a loop of its own (a client library's download): log `desc: status()`
+    every `interval` seconds (default `LOG_EVERY_S`) from a background thread while the block
+    runs."""
+    stop = threading.Event()
+    period = LOG_EVERY_S if interval is None else interval
+
+    def beat() -> None:
+        started = time.monotonic()
+        while not stop.wait(period):
+            log.info("%s: %s after %s", desc, status(), _duration(time.monotonic() - started))
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {desc}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -90,3 +90,15 @@ def test_parallel_work_logs_progress_in_a_log(monkeypatch, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="catsdogs.progress"):
         assert parallel_map(abs, [-1, -2, -3], desc="transform", workers=1) == [1, 2, 3]
     assert "transform: 3/3 img" in caplog.text and "ETA 0:00:00" in caplog.text
+
+
+def test_a_download_without_a_loop_of_its_own_logs_a_heartbeat(tmp_path, caplog) -> None:
+    import time
+
+    from catsdogs.data.kaggle import _downloaded
+
+    (tmp_path / "part.zip").write_bytes(b"\0" * 2**20)
+    with (caplog.at_level(logging.INFO, logger="catsdogs.progress"),
+          console.heartbeat("kaggle download a/b", lambda: _downloaded(tmp_path), 0.01)):
+        time.sleep(0.2)
+    assert "kaggle download a/b: 1.0 MiB downloaded after 0:00:00" in caplog.text
