@@ -15,10 +15,11 @@ times on what it produced.
 
 Why: the seed recipe (`full`) re-ran the whole network forward and backward on every picture in
 every epoch, and trained on random crops (zoomed 1.12x on average, aspect jittered) with batch-norm
-statistics re-estimated on them, while evaluation and serving see the whole squashed frame; that
-mismatch showed as a biased decision (see docs/training.md). Here training sees exactly the
-evaluation geometry and statistics, and most of the arithmetic is done once. Written here because
-no maintained library does feature caching for a torchvision model's own blocks.
+statistics re-estimated on them, while evaluation and serving see the whole squashed frame (a
+suspect for the biased decision of issue 20; docs/training.md has what was measured). Here
+training sees exactly the evaluation geometry and statistics, and most of the arithmetic is done
+once. Written here because no maintained library does feature caching for a torchvision model's
+own blocks.
 """
 
 from __future__ import annotations
