@@ -179,10 +179,8 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
     seed_everything(settings.seed)
     model = build_model(params.model.arch, params.model.weights, len(CLASSES),
                         params.model.freeze_backbone)
-    batches = {split: TensorBatches(data[split], settings.batch_size, shuffle=split == "train",
-                                    seed=settings.seed,
-                                    augment=train_augment(size) if split == "train" else None)
-               for split in SPLITS}
+    batches = {split: TensorBatches(data[split], settings.batch_size, shuffle=False)
+               for split in ("val", "test")}
     run_name = f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run(experiment_id=experiment, run_name=run_name) as active:
         mlflow.log_params(params.flat())
@@ -191,7 +189,9 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
                  params.model.arch, settings.recipe, device, precision, len(data["train"]),
                  active.info.run_id)
         if settings.recipe == "full":
-            result = fit(model, batches["train"], batches["val"], epochs=settings.epochs,
+            train = TensorBatches(data["train"], settings.batch_size, shuffle=True,
+                                  seed=settings.seed, augment=train_augment(size))
+            result = fit(model, train, batches["val"], epochs=settings.epochs,
                          lr=settings.lr, device=device, precision=precision,
                          compile_model=settings.compile, channels_last=channels_last,
                          on_epoch=lambda e, v: _log_metrics(v, e))
