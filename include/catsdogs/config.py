@@ -75,12 +75,18 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
+    recipe: Literal["top_blocks", "full"] = "top_blocks"
     batch_size: int = Field(32, ge=1, le=4096)
     epochs: int = Field(5, ge=1, le=1000)
     lr: float = Field(1e-4, gt=0, lt=1)
+    head_epochs: int = Field(30, ge=0, le=10000)
+    head_lr: float = Field(1e-3, gt=0, lt=1)
+    top_blocks: int = Field(3, ge=1, le=8)
+    mirror: bool = False
     seed: int = 42
     num_workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
 
 
 class ModelParams(_Section):

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from catsdogs.console import heartbeat
 from catsdogs.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ def has_credentials() -> bool:
                for name in ("kaggle.json", "access_token"))
 
 
+def _downloaded(dest: Path) -> str:
+    """Bytes written under `dest` so far, for the download's progress lines."""
+    total = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    return f"{total / 2**20:.1f} MiB downloaded"
+
+
 def download(dataset: str, dest: Path) -> Path:
     """Download `OWNER/DATASET` as a zip into `dest`; returns the zip's path."""
     if not has_credentials():
@@ -57,8 +64,9 @@ def download(dataset: str, dest: Path) -> Path:
 
             api = KaggleApi()
             api.authenticate()
-            api.dataset_download_files(dataset, path=str(dest), quiet=True, unzip=False,
-                                       force=True)
+            with heartbeat(f"kaggle download {dataset}", lambda: _downloaded(dest)):
+                api.dataset_download_files(dataset, path=str(dest), quiet=True, unzip=False,
+                                           force=True)
     except SystemExit as exc:
         raise UserError(f"the Kaggle client refused the credentials. {MISSING_CREDENTIALS}") \
             from exc

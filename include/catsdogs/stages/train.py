@@ -8,7 +8,9 @@ Idempotent: a finished run with the same fingerprint (data files, params, device
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 GIT_COMMIT_ENV = "CATSDOGS_GIT_COMMIT"
+CHOICES_ENV = "CATSDOGS_TRAINING_CHOICES"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,13 +80,14 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
     tracking.connect(paths)
     experiment = tracking.experiment_id(params.mlflow.experiment_name, paths)
 
-    from catsdogs.training.loop import pick_device, resolve_precision
+    from catsdogs.training.loop import pick_device
 
     device = pick_device()
-    precision = resolve_precision(params.train.precision, device)
+    data = _load_data(paths, params)
+    choice = _choose(params, paths, device, data["train"])
     hashed = data_hash(paths)
     run_fingerprint = fingerprint(hashed, params.fingerprint("transform", "train", "model"),
-                                  device.type, precision)
+                                  device.type, choice.precision, choice.channels_last)
     previous = None if force else _previous_run(experiment, run_fingerprint)
     if previous is not None:
         version = previous.data.tags["registered_version"]
@@ -94,16 +98,45 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                                 "test": {key.removeprefix("test_"): value for key, value
                                          in previous.data.metrics.items()
                                          if key.startswith("test_")}})
-    data = provenance.read(paths.transformed)
-    if data is not None and data.synthetic:
+    trained_on = provenance.read(paths.transformed)
+    if trained_on is not None and trained_on.synthetic:
         log.warning("training on %s, a GENERATED stand-in data set: the model is tagged "
-                    "%s=true. %s", data.source, provenance.SYNTHETIC_TAG, provenance.REAL_DATA_HINT)
-    return _train(params, paths, experiment, device, precision,
-                  tags={"device": str(device), "precision": precision,
+                    "%s=true. %s", trained_on.source, provenance.SYNTHETIC_TAG,
+                    provenance.REAL_DATA_HINT)
+    return _train(params, paths, experiment, device, choice, data,
+                  tags={"device": str(device), "precision": choice.precision,
+                        "channels_last": str(choice.channels_last).lower(),
+                        "compile": str(params.train.compile).lower(),
+                        "recipe": params.train.recipe,
                         "data.transformed_sha256": hashed,
                         "data.manifest_sha256": _manifest_hash(paths),
                         "git.commit": _git_commit(), "catsdogs.fingerprint": run_fingerprint,
-                        **(data.tags() if data is not None else {})})
+                        **(trained_on.tags() if trained_on is not None else {})})
+
+
+def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
+    """Precision and memory layout by measurement on this machine, kept per machine, network and
+    image size in <data>/cache/training-choices.json (or `$CATSDOGS_TRAINING_CHOICES`) so a
+    re-run gets the same choice and fingerprint."""
+    import platform
+
+    import torch
+
+    from catsdogs.training.loading import TensorBatches
+    from catsdogs.training.loop import choose, probe_step
+    from catsdogs.training.model import build_model, cpu_flags
+
+    def probe(precision: str, channels_last: bool) -> float:
+        net = build_model(params.model.arch, "none")
+        images, labels = next(iter(TensorBatches(train, params.train.batch_size, shuffle=True)))
+        return probe_step(net, images, labels, device)(precision, channels_last)
+
+    machine = (platform.processor() or platform.machine(), sorted(cpu_flags()),
+               torch.__version__, device.type)
+    key = fingerprint(machine, params.model.arch, params.transform.image_size,
+                      params.train.precision)
+    store = os.environ.get(CHOICES_ENV) or paths.root / "cache" / "training-choices.json"
+    return choose(params.train.precision, device, probe, Path(store), key)
 
 
 def _manifest_hash(paths: DataPaths) -> str:
@@ -111,48 +144,86 @@ def _manifest_hash(paths: DataPaths) -> str:
     return sha256_file(manifest) if manifest.exists() else "absent"
 
 
-def _train(params: Params, paths: DataPaths, experiment: str, device: Any, precision: str,
-           tags: dict[str, str]) -> Summary:
+def _finite(values: dict[str, float]) -> dict[str, float | None]:
+    """NaN (ROC-AUC of a one-class split) recorded as absent: None."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+
+def _log_metrics(values: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: v for k, v in _finite(values).items() if v is not None}, step=step)
+
+
+def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
+    """Every split from the tensor cache; refuses up front (one line) what cannot train."""
+    from catsdogs.training.cache import load_split
+
+    data = {split: load_split(paths, split, params.transform.image_size) for split in SPLITS}
+    if len(data["train"]) < 2:
+        raise UserError(f"{paths.split_dir('train')} holds {len(data['train'])} picture; training "
+                        "needs at least 2: add pictures or change split.train")
+    for split in SPLITS:
+        if len(set(data[split].labels.tolist())) < 2:
+            log.warning("the %s split holds one class only: its ROC-AUC is undefined and is "
+                        "recorded as absent", split)
+    if params.train.batch_size > len(data["train"]):
+        log.warning("train.batch_size=%d is larger than the %d training pictures: each epoch is "
+                    "one batch", params.train.batch_size, len(data["train"]))
+    return data
+
+
+def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choice: Any,
+           data: dict[str, Any], tags: dict[str, str]) -> Summary:
     import mlflow
     import torch
 
     from catsdogs import tracking
     from catsdogs.config import CLASSES
-    from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
+    from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import fit, predict
     from catsdogs.training.metrics import classification_metrics
-    from catsdogs.training.model import build_model, eval_transform, train_transform
+    from catsdogs.training.model import build_model, train_augment
+    from catsdogs.training.top_blocks import fit_top_blocks
 
     settings, size = params.train, params.transform.image_size
+    precision, channels_last = choice.precision, choice.channels_last
     seed_everything(settings.seed)
     model = build_model(params.model.arch, params.model.weights, len(CLASSES),
                         params.model.freeze_backbone)
-    loaders = {
-        split: make_loader(
-            ImageFolderDataset(paths.split_dir(split),
-                               train_transform(size) if split == "train" else eval_transform(size)),
-            settings.batch_size, shuffle=split == "train", seed=settings.seed,
-            num_workers=settings.num_workers, device=device)
-        for split in SPLITS
-    }
+    batches = {split: TensorBatches(data[split], settings.batch_size, shuffle=False)
+               for split in ("val", "test")}
     run_name = f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     with mlflow.start_run(experiment_id=experiment, run_name=run_name) as active:
         mlflow.log_params(params.flat())
         mlflow.set_tags(tags | tracking.orchestrator_tags())
-        log.info("training %s on %s (%s), %d train images, run %s", params.model.arch, device,
-                 precision, len(loaders["train"].dataset), active.info.run_id)
-        result = fit(model, loaders["train"], loaders["val"], epochs=settings.epochs,
-                     lr=settings.lr, device=device, precision=precision,
-                     on_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch))
+        log.info("training %s by the %s recipe on %s (%s), %d train images, run %s",
+                 params.model.arch, settings.recipe, device, precision, len(data["train"]),
+                 active.info.run_id)
+        if settings.recipe == "full":
+            train = TensorBatches(data["train"], settings.batch_size, shuffle=True,
+                                  seed=settings.seed, augment=train_augment(size))
+            result = fit(model, train, batches["val"], epochs=settings.epochs,
+                         lr=settings.lr, device=device, precision=precision,
+                         compile_model=settings.compile, channels_last=channels_last,
+                         on_epoch=lambda e, v: _log_metrics(v, e))
+        else:
+            result = fit_top_blocks(
+                model, params.model.arch, data["train"], data["val"], settings=settings,
+                device=device, precision=precision, channels_last=channels_last,
+                on_epoch=lambda e, v: _log_metrics(v, e),
+                on_head_epoch=lambda e, v: _log_metrics({f"head_{k}": x for k, x in v.items()}, e))
         model.load_state_dict(result.best_state)
-        labels, probs = predict(model, loaders["test"], device, precision)
+        labels, probs = predict(model, batches["test"], device, precision, channels_last)
+        mlflow.set_tag("choice.measured_img_s", json.dumps(choice.measured))
         test = classification_metrics(labels, probs)
-        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()}
-                           | {"best_epoch": result.best_epoch,
-                              "train_images_per_second": result.images_per_second})
+        _log_metrics({f"test_{k}": v for k, v in test.items()}
+                     | {"best_epoch": result.best_epoch,
+                        "train_images_per_second": result.images_per_second,
+                        "train_seconds": result.train_seconds})
         _log_reports(paths, params, active.info.run_id, device, precision, result, test,
                      labels, probs)
-        example = next(iter(loaders["test"]))[0][:2].numpy()
+        example = next(iter(batches["test"]))[0][:2].numpy()
         model = model.to("cpu").float().to(memory_format=torch.contiguous_format)
         version = tracking.log_and_register(
             model.eval(), params.mlflow.registered_model_name, example,
@@ -162,13 +233,13 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, preci
     if (ui := tracking.ui_base_url()) is not None:
         log.info("MLflow run: %s", tracking.run_url(ui, experiment, active.info.run_id))
         log.info("MLflow experiment (all runs): %s", tracking.experiment_url(ui, experiment))
-    message = (f"{params.model.arch} test F1 {test['f1']:.4f}, accuracy {test['accuracy']:.4f} "
-               f"(best epoch {result.best_epoch}); registered "
+    message = (f"{params.model.arch} ({settings.recipe}) test F1 {test['f1']:.4f}, accuracy "
+               f"{test['accuracy']:.4f} (best epoch {result.best_epoch}); registered "
                f"{params.mlflow.registered_model_name} v{version.version} @challenger "
                f"(run {active.info.run_id})")
     return Summary("train", message, details={
         "run_id": active.info.run_id, "experiment_id": experiment, "version": version.version,
-        "test": test,
+        "test": _finite(test),
         "best_epoch": result.best_epoch, "device": str(device), "precision": precision,
         "train_images_per_second": result.images_per_second})
 

@@ -1,9 +1,13 @@
-"""Image folders (`<dir>/{cat,dog}/*`) as seeded, reproducible PyTorch data loaders."""
+"""Image folders (`<dir>/{cat,dog}/*`) as seeded, reproducible PyTorch data loaders, and
+`TensorBatches`: batches straight from a split's uint8 tensor cache (`catsdogs.training.cache`),
+augmented on tensors in the main process (measured in benchmarks/train_speed.py: the loader
+needs well under 10% of a CPU training step, so worker processes would only compete with the
+network for the cores)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from catsdogs.config import CLASSES
 from catsdogs.data.images import decode_image
 from catsdogs.errors import UserError
+from catsdogs.training.cache import TensorSplit
+from catsdogs.training.model import normalize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -70,3 +76,42 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int,
         pin_memory=device.type == "cuda", worker_init_fn=_seed_worker, generator=generator,
         persistent_workers=num_workers > 0,
     )
+
+
+def batch_bounds(count: int, batch_size: int, merge_single: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each batch over `count` items; with `merge_single` a last batch of one
+    item is folded into the one before (batch-norm cannot train on a single picture)."""
+    bounds = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], count)]
+    return bounds
+
+
+class TensorBatches:
+    """Batches (float32 N,3,S,S ImageNet-normalised, int64 N labels) of a cached split.
+
+    `augment` (e.g. `catsdogs.training.model.train_augment`) runs per picture on uint8 3,S,S
+    tensors before normalisation. Shuffled (training) order comes from a generator seeded with
+    `seed`, so the same seed gives the same batches; a last batch of one picture is merged into
+    the batch before it.
+    """
+
+    def __init__(self, data: TensorSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.data = self.dataset = data
+        self.shuffle, self.augment = shuffle, augment
+        self.bounds = batch_bounds(len(data), batch_size, merge_single=shuffle)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = (torch.randperm(len(self.data), generator=self.generator) if self.shuffle
+                 else torch.arange(len(self.data)))
+        for start, stop in self.bounds:
+            index = order[start:stop].sort().values if self.shuffle else order[start:stop]
+            pixels = self.data.pixels[index]
+            if self.augment is not None:
+                pixels = torch.stack([self.augment(picture) for picture in pixels])
+            yield normalize(pixels), self.data.labels[index]

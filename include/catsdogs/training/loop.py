@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from catsdogs.console import progress
+from catsdogs.console import Progress
 from catsdogs.errors import UserError
 from catsdogs.training.metrics import classification_metrics
 from catsdogs.training.model import autocast, cpu_supports_bf16
@@ -44,6 +46,78 @@ def uses_channels_last(device: torch.device, precision: str) -> bool:
     return device.type == "cuda" or precision == "bf16"
 
 
+@dataclass(frozen=True)
+class Choice:
+    """How training runs on this machine: autocast precision and memory layout, and the
+    training images/s measured for each candidate (empty when there was no choice)."""
+
+    precision: str
+    channels_last: bool
+    measured: dict[str, float] = field(default_factory=dict)
+
+
+def _label(precision: str, channels_last: bool) -> str:
+    return f"{precision}{' + channels_last' if channels_last else ''}"
+
+
+def candidates(requested: str, device: torch.device) -> list[tuple[str, bool]]:
+    """(precision, channels_last) pairs worth measuring. CUDA: fp16 AMP + channels_last (or the
+    requested precision). CPU: fp32 in both layouts, plus bf16 + channels_last only where the
+    CPU has native bfloat16 (emulated bf16 is several times slower than fp32)."""
+    if device.type == "cuda":
+        return [(resolve_precision(requested, device), True)]
+    if requested == "auto":
+        precisions = ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
+    else:
+        precisions = [resolve_precision(requested, device)]
+    return [(p, layout) for p in precisions for layout in ((False, True) if p == "fp32" else (True,))]
+
+
+def choose(requested: str, device: torch.device, probe: Callable[[str, bool], float],
+           store: Path | None = None, key: str = "") -> Choice:
+    """The fastest candidate by `probe(precision, channels_last) -> images/s`. With `store`, a
+    choice made before for the same `key` (machine, network, sizes) is reused, so a noisy
+    re-measurement cannot change a run's fingerprint."""
+    options = candidates(requested, device)
+    if len(options) == 1:
+        return Choice(*options[0])
+    known = json.loads(store.read_text()) if store is not None and store.exists() else {}
+    if key in known and (known[key]["precision"], known[key]["channels_last"]) in options:
+        return Choice(known[key]["precision"], known[key]["channels_last"],
+                      known[key]["measured"])
+    measured = {_label(*option): probe(*option) for option in options}
+    best = max(options, key=lambda option: measured[_label(*option)])
+    log.info("training speed (img/s): %s; chosen %s",
+             ", ".join(f"{k} {v:.1f}" for k, v in measured.items()), _label(*best))
+    if store is not None:
+        from catsdogs.storage import atomic_file
+
+        known[key] = {"precision": best[0], "channels_last": best[1], "measured": measured}
+        with atomic_file(store) as tmp:
+            tmp.write_text(json.dumps(known, indent=1))
+    return Choice(best[0], best[1], measured)
+
+
+def probe_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+               device: torch.device, steps: int = 2) -> Callable[[str, bool], float]:
+    """A `probe` for `choose`: training images/s of a copy of `model` on one batch (one warm-up
+    step, then the median of `steps`)."""
+
+    def probe(precision: str, channels_last: bool) -> float:
+        copy_ = copy.deepcopy(model)
+        train_mode(copy_)
+        step = make_step(copy_, 1e-4, device, precision, channels_last=channels_last)
+        step(images, targets)
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            step(images, targets)
+            times.append(time.perf_counter() - started)
+        return len(targets) / statistics.median(times)
+
+    return probe
+
+
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]
@@ -57,13 +131,19 @@ class FitResult:
         return self.train_images / self.train_seconds if self.train_seconds else 0.0
 
 
-def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-            precision: str) -> tuple[list[int], list[float]]:
-    """True labels and P(dog) for every image of `loader`."""
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def predict(model: torch.nn.Module, loader: Batches, device: torch.device,
+            precision: str, channels_last: bool | None = None) -> tuple[list[int], list[float]]:
+    """True labels and P(dog) for every image of `loader` (`channels_last`: None = the rule
+    of `uses_channels_last`)."""
     model.eval()
     labels: list[int] = []
     probs: list[float] = []
-    memory = torch.channels_last if uses_channels_last(device, precision) else torch.contiguous_format
+    if channels_last is None:
+        channels_last = uses_channels_last(device, precision)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
     with torch.inference_mode():
         for images, targets in loader:
             images = images.to(device, non_blocking=True, memory_format=memory)
@@ -84,20 +164,25 @@ def train_mode(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def make_step(model: torch.nn.Module, lr: float, device: torch.device,
-              precision: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """Move `model` to `device` and return one optimisation step (Adam, cross-entropy, AMP)."""
-    memory = torch.channels_last if uses_channels_last(device, precision) else torch.contiguous_format
+def make_step(model: torch.nn.Module, lr: float, device: torch.device, precision: str,
+              compile_model: bool = False, channels_last: bool | None = None
+              ) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """Move `model` to `device` and return one optimisation step (Adam, cross-entropy, AMP;
+    `compile_model`: through `torch.compile`; `channels_last`: None = `uses_channels_last`)."""
+    if channels_last is None:
+        channels_last = uses_channels_last(device, precision)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     loss_fn = torch.nn.CrossEntropyLoss()
+    forward = torch.compile(model) if compile_model else model
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> float:
         images = images.to(device, non_blocking=True, memory_format=memory)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, precision):
-            loss = loss_fn(model(images), targets)
+            loss = loss_fn(forward(images), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -107,24 +192,30 @@ def make_step(model: torch.nn.Module, lr: float, device: torch.device,
     return step
 
 
-def fit(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLoader, *,
+def fit(model: torch.nn.Module, train_loader: Batches, val_loader: Batches, *,
         epochs: int, lr: float, device: torch.device, precision: str,
+        compile_model: bool = False, channels_last: bool | None = None,
         on_epoch: Callable[[int, dict[str, float]], Any] | None = None) -> FitResult:
-    """Adam + cross-entropy for `epochs`; keeps a deep copy of the best weights by val F1."""
-    step = make_step(model, lr, device, precision)
+    """The `full` recipe: Adam + cross-entropy on every layer for `epochs`; keeps a deep copy of
+    the best weights by val F1. `train_loader` is a DataLoader or `TensorBatches` (any iterable
+    of (images N,3,S,S, labels N) with `len()` in batches and a `dataset`)."""
+    step = make_step(model, lr, device, precision, compile_model, channels_last)
     result = FitResult(best_state={}, best_epoch=0)
     best_f1 = -1.0
+    batches, images = len(train_loader), len(train_loader.dataset)
     for epoch in range(1, epochs + 1):
         train_mode(model)
         started = time.perf_counter()
         total_loss, seen = 0.0, 0
-        for images, targets in progress(train_loader, f"epoch {epoch}/{epochs}",
-                                        total=len(train_loader)):
-            total_loss += step(images, targets) * len(targets)
-            seen += len(targets)
+        with Progress(f"epoch {epoch}/{epochs}", images) as counter:
+            for number, (inputs, targets) in enumerate(train_loader, 1):
+                loss = step(inputs, targets)
+                total_loss += loss * len(targets)
+                seen += len(targets)
+                counter.update(len(targets), f"batch {number}/{batches}, loss {loss:.4f}")
         result.train_seconds += time.perf_counter() - started
         result.train_images += seen
-        labels, probs = predict(model, val_loader, device, precision)
+        labels, probs = predict(model, val_loader, device, precision, channels_last)
         metrics = {"train_loss": total_loss / seen} | {
             f"val_{name}": value for name, value in classification_metrics(labels, probs).items()}
         result.history.append(metrics)
