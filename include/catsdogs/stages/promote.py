@@ -65,8 +65,13 @@ def run(params: Params, paths: DataPaths) -> Summary:
                         "first")
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
     if champion_version is not None and champion_version.version == challenger_version.version:
+        run_id = challenger_version.run_id
         return Summary("promote", f"{name} v{challenger_version.version} is already the champion",
-                       skipped=True, details={"version": challenger_version.version})
+                       skipped=True, details={
+                           "version": challenger_version.version, "promoted": False,
+                           "champion_version": challenger_version.version, "run_id": run_id,
+                           "experiment_id": MlflowClient().get_run(run_id).info.experiment_id,
+                           "reason": "the challenger is already the champion"})
     challenger = tracking.resolve_model(f"models:/{name}/{challenger_version.version}")
     challenger_score = score(challenger, paths, metric, params)
     champion_score = None
