@@ -81,11 +81,10 @@ def test_model_reloads_from_registry_for_any_batch_size(trained: dict, tracking_
     import mlflow.pyfunc
     import mlflow.pytorch
 
-    from catsdogs.training.model import predict_proba
-
-    model = mlflow.pytorch.load_model("models:/CatsDogsCNN@challenger")
+    model = mlflow.pytorch.load_model("models:/CatsDogsCNN@challenger").eval()
     images = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
-    probs = predict_proba(model, images)
+    with torch.inference_mode():
+        probs = torch.softmax(model(images), dim=1)
     assert probs.shape == (batch, 2)
     assert torch.allclose(probs.sum(dim=1), torch.ones(batch), atol=1e-5)
     pyfunc = mlflow.pyfunc.load_model("models:/CatsDogsCNN@challenger")

@@ -131,7 +131,9 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit/32-bit/float greyscale scaled, alpha composited on white, palette and
+    CMYK converted; ImageRejected for a mode Pillow cannot convert."""
     if image.mode == "RGB":
         return image
     if image.mode in _HIGH_DEPTH_MODES:
@@ -192,7 +194,7 @@ def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.I
             image = _upright(image)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {exc}") from exc
-    return _to_rgb(image)
+    return to_rgb(image)
 
 
 def square(image: Image.Image, size: int) -> Image.Image:

@@ -66,12 +66,13 @@ def _replace_head(net: torch.nn.Module, arch: str, num_classes: int) -> None:
 
 
 def square_pixels(image: Image.Image, image_size: int) -> np.ndarray:
-    """The geometric half of the evaluation transform: RGB, `catsdogs.data.images.square` (the transform
-    stage's resize, so a presized picture passes unchanged), as an H,W,3 uint8 array. The Bento
-    service runs it per upload and ships these bytes; `normalize` runs per batch."""
-    from catsdogs.data.images import square
+    """The geometric half of the evaluation transform for an already decoded picture: RGB and
+    `catsdogs.data.images.square` (the transform stage's resize, so a presized picture passes
+    unchanged), as an H,W,3 uint8 array: the pixels `catsdogs.data.images.square_image` gives the
+    service for the same file. `normalize` is the other half."""
+    from catsdogs.data.images import square, to_rgb
 
-    return np.array(square(_to_rgb(image), image_size))
+    return np.array(square(to_rgb(image), image_size))
 
 
 def eval_resize(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -112,11 +113,9 @@ def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """`train_augment` for a PIL picture, then normalisation (float32 3,S,S)."""
     from torchvision.transforms import v2
 
-    return v2.Compose([_to_rgb, v2.PILToTensor(), train_augment(image_size), normalize])
+    from catsdogs.data.images import to_rgb
 
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return v2.Compose([to_rgb, v2.PILToTensor(), train_augment(image_size), normalize])
 
 
 def cpu_flags() -> set[str]:
@@ -144,16 +143,3 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
-
-
-def predict_proba(model: torch.nn.Module, batch: torch.Tensor,
-                  precision: str = "fp32") -> torch.Tensor:
-    """Softmax class probabilities (N,2, float32, on the CPU) for a preprocessed batch."""
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.inference_mode(), autocast(device, precision):
-        inputs = batch.to(device, non_blocking=True)
-        if device.type == "cuda" or precision == "bf16":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        logits = model(inputs)
-    return torch.softmax(logits.float(), dim=1).cpu()
