@@ -219,9 +219,14 @@ def test_service_settings_reach_the_environment(render: Renderer) -> None:
 
 
 def test_setting_names_are_the_ones_the_service_reads(render: Renderer) -> None:
-    """Every CATSDOGS_* variable the chart can set is read somewhere in bentoservice/."""
+    """Every CATSDOGS_* variable the chart can set is read somewhere in bentoservice/: a field of
+    its settings (pydantic-settings, prefix CATSDOGS_) or a name in its source."""
+    from bentoservice.settings import Settings
+
     source = "\n".join(path.read_text() for path in (REPO_ROOT / "bentoservice").glob("*.py"))
-    read_by_service = set(re.findall(r"CATSDOGS_[A-Z0-9_]+", source))
+    prefix = Settings.model_config["env_prefix"]
+    read_by_service = set(re.findall(r"CATSDOGS_[A-Z0-9_]+", source)) | {
+        f"{prefix}{name}".upper() for name in Settings.model_fields}
     sets = ["config.modelTag=m:1", "config.maxBatchSize=4", "config.maxLatencyMs=10",
             "config.maxUploadBytes=100", "config.torchThreads=1", "config.decodeThreads=1",
             "config.device=cpu", "config.precision=fp32"]
