@@ -12,9 +12,9 @@ import pytest
 
 from tests.airflow.conftest import DAG_ID
 from tests.airflow.harness import FAKE_KAGGLE, AirflowServices
+from tests.browser import chromium_page
 
 pytestmark = pytest.mark.services
-CHROMIUM = "/usr/bin/chromium"
 STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
 
 
@@ -107,26 +107,14 @@ def test_triggered_run_succeeds_with_link_and_no_secrets(
 def _ui_link(services: AirflowServices, run_id: str, artifacts_dir: Path) -> str:
     """The train task's Details page in the real Airflow UI (headless chromium): the URL behind
     its "MLflow run" button; a screenshot goes to test-artifacts/."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 900})
-            context.add_cookies([{"name": "_token", "value": services.client.token,
-                                  "url": services.url}])
-            page = context.new_page()
-            page.goto(f"{services.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}"
-                      "/tasks/train/details")
-            button = page.get_by_role("link", name="MLflow run")
-            button.wait_for(timeout=60_000)
-            page.screenshot(path=str(artifacts_dir / "airflow-train-task-mlflow-button.png"))
-            return button.get_attribute("href") or ""
-        finally:
-            browser.close()
+    token = [{"name": "_token", "value": services.client.token, "url": services.url}]
+    with chromium_page(1400, 900, cookies=token) as page:
+        page.goto(f"{services.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}"
+                  "/tasks/train/details")
+        button = page.get_by_role("link", name="MLflow run")
+        button.wait_for(timeout=60_000)
+        page.screenshot(path=str(artifacts_dir / "airflow-train-task-mlflow-button.png"))
+        return button.get_attribute("href") or ""
 
 
 def test_second_run_reports_every_stage_up_to_date(

@@ -5,7 +5,6 @@ page, with how to get a real one; the registry helper the demo summary uses read
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ import requests
 from catsdogs import tracking
 from catsdogs.data.provenance import Provenance
 from catsdogs.paths import DataPaths
+from tests.browser import chromium_page
 from tests.serving.conftest import DATA_SOURCE, MODEL_NAME, BentoServer
 
 pytestmark = pytest.mark.services
-CHROMIUM = "/usr/bin/chromium"
 
 
 def test_model_endpoint_and_log_say_generated_data(bento_server: BentoServer) -> None:
@@ -40,32 +39,22 @@ def test_champion_data_helper_reads_the_registry(bento_server: BentoServer, trac
 @pytest.mark.browser
 def test_page_warns_about_a_generated_stand_in_model(bento_server: BentoServer,
                                                      artifacts_dir: Path) -> None:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
     real = {"name": MODEL_NAME, "version": "7", "run_id": "r", "classes": ["cat", "dog"],
             "data": Provenance("kaggle:owner/cats-and-dogs", False).as_dict()}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 700})
-            page.goto(bento_server.url + "/")
-            page.wait_for_selector("#data-note:not([hidden])", timeout=30_000)
-            note = page.text_content("#data-note") or ""
-            assert "generated stand-in pictures" in note and "KAGGLE_USERNAME" in note
-            assert "GENERATED" in (page.text_content("#model-data") or "")
-            page.screenshot(path=str(artifacts_dir / "serving-web-page-generated-data.png"),
-                            full_page=True)
+    with chromium_page(900, 700) as page:
+        page.goto(bento_server.url + "/")
+        page.wait_for_selector("#data-note:not([hidden])", timeout=30_000)
+        note = page.text_content("#data-note") or ""
+        assert "generated stand-in pictures" in note and "KAGGLE_USERNAME" in note
+        assert "GENERATED" in (page.text_content("#model-data") or "")
+        page.screenshot(path=str(artifacts_dir / "serving-web-page-generated-data.png"),
+                        full_page=True)
 
-            # the same page for a model trained on real data: no warning, the source named
-            page.route("**/model", lambda route: route.fulfill(
-                status=200, content_type="application/json", body=json.dumps(real)))
-            page.reload()
-            page.wait_for_function(
-                "document.getElementById('model-data').textContent.includes('kaggle:')")
-            assert page.is_hidden("#data-note")
-            assert "v7" in (page.text_content("#model-version") or "")
-        finally:
-            browser.close()
+        # the same page for a model trained on real data: no warning, the source named
+        page.route("**/model", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(real)))
+        page.reload()
+        page.wait_for_function(
+            "document.getElementById('model-data').textContent.includes('kaggle:')")
+        assert page.is_hidden("#data-note")
+        assert "v7" in (page.text_content("#model-version") or "")

@@ -3,33 +3,22 @@ file and see the error. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium_page
 from tests.serving.conftest import BentoServer
 from tests.serving.images import encode, picture
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
 def page(bento_server: BentoServer):
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 900})
-            page.goto(bento_server.url + "/")
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(900, 900) as page:
+        page.goto(bento_server.url + "/")
+        yield page
 
 
 def _photo(tmp_path: Path) -> Path:

@@ -4,7 +4,6 @@ server. A screenshot of each goes to test-artifacts/."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,25 +13,16 @@ from mlflow import MlflowClient
 
 from catsdogs import tracking
 from catsdogs.paths import DataPaths
+from tests.browser import chromium_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
-CHROMIUM = "/usr/bin/chromium"
 GENAI_ONLY = "Observability"  # a side-navigation heading only the GenAI pages have
 
 
 @pytest.fixture
 def page() -> Iterator:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 800})
-        finally:
-            browser.close()
+    with chromium_page(1280, 800) as page:
+        yield page
 
 
 def test_experiment_and_run_links_open_the_runs_view(page, trained: dict, tracking_uri: str,
