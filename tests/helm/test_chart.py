@@ -359,7 +359,7 @@ def test_schema_refuses_wrong_values(helm: Path, sets: list[str], message: str) 
 def test_fetch_tools_is_idempotent(helm: Path) -> None:
     """A second fetch with the checked binary in place leaves it untouched."""
     before = os.stat(helm)
-    result = subprocess.run(["bash", "scripts/fetch-tools.sh"], cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, "scripts/fetch_tools.py"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     after = os.stat(helm)
