@@ -147,3 +147,22 @@ def test_sigkilled_transform_leaves_no_processes_and_next_run_cleans_up(tmp_path
     with paths.splits_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 800 and all((paths.transformed / r["path"]).is_file() for r in rows)
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [
+    ("150000 100000", 2),        # a 1.5-CPU container or pod limit: two workers, not one per core
+    ("100000 100000", 1),
+    ("max 100000", None),         # no limit: every usable core
+    (None, None),                 # no cgroup v2 file (cgroup v1, not Linux)
+])
+def test_workers_follow_the_cgroup_cpu_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             cpu_max: str | None, expected: int | None) -> None:
+    from catsdogs.data import parallel
+
+    cores = len(os.sched_getaffinity(0))
+    limit_file = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        limit_file.write_text(cpu_max + "\n")
+    monkeypatch.setattr(parallel, "CGROUP_CPU_MAX", limit_file)
+    assert parallel.worker_count() == (cores if expected is None else min(cores, expected))
+    assert parallel.worker_count(3) == 3          # an explicit transform.workers wins

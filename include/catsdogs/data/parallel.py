@@ -12,12 +12,14 @@ the fork server and the resource tracker see end-of-file and exit on their own.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import select
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from catsdogs.console import progress
@@ -31,14 +33,30 @@ SERIAL_BELOW = 64  # fewer items than this: a pool costs more than it saves
 OWNER_GONE_EXIT_CODE = 70  # a worker's exit code when the process that made the pool is gone
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPU limit of this process's cgroup (a container's `--cpus`, a pod's CPU limit), rounded
+    up to whole cores; None when there is none or it cannot be read."""
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def worker_count(requested: int = 0) -> int:
-    """`requested`, or one per usable core when 0."""
+    """`requested`, or, when 0, one per usable core: the cores this process may run on, capped
+    by its cgroup's CPU limit (so a pod or container does not start a process per host core)."""
     if requested > 0:
         return requested
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = _cgroup_cpus()
+    return min(cores, limit) if limit else cores
 
 
 def exit_with(owner: int) -> None:
