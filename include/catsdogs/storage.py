@@ -105,8 +105,10 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return removed
 
 
-def _claim(make: Callable[[], Path]) -> tuple[Path, int]:
-    """A new temporary from `make()` and the fd holding its lock.
+def _claim(make: Callable[[], Path]) -> tuple[Path, int | None]:
+    """A new temporary from `make()` and the fd holding its lock (None where the file system
+    refuses locks, e.g. some NFS mounts: the temporary is then unlocked, and since a cleaner only
+    removes what it can lock, nobody removes it while it is written).
 
     A cleaner in another process may lock and remove the fresh temporary before this process
     locks it; then another one is made.
@@ -117,6 +119,9 @@ def _claim(make: Callable[[], Path]) -> tuple[Path, int]:
             fd = _try_lock(path)
         except FileNotFoundError:
             continue
+        except OSError as exc:  # EBADF / ENOLCK / EOPNOTSUPP: no locks on this file system
+            log.debug("no lock on %s (%s): writing it unlocked", path, exc)
+            return path, None
         if fd is not None:
             try:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -154,7 +159,8 @@ def atomic_dir(target: Path, stamp: str | None = None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
 
 
 @contextlib.contextmanager
@@ -180,4 +186,5 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)

@@ -95,3 +95,27 @@ def test_killed_writer_leftovers_are_removed_live_ones_kept(tmp_path: Path, kind
     assert (target / "from-child.txt" if kind == "dir" else target).read_text() == "child"
     write_here("again")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_writes_go_on_where_the_file_system_refuses_locks(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some NFS mounts answer flock with EBADF/ENOLCK: outputs are still written atomically, and
+    nothing unlockable is removed as "stale"."""
+    import errno
+    import fcntl
+
+    from catsdogs import storage
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    leftover = tmp_path / f".out{storage.TEMP_MARK}killed"
+    leftover.mkdir()
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with storage.atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("a")
+    with storage.atomic_file(tmp_path / "f.txt") as tmp:
+        tmp.write_text("f")
+    assert (tmp_path / "out" / "a.txt").read_text() == "a"
+    assert (tmp_path / "f.txt").read_text() == "f"
+    assert leftover.is_dir()          # could not be locked, so it was not judged stale

@@ -102,3 +102,28 @@ def test_a_download_without_a_loop_of_its_own_logs_a_heartbeat(tmp_path, caplog)
           console.heartbeat("kaggle download a/b", lambda: _downloaded(tmp_path), 0.01)):
         time.sleep(0.2)
     assert "kaggle download a/b: 1.0 MiB downloaded after 0:00:00" in caplog.text
+
+
+def test_the_measured_choice_is_fp32_without_bfloat16_and_survives_a_damaged_store(
+        monkeypatch, tmp_path) -> None:
+    """Training's choice (by measurement): bf16 is not even a candidate on a CPU without native
+    bfloat16; a kept choice is reused; a damaged store is measured again, not a traceback."""
+    from catsdogs.training.loop import candidates, choose
+
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: AVX2_ONLY)
+    assert {precision for precision, _ in candidates("auto", CPU)} == {"fp32"}
+    speeds = {(False,): 10.0, (True,): 12.0}
+    probed: list[tuple[str, bool]] = []
+
+    def probe(precision: str, channels_last: bool) -> float:
+        probed.append((precision, channels_last))
+        return speeds[(channels_last,)]
+
+    store = tmp_path / "choices.json"
+    first = choose("auto", CPU, probe, store, key="k")
+    assert (first.precision, first.channels_last) == ("fp32", True) and len(probed) == 2
+    assert choose("auto", CPU, probe, store, key="k").channels_last and len(probed) == 2
+    store.write_text("{not json")
+    assert choose("auto", CPU, probe, store, key="k").precision == "fp32" and len(probed) == 4
+    store.write_text('{"k": {"precision": "fp32"}}')      # an entry missing its fields
+    assert choose("auto", CPU, probe, store, key="k").precision == "fp32" and len(probed) == 6

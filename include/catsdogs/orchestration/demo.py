@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import load_params
+from catsdogs.data import provenance
 from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
@@ -56,7 +57,7 @@ def choose_source(demo_dir: Path) -> str:
 
     per_class = int(os.environ.get("DEMO_SYNTHETIC_PER_CLASS", "60"))
     folder = demo_dir / "synthetic" / f"per-class-{per_class}"
-    if not (folder / "dog").is_dir():
+    if not provenance.is_generated(folder):  # its marker is written last: a cut-off set is redone
         generate_dataset(folder, per_class=per_class)
     _loud("NO KAGGLE CREDENTIALS: this demo uses a small GENERATED stand-in data set",
           f"({per_class} synthetic images per class in {folder}), NOT real photos.",
@@ -184,7 +185,7 @@ def _champion_data() -> Provenance | None:
 def summary(demo_dir: Path) -> int:
     """`demo summary`: the closing block of `make demo`."""
     record = json.loads((demo_dir / RUN_RECORD).read_text())
-    _, password = client_from_env()
+    password = admin_password(Path(os.environ["AIRFLOW_HOME"]))
     service = f"http://{os.environ.get('BENTO_HOST', '127.0.0.1')}:" \
               f"{os.environ.get('BENTO_PORT', '3000')}"
     mlflow_ui = os.environ.get("CATSDOGS_MLFLOW_UI_URL") or os.environ["MLFLOW_TRACKING_URI"]

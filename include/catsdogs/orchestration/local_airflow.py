@@ -4,12 +4,11 @@
 Airflow 3 on one host without Docker: api-server, scheduler, dag-processor and triggerer sharing an
 embedded SQLite database, LocalExecutor, `CATSDOGS_RUNNER=local` (each stage a Bash task running
 this venv's `catsdogs`), the simple auth manager with user `admin`. Secrets (the JWT signing key,
-the API secret key, the admin password) are generated once into the Airflow home (mode 0600) and
-never printed by this module, except the password by `password` on request.
+the API secret key, the admin password) are generated once into the Airflow home (mode 0600); the
+shell writes the `env` output to a 0600 file too.
 
 `python -m catsdogs.orchestration.local_airflow env --home H --data-dir D --mlflow-uri U` prints
-the environment as `export NAME=value` lines for a shell to source; `password --home H` prints the
-admin password.
+the environment as `export NAME=value` lines for a shell to source.
 """
 
 from __future__ import annotations
@@ -97,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--host", default="127.0.0.1", help="the api-server's address")
     env.add_argument("--port", type=int, default=8080, help="the api-server's port")
     env.add_argument("--venv-bin", type=Path, default=None, help="the venv's bin folder")
-    login = commands.add_parser("password", help="print the admin login's password")
-    login.add_argument("--home", type=Path, required=True, help="AIRFLOW_HOME")
     args = parser.parse_args(argv)
-    if args.command == "password":
-        sys.stdout.write(admin_password(args.home) + "\n")
-        return 0
     variables = environment(args.home, args.data_dir, args.mlflow_uri, host=args.host,
                             port=args.port, venv_bin=args.venv_bin)
     sys.stdout.write("".join(f"export {name}={shlex.quote(value)}\n"

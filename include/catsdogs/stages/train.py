@@ -98,6 +98,7 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                                 "test": {key.removeprefix("test_"): value for key, value
                                          in previous.data.metrics.items()
                                          if key.startswith("test_")}})
+    _warn_about_recipe(params)
     trained_on = provenance.read(paths.transformed)
     if trained_on is not None and trained_on.synthetic:
         log.warning("training on %s, a GENERATED stand-in data set: the model is tagged "
@@ -112,6 +113,19 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                         "data.manifest_sha256": _manifest_hash(paths),
                         "git.commit": _git_commit(), "catsdogs.fingerprint": run_fingerprint,
                         **(trained_on.tags() if trained_on is not None else {})})
+
+
+def _warn_about_recipe(params: Params) -> None:
+    """Say plainly when the params ask `top_blocks` for what it does not do."""
+    if params.train.recipe != "top_blocks":
+        return
+    if params.model.weights == "none":
+        log.warning("train.recipe=top_blocks freezes the lower network, and model.weights=none "
+                    "leaves it random: the head learns from random features. Use ImageNet "
+                    "weights, or train.recipe=full to train every layer from scratch.")
+    if params.model.freeze_backbone:
+        log.warning("model.freeze_backbone applies to train.recipe=full; top_blocks always "
+                    "fine-tunes its top %d blocks (train.top_blocks)", params.train.top_blocks)
 
 
 def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:

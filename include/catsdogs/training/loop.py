@@ -73,6 +73,21 @@ def candidates(requested: str, device: torch.device) -> list[tuple[str, bool]]:
     return [(p, layout) for p in precisions for layout in ((False, True) if p == "fp32" else (True,))]
 
 
+def _known_choices(store: Path | None) -> dict[str, Any]:
+    """The choices kept in `store` ({} when there is none, or it is damaged: logged, remade)."""
+    if store is None or not store.exists():
+        return {}
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); measuring again and rewriting it", store, exc)
+        return {}
+    if not isinstance(known, dict):
+        log.warning("%s is not a JSON object; measuring again and rewriting it", store)
+        return {}
+    return known
+
+
 def choose(requested: str, device: torch.device, probe: Callable[[str, bool], float],
            store: Path | None = None, key: str = "") -> Choice:
     """The fastest candidate by `probe(precision, channels_last) -> images/s`. With `store`, a
@@ -81,10 +96,13 @@ def choose(requested: str, device: torch.device, probe: Callable[[str, bool], fl
     options = candidates(requested, device)
     if len(options) == 1:
         return Choice(*options[0])
-    known = json.loads(store.read_text()) if store is not None and store.exists() else {}
-    if key in known and (known[key]["precision"], known[key]["channels_last"]) in options:
-        return Choice(known[key]["precision"], known[key]["channels_last"],
-                      known[key]["measured"])
+    known = _known_choices(store)
+    try:
+        if key in known and (known[key]["precision"], known[key]["channels_last"]) in options:
+            return Choice(known[key]["precision"], known[key]["channels_last"],
+                          known[key]["measured"])
+    except (KeyError, TypeError):
+        log.warning("%s: the entry for this machine is damaged; measuring again", store)
     measured = {_label(*option): probe(*option) for option in options}
     best = max(options, key=lambda option: measured[_label(*option)])
     log.info("training speed (img/s): %s; chosen %s",
