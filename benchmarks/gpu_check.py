@@ -28,7 +28,7 @@ log = logging.getLogger("gpu_check")
 
 def build_splits(sample: Path, work: Path, size: int, per_class: int | None) -> Any:
     """transformed/{train,val,test}/{cat,dog} as the transform stage makes it."""
-    from catsdogs.config import load_params
+    from catsdogs.config import CLASSES, load_params
     from catsdogs.data.parallel import parallel_map
     from catsdogs.paths import DataPaths
     from catsdogs.stages.transform import assign_splits
@@ -36,7 +36,7 @@ def build_splits(sample: Path, work: Path, size: int, per_class: int | None) -> 
     params = load_params(REPO / "params.yaml", [f"transform.image_size={size}"])
     paths = DataPaths(work / "data")
     rows = [{"path": str(path), "label": label}
-            for label in ("cat", "dog")
+            for label in CLASSES
             for path in sorted((sample / label).glob("*.jpg"))[:per_class]]
     jobs = []
     for split, row in assign_splits(rows, params):

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ModelInfo:
                    run_id=str(metadata.get("run_id", "")),
                    arch=str(metadata.get("arch", "resnet18")),
                    image_size=int(metadata.get("image_size", 224)),
-                   classes=tuple(metadata.get("classes") or ("cat", "dog")),
+                   classes=tuple(metadata.get("classes") or CLASSES),
                    bento_tag=bento_tag,
                    bf16_agreement=float(agreement) if agreement is not None else None,
                    data=data)

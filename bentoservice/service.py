@@ -83,7 +83,7 @@ OPENMP_ENV = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}]
 class CatsDogsModel:
     """The network on adaptive batches (internal; the public API is the `catsdogs` service)."""
 
-    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    bento_model = bentoml.models.BentoModel(SETTINGS.bento_model)
 
     def __init__(self) -> None:
         stored = self.bento_model
@@ -134,7 +134,7 @@ def _error(status: int, reason: str, message: str) -> JSONResponse:
 class CatsDogs:
     """Cats vs dogs: send a photo, get the label, its confidence and the model version."""
 
-    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    bento_model = bentoml.models.BentoModel(SETTINGS.bento_model)
     model = bentoml.depends(CatsDogsModel)
 
     def __init__(self) -> None:

@@ -32,10 +32,6 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_delay_s: float = Field(0.0, ge=0.0)  # wait before loading the model (seconds)
 
-    @property
-    def model_tag(self) -> str:
-        return self.bento_model
-
 
 def load_settings() -> Settings:
     """`Settings()` from the environment; SystemExit naming every bad variable."""

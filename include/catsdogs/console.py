@@ -115,7 +115,11 @@ def heartbeat(desc: str, status: Callable[[], str], interval: float | None = Non
     def beat() -> None:
         started = time.monotonic()
         while not stop.wait(period):
-            log.info("%s: %s after %s", desc, status(), _duration(time.monotonic() - started))
+            try:
+                now = status()
+            except OSError as exc:  # e.g. a file the status reads vanished meanwhile
+                now = f"status unavailable ({exc})"
+            log.info("%s: %s after %s", desc, now, _duration(time.monotonic() - started))
 
     thread = threading.Thread(target=beat, name=f"heartbeat {desc}", daemon=True)
     thread.start()

@@ -1,9 +1,10 @@
 """What a stage returns: one line for people, one flat JSON document for machines.
 
 The CLI prints `line()`, or `to_dict()` as JSON with `--json`, and writes the JSON document to
-`--summary-file` / `$CATSDOGS_SUMMARY_FILE` when asked: the Airflow task reads it from there (both
-runners) and pushes it to XCom, so a run id or promote's decision travels as data, never scraped
-from a log.
+`--summary-file` / `$CATSDOGS_SUMMARY_FILE` when asked: every Airflow runner turns it into the
+task's XCom (local: read from a temporary file; docker: copied out of the container; kubernetes:
+written to the XCom sidecar's file), so a run id or promote's decision travels as data, never
+scraped from a log.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) ->
     for name in list(Settings.model_fields):
         monkeypatch.delenv(f"CATSDOGS_{name.upper()}", raising=False)
     settings = load_settings()
-    assert settings.model_tag == "catsdogs_cnn:latest"
+    assert settings.bento_model == "catsdogs_cnn:latest"
     assert (settings.max_batch_size, settings.max_upload_bytes, settings.max_pixels,
             settings.min_side, settings.max_aspect_ratio, settings.max_batch_images) == (
         8, 10 * 1024 * 1024, 40_000_000, 16, 10.0, 32)
@@ -33,7 +33,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CATSDOGS_BENTO_MODEL", "catsdogs_cnn:abc")
     monkeypatch.setenv("CATSDOGS_MIN_SIDE", "")  # empty: the default
     settings = load_settings()
-    assert (settings.max_pixels, settings.jit, settings.precision, settings.model_tag,
+    assert (settings.max_pixels, settings.jit, settings.precision, settings.bento_model,
             settings.min_side) == (1234, False, "bf16", "catsdogs_cnn:abc", 16)
 
 

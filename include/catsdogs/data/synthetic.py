@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from catsdogs.config import CLASSES
 from catsdogs.data.provenance import mark_generated
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def _draw(label: str, rng: np.random.Generator) -> Image.Image:
 
 
 def generate_dataset(target: Path, per_class: int = 60, seed: int = 0,
-                     classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+                     classes: tuple[str, ...] = CLASSES) -> Path:
     """Write `target/{cat,dog}/<label>.<i>.jpg` plus the generated-set marker and return `target`.
     Deterministic for a seed."""
     rng = np.random.default_rng(seed)

@@ -23,6 +23,11 @@ FINAL_RUN_STATES = ("success", "failed")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def dag_run_url(base: str, dag_id: str, run_id: str) -> str:
+    """A DAG run's page in the Airflow UI at `base` (the api-server's public URL)."""
+    return f"{base.rstrip('/')}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}"
+
+
 class AirflowError(RuntimeError):
     """A non-2xx answer (`status` holds the HTTP code) or a run that did not end in time."""
 
@@ -176,4 +181,4 @@ class AirflowClient:
 
     def run_url(self, dag_id: str, run_id: str) -> str:
         """The run's page in the Airflow UI."""
-        return f"{self.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}"
+        return dag_run_url(self.url, dag_id, run_id)

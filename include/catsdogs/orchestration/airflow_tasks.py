@@ -28,7 +28,6 @@ import os
 import shlex
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +46,7 @@ from docker.types import DeviceRequest, Mount
 
 from catsdogs.config import ModelParams, Params, PromoteParams, load_params
 from catsdogs.errors import GateFailed
+from catsdogs.orchestration.airflow_client import dag_run_url
 from catsdogs.orchestration.stage_table import Stage
 from catsdogs.summary import SUMMARY_FILE_ENV
 from catsdogs.tracking import run_url, ui_base_url
@@ -209,10 +209,9 @@ def airflow_context_env(context: Any) -> dict[str, str]:
     """What a stage needs to link its MLflow run back to this task's DAG run: the ids, and the
     DAG run's page in the Airflow UI (base URL from [api] base_url)."""
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
-    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080")
     return {"AIRFLOW_CTX_DAG_ID": dag_id, "AIRFLOW_CTX_DAG_RUN_ID": run_id,
-            "CATSDOGS_AIRFLOW_RUN_URL":
-                f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}"}
+            "CATSDOGS_AIRFLOW_RUN_URL": dag_run_url(base, dag_id, run_id)}
 
 
 def _final_exit_codes(stage: Stage) -> range | tuple[int, ...]:
@@ -221,7 +220,8 @@ def _final_exit_codes(stage: Stage) -> range | tuple[int, ...]:
 
 
 class _StageMixin:
-    """Shared by both modes: final failures skip retries; the stage's JSON summary becomes the
+    """Shared by the docker and local operators (the kubernetes one in `kubernetes_pods` too):
+    final failures skip retries; the stage's JSON summary becomes the
     task's return value (XCom `return_value`) and feeds the MLflow link."""
 
     stage_name: str
@@ -238,8 +238,8 @@ class _StageMixin:
             log.warning("catsdogs %s wrote no summary document", self.stage_name)
             return None
         self.stage_summary = summary
-        state = "skipped (up to date)" if summary.get("skipped") else "done"
-        log.info("catsdogs %s %s: %s", self.stage_name, state, summary.get("message", ""))
+        log.info("catsdogs %s %s: %s", self.stage_name, summary.get("status"),
+                 summary.get("message", ""))
         return summary
 
     def _final(self, exc: Exception) -> AirflowFailException:

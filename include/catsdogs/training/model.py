@@ -1,4 +1,5 @@
-"""The CNN: architecture factory, THE evaluation transform, and prediction helpers.
+"""The CNN: architecture factory, THE evaluation transform, the training augmentation, the CPU's
+bfloat16 support and mixed precision.
 
 Used by train (val/test), evaluate and the Bento service, so a picture is preprocessed the same
 way everywhere. Stage modules import this module inside their functions (it imports torch).

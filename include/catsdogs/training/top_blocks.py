@@ -120,8 +120,9 @@ def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.opt
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(index)
-            counter.update(len(index), f"batch {number}/{len(bounds)}, loss {loss.item():.4f}")
+            value = loss.item()
+            total += value * len(index)
+            counter.update(len(index), f"batch {number}/{len(bounds)}, loss {value:.4f}")
     return total / count
 
 
