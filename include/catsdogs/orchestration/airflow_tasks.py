@@ -325,20 +325,35 @@ def worker_mlflow_uri() -> str:
             or os.environ.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000")
 
 
+def worker_image() -> str:
+    """The stage runner image: $CATSDOGS_WORKER_IMAGE, else catsdogs-worker:latest."""
+    return os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest")
+
+
+def shm_bytes() -> int:
+    """Shared memory for the stage's PyTorch data loading: $CATSDOGS_SHM_BYTES, else 2 GiB."""
+    return int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3)))
+
+
+def stage_environment(summary_file: str) -> dict[str, str]:
+    """What every stage container or pod gets: the data dir, the MLflow server as workers reach
+    it, unbuffered output, and where to write its JSON summary."""
+    return {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": worker_mlflow_uri(),
+            "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: summary_file}
+
+
 def docker_settings() -> dict[str, Any]:
     """DockerOperator settings shared by every stage (all from the environment)."""
-    mlflow_uri = worker_mlflow_uri()
     return {
-        "image": os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest"),
+        "image": worker_image(),
         "docker_url": os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
         "network_mode": os.environ.get("CATSDOGS_DOCKER_NETWORK", "catsdogs"),
         "mounts": [Mount(target="/data", type="volume",
                          source=os.environ.get("CATSDOGS_DATA_VOLUME", "catsdogs-data"))],
         "mount_tmp_dir": False,
         "auto_remove": "success",
-        "shm_size": int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3))),
-        "environment": {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": mlflow_uri,
-                        "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: CONTAINER_SUMMARY_FILE},
+        "shm_size": shm_bytes(),
+        "environment": stage_environment(CONTAINER_SUMMARY_FILE),
     }
 
 

@@ -37,10 +37,12 @@ from catsdogs.orchestration.airflow_tasks import (
     _StageMixin,
     airflow_context_env,
     command_template,
+    shm_bytes,
+    stage_environment,
+    worker_image,
     worker_mlflow_uri,
 )
 from catsdogs.orchestration.stage_table import Stage
-from catsdogs.summary import SUMMARY_FILE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ def kubernetes_settings() -> KubernetesSettings:
         raise ValueError(f"CATSDOGS_K8S_GPU_TOLERATIONS: {exc}") from None
     return KubernetesSettings(
         namespace=os.environ.get("CATSDOGS_K8S_NAMESPACE", "catsdogs"),
-        image=os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest"),
+        image=worker_image(),
         image_pull_policy=os.environ.get("CATSDOGS_K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
         data_claim=os.environ.get("CATSDOGS_K8S_DATA_CLAIM", "catsdogs-data"),
         mlflow_uri=worker_mlflow_uri(),
@@ -125,7 +127,7 @@ def kubernetes_settings() -> KubernetesSettings:
         gpu_count=int(os.environ.get("CATSDOGS_K8S_GPUS", "1")),
         gpu_node_selector=selector,
         gpu_tolerations=gpu_tolerations,
-        shm_bytes=int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3))),
+        shm_bytes=shm_bytes(),
         startup_timeout_s=int(os.environ.get("CATSDOGS_K8S_STARTUP_TIMEOUT_S", "900")),
     )
 
@@ -151,8 +153,7 @@ class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
     def __init__(self, *, stage: Stage, settings: KubernetesSettings, **kwargs: Any) -> None:
         # OMP_NUM_THREADS: torch would otherwise size its thread pool by the node's cores, not by
         # what the pod asked for.
-        env = {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": settings.mlflow_uri,
-               "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: POD_SUMMARY_FILE,
+        env = {**stage_environment(POD_SUMMARY_FILE), "MLFLOW_TRACKING_URI": settings.mlflow_uri,
                "OMP_NUM_THREADS": str(cpu_threads(stage.cpu))}
         env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
         if stage.needs_kaggle:
