@@ -50,3 +50,13 @@ def test_demo_summary_says_what_was_trained_and_how_to_try_it() -> None:
     real = "\n".join(summary_lines(record, "admin / pw", "m", "s",
                                    Provenance("kaggle:x/y", synthetic=False)))
     assert "generated" not in real and "Trained on  : kaggle:x/y" in real
+
+
+def test_demo_summary_of_a_run_that_changed_nothing() -> None:
+    record = {"url": "u", "summaries": {
+        "train": {"run_id": "abc", "experiment_id": "7", "version": "3", "skipped": True,
+                  "test": {"f1": 0.5, "accuracy": 0.5}},
+        "promote": {"skipped": True, "promoted": False,
+                    "message": "CatsDogsCNN v3 is already the champion"}}}
+    lines = summary_lines(record, "admin / pw", "m", "s", None)
+    assert "Promotion   : up to date: CatsDogsCNN v3 is already the champion" in lines

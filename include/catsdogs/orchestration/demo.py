@@ -161,9 +161,11 @@ def summary_lines(record: dict[str, Any], login: str, mlflow_ui: str, service: s
         lines.append(f"Test scores : F1 {test.get('f1', float('nan')):.4f}, accuracy "
                      f"{test.get('accuracy', float('nan')):.4f} (model v{train.get('version')})")
     if promote:
-        decision = ("up to date: already the champion" if promote.get("skipped")
-                    else "promoted" if promote.get("promoted") else "rejected")
-        lines.append(f"Promotion   : {decision}: {promote.get('reason') or promote.get('message')}")
+        if promote.get("skipped"):
+            lines.append(f"Promotion   : up to date: {promote.get('message')}")
+        else:
+            decision = "promoted" if promote.get("promoted") else "rejected"
+            lines.append(f"Promotion   : {decision}: {promote.get('reason')}")
     if trained_on is not None:
         lines.append(f"Trained on  : {trained_on.source}")
         if trained_on.synthetic:
