@@ -53,7 +53,8 @@ demo-stop:
 
 bench: venv
 	$(BIN)/python benchmarks/transform_speed.py
-	$(BIN)/python benchmarks/train_quality.py
+	$(BIN)/python benchmarks/data_growth.py
+	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/serve_load.py
 
 clean:
