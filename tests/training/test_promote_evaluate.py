@@ -57,6 +57,13 @@ def test_promotes_first_refuses_worse_promotes_better(tiny_data: DataPaths,
     run_tags = client.get_run(client.get_model_version(NAME, worse).run_id).data.tags
     assert run_tags["promotion.decision"] == "rejected"
     assert run_tags["promotion.reason"] == tags["promotion.reason"]
+    # The same comparison again is up to date (idempotent): no re-scoring, the same answer.
+    again = promote.run(params, tiny_data)
+    assert again.skipped and not again.details["promoted"]
+    assert "already rejected against champion" in again.message and _champion() == first
+    # A different margin is a different question: judged again.
+    assert not promote.run(tiny_params(f"mlflow.registered_model_name={NAME}",
+                                       "promote.min_delta=0.01"), tiny_data).skipped
 
     better = _register(ColourRule(weight=1, bias=0), tiny_data)         # the colour rule
     summary = promote.run(params, tiny_data)

@@ -49,6 +49,24 @@ def decide(challenger: float, champion: float | None, min_delta: float,
                    f"{champion:.4f} by more than {min_delta}")
 
 
+def _earlier_decision(challenger: Any, champion: Any, params: Params) -> str | None:
+    """Why there is nothing to decide (the stage is up to date), or None: the challenger is the
+    champion, or it was already rejected against this champion with this metric and margin (a
+    version's training data are fixed, so the same comparison gives the same answer)."""
+    if champion is None:
+        return None
+    if champion.version == challenger.version:
+        return "is already the champion"
+    tags = challenger.tags
+    if (tags.get("promotion.decision") == "rejected"
+            and tags.get("promotion.champion_version") == str(champion.version)
+            and tags.get("promotion.metric") == params.promote.metric
+            and tags.get("promotion.min_delta") == str(params.promote.min_delta)):
+        return (f"was already rejected against champion v{champion.version}: "
+                f"{tags.get('promotion.reason', '')}")
+    return None
+
+
 def run(params: Params, paths: DataPaths) -> Summary:
     from mlflow import MlflowClient
 
@@ -64,14 +82,15 @@ def run(params: Params, paths: DataPaths) -> Summary:
         raise UserError(f"no {name}@{tracking.CHALLENGER} in the registry; run `catsdogs train` "
                         "first")
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
-    if champion_version is not None and champion_version.version == challenger_version.version:
+    judged = _earlier_decision(challenger_version, champion_version, params)
+    if judged is not None:
         run_id = challenger_version.run_id
-        return Summary("promote", f"{name} v{challenger_version.version} is already the champion",
+        return Summary("promote", f"{name} v{challenger_version.version} {judged}",
                        skipped=True, details={
                            "version": challenger_version.version, "promoted": False,
-                           "champion_version": challenger_version.version, "run_id": run_id,
+                           "champion_version": champion_version.version, "run_id": run_id,
                            "experiment_id": MlflowClient().get_run(run_id).info.experiment_id,
-                           "reason": "the challenger is already the champion"})
+                           "reason": judged})
     challenger = tracking.resolve_model(f"models:/{name}/{challenger_version.version}")
     challenger_score = score(challenger, paths, metric, params)
     champion_score = None
@@ -85,6 +104,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
     tags = {
         "promotion.decision": "promoted" if promoted else "rejected",
         "promotion.metric": metric,
+        "promotion.min_delta": str(params.promote.min_delta),
         "promotion.challenger_score": f"{challenger_score:.6f}",
         "promotion.champion_score": "none" if champion_score is None else f"{champion_score:.6f}",
         "promotion.champion_version": "none" if champion_version is None
