@@ -41,8 +41,9 @@ from tests.servers import free_port, open_local
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
-PROJECT = "catsdogs-e2e"
-TAG = "e2e"
+# Several checkouts on one engine (parallel worktrees) each set their own project and image tag.
+PROJECT = os.environ.get("CATSDOGS_E2E_PROJECT", "catsdogs-e2e")
+TAG = os.environ.get("CATSDOGS_E2E_TAG", "e2e")
 PER_CLASS = int(os.environ.get("CATSDOGS_E2E_PER_CLASS", "150"))
 STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
 CORE_SERVICES = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
@@ -62,7 +63,9 @@ def run(argv: list[str], timeout: float, env: dict[str, str] | None = None,
 
 
 def image_ids() -> set[str]:
-    return set(run(["docker", "images", "-q", "--no-trunc"], 60).stdout.split())
+    """This run's images: those tagged TAG (another checkout's builds on the engine are kept)."""
+    out = run(["docker", "images", "--no-trunc", "--format", "{{.Tag}} {{.ID}}"], 60).stdout
+    return {line.split()[1] for line in out.splitlines() if line.split()[0] == TAG}
 
 
 @dataclass
