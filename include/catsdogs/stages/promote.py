@@ -71,6 +71,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
     from mlflow import MlflowClient
 
     from catsdogs import tracking
+    from catsdogs.deployment.history import BY_PROMOTE, move_champion
 
     if not paths.split_dir("test").is_dir():
         raise UserError(f"test split missing at {paths.split_dir('test')}; run `catsdogs "
@@ -100,7 +101,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
     promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
     client = MlflowClient()
     if promoted:
-        client.set_registered_model_alias(name, tracking.CHAMPION, challenger.version)
+        move_champion(client, name, challenger.version, reason=reason, by=BY_PROMOTE)
     tags = {
         "promotion.decision": "promoted" if promoted else "rejected",
         "promotion.metric": metric,

@@ -1,0 +1,101 @@
+"""The champion's history: every move of the `@champion` alias, recorded on the model versions.
+
+MLflow keeps only where an alias points now, so each move is also written as a model-version tag
+on the version the alias moved to (and on the one it left), key `champion.move.<UTC ms>` and value
+the move as JSON. `champion_history` reads them back from all versions of the model; the tags
+survive alias moves and are visible in the MLflow UI next to the version.
+
+All alias moves go through `move_champion` (promote, rollback, the post-deploy check).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MOVE_TAG_PREFIX = "champion.move."
+BY_PROMOTE = "promote"
+BY_ROLLBACK = "rollback"
+BY_POST_DEPLOY_CHECK = "post-deploy check"
+DEPLOY_STATUS_TAG = "deploy.status"     # on a version: deployed | rolled_back
+ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of `@champion`: when (ISO-8601 UTC), from which version (None: the first
+    champion) to which, why, and by what (promote / rollback / post-deploy check)."""
+
+    time: str
+    from_version: str | None
+    to_version: str
+    reason: str
+    by: str
+
+    def line(self) -> str:
+        """One human-readable line, as `catsdogs champion history` prints it."""
+        source = f"v{self.from_version}" if self.from_version else "(none)"
+        return f"{self.time}  {source:>7} -> v{self.to_version:<5} {self.by:<17} {self.reason}"
+
+
+def _current(client: Any, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except Exception:  # noqa: BLE001 - MlflowException when the alias (or model) does not exist
+        return None
+
+
+def move_champion(client: Any, name: str, to_version: str, *, reason: str, by: str) -> AliasMove:
+    """Point `name@champion` at `to_version` and record the move on both versions.
+
+    `client` is an `mlflow.MlflowClient`. Returns the recorded move. Raises MlflowException when
+    the version does not exist.
+    """
+    now_ms = int(time.time() * 1000)
+    move = AliasMove(time=datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+                     from_version=_current(client, name), to_version=str(to_version),
+                     reason=reason, by=by)
+    client.set_registered_model_alias(name, CHAMPION, str(to_version))
+    value = json.dumps(asdict(move), sort_keys=True)
+    for version in {move.to_version, move.from_version} - {None}:
+        client.set_model_version_tag(name, version, f"{MOVE_TAG_PREFIX}{now_ms}", value)
+    log.info("%s@%s: v%s -> v%s by %s (%s)", name, CHAMPION, move.from_version or "-",
+             move.to_version, by, reason)
+    return move
+
+
+def champion_history(client: Any, name: str) -> list[AliasMove]:
+    """Every recorded move of `name@champion`, oldest first (empty when there was none)."""
+    return _history(client.search_model_versions(f"name = '{name}'"))
+
+
+def _history(versions: list[Any]) -> list[AliasMove]:
+    moves: dict[str, AliasMove] = {}
+    for version in versions:
+        for key, value in (version.tags or {}).items():
+            if key.startswith(MOVE_TAG_PREFIX):
+                moves[key] = AliasMove(**json.loads(value))
+    return [moves[key] for key in sorted(moves, key=lambda k: int(k.removeprefix(MOVE_TAG_PREFIX)))]
+
+
+def previous_champion(client: Any, name: str) -> str | None:
+    """The latest earlier champion that is not the current one and was not rolled back
+    (`deploy.status=rolled_back`); None when there is none."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    rolled_back = {str(v.version) for v in versions
+                   if (v.tags or {}).get(DEPLOY_STATUS_TAG) == ROLLED_BACK}
+    moves = _history(versions)
+    champions = ([moves[0].from_version] if moves and moves[0].from_version else [])
+    champions += [move.to_version for move in moves]
+    current = _current(client, name)
+    for version in reversed(champions):
+        if version != current and version not in rolled_back:
+            return version
+    return None
