@@ -62,6 +62,8 @@ STAGES: tuple[Stage, ...] = (
           logs_mlflow=True, cpu="2", memory="6Gi"),
     Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
           dag_task=False),
+    Stage("champion", "The @champion alias: `history` lists its moves, `card` shows a version's "
+          "model card", dag_task=False),
 )
 
 PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)
