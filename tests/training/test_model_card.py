@@ -155,6 +155,7 @@ def test_history_previous_champion_cards_and_cli(tiny_data: DataPaths, tracking_
     assert cli.main(["champion", "history", *common]) == 0
     text = capsys.readouterr().out
     assert f"{NAME}@champion is v{v1}; 5 moves, oldest first:" in text
+    (artifacts_dir / "champion-history.txt").write_text(text)
     lines = [line for line in text.splitlines() if " -> " in line and "reason" not in line]
     assert len(lines) == 5 and "(none) -> v" + v1 in lines[0] and "rollback" in lines[-1]
     assert cli.main(["champion", "history", "--json", *common]) == 0
