@@ -71,9 +71,7 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
     for split in SPLITS:
         cat, dog = on_disk[(split, "cat")], on_disk[(split, "dog")]
         assert f"| {split} | {cat} | {dog} | {cat + dog} |" in card
-    matrix = json.loads(Path(client.download_artifacts(
-        trained["run_id"], model_card.CONFUSION_ARTIFACT, str(tmp_path))).read_text()
-    )["rows_true_cols_predicted"]
+    matrix = json.loads(run.data.tags[model_card.CONFUSION_TAG])["rows_true_cols_predicted"]
     assert sum(map(sum, matrix)) == on_disk[("test", "cat")] + on_disk[("test", "dog")]
     for label, row in zip(("cat", "dog"), matrix, strict=True):
         assert f"| {label} | {row[0]} | {row[1]} |" in card

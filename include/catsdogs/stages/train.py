@@ -272,9 +272,9 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
 def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, precision: str,
                  result: Any, test: dict[str, float], labels: list[int],
                  probs: list[float]) -> None:
-    """Plots, classification report, performance report, the confusion matrix as JSON (for the
-    model card), plus the validation summary and EDA (without the stages' internal stamp
-    files)."""
+    """Plots, classification report, performance report, the confusion matrix as a JSON run tag
+    (for the model card), plus the validation summary and EDA (without the stages' internal
+    stamp files)."""
     import mlflow
 
     from catsdogs import tracking
@@ -293,8 +293,8 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
             params=params.flat(), history=result.history, best_epoch=result.best_epoch,
             test=test, labels=labels, probs=probs, images_per_second=result.images_per_second))
         mlflow.log_artifacts(str(folder), "reports")
-    mlflow.log_dict({"labels": list(CLASSES), "rows_true_cols_predicted": confusion(labels, probs)},
-                    model_card.CONFUSION_ARTIFACT)
+    mlflow.set_tag(model_card.CONFUSION_TAG, json.dumps(
+        {"labels": list(CLASSES), "rows_true_cols_predicted": confusion(labels, probs)}))
     summary = paths.validation_reports / "summary.json"
     if summary.exists():
         mlflow.log_artifact(str(summary), "validation")

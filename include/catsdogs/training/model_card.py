@@ -6,7 +6,7 @@ The card is rendered from what MLflow already holds, so it never loads the model
 - the version (tags: arch, image size, classes, `data.*`, `promotion.*`, `deploy.*`, the bf16
   check the serving import records as `serving.bf16_*`) and its aliases;
 - its run: parameters, `test_*` metrics, the training data set logged with `mlflow.log_input`
-  (`catsdogs.data.lineage`) and the test confusion matrix (`reports/confusion_matrix.json`);
+  (`catsdogs.data.lineage`) and the test confusion matrix (run tag `test.confusion_matrix`);
 - the champion history (`catsdogs.deployment.history`): the moves of `@champion` to or from it.
 
 `refresh_card` stores it twice: as the artifact `model_card.md` of the version's run and as the
@@ -26,10 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from catsdogs.config import CLASSES
@@ -40,7 +38,7 @@ from catsdogs.training.metrics import METRIC_NAMES
 log = logging.getLogger(__name__)
 
 CARD_ARTIFACT = "model_card.md"
-CONFUSION_ARTIFACT = "reports/confusion_matrix.json"
+CONFUSION_TAG = "test.confusion_matrix"    # run tag: {"labels", "rows_true_cols_predicted"}
 DESCRIPTION_LIMIT = 5000          # characters: the registry's model-version description column
 BF16_AGREEMENT_TAG = "serving.bf16_agreement"          # fp32/bf16 label agreement, 0..1
 BF16_IMAGES_TAG = "serving.bf16_agreement_images"      # photos it was measured on
@@ -67,6 +65,7 @@ class CardFacts:
     data: TrainingData | None
     confusion: list[list[int]] | None     # rows true class, columns predicted (CLASSES order)
     moves: list[Any] = field(default_factory=list)   # history.AliasMove to or from this version
+    stored_description: str | None = None   # the version's description now (not shown)
 
 
 def _iso(ms: int | None) -> str:
@@ -75,23 +74,17 @@ def _iso(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def _confusion(client: Any, run_id: str) -> list[list[int]] | None:
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, CONFUSION_ARTIFACT, tmp)
-            matrix = json.loads(Path(local).read_text())["rows_true_cols_predicted"]
-        except (MlflowException, OSError, ValueError, KeyError) as exc:
-            log.debug("run %s has no readable %s: %s", run_id, CONFUSION_ARTIFACT, exc)
-            return None
-    return [[int(n) for n in row] for row in matrix]
+def _confusion(run_tags: dict[str, str]) -> list[list[int]] | None:
+    try:
+        matrix = json.loads(run_tags[CONFUSION_TAG])["rows_true_cols_predicted"]
+        return [[int(n) for n in row] for row in matrix]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def gather(client: Any, name: str, version: str) -> CardFacts:
-    """The facts of `name` version `version` (`client`: an `mlflow.MlflowClient`). A few registry
-    and tracking calls and one small artifact download; MlflowException when the version does
-    not exist."""
+    """The facts of `name` version `version` (`client`: an `mlflow.MlflowClient`): three registry
+    and tracking calls, no download; MlflowException when the version does not exist."""
     from catsdogs.data import lineage
     from catsdogs.deployment.history import champion_history
 
@@ -105,7 +98,8 @@ def gather(client: Any, name: str, version: str) -> CardFacts:
         aliases=tuple(sorted(getattr(found, "aliases", None) or ())),
         tags=dict(found.tags or {}), params=dict(run.data.params),
         metrics=dict(run.data.metrics), data=lineage.from_run(run),
-        confusion=_confusion(client, found.run_id), moves=moves)
+        confusion=_confusion(run.data.tags), moves=moves,
+        stored_description=found.description or None)
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -236,10 +230,11 @@ def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
         lines.append("- Now: " + ", ".join(f"@{a}" for a in facts.aliases))
     decision = tags.get("promotion.decision")
     if decision:
+        against = tags.get("promotion.champion_version", "none")
         lines.append(f"- Promotion: {decision} by `{tags.get('promotion.metric', '?')}` "
-                     f"(min_delta {tags.get('promotion.min_delta', '?')}, against "
-                     f"v{tags.get('promotion.champion_version', 'none')}): "
-                     f"{tags.get('promotion.reason', '')}")
+                     f"(min_delta {tags.get('promotion.min_delta', '?')}, "
+                     + ("no champion before" if against == "none" else f"against v{against}")
+                     + f"): {tags.get('promotion.reason', '')}")
     else:
         lines.append("- Promotion: not judged yet")
     status = tags.get("deploy.status")
@@ -302,7 +297,7 @@ def refresh_card(client: Any, name: str, *versions: str | None) -> dict[str, str
     for version in dict.fromkeys(str(v) for v in versions if v is not None):
         facts = gather(client, name, version)
         card, short = render(facts), description(facts)
-        if client.get_model_version(name, version).description != short:
+        if facts.stored_description != short:
             client.log_text(facts.run_id, card, CARD_ARTIFACT)
             client.update_model_version(name, version, description=short)
             log.info("model card of %s v%s updated (%d characters)", name, version, len(card))
