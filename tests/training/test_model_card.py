@@ -20,7 +20,9 @@ from catsdogs.deployment.history import (
     BY_POST_DEPLOY_CHECK,
     BY_PROMOTE,
     BY_ROLLBACK,
+    DEPLOY_REASON_TAG,
     DEPLOY_STATUS_TAG,
+    DEPLOY_TARGET_TAG,
     ROLLED_BACK,
     AliasMove,
     champion_history,
@@ -121,8 +123,8 @@ def test_history_previous_champion_cards_and_cli(tiny_data: DataPaths, tracking_
 
     # the post-deploy check fails v3: tagged rolled back, @champion back to v2
     client.set_model_version_tag(NAME, v3, DEPLOY_STATUS_TAG, ROLLED_BACK)
-    client.set_model_version_tag(NAME, v3, model_card.DEPLOY_REASON_TAG,
-                                 "accuracy 0.41 below 0.93 - 0.05")
+    client.set_model_version_tag(NAME, v3, DEPLOY_REASON_TAG, "accuracy 0.41 below 0.93 - 0.05")
+    client.set_model_version_tag(NAME, v3, DEPLOY_TARGET_TAG, "compose")
     move_champion(client, NAME, v2, reason="accuracy 0.41 below 0.93 - 0.05",
                   by=BY_POST_DEPLOY_CHECK)
     # v3 was rolled back: not a candidate; v2 is current: the previous one is v1
@@ -140,7 +142,7 @@ def test_history_previous_champion_cards_and_cli(tiny_data: DataPaths, tracking_
     card3 = client.get_model_version(NAME, v3).description
     assert "| v2 | v3 | promote | f1 0.95 beats 0.9 |" in card3
     assert "| v3 | v2 | post-deploy check | accuracy 0.41 below 0.93 - 0.05 |" in card3
-    assert "Deployment: rolled_back: accuracy 0.41 below 0.93 - 0.05" in card3
+    assert "Deployment: rolled_back (on compose): accuracy 0.41 below 0.93 - 0.05" in card3
     card1 = client.get_model_version(NAME, v1).description
     assert "Now: **@champion**" in card1 and "| v2 | v1 | rollback | by hand |" in card1
     assert "Now: **@champion**" not in client.get_model_version(NAME, v2).description

@@ -27,6 +27,9 @@ BY_PROMOTE = "promote"
 BY_ROLLBACK = "rollback"
 BY_POST_DEPLOY_CHECK = "post-deploy check"
 DEPLOY_STATUS_TAG = "deploy.status"     # on a version: deployed | rolled_back
+DEPLOY_REASON_TAG = "deploy.reason"     # why (a failed post-deploy check's figures)
+DEPLOY_TIME_TAG = "deploy.time"         # when the status was set, ISO-8601 UTC
+DEPLOY_TARGET_TAG = "deploy.target"     # where: local | compose | kubernetes
 ROLLED_BACK = "rolled_back"
 
 

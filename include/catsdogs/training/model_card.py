@@ -33,6 +33,12 @@ from typing import Any
 from catsdogs.config import CLASSES
 from catsdogs.data.lineage import DATASET_NAME, TrainingData
 from catsdogs.data.provenance import Provenance
+from catsdogs.deployment.history import (
+    DEPLOY_REASON_TAG,
+    DEPLOY_STATUS_TAG,
+    DEPLOY_TARGET_TAG,
+    DEPLOY_TIME_TAG,
+)
 from catsdogs.training.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -43,7 +49,6 @@ DESCRIPTION_LIMIT = 5000          # characters: the registry's model-version des
 BF16_AGREEMENT_TAG = "serving.bf16_agreement"          # fp32/bf16 label agreement, 0..1
 BF16_IMAGES_TAG = "serving.bf16_agreement_images"      # photos it was measured on
 BF16_MIN_TAG = "serving.bf16_min_agreement"            # the service's threshold for bf16
-DEPLOY_REASON_TAG = "deploy.reason"
 CARD_PARAM_SECTIONS = ("model.", "train.", "transform.", "split.")
 SPLIT_ORDER = ("train", "val", "test")
 SHORT_HISTORY = 5                 # moves kept in a description that would be too long
@@ -237,10 +242,14 @@ def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
                      + f"): {tags.get('promotion.reason', '')}")
     else:
         lines.append("- Promotion: not judged yet")
-    status = tags.get("deploy.status")
+    status = tags.get(DEPLOY_STATUS_TAG)
     if status:
+        where = " ".join(part for part in (
+            f"on {tags[DEPLOY_TARGET_TAG]}" if tags.get(DEPLOY_TARGET_TAG) else "",
+            f"at {tags[DEPLOY_TIME_TAG]}" if tags.get(DEPLOY_TIME_TAG) else "") if part)
         reason = tags.get(DEPLOY_REASON_TAG)
-        lines.append(f"- Deployment: {status}" + (f": {reason}" if reason else ""))
+        lines.append(f"- Deployment: {status}" + (f" ({where})" if where else "")
+                     + (f": {reason}" if reason else ""))
     else:
         lines.append("- Deployment: not deployed yet")
     moves = facts.moves
