@@ -151,6 +151,13 @@ class AirflowClient:
         path = f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/links"
         return self.request("GET", path)["extra_links"]
 
+    def task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of a task instance, oldest first (`try_number`, `state`, `hostname`,
+        `queue`, `start_date`, `end_date`...)."""
+        path = f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/tries"
+        tries = self.request("GET", path)["task_instances"]
+        return sorted(tries, key=lambda t: t["try_number"])
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         """The text of one try's log."""
         path = (f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{try_number}"
