@@ -80,7 +80,7 @@ def test_airflow_containers_share_one_configuration(config: dict) -> None:
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("@redis:6379/0")
     db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split("://", 1)[1]
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://{db}"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql+psycopg2://{db}"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["CATSDOGS_RUNNER"] == "docker"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
@@ -123,7 +123,7 @@ def test_celery_workers_consume_the_queues_the_stage_table_names(config: dict) -
         "prepare": "airflow-worker-cpu", "transform": "airflow-worker-cpu",
         "train": "airflow-worker-gpu", "promote": "airflow-worker-gpu"}
     for name in WORKERS:
-        assert {"redis", "airflow-init", "airflow-apiserver"} <= set(services[name]["depends_on"])
+        assert {"redis", "postgres", "airflow-init"} <= set(services[name]["depends_on"])
         assert "inspect ping" in " ".join(services[name]["healthcheck"]["test"])
 
 
