@@ -329,6 +329,13 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     assert tries[0]["state"] != "success" and tries[1]["state"] == "success", tries
     assert all(by_task[s]["try_number"] == 1 for s in STAGES if s != INTERRUPTED), by_task
     assert stage_containers(run_id) == [], "stage containers left behind"
+    # Who failed the lost try: the scheduler's heartbeat check (Celery does not redeliver the
+    # unacknowledged message before the broker's visibility timeout), and the retry removed the
+    # lost try's container, still running on the engine after the worker stopped.
+    timeouts = client.event_logs(TRAINING_DAG_ID, run_id, INTERRUPTED, "heartbeat timeout")
+    assert timeouts, "the lost try was not failed by the heartbeat check"
+    retry_log = client.task_log(TRAINING_DAG_ID, run_id, INTERRUPTED, 2)
+    assert "left by try 1 of this task" in retry_log, retry_log[-3000:]
     lost_s = iso_seconds(tries[1]["start_date"]) - iso_seconds(tries[0]["start_date"])
     figures["redelivery"] = {
         **interruption,
@@ -337,6 +344,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
         "retry_started_after_stop_s": round(iso_seconds(tries[1]["start_date"])
                                             - interruption["stopped_epoch"], 1),
         "time_lost_s": round(lost_s, 1),
+        "failed_by": f"scheduler heartbeat check at {timeouts[0]['when']}",
+        "stale_container_removed_by_retry": True,
         "heartbeat_timeout_s": int(stack.env["AIRFLOW_TASK_HEARTBEAT_TIMEOUT_S"]),
         "stage_containers_left": 0}
     listing = run(["docker", "run", "--rm", "--network", "none", "-v",

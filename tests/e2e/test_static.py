@@ -124,7 +124,8 @@ def test_celery_workers_consume_the_queues_the_stage_table_names(config: dict) -
         "train": "airflow-worker-gpu", "promote": "airflow-worker-gpu"}
     for name in WORKERS:
         assert {"redis", "postgres", "airflow-init"} <= set(services[name]["depends_on"])
-        assert "inspect ping" in " ".join(services[name]["healthcheck"]["test"])
+        assert "control.ping(destination=['celery@' + socket.gethostname()]" in " ".join(
+            services[name]["healthcheck"]["test"])
 
 
 def test_redis_broker_is_private_and_password_protected(config: dict) -> None:
