@@ -128,6 +128,16 @@ def test_celery_workers_consume_the_queues_the_stage_table_names(config: dict) -
             services[name]["healthcheck"]["test"])
 
 
+def test_broker_redelivers_only_after_the_longest_stage(config: dict) -> None:
+    """An unacknowledged task goes back to the queue after the visibility timeout: it must be
+    longer than any stage may run, or a healthy stage would be started twice."""
+    env = _env(config["services"]["airflow-scheduler"])
+    visibility_s = int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"])
+    assert visibility_s > max(stage.timeout_minutes for stage in PIPELINE) * 60
+    heartbeat_s = int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"])
+    assert 0 < heartbeat_s < visibility_s
+
+
 def test_redis_broker_is_private_and_password_protected(config: dict) -> None:
     redis = config["services"]["redis"]
     assert not redis.get("ports"), "the broker is not published on the host"
