@@ -18,7 +18,13 @@ from catsdogs.orchestration.airflow_tasks import (
     runner,
 )
 from catsdogs.orchestration.kubernetes_pods import StageKubernetesPodOperator
-from catsdogs.orchestration.stage_table import STAGE_NAMES
+from catsdogs.orchestration.stage_table import (
+    DEFAULT_QUEUE,
+    GPU_QUEUE,
+    PIPELINE,
+    QUEUES,
+    STAGE_NAMES,
+)
 
 ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote"]
 SECRET = "s3cr3t-kaggle-key-value"
@@ -43,6 +49,18 @@ def test_tasks_run_in_stage_order(parse_dag, runner: str) -> None:
     kind = {"docker": StageDockerOperator, "local": StageBashOperator,
             "kubernetes": StageKubernetesPodOperator}[runner]
     assert all(isinstance(task, kind) for task in dag.tasks)
+
+
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
+def test_each_task_goes_to_its_stages_celery_queue(parse_dag, runner: str) -> None:
+    """The stage table decides the queue: GPU stages on `gpu`, the data stages on `default`."""
+    assert QUEUES == (DEFAULT_QUEUE, GPU_QUEUE) == ("default", "gpu")
+    assert {s.name: s.queue for s in PIPELINE} == {
+        "ingest": "default", "validate": "default", "prepare": "default",
+        "transform": "default", "train": "gpu", "promote": "gpu"}
+    assert all(s.queue == (GPU_QUEUE if s.needs_gpu else DEFAULT_QUEUE) for s in PIPELINE)
+    dag = parse_dag(runner)
+    assert {task.task_id: task.queue for task in dag.tasks} == {s.name: s.queue for s in PIPELINE}
 
 
 def test_nightly_schedule_without_catchup(parse_dag) -> None:

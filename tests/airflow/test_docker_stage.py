@@ -63,3 +63,53 @@ def test_ingest_runs_in_the_worker_container(tmp_path: Path, volume: str,
     listing = _docker("run", "--rm", "-v", f"{volume}:/data", "--entrypoint", "sh", worker_image,
                       "-c", "ls /data/raw/cat | wc -l; ls /data/raw/dog | wc -l")
     assert listing.stdout.split() == ["30", "30"], listing.stderr
+
+
+@pytest.fixture
+def any_image() -> str:
+    """An image present on the engine to run `sleep` in: the worker image or a local base image."""
+    if shutil.which("docker") is None or _docker("info", timeout=60).returncode != 0:
+        pytest.skip("no Docker engine here: stale-container removal is proved by the compose e2e")
+    for image in (IMAGE, "catsdogs-base/debian:bookworm", "python:3.11-slim"):
+        if _docker("image", "inspect", image, timeout=60).returncode == 0:
+            return image
+    pytest.skip("no image to run a container from (make images builds them)")
+
+
+def test_a_retry_removes_the_containers_its_earlier_tries_left(any_image: str) -> None:
+    """A try whose Celery worker was stopped leaves its stage container on the engine; the next
+    try of the same task instance removes it (running or exited), and nothing else."""
+    from catsdogs.orchestration.airflow_tasks import (
+        StageDockerOperator,
+        docker_settings,
+        stage_labels,
+    )
+    from catsdogs.orchestration.stage_table import PIPELINE
+
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+
+    def start(task_id: str, try_number: int, run: str = run_id, command: str = "300") -> str:
+        labels = stage_labels("catsdogs_training", run, task_id, try_number)
+        argv = ["run", "-d", "--network", "none", "--entrypoint", "sleep"]
+        for key, value in labels.items():
+            argv += ["--label", f"{key}={value}"]
+        started = _docker(*argv, any_image, command)
+        assert started.returncode == 0, started.stderr
+        return started.stdout.strip()
+
+    stale_running, stale_exited = start("train", 1), start("train", 1, command="0")
+    others = [start("prepare", 1), start("train", 1, run=f"{run_id}-other")]
+    try:
+        _docker("wait", stale_exited)
+        train = next(stage for stage in PIPELINE if stage.name == "train")
+        operator = StageDockerOperator(task_id="train", stage=train, **docker_settings())
+        removed = operator.remove_stale_containers(
+            stage_labels("catsdogs_training", run_id, "train", 2))
+        assert sorted(removed) == sorted([stale_running, stale_exited])
+        left = _docker("ps", "-aq", "--no-trunc", "--filter",
+                       f"label=io.catsdogs.run_id={run_id}").stdout.split()
+        assert left == [others[0]]
+        assert operator.remove_stale_containers(
+            stage_labels("catsdogs_training", run_id, "train", 3)) == []
+    finally:
+        _docker("rm", "-f", stale_running, stale_exited, *others)

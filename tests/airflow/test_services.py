@@ -95,6 +95,11 @@ def test_triggered_run_succeeds_with_link_and_no_secrets(
     assert summaries["promote"]["status"] in ("done", "skipped")
     # The reverse link: the MLflow run names the DAG run that trained it and links back to it.
     # (A run reused by train's idempotency names the DAG run that trained it first.)
+    # Every try of a task, with the stage table's Celery queue (recorded, ignored by the
+    # LocalExecutor these services run).
+    assert [(t["try_number"], t["state"], t["queue"])
+            for t in client.task_tries(DAG_ID, run_id, "train")] == [(1, "success", "gpu")]
+    assert client.task_tries(DAG_ID, run_id, "ingest")[0]["queue"] == "default"
     tags = MlflowClient(tracking_uri=mlflow_server).get_run(mlflow_run).data.tags
     trained_by = tags["airflow.dag_run_id"]
     assert trained_by == run_id or summaries["train"]["skipped"]

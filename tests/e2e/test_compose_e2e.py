@@ -1,9 +1,13 @@
 """The platform in docker compose, end to end on a real Docker engine.
 
 Builds the images (local Debian-based stand-ins for the base images when Docker Hub is
-unreachable), starts Postgres, Airflow (api-server, scheduler, dag-processor, triggerer), MLflow
-and Prometheus, triggers `catsdogs_training` through Airflow's REST API for a short CPU run on a
-few hundred real photos, checks that every stage ran as its own DockerOperator container on the
+unreachable), starts Postgres, Redis, Airflow (api-server, scheduler, dag-processor, triggerer and
+two Celery workers: `default` and `gpu` queues), MLflow and Prometheus, triggers
+`catsdogs_training` through Airflow's REST API for a short CPU run on a few hundred real photos,
+stops the GPU worker while it runs `train` and starts it again, checks that the run still
+finishes (the lost try retried, its stage container removed, no half-written output), that the
+data stages ran on the CPU worker and train/promote on the GPU worker, that every stage ran as
+its own DockerOperator container on the
 shared volume, that MLflow's registry has `CatsDogsCNN@champion`, then builds the champion's Bento
 image, serves it in compose, predicts a real photo and checks Prometheus scraped it. Tears
 everything down afterwards (CATSDOGS_E2E_KEEP=1 keeps the images for a faster re-run).
@@ -28,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
-from catsdogs.orchestration.stage_table import TRAINING_DAG_ID
+from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 from tests.e2e.compose import (
     COMPOSE_FILE,
     REPO_ROOT,
@@ -46,8 +50,12 @@ PROJECT = os.environ.get("CATSDOGS_E2E_PROJECT", "catsdogs-e2e")
 TAG = os.environ.get("CATSDOGS_E2E_TAG", "e2e")
 PER_CLASS = int(os.environ.get("CATSDOGS_E2E_PER_CLASS", "150"))
 STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
-CORE_SERVICES = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer", "mlflow", "prometheus")
+CORE_SERVICES = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler",
+                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker-cpu",
+                 "airflow-worker-gpu", "mlflow", "prometheus")
+# The Celery worker (service and hostname) that consumes each queue of the stage table.
+WORKER_OF_QUEUE = {"default": "airflow-worker-cpu", "gpu": "airflow-worker-gpu"}
+INTERRUPTED = os.environ.get("CATSDOGS_E2E_INTERRUPT", "train")  # the stage whose worker stops
 KEEP = os.environ.get("CATSDOGS_E2E_KEEP") == "1"
 
 
@@ -118,7 +126,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         "POSTGRES_PASSWORD": secrets.token_urlsafe(12), "AIRFLOW_ADMIN_PASSWORD": password,
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(24),
         "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(24),
-        "CATSDOGS_GPU": "false", "CATSDOGS_TASK_RETRIES": "0", "AIRFLOW_PARALLELISM": "2",
+        "REDIS_PASSWORD": secrets.token_urlsafe(12),
+        # One retry, soon: the try lost with its stopped worker fails after the heartbeat timeout.
+        "CATSDOGS_TASK_RETRIES": "1", "CATSDOGS_RETRY_DELAY_S": "5",
+        "AIRFLOW_TASK_HEARTBEAT_TIMEOUT_S": "30",
+        "CATSDOGS_GPU": "false", "AIRFLOW_PARALLELISM": "2",
         "CATSDOGS_SHM_BYTES": str(512 * 1024**2),
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
     }
@@ -197,6 +209,49 @@ def task_failure_report(client: AirflowClient, run_id: str, instances: list[dict
     return "\n".join(lines)
 
 
+def stage_containers(run_id: str, task_id: str | None = None, running: bool = False) -> list[str]:
+    """Ids of the stage containers of this DAG run (labelled by StageDockerOperator)."""
+    argv = ["docker", "ps", "-q", "--filter", f"label=io.catsdogs.run_id={run_id}"]
+    if not running:
+        argv.insert(2, "-a")
+    if task_id:
+        argv += ["--filter", f"label=io.catsdogs.task_id={task_id}"]
+    return run(argv, 60).stdout.split()
+
+
+def interrupt_worker(stack: Stack, client: AirflowClient, run_id: str, task_id: str) -> dict:
+    """Stop the Celery worker of `task_id`'s queue while its stage container runs (SIGTERM, then
+    SIGKILL after 3 s: the try is lost mid-stage), then start it again. Returns what was stopped
+    and when (`stopped_epoch`: wall-clock seconds, comparable with the task instances' dates)."""
+    queue = next(stage.queue for stage in PIPELINE if stage.name == task_id)
+    worker = WORKER_OF_QUEUE[queue]
+
+    def stage_running() -> str:
+        state = client.task_instances(TRAINING_DAG_ID, run_id).get(task_id, {}).get("state")
+        if state in ("success", "failed", "upstream_failed"):
+            return state  # too late (or the run failed): reported below
+        return "running" if state == "running" and stage_containers(run_id, task_id, True) else ""
+
+    seen = wait_until(stage_running, 1200, interval=1, what=f"{task_id}'s stage container running")
+    assert seen == "running", f"{task_id} ended ({seen}) before its worker could be stopped"
+    time.sleep(3)  # well inside the stage, past the container's start-up
+    stopped_at = time.time()
+    stack.compose_run("stop", "--timeout", "3", worker, timeout=120)
+    orphans = stage_containers(run_id, task_id, running=True)
+    stack.compose_run("start", worker, timeout=120)
+    return {"task": task_id, "queue": queue, "worker": worker,
+            "stopped_epoch": round(stopped_at, 1),
+            "stop_and_start_s": round(time.time() - stopped_at, 1),
+            "stage_containers_running_after_stop": len(orphans)}
+
+
+def iso_seconds(value: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time from the REST API."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def wait_for_run(client: AirflowClient, run_id: str) -> list[dict]:
     timeout = float(os.environ.get("CATSDOGS_E2E_RUN_TIMEOUT_S", "1500"))
     state = client.follow(TRAINING_DAG_ID, run_id, timeout=timeout, poll_s=10)
@@ -248,6 +303,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     source = seed_photos(stack, sample_dir, tmp_path)
     client = airflow_client(stack)
     run_id = trigger_training(client, source)
+    # Celery: stop the worker running INTERRUPTED mid-stage, start it again; the run must finish.
+    interruption = interrupt_worker(stack, client, run_id, INTERRUPTED)
     instances = wait_for_run(client, run_id)
     stack.phase("dag_run", t)
     by_task = {ti["task_id"]: ti for ti in instances}
@@ -255,12 +312,50 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     for stage in STAGES:
         assert by_task[stage]["state"] == "success", stage
         assert by_task[stage]["operator"] == "StageDockerOperator", by_task[stage]["operator"]
+    # Placement: each task on its queue, consumed by that queue's worker (fixed hostnames).
+    placement = {ti["task_id"]: {"hostname": ti["hostname"], "queue": ti["queue"]}
+                 for ti in instances}
+    figures["placement"] = placement
+    for stage in PIPELINE:
+        assert placement[stage.name] == {"hostname": WORKER_OF_QUEUE[stage.queue],
+                                         "queue": stage.queue}, (stage.name, placement)
+    assert {placement[s]["hostname"] for s in ("ingest", "validate", "prepare", "transform")} \
+        == {"airflow-worker-cpu"}
+    assert {placement[s]["hostname"] for s in ("train", "promote")} == {"airflow-worker-gpu"}
+    # Redelivery: the lost try failed on its heartbeat, the retry ran on the restarted worker;
+    # the other tasks ran once; no stage container of the run is left (the killed try's removed).
+    tries = client.task_tries(TRAINING_DAG_ID, run_id, INTERRUPTED)
+    assert [t["try_number"] for t in tries] == [1, 2], tries
+    assert tries[0]["state"] != "success" and tries[1]["state"] == "success", tries
+    assert all(by_task[s]["try_number"] == 1 for s in STAGES if s != INTERRUPTED), by_task
+    assert stage_containers(run_id) == [], "stage containers left behind"
+    # Who failed the lost try: the scheduler's heartbeat check (Celery does not redeliver the
+    # unacknowledged message before the broker's visibility timeout), and the retry removed the
+    # lost try's container, still running on the engine after the worker stopped.
+    timeouts = client.event_logs(TRAINING_DAG_ID, run_id, INTERRUPTED, "heartbeat timeout")
+    assert timeouts, "the lost try was not failed by the heartbeat check"
+    retry_log = client.task_log(TRAINING_DAG_ID, run_id, INTERRUPTED, 2)
+    assert "left by try 1 of this task" in retry_log, retry_log[-3000:]
+    lost_s = iso_seconds(tries[1]["start_date"]) - iso_seconds(tries[0]["start_date"])
+    figures["redelivery"] = {
+        **interruption,
+        "tries": [{k: t.get(k) for k in ("try_number", "state", "hostname", "start_date",
+                                         "end_date")} for t in tries],
+        "retry_started_after_stop_s": round(iso_seconds(tries[1]["start_date"])
+                                            - interruption["stopped_epoch"], 1),
+        "time_lost_s": round(lost_s, 1),
+        "failed_by": f"scheduler heartbeat check at {timeouts[0]['when']}",
+        "stale_container_removed_by_retry": True,
+        "heartbeat_timeout_s": int(stack.env["AIRFLOW_TASK_HEARTBEAT_TIMEOUT_S"]),
+        "stage_containers_left": 0}
     listing = run(["docker", "run", "--rm", "--network", "none", "-v",
                    f"{stack.env['CATSDOGS_DATA_VOLUME']}:/data",
                    stack.env["CATSDOGS_WORKER_IMAGE"], "sh", "-c",
-                   "ls /data; ls /data/transformed/train/cat | wc -l; ls /data/raw/cat | wc -l"],
+                   "ls /data; find /data -name '.*.tmp-*' | wc -l; "
+                   "ls /data/transformed/train/cat | wc -l; ls /data/raw/cat | wc -l"],
                   120).stdout.split()
     assert {"raw", "prepared", "transformed", "reports"} <= set(listing), listing
+    assert int(listing[-3]) == 0, "half-written stage output (.*.tmp-*) left on the volume"
     train_cats, raw_cats = int(listing[-2]), int(listing[-1])
     assert raw_cats == PER_CLASS and 0 < train_cats < raw_cats
 

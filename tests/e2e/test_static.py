@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from catsdogs.orchestration.stage_table import PIPELINE, QUEUES
 from tests.e2e.compose import (
     COMPOSE_FILE,
     DASHBOARD,
@@ -22,10 +23,12 @@ from tests.e2e.compose import (
 
 DOCKER_DIR = REPO_ROOT / "docker"
 GRAFANA = DOCKER_DIR / "grafana"
+WORKERS = ("airflow-worker-cpu", "airflow-worker-gpu")
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler",
-                    "airflow-dag-processor", "airflow-triggerer")
-LONG_RUNNING = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", "mlflow", "bento", "prometheus", "grafana")
+                    "airflow-dag-processor", "airflow-triggerer", *WORKERS)
+LONG_RUNNING = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler",
+                "airflow-dag-processor", "airflow-triggerer", *WORKERS, "mlflow", "bento",
+                "prometheus", "grafana")
 
 
 @pytest.fixture(scope="module")
@@ -66,24 +69,84 @@ def test_airflow_containers_share_one_configuration(config: dict) -> None:
     services = config["services"]
     envs = [_env(services[name]) for name in AIRFLOW_SERVICES]
     for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "CATSDOGS_DATA_VOLUME",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__CORE__EXECUTOR",
+                "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "CATSDOGS_DATA_VOLUME",
                 "CATSDOGS_DOCKER_NETWORK", "CATSDOGS_WORKER_IMAGE", "MLFLOW_TRACKING_URI"):
         assert len({env.get(key) for env in envs}) == 1, f"{key} differs between Airflow containers"
     env = envs[0]
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # Airflow's official layout: Redis the broker, the metadata database the result backend.
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("@redis:6379/0")
+    db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split("://", 1)[1]
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql+psycopg2://{db}"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["CATSDOGS_RUNNER"] == "docker"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
 def test_stage_containers_find_the_volume_network_and_engine(config: dict) -> None:
+    """The Celery workers start the stage containers: they get the engine's socket (and its
+    group), nothing else Airflow runs does."""
+    services = config["services"]
+    for name in WORKERS:
+        env = _env(services[name])
+        assert config["volumes"]["catsdogs-data"]["name"] == env["CATSDOGS_DATA_VOLUME"]
+        assert config["networks"]["catsdogs"]["name"] == env["CATSDOGS_DOCKER_NETWORK"]
+        mounts = {m["target"]: m for m in services[name]["volumes"]}
+        assert mounts["/var/run/docker.sock"]["type"] == "bind"
+        assert services[name]["group_add"]
+    for name in set(AIRFLOW_SERVICES) - set(WORKERS):
+        targets = {m["target"] for m in services[name].get("volumes", [])}
+        assert "/var/run/docker.sock" not in targets, f"{name} does not need the Docker socket"
+    for name in ("mlflow", *WORKERS):
+        assert "catsdogs" in services[name]["networks"]
+
+
+def test_celery_workers_consume_the_queues_the_stage_table_names(config: dict) -> None:
+    """One worker per queue of the stage table (`Stage.queue`), each with a fixed hostname (the
+    task instances' `hostname`), the GPU stages' queue on the GPU worker."""
+    services = config["services"]
+    consumed: dict[str, str] = {}
+    for name, service in services.items():
+        command = service.get("command") or []
+        if command[:3] == ["airflow", "celery", "worker"]:
+            queues = command[command.index("--queues") + 1].split(",")
+            assert service["hostname"] == name, f"{name}: hostname {service.get('hostname')}"
+            for queue in queues:
+                assert queue not in consumed, f"{queue} consumed by {consumed[queue]} and {name}"
+                consumed[queue] = name
+    assert sorted(consumed) == sorted(QUEUES)
+    assert {s.name: consumed[s.queue] for s in PIPELINE} == {
+        "ingest": "airflow-worker-cpu", "validate": "airflow-worker-cpu",
+        "prepare": "airflow-worker-cpu", "transform": "airflow-worker-cpu",
+        "train": "airflow-worker-gpu", "promote": "airflow-worker-gpu"}
+    for name in WORKERS:
+        assert {"redis", "postgres", "airflow-init"} <= set(services[name]["depends_on"])
+        assert "control.ping(destination=['celery@' + socket.gethostname()]" in " ".join(
+            services[name]["healthcheck"]["test"])
+
+
+def test_broker_redelivers_only_after_the_longest_stage(config: dict) -> None:
+    """An unacknowledged task goes back to the queue after the visibility timeout: it must be
+    longer than any stage may run, or a healthy stage would be started twice."""
     env = _env(config["services"]["airflow-scheduler"])
-    assert config["volumes"]["catsdogs-data"]["name"] == env["CATSDOGS_DATA_VOLUME"]
-    assert config["networks"]["catsdogs"]["name"] == env["CATSDOGS_DOCKER_NETWORK"]
-    mounts = {m["target"]: m for m in config["services"]["airflow-scheduler"]["volumes"]}
-    assert mounts["/var/run/docker.sock"]["type"] == "bind"
-    for name in ("mlflow", "airflow-scheduler"):
-        assert "catsdogs" in config["services"][name]["networks"]
+    visibility_s = int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"])
+    assert visibility_s > max(stage.timeout_minutes for stage in PIPELINE) * 60
+    heartbeat_s = int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"])
+    assert 0 < heartbeat_s < visibility_s
+
+
+def test_redis_broker_is_private_and_password_protected(config: dict) -> None:
+    redis = config["services"]["redis"]
+    assert not redis.get("ports"), "the broker is not published on the host"
+    script = " ".join(redis["command"])
+    assert "requirepass $$REDIS_PASSWORD" in script or "requirepass $REDIS_PASSWORD" in script
+    password = _env(redis)["REDIS_PASSWORD"]
+    broker = _env(config["services"]["airflow-scheduler"])["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker == f"redis://:{password}@redis:6379/0"
+    assert "catsdogs" in redis["networks"]
 
 
 def test_mlflow_serves_artifacts_from_postgres_and_allows_its_service_name(config: dict) -> None:

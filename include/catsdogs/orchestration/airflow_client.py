@@ -151,6 +151,22 @@ class AirflowClient:
         path = f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/links"
         return self.request("GET", path)["extra_links"]
 
+    def task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of a task instance, oldest first (`try_number`, `state`, `hostname`,
+        `queue`, `start_date`, `end_date`...)."""
+        path = f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/tries"
+        tries = self.request("GET", path)["task_instances"]
+        return sorted(tries, key=lambda t: t["try_number"])
+
+    def event_logs(self, dag_id: str, run_id: str, task_id: str | None = None,
+                   event: str | None = None) -> list[dict[str, Any]]:
+        """The audit log's entries of a DAG run (`event`, `when`, `try_number`, `extra`...),
+        oldest first; e.g. event "heartbeat timeout" when the scheduler failed a lost try."""
+        query = {"dag_id": dag_id, "run_id": run_id, "order_by": "when", "limit": 100}
+        query.update({k: v for k, v in (("task_id", task_id), ("event", event)) if v})
+        path = f"/api/v2/eventLogs?{urllib.parse.urlencode(query)}"
+        return self.request("GET", path)["event_logs"]
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         """The text of one try's log."""
         path = (f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{try_number}"

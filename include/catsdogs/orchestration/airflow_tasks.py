@@ -3,13 +3,18 @@ of three modes.
 
 - docker (default): one `DockerOperator` per stage running the worker image on the shared named
   volume mounted at /data, on the compose network, GPUs requested for GPU stages when the run's
-  `gpu` param is on.
+  `gpu` param is on. Each container is labelled with its task instance; a later try first removes
+  the containers an earlier try left behind (its Celery worker was stopped or lost), so a killed
+  attempt never keeps running beside its retry.
 - local: the same `catsdogs <stage>` command as a Bash task in the Airflow environment (hosts
   without Docker, fast tests).
 - kubernetes: one `KubernetesPodOperator` pod per stage: the worker image, a ReadWriteMany
   PersistentVolumeClaim at /data, the stage table's CPU/memory requests, a GPU limit, node
   selector and tolerations for GPU stages when the run's `gpu` param is on, Kaggle credentials
   from a Kubernetes Secret (`secretKeyRef`, never a value).
+
+Every task goes to its stage's Celery queue (`Stage.queue`: `gpu` for GPU stages, else
+`default`); executors without queues (LocalExecutor in `make demo`) ignore it.
 
 Every task runs the same command string: `catsdogs <stage> --set section.key=value ...`, rendered
 from the run's params. The stage writes its summary as JSON ($CATSDOGS_SUMMARY_FILE); the task reads
@@ -60,6 +65,8 @@ DEFAULT_SCHEDULE = "0 2 * * *"
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 # Where the stage writes its JSON summary inside the worker container (copied out afterwards).
 CONTAINER_SUMMARY_FILE = "/tmp/catsdogs-summary.json"
+# Docker labels naming the task instance a stage container belongs to (see stage_labels()).
+LABEL_PREFIX = "io.catsdogs."
 
 # DAG param -> the params.yaml key it overrides (the UI form shows these; see dag_params()).
 PARAM_KEYS: dict[str, str] = {
@@ -285,9 +292,30 @@ class StageBashOperator(_StageMixin, BashOperator):
         return self._finish(summary)
 
 
+def stage_labels(dag_id: str, run_id: str, task_id: str, try_number: int) -> dict[str, str]:
+    """Docker labels of a stage container: the task instance it runs (`io.catsdogs.dag_id`,
+    `.run_id`, `.task_id`) and the try (`.try_number`)."""
+    return {f"{LABEL_PREFIX}dag_id": dag_id, f"{LABEL_PREFIX}run_id": run_id,
+            f"{LABEL_PREFIX}task_id": task_id, f"{LABEL_PREFIX}try_number": str(try_number)}
+
+
+def task_instance_filter(labels: Mapping[str, str]) -> dict[str, list[str]]:
+    """A Docker `filters` argument matching every try's containers of the task instance that
+    `labels` names (the try number left out)."""
+    return {"label": [f"{key}={value}" for key, value in labels.items()
+                      if key != f"{LABEL_PREFIX}try_number"]}
+
+
 class StageDockerOperator(_StageMixin, DockerOperator):
     """Docker mode: the stage in the worker image, GPUs only when the stage and the run want them;
-    the summary file is copied out of the finished container (`retrieve_output`)."""
+    the summary file is copied out of the finished container (`retrieve_output`).
+
+    The container carries its task instance's labels (`stage_labels`). When the Celery worker that
+    ran a try is stopped or lost, Airflow fails the try after the heartbeat timeout and retries it,
+    possibly on another worker; the container the lost try started may still be running on the
+    engine. The retry removes it first (`remove_stale_containers`): stages write atomically, so
+    killing one mid-write leaves no half-written output, and two tries never write side by side.
+    """
 
     pickling_library = json  # DockerOperator loads the retrieved file with this library
 
@@ -305,7 +333,21 @@ class StageDockerOperator(_StageMixin, DockerOperator):
         """The GPU request this run gets: the stage's, when the run's `gpu` param is on."""
         return self.gpu_device_requests if params.get("gpu") else None
 
+    def remove_stale_containers(self, labels: Mapping[str, str]) -> list[str]:
+        """Force-remove the containers that earlier tries of this task instance left on the
+        engine (running or exited); their ids. Call before starting this try's container."""
+        stale = self.cli.containers(all=True, filters=task_instance_filter(labels))
+        for container in stale:
+            old_try = container.get("Labels", {}).get(f"{LABEL_PREFIX}try_number", "?")
+            log.warning("catsdogs %s: removing container %s (%s) left by try %s of this task",
+                        self.stage_name, container["Id"][:12], container.get("State", "?"), old_try)
+            self.cli.remove_container(container["Id"], force=True)
+        return [container["Id"] for container in stale]
+
     def execute(self, context: Any) -> Any:
+        ti = context["ti"]
+        self.labels = stage_labels(ti.dag_id, ti.run_id, ti.task_id, ti.try_number)
+        self.remove_stale_containers(self.labels)
         self.device_requests = self.device_requests_for(context["params"])
         self.environment = {**self.environment, **airflow_context_env(context)}
         if self.needs_kaggle:
@@ -358,14 +400,15 @@ def docker_settings() -> dict[str, Any]:
 
 
 def make_task(stage: Stage, mode: str) -> BaseOperator:
-    """One task for one stage; retries with exponential backoff, a timeout, its assets, and the
-    MLflow link where the stage logs to MLflow."""
+    """One task for one stage, on the stage's Celery queue; retries with exponential backoff, a
+    timeout, its assets, and the MLflow link where the stage logs to MLflow."""
     common: dict[str, Any] = {
         "task_id": stage.name,
         "stage": stage,
         "doc_md": f"**{stage.name}**: {stage.description}.",
         "execution_timeout": timedelta(minutes=stage.timeout_minutes),
         "outlets": [Asset(name=uri.split("://", 1)[1], uri=uri) for uri in stage.assets],
+        "queue": stage.queue,
     }
     if mode == "local":
         return StageBashOperator(**common)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRAINING_DAG_ID = "catsdogs_training"
+DEFAULT_QUEUE = "default"   # Airflow's [operators] default_queue: the CPU (data) workers
+GPU_QUEUE = "gpu"           # the workers on hosts with GPUs
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,13 @@ class Stage:
     # `memory` is the request and the limit (above it the pod is OOM-killed, not a neighbour).
     cpu: str = "1"
     memory: str = "2Gi"
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue its task goes to: `gpu` for the stages that need a GPU, else
+        `default`. Each compose Celery worker consumes one (`airflow celery worker -q`); the
+        LocalExecutor (`make demo`) ignores it."""
+        return GPU_QUEUE if self.needs_gpu else DEFAULT_QUEUE
 
     @property
     def module(self) -> str:
@@ -70,3 +79,6 @@ PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)
 """The training DAG's tasks, in order."""
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in PIPELINE)
+
+QUEUES: tuple[str, ...] = tuple(dict.fromkeys(stage.queue for stage in PIPELINE))
+"""The Celery queues the training DAG's tasks go to, in pipeline order (`default`, `gpu`)."""
