@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     prediction_log_url: str = ""  # SQLAlchemy URL; empty: sqlite:///<data dir>/monitoring/predictions.db
     prediction_log_batch_rows: int = Field(256, ge=1)  # rows per insert
     prediction_log_flush_s: float = Field(2.0, gt=0.0)  # longest wait before an insert (seconds)
-    prediction_log_queue: int = Field(4096, ge=1)  # rows waiting at most; beyond, dropped and counted
+    prediction_log_queue: int = Field(1024, ge=1)  # rows waiting at most; beyond, dropped and counted
     prediction_log_retention_days: float = Field(30.0, ge=0.0)  # older rows deleted; 0: kept forever
     prediction_log_sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of pictures saved
     prediction_log_sample_dir: str = ""  # where; empty: <data dir>/monitoring/pictures
