@@ -13,6 +13,9 @@ The version's model card (`catsdogs.training.model_card`) is refreshed and store
 model as `model_card.md`; the service serves it at `/model/card`. Re-importing the same registry
 version imports nothing again; it only brings the stored card up to date (the card's history
 changes as the version is promoted, deployed or rolled back).
+
+The training run's out-of-distribution calibration is copied into the Bento model's `ood/`
+folder.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from catsdogs.summary import Summary
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = "catsdogs_cnn"
+OOD_FOLDER_NAME = "ood"  # the training run's ood.json + ood.npz inside the Bento model
 
 
 def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
@@ -154,6 +158,15 @@ def _store_card(stored: Any, metadata: dict[str, Any]) -> bool:
     return True
 
 
+def import_ood(run_id: str, folder: Path) -> bool:
+    """Copy the training run's out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`:
+    catsdogs.monitoring.reference) into the Bento model; False (and a warning) when the run has
+    none, so the service answers `in_distribution: null`."""
+    from catsdogs.monitoring.reference import download_ood
+
+    return download_ood(run_id, folder) is not None
+
+
 def run(params: Params, paths: DataPaths, model_uri: str | None = None,
         bento_model: str = BENTO_MODEL_NAME, calibration_dir: Path | None = None,
         calibration_images: int = 400) -> Summary:
@@ -176,6 +189,7 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     imported = bentoml.mlflow.import_model(bento_model, model_uri, labels=labels,
                                            metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
+    import_ood(metadata["run_id"], Path(stored.path_of(OOD_FOLDER_NAME)))
     files = calibration_files(calibration_dir, calibration_images)
     agreement = measure_bf16_agreement(Path(stored.path_of("mlflow_model")), metadata, files)
     if agreement is not None:
