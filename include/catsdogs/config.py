@@ -87,6 +87,7 @@ class TrainParams(_Section):
     num_workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    ood_quantile: float = Field(0.99, gt=0, lt=1)
 
 
 class ModelParams(_Section):

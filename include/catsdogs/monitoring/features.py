@@ -63,3 +63,25 @@ def embed(net: Any, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         hook.remove()
     probabilities = torch.softmax(logits.float(), dim=1)
     return captured[0].float().cpu().numpy(), probabilities.cpu().numpy()
+
+
+def with_embedding(net: Any) -> Any:
+    """A copy of `net` whose forward returns (N,C logits, N,D embedding) from ONE pass: the last
+    `Linear` (the head) is taken out of the body and applied to the body's output, which is the
+    head's input. Holds for networks whose head is the last operation of `forward` (ResNet's
+    `fc`, MobileNetV2's `classifier[-1]`: what `build_model` makes). ValueError when `net` has no
+    Linear layer (e.g. an exported graph)."""
+    import copy
+
+    import torch
+
+    from catsdogs.monitoring.embedding_net import WithEmbedding
+
+    head = _head(net)
+    body = copy.deepcopy(net)
+    name = next(n for n, m in net.named_modules() if m is head)
+    parent_name, _, attribute = name.rpartition(".")
+    parent = body.get_submodule(parent_name) if parent_name else body
+    setattr(parent, attribute, torch.nn.Identity())
+    return WithEmbedding(body, copy.deepcopy(head)).eval()
+

@@ -1,6 +1,10 @@
 """The train stage: transfer-learn the CNN on transformed/, log everything to MLflow, register the
 model as a new `CatsDogsCNN` version with alias `challenger`.
 
+Besides metrics and reports, the run carries the model's reference profile and out-of-distribution
+calibration (`monitoring/reference.parquet`, `monitoring/ood.json`, `monitoring/ood.npz`:
+`catsdogs.monitoring.reference`), which the service and the monitor read by the version's run id.
+
 Idempotent: a finished run with the same fingerprint (data files, params, device) is reused unless
 `--force` is given.
 """
@@ -194,6 +198,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
 
     from catsdogs import tracking
     from catsdogs.config import CLASSES
+    from catsdogs.monitoring.reference import log_reference
     from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import fit, predict
     from catsdogs.training.metrics import classification_metrics
@@ -237,6 +242,9 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
                         "train_seconds": result.train_seconds})
         _log_reports(paths, params, active.info.run_id, device, precision, result, test,
                      labels, probs)
+        reference = log_reference(model, data, paths, CLASSES, device, settings.ood_quantile)
+        _log_metrics({"reference_seconds": reference["seconds"],
+                      "ood_threshold": reference["ood_threshold"]})
         example = next(iter(batches["test"]))[0][:2].numpy()
         model = model.to("cpu").float().to(memory_format=torch.contiguous_format)
         version = tracking.log_and_register(

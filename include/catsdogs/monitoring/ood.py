@@ -1,0 +1,139 @@
+"""Out-of-distribution score of a picture from its penultimate-layer embedding: the Mahalanobis
+distance to the nearest class-conditional Gaussian with one shared covariance (Lee et al. 2018,
+"A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks")
+on L2-normalised embeddings (as in SSD, Sehwag et al. 2021, and KNN, Sun et al. 2022).
+
+Why normalised: noise and text pictures give embeddings of SMALL norm (measured with ImageNet
+MobileNetV2 on real photos: mean norm 10 for noise, 23 for text, 51 for cats and dogs), which lie
+close to the class means in raw space, so raw Mahalanobis called 0% of them out of distribution;
+on the unit sphere it is the direction that counts, and 100% of noise, text and scikit-image's
+non-pet photos came out (tests/monitoring/test_ood_real_photos.py has the current figures).
+
+Fitted at training time on the train split's embeddings and true labels (class means; the
+covariance of the class-centred embeddings, Ledoit-Wolf shrunk because the embedding has 512-1280
+dimensions and the train split may hold fewer pictures), and calibrated on the validation split:
+the threshold is the `quantile` of the in-distribution validation scores, so by construction about
+(1 - quantile) of pictures like the validation ones are flagged.
+
+    u = x / |x|
+    score(x) = min_c (u - mu_c)^T P (u - mu_c)        (mu_c, P: fitted on normalised embeddings)
+    in_distribution = score <= threshold
+
+Scoring needs numpy only (the served image carries no scikit-learn). Written here rather than
+taken from a library (e.g. pytorch-ood, PyOD) because it is ~20 lines of linear algebra on the
+embedding the service already computes, and those libraries bring their own model wrappers.
+
+Stored as two files (the train stage logs them under `monitoring/` of the run; the Bento import
+copies them into the Bento model):
+- `ood.json`: {"method": "mahalanobis", "threshold", "quantile", "embedding_size", "normalised": true,
+  "classes",
+  "val_scores": {"p50", "p95", "p99", "max"}, "val_in_distribution_rate", "arrays": "ood.npz"}
+- `ood.npz`: `means` (C,D float32), `precision` (D,D float32).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHOD = "mahalanobis"
+JSON_FILE, ARRAYS_FILE = "ood.json", "ood.npz"
+
+
+@dataclass(frozen=True)
+class OodDetector:
+    """Class means (C,D), shared precision (D,D), threshold on the score (squared distance)."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    quantile: float
+    classes: tuple[str, ...]
+    calibration: dict[str, Any]
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.means.shape[1])
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """N,D embeddings -> N float32 scores (squared Mahalanobis distance to the nearest class;
+        higher: less like the training pictures). ValueError when D does not match."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.embedding_size:
+            raise ValueError(f"embeddings of shape {x.shape}; the detector takes N x "
+                             f"{self.embedding_size}")
+        x = normalise(x)
+        scores = []
+        for mean in self.means:
+            centred = x - mean
+            scores.append(np.einsum("nd,nd->n", centred @ self.precision, centred))
+        return np.min(np.stack(scores), axis=0).astype(np.float32)
+
+    def in_distribution(self, scores: np.ndarray) -> np.ndarray:
+        """N scores -> N booleans (True: looks like the training pictures)."""
+        return np.asarray(scores) <= self.threshold
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write `ood.json` and `ood.npz` into `folder`; returns both paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / ARRAYS_FILE, means=self.means.astype(np.float32),
+                 precision=self.precision.astype(np.float32))
+        (folder / JSON_FILE).write_text(json.dumps({
+            "method": METHOD, "threshold": self.threshold, "quantile": self.quantile,
+            "embedding_size": self.embedding_size, "normalised": True, "classes": list(self.classes),
+            **self.calibration, "arrays": ARRAYS_FILE}, indent=2))
+        return [folder / JSON_FILE, folder / ARRAYS_FILE]
+
+    @classmethod
+    def load(cls, folder: Path) -> OodDetector:
+        """Read what `save` wrote. FileNotFoundError when absent, ValueError when malformed."""
+        meta = json.loads((folder / JSON_FILE).read_text())
+        if meta.get("method") != METHOD:
+            raise ValueError(f"{folder / JSON_FILE}: method {meta.get('method')!r}, expected "
+                             f"{METHOD!r}")
+        with np.load(folder / meta.get("arrays", ARRAYS_FILE)) as arrays:
+            means, precision = arrays["means"], arrays["precision"]
+        if precision.shape != (means.shape[1], means.shape[1]):
+            raise ValueError(f"{folder / ARRAYS_FILE}: precision {precision.shape} does not "
+                             f"match means {means.shape}")
+        extra = {k: v for k, v in meta.items() if k in ("val_scores", "val_in_distribution_rate",
+                                                         "train_pictures", "val_pictures")}
+        return cls(means, precision, float(meta["threshold"]), float(meta["quantile"]),
+                   tuple(meta.get("classes") or ()), extra)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (an all-zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fit(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: np.ndarray,
+        classes: tuple[str, ...], quantile: float = 0.99) -> OodDetector:
+    """Fit on the train split (N,D embeddings, N class indices) and set the threshold at the
+    `quantile` of the validation split's scores (M,D). ValueError when a class has no picture."""
+    from sklearn.covariance import LedoitWolf
+
+    x = normalise(np.asarray(train_embeddings, dtype=np.float64))
+    labels = np.asarray(train_labels)
+    present = sorted(set(labels.tolist()))
+    if len(present) < 1 or len(x) < 2:
+        raise ValueError(f"the out-of-distribution detector needs at least 2 training pictures "
+                         f"(got {len(x)})")
+    means = np.stack([x[labels == c].mean(axis=0) for c in present])
+    centred = x - means[np.searchsorted(present, labels)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    unfitted = OodDetector(means.astype(np.float32), precision.astype(np.float32), np.inf,
+                           quantile, classes, {})
+    val = unfitted.score(val_embeddings)
+    threshold = float(np.quantile(val, quantile))
+    calibration = {
+        "val_scores": {"p50": float(np.quantile(val, 0.5)), "p95": float(np.quantile(val, 0.95)),
+                       "p99": float(np.quantile(val, 0.99)), "max": float(val.max())},
+        "val_in_distribution_rate": float(np.mean(val <= threshold)),
+        "train_pictures": len(x), "val_pictures": len(val)}
+    return OodDetector(unfitted.means, unfitted.precision, threshold, quantile, classes,
+                       calibration)

@@ -1,0 +1,199 @@
+"""The reference profile: what the training pictures looked like to the model, logged with every
+trained model version so that whichever version is served has its own reference.
+
+The train stage calls `log_reference` inside its MLflow run, after the best weights are loaded. It
+is inference only, over the tensor cache the training already read (`catsdogs.training.cache`):
+one forward pass per picture of the train and val splits through `features.with_embedding` (the
+same (logits, embedding) module the service runs), fp32 on the training device.
+
+Artifacts of the training run (the served version's `run_id` finds them):
+
+- `monitoring/reference.parquet` (`REFERENCE_ARTIFACT`): one row per picture of the train and val
+  splits, columns
+    split (str: train|val), true_label (str), label (str: predicted), confidence (float: its
+    probability), width, height (int: the ORIGINAL picture's pixels, from the prepared manifest
+    when the data dir has it, else the transformed file's), format (str: JPEG, PNG, ...),
+    brightness, contrast, saturation (float in [0, 1], `features.image_statistics` of the model's
+    input pixels), ood_score (float), in_distribution (bool), emb_0 .. emb_{D-1} (float32: the
+    full penultimate-layer embedding, D = 1280 for mobilenet_v2, 512 for resnet18).
+- `monitoring/ood.json` + `monitoring/ood.npz` (`OOD_ARTIFACTS`): the out-of-distribution
+  detector fitted on the train split and calibrated on the val split (`catsdogs.monitoring.ood`).
+
+`load_reference(run_id)` and `download_ood(run_id, folder)` read them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catsdogs.monitoring.features import embedding_columns, image_statistics
+from catsdogs.paths import DataPaths
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "monitoring"
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ARTIFACT = f"{ARTIFACT_DIR}/{REFERENCE_FILE}"
+OOD_ARTIFACTS = (f"{ARTIFACT_DIR}/ood.json", f"{ARTIFACT_DIR}/ood.npz")
+REFERENCE_SPLITS = ("train", "val")
+PROFILE_BATCH = 64
+
+
+def run_network(net: Any, pixels: Any, device: Any, batch_size: int = PROFILE_BATCH
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """N,3,S,S uint8 pixels through `features.with_embedding(net)` in fp32 ->
+    (N,D float32 embedding, N,C float32 probabilities)."""
+    import torch
+
+    from catsdogs.monitoring.features import with_embedding
+    from catsdogs.training.model import normalize
+
+    model = with_embedding(net).to(device).float().eval()
+    embeddings, probabilities = [], []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch_size):
+            batch = normalize(torch.as_tensor(pixels[start:start + batch_size]).to(device))
+            logits, embedding = model(batch)
+            probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            embeddings.append(embedding.float().cpu().numpy())
+    return np.concatenate(embeddings), np.concatenate(probabilities)
+
+
+def picture_headers(paths: DataPaths, split: str, files: Sequence[Path]
+                    ) -> list[tuple[int, int, str]]:
+    """(width, height, format) of each transformed file's ORIGINAL picture: through
+    `transformed/splits.csv` to the prepared manifest's row; the transformed file's own header
+    where either is missing (e.g. a hand-made transformed/ folder)."""
+    from PIL import Image
+
+    from catsdogs.data.manifest import read_csv
+
+    original: dict[str, tuple[int, int, str]] = {}
+    if paths.splits_csv.exists() and paths.prepared_manifest.exists():
+        try:
+            prepared = {r["path"]: r for r in read_csv(paths.prepared_manifest,
+                                                        ("path", "width", "height", "format"),
+                                                        "prepare")}
+            for row in read_csv(paths.splits_csv, ("path", "source"), "transform"):
+                found = prepared.get(row["source"])
+                if found is not None:
+                    original[row["path"]] = (int(found["width"]), int(found["height"]),
+                                             found["format"].upper())
+        except Exception as exc:  # noqa: BLE001 (the headers below are a good stand-in)
+            log.warning("reference profile: original picture sizes unreadable (%s); using the "
+                        "transformed files' sizes", exc)
+    headers = []
+    for file in files:
+        key = str(file.relative_to(paths.transformed))
+        if key in original:
+            headers.append(original[key])
+            continue
+        with Image.open(file) as image:
+            headers.append((image.width, image.height, str(image.format or "")))
+    return headers
+
+
+def profile_frame(split: str, labels: np.ndarray, probabilities: np.ndarray,
+                  pixels: Any, headers: Sequence[tuple[int, int, str]],
+                  classes: Sequence[str]) -> Any:
+    """The reference rows of one split (columns: module docstring, without the OOD columns)."""
+    import pandas as pd
+
+    predicted = probabilities.argmax(axis=1)
+    stats = [image_statistics(np.asarray(pixels[i]).transpose(1, 2, 0))
+             for i in range(len(labels))]
+    return pd.DataFrame({
+        "split": split, "true_label": [classes[int(i)] for i in labels],
+        "label": [classes[int(i)] for i in predicted],
+        "confidence": probabilities.max(axis=1).astype(np.float64),
+        "width": [h[0] for h in headers], "height": [h[1] for h in headers],
+        "format": [h[2] for h in headers],
+        **{key: [s[key] for s in stats] for key in ("brightness", "contrast", "saturation")}})
+
+
+def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Sequence[str],
+                  device: Any, quantile: float) -> dict[str, Any]:
+    """Profile the train and val splits, fit and calibrate the out-of-distribution detector, log
+    `REFERENCE_ARTIFACT` and `OOD_ARTIFACTS` to the active MLflow run. `data`: split name ->
+    `TensorSplit`. Returns what it measured (pictures, seconds, val in-distribution rate)."""
+    import mlflow
+    import pandas as pd
+
+    from catsdogs.monitoring import ood
+    from catsdogs.training.loading import list_images
+
+    started = time.perf_counter()
+    frames, embeddings, labels = [], {}, {}
+    for split in REFERENCE_SPLITS:
+        tensors = data[split]
+        emb, probs = run_network(net, tensors.pixels, device)
+        files = [path for path, _ in list_images(paths.split_dir(split))]
+        labels[split] = tensors.labels.numpy()
+        embeddings[split] = emb
+        frames.append(profile_frame(split, labels[split], probs, tensors.pixels,
+                                    picture_headers(paths, split, files), classes))
+    detector = ood.fit(embeddings["train"], labels["train"], embeddings["val"], tuple(classes),
+                       quantile)
+    every = np.concatenate([embeddings[s] for s in REFERENCE_SPLITS])
+    frame = pd.concat(frames, ignore_index=True)
+    scores = detector.score(every)
+    frame["ood_score"] = scores.astype(np.float64)
+    frame["in_distribution"] = detector.in_distribution(scores)
+    frame = pd.concat([frame, pd.DataFrame(every, columns=embedding_columns(every.shape[1]))],
+                      axis=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT_DIR
+        folder.mkdir()
+        frame.to_parquet(folder / REFERENCE_FILE, index=False)
+        detector.save(folder)
+        mlflow.log_artifacts(str(folder), ARTIFACT_DIR)
+    seconds = time.perf_counter() - started
+    summary = {"pictures": len(frame), "embedding_size": int(every.shape[1]),
+               "seconds": round(seconds, 2), "ood_threshold": detector.threshold,
+               "val_in_distribution_rate": detector.calibration["val_in_distribution_rate"]}
+    log.info("reference profile: %d pictures (train + val), %d-d embedding, out-of-distribution "
+             "threshold %.1f (%.0f%% of val in distribution) in %.1fs", len(frame),
+             every.shape[1], detector.threshold, 100 * summary["val_in_distribution_rate"],
+             seconds)
+    return summary
+
+
+def load_reference(run_id: str) -> Any:
+    """The reference profile (a pandas DataFrame) of a training run. Raises
+    `mlflow.exceptions.MlflowException` when the run has none (trained before profiles existed)."""
+    import mlflow
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                    artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
+        return pd.read_parquet(local)
+
+
+def download_ood(run_id: str, folder: Path) -> Path | None:
+    """Copy the run's `ood.json` and `ood.npz` into `folder`; None when the run has none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for artifact in OOD_ARTIFACTS:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                        dst_path=str(folder / ".download"))
+            Path(local).replace(folder / Path(artifact).name)
+    except (MlflowException, OSError) as exc:
+        log.warning("run %s has no out-of-distribution calibration (%s): trained before "
+                    "reference profiles existed?", run_id, exc)
+        return None
+    finally:
+        import shutil
+
+        shutil.rmtree(folder / ".download", ignore_errors=True)
+    return folder
