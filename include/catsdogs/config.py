@@ -118,6 +118,7 @@ class MonitorParams(_Section):
     p_value: float = Field(0.001, gt=0, lt=1)
     threshold: float = Field(0.25, gt=0, le=1)
     reference_rows: int = Field(1000, ge=50)
+    reference_split: Literal["val", "train", "all"] = "val"
     cooldown_hours: float = Field(24.0, ge=0)
     schedule: str = "@hourly"
 
