@@ -14,7 +14,7 @@ from catsdogs.monitoring.drift import EMBEDDING, SIGNALS, compare
 from tests.conftest import REPO_ROOT
 from tests.monitoring.conftest import CLEAN_WINDOWS, WINDOW, PhotoFeatures
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(2400)
 
 
 @pytest.fixture(scope="module")
