@@ -16,6 +16,15 @@ ImageNet weights when torchvision's cache has them (`python -m catsdogs.training
 ResNet18's cannot be downloaded here, so it keeps random ones) and a cats/dogs head fitted on
 300 sample photos that are not in the load set, and is registered in a temporary MLflow store.
 The bento import measures its fp32/bf16 label agreement on real photos, which decides bf16.
+That model also gets an out-of-distribution calibration fitted on the same 300 photos, so the
+service scores every answer as it does with a trained model.
+
+    python benchmarks/serve_load.py --logging-cost [--rounds 3] [--requests 1000]
+
+compares the service with its prediction log on (SQLite in a temporary data dir, the local
+default) and off instead: two BentoML servers side by side, c=32 only unless --concurrency says
+otherwise, each level on one and then at once on the other; then it checks that every request of
+the logging server became a row (the target: at most 5% fewer requests/s with logging on).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ sys.path.insert(0, str(REPO_ROOT))
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 BOUNDARY = "catsdogs-benchmark-boundary"
 SERVERS = ("bentoml", "flask")
+LOGGING_SERVERS = ("log-on", "log-off")  # --logging-cost: the prediction log on / off
 LevelResult = tuple[float, float, float, int]  # requests/s, p50 ms, p99 ms, errors
 
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
@@ -94,20 +104,35 @@ def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, s
                 f"(train accuracy {accuracy:.3f})"
 
 
-def register(tracking_uri: str, net: object, image_size: int, arch: str) -> str:
-    """Register `net` as CatsDogsBench@champion in `tracking_uri`; returns its model URI."""
+def register(tracking_uri: str, net: object, image_size: int, arch: str,
+             files: list[Path]) -> str:
+    """Register `net` as CatsDogsBench@champion in `tracking_uri`, with an out-of-distribution
+    calibration fitted on `files` (4/5 fit, 1/5 threshold); returns its model URI."""
     import mlflow
     import numpy as np
+    import torch
     from mlflow import MlflowClient
 
     from catsdogs.config import CLASSES
+    from catsdogs.data.images import square_image
+    from catsdogs.monitoring import ood
+    from catsdogs.monitoring.reference import ARTIFACT_DIR, run_network
     from catsdogs.tracking import CHAMPION, log_and_register, version_tags
 
     mlflow.set_tracking_uri(tracking_uri)
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
+    pixels = torch.from_numpy(np.stack([np.asarray(square_image(f, image_size))
+                                        for f in files])).permute(0, 3, 1, 2)
+    embeddings, _ = run_network(net, pixels, "cpu")
+    labels = np.array([CLASSES.index(f.parent.name) for f in files])
+    fit = np.arange(len(files)) % 5 != 0
+    detector = ood.fit(embeddings[fit], labels[fit], embeddings[~fit], CLASSES)
     with mlflow.start_run():
         version = log_and_register(net, "CatsDogsBench", example,
                                    version_tags(image_size, CLASSES, arch))
+        with tempfile.TemporaryDirectory() as folder:
+            detector.save(Path(folder))
+            mlflow.log_artifacts(folder, ARTIFACT_DIR)
     MlflowClient().set_registered_model_alias("CatsDogsBench", CHAMPION, version.version)
     return "models:/CatsDogsBench@champion"
 
@@ -204,7 +229,7 @@ def cpu_probe_ms() -> float:
 def server_command(name: str, port: int, model_dir: str, image_size: int
                    ) -> tuple[list[str], str]:
     """The command that starts server `name` on `port`, and its health path."""
-    if name == "bentoml":
+    if name in ("bentoml", *LOGGING_SERVERS):
         return [str(Path(sys.executable).parent / "bentoml"), "serve",
                 "bentoservice.service:CatsDogs", "--host", "127.0.0.1", "--port", str(port)], \
             "/readyz"
@@ -229,6 +254,34 @@ def print_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -
               f"({b1[1]:.1f} vs {f1[1]:.1f} ms)", flush=True)
 
 
+def print_logging_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -> None:
+    print(f"\n{'concurrency':>11} | {'log on req/s':>12} {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'log off req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | on/off")
+    for c in levels:
+        on, off = results["log-on"][c], results["log-off"][c]
+        ratio = on[0] / off[0]
+        print(f"{c:>11} | {on[0]:>12.1f} {on[1]:>7.1f} {on[2]:>7.1f} | {off[0]:>13.1f} "
+              f"{off[1]:>7.1f} {off[2]:>7.1f} | {ratio:.3f} "
+              f"({'met' if ratio >= 0.95 else 'MISSED'}: at most 5% lower)", flush=True)
+
+
+def logged_rows(url: str) -> int:
+    from catsdogs.monitoring.prediction_log import read_predictions
+
+    return len(read_predictions(url))
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide precision (bf16 needs avx512_bf16 or AMX)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(wanted) or 'none of avx2/avx512'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", default=None, help="registered model (default: --arch with a fitted head)")
@@ -243,6 +296,8 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--calibration-images", type=int, default=400,
                         help="photos for the fp32/bf16 agreement check at import")
+    parser.add_argument("--logging-cost", action="store_true",
+                        help="the service with its prediction log on vs off (default c=32)")
     parser.add_argument("--flask-baseline", nargs=3, metavar=("MODEL_DIR", "SIZE", "PORT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,6 +308,7 @@ def main() -> int:
     if not (SAMPLE / "cat").is_dir():
         print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
         return 2
+    print(f"CPU: {cpu_description()}", flush=True)
     half = args.photos // 2
     bodies = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[:half]
               + sorted((SAMPLE / "dog").glob("*.jpg"))[:half]]
@@ -266,7 +322,8 @@ def main() -> int:
             + sorted((SAMPLE / "dog").glob("*.jpg"))[-150:]
         net, description = train_head(args.arch, args.image_size, head_files)
         print(f"benchmark model: {description}", flush=True)
-        model_uri = register(env["MLFLOW_TRACKING_URI"], net, args.image_size, args.arch)
+        model_uri = register(env["MLFLOW_TRACKING_URI"], net, args.image_size, args.arch,
+                             head_files)
     subprocess.run([sys.executable, "-m", "bentoservice.import_model", "--model-uri", model_uri,
                     "--calibration-dir", str(SAMPLE), "--calibration-images",
                     str(args.calibration_images), "--data-dir", str(work / "data")],
@@ -282,13 +339,19 @@ def main() -> int:
           f"label agreement: {metadata.get('bf16_agreement')} on "
           f"{metadata.get('bf16_agreement_images', 0)} photos", flush=True)
 
+    servers = LOGGING_SERVERS if args.logging_cost else SERVERS
+    levels = args.concurrency if not args.logging_cost or "--concurrency" in sys.argv else [32]
+    log_url = f"sqlite:///{work / 'data' / 'monitoring' / 'predictions.db'}"
+    envs = {"log-on": {"CATSDOGS_PREDICTION_LOG": "1", "CATSDOGS_PREDICTION_LOG_URL": log_url},
+            "log-off": {"CATSDOGS_PREDICTION_LOG": "0"}}
     with contextlib.ExitStack() as stack:
         urls = {}
-        for name in SERVERS:
+        for name in servers:
             port = free_port()
             argv, health = server_command(name, port, model_dir, int(metadata["image_size"]))
             log_file = work / f"{name}.log"
-            process = start_process(argv, log_file, env=env, cwd=REPO_ROOT)
+            process = start_process(argv, log_file, env={**env, **envs.get(name, {})},
+                                    cwd=REPO_ROOT)
             stack.callback(stop_process, process)
             wait_http(f"http://127.0.0.1:{port}{health}", 180, process, log_file)
             urls[name] = f"http://127.0.0.1:{port}/predict"
@@ -297,14 +360,22 @@ def main() -> int:
             print(f"\nround {round_number} of {args.rounds} (CPU probe: {cpu_probe_ms():.0f} ms; "
                   "lower is a faster machine)", flush=True)
             results: dict[str, dict[int, LevelResult]] = {}
-            for concurrency in args.concurrency:
-                for name in SERVERS:
+            for concurrency in levels:
+                # alternate which goes first, so neither always meets the machine warmer
+                for name in servers if round_number % 2 else servers[::-1]:
                     result = run_level(urls[name], bodies, concurrency, args.requests)
                     results.setdefault(name, {})[concurrency] = result
                     print(f"  {name:8s} c={concurrency:<3d} {result[0]:7.1f} req/s  p50 "
                           f"{result[1]:7.1f} ms  p99 {result[2]:7.1f} ms  errors {result[3]}",
                           flush=True)
-            print_table(results, args.concurrency)
+            if args.logging_cost:
+                print_logging_table(results, levels)
+            else:
+                print_table(results, levels)
+    if args.logging_cost:
+        sent = (args.rounds * len(levels) * args.requests) + 40  # + the warm-up
+        print(f"prediction log: {logged_rows(log_url)} rows for {sent} requests "
+              f"({log_url})", flush=True)
     return 0
 
 

@@ -6,7 +6,8 @@ store, so `bentoml build` packages it and the served image needs no MLflow serve
 The Bento model carries the registry name, version, run id, architecture, image size, classes and
 the training data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in
 its metadata, plus the measured fp32/bf16 label agreement on real photos (the service uses bf16
-only when it is >= 99.5%). Re-importing the same registry version is a no-op.
+only when it is >= 99.5%), and the training run's out-of-distribution calibration in its `ood/`
+folder. Re-importing the same registry version is a no-op.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from catsdogs.summary import Summary
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = "catsdogs_cnn"
+OOD_FOLDER_NAME = "ood"  # the training run's ood.json + ood.npz inside the Bento model
 
 
 def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
@@ -108,6 +110,15 @@ def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
         return bf16_agreement(net, batches) if batches else None
 
 
+def import_ood(run_id: str, folder: Path) -> bool:
+    """Copy the training run's out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`:
+    catsdogs.monitoring.reference) into the Bento model; False (and a warning) when the run has
+    none, so the service answers `in_distribution: null`."""
+    from catsdogs.monitoring.reference import download_ood
+
+    return download_ood(run_id, folder) is not None
+
+
 def run(params: Params, paths: DataPaths, model_uri: str | None = None,
         bento_model: str = BENTO_MODEL_NAME, calibration_dir: Path | None = None,
         calibration_images: int = 400) -> Summary:
@@ -128,6 +139,7 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     imported = bentoml.mlflow.import_model(bento_model, model_uri, labels=labels,
                                            metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
+    import_ood(metadata["run_id"], Path(stored.path_of(OOD_FOLDER_NAME)))
     files = calibration_files(calibration_dir, calibration_images)
     agreement = measure_bf16_agreement(Path(stored.path_of("mlflow_model")), metadata, files)
     if agreement is not None:

@@ -15,12 +15,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
+
+if TYPE_CHECKING:
+    from catsdogs.monitoring.ood import OodDetector
 
 logger = logging.getLogger(__name__)
 
@@ -104,29 +108,49 @@ class Predictor:
     several times faster than fp32 at every batch size); on CPU, with `jit`, a frozen
     TorchScript graph whose conv+ReLU chains oneDNN fuses. Takes N,H,W,3 uint8 pixels as the API
     process decoded them (4x fewer bytes than float32, and already in channels_last order) and
-    normalises them here, a batch at a time."""
+    normalises them here, a batch at a time.
+
+    The prepared network is `catsdogs.monitoring.features.with_embedding(net)`: the same graph
+    returns the logits and the penultimate-layer embedding (the prediction log's and the
+    out-of-distribution score's input), so the embedding costs no second pass. A network without
+    a Linear head (an exported graph that could not be rebuilt) serves probabilities only."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, precision: str,
                  image_size: int = 224, jit: bool = True) -> None:
+        from catsdogs.monitoring.features import with_embedding
+
         self.device = device
         self.precision = precision
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        try:
+            net = with_embedding(net.eval())
+            self.embeds = True
+        except ValueError as exc:
+            logger.warning("serving without embedding (no out-of-distribution score): %s", exc)
+            self.embeds = False
         net = fold_batch_norms(net.eval()).to(device, dtype=self.dtype)
         self.net = net.to(memory_format=torch.channels_last)
         if jit and device.type == "cpu":
             example = torch.zeros(2, 3, image_size, image_size, dtype=self.dtype)
             self.net = freeze_graph(self.net, example.contiguous(memory_format=torch.channels_last))
 
-    @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """N,H,W,3 uint8 pixels (`catsdogs.data.images.square_image`, what the service's API
         process computes per upload) -> N,C softmax probabilities (float32, CPU)."""
+        return self.outputs(pixels)[0]
+
+    @torch.inference_mode()
+    def outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """N,H,W,3 uint8 pixels -> (N,C softmax probabilities, N,D embedding or None), float32
+        on the CPU, from one forward pass."""
         from catsdogs.training.model import normalize
 
         nchw = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # a channels_last view
         inputs = normalize(nchw).to(self.dtype)
-        logits = self.net(inputs.contiguous(memory_format=torch.channels_last))
-        return torch.softmax(logits.float(), dim=1).cpu()
+        result = self.net(inputs.contiguous(memory_format=torch.channels_last))
+        logits, embedding = result if self.embeds else (result, None)
+        return (torch.softmax(logits.float(), dim=1).cpu(),
+                None if embedding is None else embedding.float().cpu())
 
     def warm_up(self, max_batch_size: int, image_size: int) -> None:
         """Run every batch size once or twice, so the first real requests don't pay for oneDNN
@@ -134,6 +158,54 @@ class Predictor:
         for batch in range(1, max_batch_size + 1):
             for _ in range(2 if isinstance(self.net, torch.jit.ScriptModule) else 1):
                 self(torch.zeros(batch, image_size, image_size, 3, dtype=torch.uint8))
+
+
+def pack_outputs(probabilities: np.ndarray, embedding: np.ndarray | None,
+                 ood: OodDetector | None) -> np.ndarray:
+    """What the model service returns per batch, one float32 array: N x (C + 1 + D) =
+    probabilities | out-of-distribution score (NaN without a detector) | embedding (D = 0 when
+    the network gives none). `unpack_outputs` splits it in the API process."""
+    n = len(probabilities)
+    scores = (ood.score(embedding) if ood is not None and embedding is not None
+              else np.full(n, np.nan, dtype=np.float32))
+    parts = [probabilities.astype(np.float32), scores.reshape(n, 1).astype(np.float32)]
+    if embedding is not None:
+        parts.append(embedding.astype(np.float32))
+    return np.concatenate(parts, axis=1)
+
+
+def unpack_outputs(packed: np.ndarray, classes: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`pack_outputs` reversed: (N,C probabilities, N scores (NaN: none), N,D embedding or
+    None)."""
+    embedding = packed[:, classes + 1:]
+    return (packed[:, :classes], packed[:, classes],
+            embedding if embedding.shape[1] else None)
+
+
+def load_ood(folder: Path) -> OodDetector | None:
+    """The Bento model's out-of-distribution detector (its `ood/` folder), None when it has none (a
+    model trained before reference profiles existed: answers carry no score then)."""
+    from catsdogs.monitoring.ood import JSON_FILE, OodDetector
+
+    if not (folder / JSON_FILE).exists():
+        logger.warning("no out-of-distribution calibration in the Bento model (%s): answers "
+                       "carry in_distribution=null; retrain and re-import to get one", folder)
+        return None
+    return OodDetector.load(folder)
+
+
+def ood_threshold(folder: Path) -> float | None:
+    """The threshold of the Bento model's detector (all the API process needs of it), None
+    when the model has no calibration."""
+    import json
+
+    from catsdogs.monitoring.ood import JSON_FILE
+
+    try:
+        return float(json.loads((folder / JSON_FILE).read_text())["threshold"])
+    except FileNotFoundError:
+        return None
 
 
 def freeze_graph(net: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:

@@ -5,6 +5,12 @@ Two services, two processes: `catsdogs` (the HTTP API) decodes and resizes pictu
 pool, joins the pixels of concurrent requests (bentoservice/coalesce.py) and calls
 `catsdogs_model`, whose batchable `infer` runs the network on adaptive batches. Decoding therefore
 never waits behind the model. Configuration: bentoservice/settings.py.
+
+Monitoring: the model service returns, from the same forward pass, the probabilities, the
+penultimate-layer embedding and its out-of-distribution score (bentoservice/runtime.py
+`pack_outputs`); answers carry `in_distribution` and `ood_score`, and every prediction is handed
+to the prediction log (catsdogs.monitoring.prediction_log), whose background thread writes it to
+the store: the request only puts a record on a bounded queue.
 """
 
 from __future__ import annotations
@@ -12,11 +18,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
+import io
 import logging
+import math
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -24,11 +34,13 @@ import aiohttp
 import bentoml
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from bentoservice.coalesce import Coalescer
 from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
+from bentoservice.import_model import OOD_FOLDER_NAME
 from bentoservice.runtime import (
     MLFLOW_MODEL_FOLDER,
     ModelInfo,
@@ -37,11 +49,16 @@ from bentoservice.runtime import (
     choose_precision,
     freeze_startup_heap,
     load_network,
+    load_ood,
+    ood_threshold,
+    pack_outputs,
     set_threads,
+    unpack_outputs,
 )
 from bentoservice.settings import SETTINGS
 from bentoservice.web import web_app
 from catsdogs.data.images import ImageLimits, ImageRejected, square_image
+from catsdogs.monitoring.prediction_log import PredictionLog, PredictionRecord
 
 logger = logging.getLogger("bentoservice")
 
@@ -51,6 +68,14 @@ PREDICTIONS = bentoml.metrics.Counter(
 CONFIDENCE = bentoml.metrics.Histogram(
     name="catsdogs_prediction_confidence", documentation="Confidence of the predicted label",
     buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+OUT_OF_DISTRIBUTION = bentoml.metrics.Counter(
+    name="catsdogs_out_of_distribution",
+    documentation="Predictions whose picture does not look like a cat or a dog photo "
+                  "(out-of-distribution score above the threshold calibrated at training time)")
+PREDICTION_LOG_ROWS = bentoml.metrics.Counter(
+    name="catsdogs_prediction_log_rows",
+    documentation="Prediction log rows by outcome: written, dropped_queue_full, "
+                  "dropped_store_error", labelnames=["outcome"])
 MODEL_INFO = bentoml.metrics.Gauge(
     name="catsdogs_model_info", documentation="The model being served (value 1)",
     labelnames=["name", "version"], multiprocess_mode="max")
@@ -66,6 +91,12 @@ class Prediction(BaseModel):
     confidence: float = Field(description="probability of the predicted label")
     probabilities: dict[str, float] = Field(description="probability of each class")
     model: ModelRef
+    in_distribution: bool | None = Field(
+        None, description="false: the picture does not look like a cat or a dog photo (its "
+        "out-of-distribution score is above the threshold); null: the model has no calibration")
+    ood_score: float | None = Field(
+        None, description="out-of-distribution score (squared Mahalanobis distance of the "
+        "embedding to the nearest class; higher: less like the training pictures)")
 
 
 # OpenMP threads sleep between batches instead of spinning (GNU OpenMP's default), which would
@@ -89,7 +120,9 @@ class CatsDogsModel:
         stored = self.bento_model
         self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
         self.model_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
+        self.ood_dir = Path(stored.path_of(OOD_FOLDER_NAME))
         self.predictor: Predictor | None = None
+        self.ood = None
         self.loaded = threading.Event()
         threading.Thread(target=self._load, name="model-load", daemon=True).start()
 
@@ -103,6 +136,7 @@ class CatsDogsModel:
         predictor = Predictor(load_network(self.model_dir, self.info.arch), device, precision,
                               self.info.image_size, jit=SETTINGS.jit)
         predictor.warm_up(SETTINGS.max_batch_size, self.info.image_size)
+        self.ood = load_ood(self.ood_dir) if predictor.embeds else None
         self.predictor = predictor
         freeze_startup_heap()
         self.loaded.set()
@@ -116,11 +150,24 @@ class CatsDogsModel:
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """N,H,W,3 uint8 pictures (`square_image` pixels) -> N,C class probabilities."""
+        """N,H,W,3 uint8 pictures (`square_image` pixels) -> N x (C + 1 + D) float32: class
+        probabilities | out-of-distribution score | embedding (runtime.pack_outputs)."""
         if not self.loaded.wait(timeout=120):
             raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
         assert self.predictor is not None
-        return self.predictor(torch.from_numpy(batch)).numpy()
+        probabilities, embedding = self.predictor.outputs(torch.from_numpy(batch))
+        return pack_outputs(probabilities.numpy(),
+                            None if embedding is None else embedding.numpy(), self.ood)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What the prediction log keeps of one upload besides its pixels."""
+
+    width: int | None
+    height: int | None
+    format: str | None
+    picture: bytes | None   # the bytes, only when picture sampling picked it
 
 
 def _error(status: int, reason: str, message: str) -> JSONResponse:
@@ -151,6 +198,15 @@ class CatsDogs:
         self.coalescer = Coalescer(self._infer, SETTINGS.max_batch_size,
                                    SETTINGS.model_calls_in_flight)
         self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
+        self.ood_threshold = ood_threshold(Path(stored.path_of(OOD_FOLDER_NAME)))
+        self.prediction_log = (PredictionLog(
+            SETTINGS.prediction_log_target(), batch_rows=SETTINGS.prediction_log_batch_rows,
+            flush_s=SETTINGS.prediction_log_flush_s, queue_size=SETTINGS.prediction_log_queue,
+            retention_days=SETTINGS.prediction_log_retention_days,
+            sample_rate=SETTINGS.prediction_log_sample_rate,
+            sample_dir=SETTINGS.prediction_log_pictures(),
+            on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(outcome=outcome).inc(n),
+        ).start() if SETTINGS.prediction_log else None)
         MODEL_INFO.labels(name=self.info.name, version=self.info.version).set(1)
         data = self.info.data
         web_app.state.model = {"name": self.info.name, "version": self.info.version,
@@ -161,12 +217,35 @@ class CatsDogs:
             logger.warning("serving %s v%s: %s", self.info.name, self.info.version, data.note())
         freeze_startup_heap()
 
-    def _prepare(self, source: bytes | Path) -> np.ndarray:
-        return np.asarray(square_image(source, self.info.image_size, self.limits))
+    @bentoml.on_shutdown
+    def _close_prediction_log(self) -> None:
+        """Write what the prediction log still holds before the process ends."""
+        if self.prediction_log is not None:
+            self.prediction_log.close()
 
-    async def _pixels(self, sources: list[bytes | Path]) -> np.ndarray:
+    def _prepare(self, source: bytes | Path) -> tuple[np.ndarray, Upload | None]:
+        pixels = np.asarray(square_image(source, self.info.image_size, self.limits))
+        return pixels, (self._upload(source) if self.prediction_log is not None else None)
+
+    def _upload(self, source: bytes | Path) -> Upload:
+        """What the prediction log keeps of an upload that decoded: its stored size and
+        format (a header read), and its bytes when picture sampling picks it."""
+        assert self.prediction_log is not None
+        try:
+            with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+                width, height, kind = image.width, image.height, image.format
+        except (OSError, ValueError):  # decoded a moment ago; a race with the temp file
+            width = height = kind = None
+        picture = None
+        if self.prediction_log.wants_picture():
+            picture = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        return Upload(width, height, kind, picture)
+
+    async def _pixels(self, sources: list[bytes | Path]
+                      ) -> tuple[np.ndarray, list[Upload | None]]:
         """Decode and resize in the thread pool: N,H,W,3 uint8 (the model process normalises
-        batches); a bad picture raises ImageRejected, naming its position when there are several."""
+        batches) and what the prediction log keeps of each upload; a bad picture raises
+        ImageRejected, naming its position when there are several."""
         loop = asyncio.get_running_loop()
         pictures = await asyncio.gather(
             *(loop.run_in_executor(self.pool, self._prepare, s) for s in sources),
@@ -177,31 +256,49 @@ class CatsDogs:
                                     f"image {index + 1} of {len(sources)}: {result}")
             if isinstance(result, BaseException):
                 raise result
-        return np.stack(pictures)
+        return (np.stack([pixels for pixels, _ in pictures]),  # type: ignore[misc]
+                [upload for _, upload in pictures])  # type: ignore[misc]
 
-    def _answer(self, probabilities: np.ndarray) -> list[Prediction]:
+    def _answer(self, outputs: np.ndarray, pixels: np.ndarray,
+                uploads: list[Upload | None]) -> list[Prediction]:
+        probabilities, scores, embeddings = unpack_outputs(outputs, len(self.info.classes))
+        threshold = self.ood_threshold
+        now = dt.datetime.now(dt.UTC)
         answers = []
-        for row in probabilities.tolist():
+        for index, row in enumerate(probabilities.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
             label = self.info.classes[best]
+            score = float(scores[index])
+            score, inside = ((None, None) if math.isnan(score) or threshold is None
+                             else (score, score <= threshold))
             PREDICTIONS.labels(label=label).inc()
             CONFIDENCE.observe(row[best])
+            if inside is False:
+                OUT_OF_DISTRIBUTION.inc()
             answers.append(Prediction(
                 label=label, confidence=row[best],
                 probabilities=dict(zip(self.info.classes, row, strict=True)),
-                model=self.model_ref))
+                model=self.model_ref, in_distribution=inside, ood_score=score))
+            upload = uploads[index]
+            if self.prediction_log is not None and upload is not None:
+                self.prediction_log.submit(PredictionRecord(
+                    time=now, model_name=self.info.name, model_version=self.info.version,
+                    label=label, confidence=row[best], width=upload.width,
+                    height=upload.height, format=upload.format, pixels=pixels[index],
+                    embedding=None if embeddings is None else embeddings[index],
+                    ood_score=score, in_distribution=inside, picture=upload.picture))
         return answers
 
     async def _predict(self, sources: list[bytes | Path]) -> list[Prediction] | JSONResponse:
         try:
-            pixels = await self._pixels(sources)
+            pixels, uploads = await self._pixels(sources)
         except ImageRejected as exc:
             return _error(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
-        probabilities = await self.coalescer.infer(pixels)
-        if probabilities is None:
+        outputs = await self.coalescer.infer(pixels)
+        if outputs is None:
             return _error(503, "model_unavailable",
                           "the model service is overloaded or not answering; retry in a moment")
-        return self._answer(probabilities)
+        return self._answer(outputs, pixels, uploads)
 
     async def _infer(self, pixels: np.ndarray, attempts: int = 3) -> np.ndarray | None:
         """Probabilities from the batched model service; None when it cannot answer (overloaded,

@@ -4,6 +4,7 @@ one message naming the variable, what it got and what it takes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
@@ -31,6 +32,28 @@ class Settings(BaseSettings):
     jit: bool = True  # CPU: frozen TorchScript graph, oneDNN fusion (1/0, true/false)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_delay_s: float = Field(0.0, ge=0.0)  # wait before loading the model (seconds)
+    # the prediction log (catsdogs.monitoring.prediction_log; docs/serving.md)
+    prediction_log: bool = True  # record every prediction (1/0, true/false)
+    prediction_log_url: str = ""  # SQLAlchemy URL; empty: sqlite:///<data dir>/monitoring/predictions.db
+    prediction_log_batch_rows: int = Field(256, ge=1)  # rows per insert
+    prediction_log_flush_s: float = Field(2.0, gt=0.0)  # longest wait before an insert (seconds)
+    prediction_log_queue: int = Field(1024, ge=1)  # rows waiting at most; beyond, dropped and counted
+    prediction_log_retention_days: float = Field(30.0, ge=0.0)  # older rows deleted; 0: kept forever
+    prediction_log_sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of pictures saved
+    prediction_log_sample_dir: str = ""  # where; empty: <data dir>/monitoring/pictures
+
+    def prediction_log_target(self) -> str:
+        """The prediction log's SQLAlchemy URL (the setting, else SQLite in the data dir)."""
+        from catsdogs.monitoring.prediction_log import default_url
+        from catsdogs.paths import DataPaths
+
+        return self.prediction_log_url or default_url(DataPaths.resolve().root)
+
+    def prediction_log_pictures(self) -> Path:
+        from catsdogs.paths import DataPaths
+
+        return (Path(self.prediction_log_sample_dir) if self.prediction_log_sample_dir
+                else DataPaths.resolve().root / "monitoring" / "pictures")
 
 
 def load_settings() -> Settings:

@@ -40,6 +40,8 @@ async function classify(file) {
     $("label").textContent = body.label;
     $("confidence").textContent = `${pct}% confident`;
     $("bar-fill").style.width = `${pct}%`;
+    // out of distribution: the picture is unlike the training photos (null: not calibrated)
+    $("ood-note").hidden = body.in_distribution !== false;
     $("model-version").textContent = `${body.model.name} v${body.model.version}`;
     $("result").hidden = false;
   } catch (err) {

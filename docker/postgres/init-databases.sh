@@ -1,6 +1,6 @@
 #!/bin/bash
 # First start only (docker-entrypoint-initdb.d): one database per name in $CATSDOGS_DATABASES
-# (comma-separated; compose sets airflow,mlflow), owned by $POSTGRES_USER.
+# (comma-separated; compose sets airflow,mlflow,monitoring), owned by $POSTGRES_USER.
 set -euo pipefail
 IFS=',' read -ra names <<<"${CATSDOGS_DATABASES:-airflow,mlflow}"
 for db in "${names[@]}"; do

@@ -33,6 +33,8 @@ class BentoServer:
     log_file: Path
     readyz_before_load: int   # /readyz status seen once /livez first answered
     readyz_after_load: int
+    prediction_log_url: str   # where the service writes its prediction log (SQLite)
+    env: dict[str, str]       # the environment it was served with (BENTOML_HOME, PYTHONPATH...)
 
 
 def _status(url: str) -> int:
@@ -47,9 +49,12 @@ def _status(url: str) -> int:
 def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[BentoServer]:
     workdir = tmp_path_factory.mktemp("bento")
+    prediction_log_url = f"sqlite:///{workdir / 'predictions.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
            "BENTOML_HOME": str(workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "CATSDOGS_STARTUP_DELAY_S": str(STARTUP_DELAY_S),
+           "CATSDOGS_PREDICTION_LOG_URL": prediction_log_url,
+           "CATSDOGS_PREDICTION_LOG_FLUSH_S": "0.2",
            # this checkout's package first, whatever the venv has installed
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
     registered = subprocess.run(
@@ -73,7 +78,8 @@ def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
         wait_http(f"{url}/livez", timeout=120, process=process, log_file=log_file)
         before = _status(f"{url}/readyz")
         wait_http(f"{url}/readyz", timeout=120, process=process, log_file=log_file)
-        yield BentoServer(url, version, log_file, before, _status(f"{url}/readyz"))
+        yield BentoServer(url, version, log_file, before, _status(f"{url}/readyz"),
+                          prediction_log_url, env)
     finally:
         stop_process(process)
         time.sleep(0.5)

@@ -5,11 +5,15 @@ The optional data source becomes the version's `data.source`/`data.synthetic` ta
 records them.
 
 The head's weights are scaled up so different pictures get clearly different probabilities:
-that lets the tests tell answers apart (batching mix-ups, EXIF handling)."""
+that lets the tests tell answers apart (batching mix-ups, EXIF handling). Like training, the run
+carries an out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`), here fitted on
+generated smooth colour pictures, so the service scores and logs every answer."""
 
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -18,8 +22,26 @@ from mlflow import MlflowClient
 
 from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
+from catsdogs.monitoring import ood
+from catsdogs.monitoring.reference import ARTIFACT_DIR, run_network
 from catsdogs.tracking import CHAMPION, log_and_register, version_tags
 from catsdogs.training.model import build_model
+
+
+def log_calibration(net: torch.nn.Module, image_size: int) -> None:
+    """Fit the out-of-distribution detector on 48 smooth colour gradients (train 32, val 16)."""
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0.0, 1.0, image_size, dtype=np.float32)
+    pictures = []
+    for _ in range(48):
+        low, high = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        pictures.append((low[:, None, None] + (high - low)[:, None, None] * ramp[None, None, :]
+                         * ramp[None, :, None]).astype(np.uint8))
+    embeddings, _ = run_network(net, torch.from_numpy(np.stack(pictures)), "cpu")
+    detector = ood.fit(embeddings[:32], np.arange(32) % 2, embeddings[32:], CLASSES)
+    with tempfile.TemporaryDirectory() as tmp:
+        detector.save(Path(tmp))
+        mlflow.log_artifacts(tmp, ARTIFACT_DIR)
 
 
 def main(url: str, name: str, image_size: int, data: Provenance | None = None) -> None:
@@ -33,6 +55,7 @@ def main(url: str, name: str, image_size: int, data: Provenance | None = None) -
     with mlflow.start_run():
         version = log_and_register(net, name, example,
                                    version_tags(image_size, CLASSES, "resnet18", data))
+        log_calibration(net, image_size)
     MlflowClient().set_registered_model_alias(name, CHAMPION, version.version)
     print(version.version)
 
