@@ -1,6 +1,6 @@
 """The monitor stage: is the served model still seeing the pictures it was trained for?
 
-`catsdogs monitor [--log URL] [--version V]` reads the last window of the prediction log
+`catsdogs monitor [--log URL] [--model-version V]` reads the last window of the prediction log
 (`monitor.window_hours`, at most `monitor.max_rows` rows, of one model version: by default the one
 that answered the newest prediction), downloads that version's reference profile from its
 training run in MLflow (`monitoring/reference.parquet`, the `monitor.reference_split` rows) and
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, dest="log_url",
                         help=f"prediction log (SQLAlchemy URL; default ${LOG_URL_ENV}, else "
                              "sqlite:///<data dir>/monitoring/predictions.db)")
-    parser.add_argument("--version", default=None,
+    parser.add_argument("--model-version", default=None,
                         help="model version to check (default: the one that answered the "
                              "newest prediction in the window)")
 
@@ -69,10 +69,10 @@ def read_window(url: str, params: Params, now: dt.datetime, version: str | None)
     try:
         frame = read_predictions(url, since=now - dt.timedelta(hours=settings.window_hours),
                                  until=now, model_version=version)
-    except sa.exc.SQLAlchemyError as exc:
+    except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
         raise UserError(f"prediction log {shown} unreadable ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]}); start its database or point "
-                        f"--log / ${LOG_URL_ENV} at it") from None
+                        f"{str(exc).splitlines()[0][:200]}); start its database (or install "
+                        f"its driver) or point --log / ${LOG_URL_ENV} at it") from None
     if frame.empty:
         return frame, version
     version = version or str(frame["model_version"].iloc[-1])
@@ -173,7 +173,7 @@ def log_to_mlflow(result: Any, details: dict[str, Any], html: Any, params: Param
 
 
 def run(params: Params, paths: DataPaths, log_url: str | None = None,
-        version: str | None = None) -> Summary:
+        model_version: str | None = None) -> Summary:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -183,7 +183,7 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
     settings, name = params.monitor, params.mlflow.registered_model_name
     now = dt.datetime.now(dt.UTC)
     url = prediction_log_url(paths, log_url)
-    frame, version = read_window(url, params, now, version)
+    frame, version = read_window(url, params, now, model_version)
     if len(frame) < settings.min_rows:
         which = f"model version {version}" if version else "any model version"
         return Summary("monitor", f"not enough predictions to check drift: {len(frame)} of "
@@ -206,7 +206,7 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
         run_id = MlflowClient().get_model_version(name, version).run_id
     except MlflowException:
         raise UserError(f"the prediction log names {name} v{version}, which the registry does "
-                        "not have; check --version or the MLflow server the stage uses") from None
+                        "not have; check --model-version or the MLflow server the stage uses") from None
     result = compare(reference_rows(run_id, version, params), frame, settings)
     moment = now.strftime("%Y%m%dT%H%M%SZ")
     html = result.save_html(reports / f"drift-{moment}-v{version}.html.tmp")
