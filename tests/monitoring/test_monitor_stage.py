@@ -40,6 +40,9 @@ def _reference() -> object:
     return pd.concat([train, val], ignore_index=True)
 
 
+pytestmark = pytest.mark.services
+
+
 @pytest.fixture
 def params():
     return load_params(REPO_ROOT / "params.yaml")
