@@ -141,11 +141,16 @@ def _check(frame: pd.DataFrame, what: str, embeddings: list[str]) -> pd.DataFram
     return chosen.dropna().reset_index(drop=True)
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame,
-            settings: MonitorParams) -> DriftResult:
+def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: MonitorParams,
+            report: bool = True) -> DriftResult:
     """Compare `current` (prediction-log rows) with `reference` (reference-profile rows): both
     with `label`, `confidence`, `brightness`, `contrast`, `saturation`, `width`, `height` and the
     same `emb_*` columns. The reference is sampled down to `monitor.reference_rows` (seed 0).
+
+    `report=False` (batch evaluation, e.g. many windows): the same Evidently drift method scores
+    the embedding directly instead of through `EmbeddingsDrift`, whose report also draws a t-SNE
+    map of both sets (seconds per call); the scores are the same, `DriftResult.report` has no
+    embedding panel.
 
     Raises UserError when a frame lacks columns, has no embedding, or has fewer than 2 rows."""
     embeddings = embedding_names(reference)
@@ -163,17 +168,20 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame,
     evidently = _evidently()
     from evidently.metrics import EmbeddingsDrift, ValueDrift
 
-    definition = evidently.DataDefinition(numerical_columns=[*NUMERICAL_COLUMNS, *embeddings],
+    definition = evidently.DataDefinition(numerical_columns=list(NUMERICAL_COLUMNS),
                                           categorical_columns=list(CATEGORICAL_COLUMNS),
                                           embeddings={EMBEDDING: embeddings})
     method = embedding_method(settings)
-    metrics = [EmbeddingsDrift(embeddings_name=EMBEDDING, drift_method=method)]
+    metrics = [EmbeddingsDrift(embeddings_name=EMBEDDING, drift_method=method)] if report else []
     metrics += [ValueDrift(column=name, method=COLUMN_TESTS[name], threshold=settings.p_value)
                 for name in SIGNALS[1:]]
     snapshot = evidently.Report(metrics).run(
         current_data=evidently.Dataset.from_pandas(current, data_definition=definition),
         reference_data=evidently.Dataset.from_pandas(reference, data_definition=definition))
     values = [float(item["value"]) for item in snapshot.dict()["metrics"]]
+    if not report:   # the method mutates its frames (adds a target column): copies
+        values.insert(0, float(method(current[embeddings].copy(),
+                                      reference[embeddings].copy())[0]))
     signals = [Signal(EMBEDDING, settings.embedding_method, values[0],
                       settings.embedding_threshold, bool(values[0] > settings.embedding_threshold))]
     signals += [Signal(name, COLUMN_TESTS[name], value, settings.p_value,
