@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -314,7 +315,8 @@ def main() -> int:
               + sorted((SAMPLE / "dog").glob("*.jpg"))[:half]]
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONPATH": str(REPO_ROOT)}
+           # this checkout's package first, whatever the venv has installed
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
     model_uri = args.model_uri
     if model_uri is None:
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
@@ -344,6 +346,12 @@ def main() -> int:
     log_url = f"sqlite:///{work / 'data' / 'monitoring' / 'predictions.db'}"
     envs = {"log-on": {"CATSDOGS_PREDICTION_LOG": "1", "CATSDOGS_PREDICTION_LOG_URL": log_url},
             "log-off": {"CATSDOGS_PREDICTION_LOG": "0"}}
+    for name in envs if args.logging_cost else ():
+        # one BentoML home each (a copy of the model store): a server clears the Prometheus
+        # multiprocess folder of its home when it starts
+        home = work / f"bentoml-{name}"
+        shutil.copytree(work / "bentoml" / "models", home / "models")
+        envs[name]["BENTOML_HOME"] = str(home)
     with contextlib.ExitStack() as stack:
         urls = {}
         for name in servers:

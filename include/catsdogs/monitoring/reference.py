@@ -4,7 +4,8 @@ trained model version so that whichever version is served has its own reference.
 The train stage calls `log_reference` inside its MLflow run, after the best weights are loaded. It
 is inference only, over the tensor cache the training already read (`catsdogs.training.cache`):
 one forward pass per picture of the train and val splits through `features.with_embedding` (the
-same (logits, embedding) module the service runs), fp32 on the training device.
+same (logits, embedding) module the service runs), on the training device with the precision
+and memory layout the run chose.
 
 Artifacts of the training run (the served version's `run_id` finds them):
 
@@ -46,21 +47,27 @@ REFERENCE_SPLITS = ("train", "val")
 PROFILE_BATCH = 64
 
 
-def run_network(net: Any, pixels: Any, device: Any, batch_size: int = PROFILE_BATCH
+def run_network(net: Any, pixels: Any, device: Any, precision: str = "fp32",
+                channels_last: bool = False, batch_size: int = PROFILE_BATCH
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """N,3,S,S uint8 pixels through `features.with_embedding(net)` in fp32 ->
-    (N,D float32 embedding, N,C float32 probabilities)."""
+    """N,3,S,S uint8 pixels through `features.with_embedding(net)` -> (N,D float32 embedding,
+    N,C float32 probabilities). `precision`/`channels_last`: as the training run measured best
+    on this machine (bf16 autocast: 1.7x faster than fp32 for MobileNetV2 at 128 px on an
+    AVX512-BF16 Xeon)."""
     import torch
 
     from catsdogs.monitoring.features import with_embedding
-    from catsdogs.training.model import normalize
+    from catsdogs.training.model import autocast, normalize
 
-    model = with_embedding(net).to(device).float().eval()
+    device = torch.device(device)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = with_embedding(net).to(device).float().eval().to(memory_format=memory)
     embeddings, probabilities = [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
             batch = normalize(torch.as_tensor(pixels[start:start + batch_size]).to(device))
-            logits, embedding = model(batch)
+            with autocast(device, precision):
+                logits, embedding = model(batch.contiguous(memory_format=memory))
             probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
             embeddings.append(embedding.float().cpu().numpy())
     return np.concatenate(embeddings), np.concatenate(probabilities)
@@ -119,7 +126,8 @@ def profile_frame(split: str, labels: np.ndarray, probabilities: np.ndarray,
 
 
 def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Sequence[str],
-                  device: Any, quantile: float) -> dict[str, Any]:
+                  device: Any, quantile: float, precision: str = "fp32",
+                  channels_last: bool = False) -> dict[str, Any]:
     """Profile the train and val splits, fit and calibrate the out-of-distribution detector, log
     `REFERENCE_ARTIFACT` and `OOD_ARTIFACTS` to the active MLflow run. `data`: split name ->
     `TensorSplit`. Returns what it measured (pictures, seconds, val in-distribution rate)."""
@@ -133,7 +141,7 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
     frames, embeddings, labels = [], {}, {}
     for split in REFERENCE_SPLITS:
         tensors = data[split]
-        emb, probs = run_network(net, tensors.pixels, device)
+        emb, probs = run_network(net, tensors.pixels, device, precision, channels_last)
         files = [path for path, _ in list_images(paths.split_dir(split))]
         labels[split] = tensors.labels.numpy()
         embeddings[split] = emb

@@ -242,7 +242,8 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
                         "train_seconds": result.train_seconds})
         _log_reports(paths, params, active.info.run_id, device, precision, result, test,
                      labels, probs)
-        reference = log_reference(model, data, paths, CLASSES, device, settings.ood_quantile)
+        reference = log_reference(model, data, paths, CLASSES, device, settings.ood_quantile,
+                                  precision, channels_last)
         _log_metrics({"reference_seconds": reference["seconds"],
                       "ood_threshold": reference["ood_threshold"]})
         example = next(iter(batches["test"]))[0][:2].numpy()
