@@ -1,4 +1,4 @@
-"""catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly.
+"""catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly or on drift.
 
 Wiring only: the stages come from `catsdogs.orchestration.stage_table.PIPELINE`, the tasks from
 `catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, CronTriggerTimetable, chain
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, chain
 
 from catsdogs.orchestration.airflow_tasks import (
     DEFAULT_ARGS,
@@ -19,9 +19,11 @@ from catsdogs.orchestration.airflow_tasks import (
     runner,
     schedule,
 )
+from catsdogs.orchestration.monitoring import DRIFT_ASSET, retrain_on_drift
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 
 MODE = runner()
+NIGHTLY = CronTriggerTimetable(schedule(), timezone="UTC", run_immediately=False)
 
 DOC_MD = f"""
 # Cats vs dogs: nightly retraining
@@ -41,6 +43,9 @@ Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**;
   *Use GPUs* param is on.
 * The trigger form's params become `--set section.key=value` overrides of `params.yaml`.
 * `validate` is a gate: a refused data set fails the run at once (no retries), nothing is trained.
+* Besides the nightly schedule, a drift event of `catsdogs_monitoring` (asset
+  `catsdogs://monitoring/drift`, at most one per cool-down) starts a run
+  (`CATSDOGS_RETRAIN_ON_DRIFT=0` turns that off).
 * `train` registers a challenger in MLflow (`CatsDogsCNN`); its **MLflow run** button opens the run.
   `promote` moves `@champion` to it when it beats the champion on the chosen metric.
 """
@@ -49,7 +54,9 @@ with DAG(
     dag_id=TRAINING_DAG_ID,
     description="Cats vs dogs: ingest, validate, prepare, transform, train, promote",
     # No start date: the first run is the next 02:00 after the DAG appears (never a missed one).
-    schedule=CronTriggerTimetable(schedule(), timezone="UTC", run_immediately=False),
+    # Nightly OR on drift: the monitoring DAG's drift event starts a run at once.
+    schedule=(AssetOrTimeSchedule(timetable=NIGHTLY, assets=DRIFT_ASSET) if retrain_on_drift()
+              else NIGHTLY),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=10),

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives for real, when missing (needs root or sudo).
+# Installs the Debian packages the test suite drives for real, when missing (needs root or sudo):
+# chromium (web page), promtool (alert rules), Alertmanager and Pushgateway (monitoring tests).
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # promtool: alert rule tests
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 echo "installing Debian packages: ${need[*]}"

@@ -106,6 +106,23 @@ class PromoteParams(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class MonitorParams(_Section):
+    """`catsdogs monitor`: which predictions are compared with the served version's reference,
+    how drift is decided, and how often drift may trigger retraining (docs/monitoring.md)."""
+
+    window_hours: float = Field(24.0, gt=0)
+    max_rows: int = Field(1000, ge=10)
+    min_rows: int = Field(50, ge=10)
+    embedding_method: Literal["model", "distance", "mmd", "ratio"] = "model"
+    embedding_threshold: float = Field(0.75, gt=0)
+    p_value: float = Field(0.001, gt=0, lt=1)
+    threshold: float = Field(0.25, gt=0, le=1)
+    reference_rows: int = Field(1000, ge=50)
+    reference_split: Literal["val", "train", "all"] = "val"
+    cooldown_hours: float = Field(24.0, ge=0)
+    schedule: str = "@hourly"
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     validation: ValidationParams = ValidationParams()
@@ -115,6 +132,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
+    monitor: MonitorParams = MonitorParams()
 
     def flat(self) -> dict[str, Any]:
         """Every parameter as `section.key -> value` (for MLflow params and stamps)."""

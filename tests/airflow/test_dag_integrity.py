@@ -12,7 +12,8 @@ import pytest
 
 from tests.airflow.harness import REPO_ROOT
 
-HEAVY = ("torch", "torchvision", "mlflow", "great_expectations", "bentoml", "sklearn", "matplotlib")
+HEAVY = ("torch", "torchvision", "mlflow", "great_expectations", "bentoml", "sklearn", "matplotlib",
+         "evidently", "pandas")
 
 
 @pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
@@ -34,17 +35,19 @@ def test_every_task_retries_with_backoff_and_has_a_timeout(parse_dag, runner: st
 
 def test_airflow3_lint_is_clean() -> None:
     targets = ["dags", "plugins", "include/catsdogs/orchestration/airflow_tasks.py",
-               "include/catsdogs/orchestration/kubernetes_pods.py", "tests/airflow"]
+               "include/catsdogs/orchestration/kubernetes_pods.py",
+               "include/catsdogs/orchestration/monitoring.py", "tests/airflow"]
     result = subprocess.run([str(REPO_ROOT / ".venv/bin/ruff"), "check", "--select", "AIR3",
                              *targets], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("dag_file", ["catsdogs_training.py", "catsdogs_monitoring.py"])
 @pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
-def test_dag_file_imports_nothing_heavy(runner: str, tmp_path: Path) -> None:
+def test_dag_file_imports_nothing_heavy(runner: str, dag_file: str, tmp_path: Path) -> None:
     code = (
         "import runpy, sys, json\n"
-        f"runpy.run_path({str(REPO_ROOT / 'dags' / 'catsdogs_training.py')!r})\n"
+        f"runpy.run_path({str(REPO_ROOT / 'dags' / dag_file)!r})\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
         "print(json.dumps('kubernetes' in sys.modules))\n"
     )

@@ -5,6 +5,7 @@ and the MLflow link."""
 from __future__ import annotations
 
 import pytest
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 from airflow.sdk.definitions.param import ParamValidationError
 
 from catsdogs.config import load_params
@@ -18,6 +19,7 @@ from catsdogs.orchestration.airflow_tasks import (
     runner,
 )
 from catsdogs.orchestration.kubernetes_pods import StageKubernetesPodOperator
+from catsdogs.orchestration.monitoring import DRIFT_ASSET
 from catsdogs.orchestration.stage_table import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
@@ -63,17 +65,26 @@ def test_each_task_goes_to_its_stages_celery_queue(parse_dag, runner: str) -> No
     assert {task.task_id: task.queue for task in dag.tasks} == {s.name: s.queue for s in PIPELINE}
 
 
-def test_nightly_schedule_without_catchup(parse_dag) -> None:
+def test_nightly_or_on_drift_schedule_without_catchup(parse_dag) -> None:
     dag = parse_dag("local")
-    assert dag.timetable.expression == DEFAULT_SCHEDULE == "0 2 * * *"
-    assert str(dag.timetable.timezone) == "UTC"
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == DEFAULT_SCHEDULE == "0 2 * * *"
+    assert str(dag.timetable.timetable.timezone) == "UTC"
+    assert dag.timetable.asset_condition.uri == DRIFT_ASSET.uri == "catsdogs://monitoring/drift"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
 
 
 @pytest.mark.parametrize("name", ["CATSDOGS_SCHEDULE", "AIRFLOW_VAR_CATSDOGS_SCHEDULE"])
 def test_schedule_is_overridable(parse_dag, name: str) -> None:
-    assert parse_dag("local", **{name: "30 4 * * 1-5"}).timetable.expression == "30 4 * * 1-5"
+    timetable = parse_dag("local", **{name: "30 4 * * 1-5"}).timetable
+    assert timetable.timetable.expression == "30 4 * * 1-5"
+
+
+def test_retraining_on_drift_can_be_switched_off(parse_dag) -> None:
+    timetable = parse_dag("local", CATSDOGS_RETRAIN_ON_DRIFT="0").timetable
+    assert isinstance(timetable, CronTriggerTimetable)
+    assert timetable.expression == DEFAULT_SCHEDULE
 
 
 def test_params_defaults_come_from_params_yaml(parse_dag) -> None:

@@ -41,6 +41,7 @@ from tests.e2e.compose import (
     http_json,
     wait_until,
 )
+from tests.e2e.drift_step import drift_triggers_retraining_and_alerts
 from tests.servers import free_port, open_local
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
@@ -52,7 +53,8 @@ PER_CLASS = int(os.environ.get("CATSDOGS_E2E_PER_CLASS", "150"))
 STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
 CORE_SERVICES = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler",
                  "airflow-dag-processor", "airflow-triggerer", "airflow-worker-cpu",
-                 "airflow-worker-gpu", "mlflow", "prometheus")
+                 "airflow-worker-gpu", "mlflow", "prometheus", "alertmanager",
+                 "pushgateway")
 # The Celery worker (service and hostname) that consumes each queue of the stage table.
 WORKER_OF_QUEUE = {"default": "airflow-worker-cpu", "gpu": "airflow-worker-gpu"}
 INTERRUPTED = os.environ.get("CATSDOGS_E2E_INTERRUPT", "train")  # the stage whose worker stops
@@ -111,7 +113,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
     figures["phases_s"]["images"] = round(time.monotonic() - t, 1)
     figures["images_built_log"] = built.stderr.strip().splitlines()[-8:]
 
-    ports = {name: free_port() for name in ("airflow", "mlflow", "bento", "prometheus", "grafana")}
+    ports = {name: free_port() for name in ("airflow", "mlflow", "bento", "prometheus", "grafana",
+                                            "alertmanager", "pushgateway")}
     password = secrets.token_urlsafe(12)
     settings = {
         **images,
@@ -121,6 +124,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         "AIRFLOW_PORT": str(ports["airflow"]), "MLFLOW_PORT": str(ports["mlflow"]),
         "BENTO_PORT": str(ports["bento"]), "PROMETHEUS_PORT": str(ports["prometheus"]),
         "GRAFANA_PORT": str(ports["grafana"]),
+        "ALERTMANAGER_PORT": str(ports["alertmanager"]),
+        "PUSHGATEWAY_PORT": str(ports["pushgateway"]),
         "AIRFLOW_BASE_URL": f"http://localhost:{ports['airflow']}",
         "CATSDOGS_MLFLOW_UI_URL": f"http://localhost:{ports['mlflow']}",
         "POSTGRES_PASSWORD": secrets.token_urlsafe(12), "AIRFLOW_ADMIN_PASSWORD": password,
@@ -407,6 +412,16 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
                                 "promtool check rules /tmp/dashboard-rules.yml",
                                 timeout=120, check=False, input=json.dumps(rules))
     assert checked.returncode == 0, f"dashboard PromQL rejected:\n{checked.stdout}{checked.stderr}"
+
+    # 5. Drift: darkened photos make the monitoring DAG detect drift, announce the drift asset,
+    #    start a retraining run, and fire CatsdogsDataDrift in Alertmanager.
+    t = time.monotonic()
+    held_out = sorted((sample_dir / "cat").glob("*.jpg"))[-40:] + sorted(
+        (sample_dir / "dog").glob("*.jpg"))[-40:]
+    figures["drift"] = drift_triggers_retraining_and_alerts(
+        stack.url("bento", "/predict"), held_out, client, stack.url("prometheus"),
+        stack.url("alertmanager"))
+    stack.phase("drift_to_retraining", t)
 
     figures["memory_at_rest_all"] = memory_at_rest(stack)
     sizes = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}\t{{.Size}}"], 60)

@@ -203,7 +203,7 @@ def test_dashboard_has_the_documented_panels_on_the_provisioned_data_source() ->
     assert len({p["id"] for p in panels}) == len(panels)
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("request rate", "latency", "predictions by label", "confidence",
-                  "model version", "rejected"):
+                  "model version", "rejected", "drift", "out-of-distribution"):
         assert topic in titles, f"no panel about {topic!r}"
     for panel in panels:
         assert panel["datasource"]["uid"] == uid
@@ -220,9 +220,11 @@ def dashboard_metrics() -> set[str]:
 
 
 def test_dashboard_queries_metrics_the_service_defines() -> None:
-    """Every custom `catsdogs_*` series the dashboard plots is defined by the Bento service."""
+    """Every custom `catsdogs_*` series the dashboard plots is defined by the Bento service or
+    pushed by `catsdogs monitor` (the drift gauges)."""
     service_dir = REPO_ROOT / "bentoservice"
     sources = " ".join(p.read_text() for p in service_dir.rglob("*.py"))
+    sources += (REPO_ROOT / "include" / "catsdogs" / "stages" / "monitor.py").read_text()
     if not sources:
         pytest.fail("bentoservice/ has no Python source to check the dashboard against")
     missing = {name for name in dashboard_metrics()

@@ -196,6 +196,17 @@ def kaggle_credentials() -> dict[str, str]:
     return found
 
 
+def private_values(names: tuple[str, ...]) -> dict[str, str]:
+    """The Airflow environment's values of `names` (the set ones), masked in task logs."""
+    found = {name: os.environ[name] for name in names if os.environ.get(name)}
+    if found:
+        from airflow.sdk.log import mask_secret
+
+        for value in found.values():
+            mask_secret(value)
+    return found
+
+
 class MlflowRunLink(BaseOperatorLink):
     """'MLflow run' button on the tasks that log to MLflow (train, promote): opens the run that
     the task's stage summary names (`run_id`, `experiment_id`) in the MLflow UI
@@ -326,6 +337,7 @@ class StageDockerOperator(_StageMixin, DockerOperator):
                          retrieve_output_path=CONTAINER_SUMMARY_FILE, **kwargs)
         self.stage_name = stage.name
         self.needs_kaggle = stage.needs_kaggle
+        self.private_env = stage.private_env
         self.gpu_device_requests = gpu
         self._link_mlflow(stage)
 
@@ -353,6 +365,8 @@ class StageDockerOperator(_StageMixin, DockerOperator):
         if self.needs_kaggle:
             # private_environment is not a template field: never rendered, stored or logged.
             self._private_environment = {**self._private_environment, **kaggle_credentials()}
+        self._private_environment = {**self._private_environment,
+                                     **private_values(self.private_env)}
         try:
             summary = super().execute(context)
         except DockerContainerFailedSkipException as exc:

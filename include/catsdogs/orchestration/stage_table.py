@@ -12,6 +12,7 @@ from dataclasses import dataclass
 TRAINING_DAG_ID = "catsdogs_training"
 DEFAULT_QUEUE = "default"   # Airflow's [operators] default_queue: the CPU (data) workers
 GPU_QUEUE = "gpu"           # the workers on hosts with GPUs
+MONITORING_DAG_ID = "catsdogs_monitoring"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Stage:
     timeout_minutes: int = 60
     assets: tuple[str, ...] = ()      # Airflow Asset URIs this stage announces when it succeeds
     needs_kaggle: bool = False        # gets Kaggle credentials (never in templates or logs)
+    # Variables passed from the Airflow environment to the stage unrendered and unlogged (docker:
+    # the container's private environment; local: the task's inherited environment).
+    private_env: tuple[str, ...] = ()
     logs_mlflow: bool = False         # its summary names an MLflow run (`run_id`): a UI link
     # Kubernetes runner: what the scheduler reserves for the stage's pod (Kubernetes quantities).
     # `memory` is the request and the limit (above it the pod is OOM-killed, not a neighbour).
@@ -73,6 +77,12 @@ STAGES: tuple[Stage, ...] = (
           dag_task=False),
     Stage("champion", "The @champion alias: `history` lists its moves, `card` shows a version's "
           "model card", dag_task=False),
+    # The catsdogs_monitoring DAG's task (not the training DAG's): its drift decision becomes the
+    # Asset event that triggers catsdogs_training (catsdogs.orchestration.monitoring).
+    Stage("monitor", "Compare the latest predictions with the served version's reference "
+          "(Evidently drift report)", outputs=("reports/monitoring",), dag_task=False,
+          timeout_minutes=30, logs_mlflow=True, cpu="1", memory="2Gi",
+          private_env=("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")),
 )
 
 PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)

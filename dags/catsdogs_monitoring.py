@@ -1,0 +1,72 @@
+"""catsdogs_monitoring: hourly drift check of the served model; drift triggers catsdogs_training.
+
+Wiring only: the `monitor` stage comes from the stage table (run like the training stages,
+$CATSDOGS_RUNNER=docker|local|kubernetes), the drift event decision from
+`catsdogs.orchestration.monitoring`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import DAG, CronTriggerTimetable, Param, task
+
+from catsdogs.orchestration.airflow_tasks import (
+    DEFAULT_ARGS,
+    TEMPLATE_FILTERS,
+    TEMPLATE_MACROS,
+    make_task,
+    runner,
+)
+from catsdogs.orchestration.monitoring import (
+    DRIFT_ASSET,
+    cooldown_hours,
+    drift_event,
+    monitor_schedule,
+)
+from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, STAGES
+
+MODE = runner()
+MONITOR = next(stage for stage in STAGES if stage.name == "monitor")
+
+DOC_MD = """
+# Cats vs dogs: drift monitoring
+
+* **monitor** compares the last window of the prediction log with the served model version's
+  reference profile (Evidently: embedding, prediction, confidence and image-property drift),
+  logs the HTML report to MLflow and `reports/monitoring/`, pushes the scores to the Pushgateway.
+* **drift_event** announces the asset `catsdogs://monitoring/drift` when drift was detected and
+  the last drift event is older than the cool-down (`monitor.cooldown_hours`):
+  `catsdogs_training` runs on that event (besides its nightly schedule).
+* Too few predictions in the window: the check is skipped, no event.
+"""
+
+with DAG(
+    dag_id=MONITORING_DAG_ID,
+    description="Cats vs dogs: drift of the served model's inputs; drift triggers retraining",
+    schedule=CronTriggerTimetable(monitor_schedule(), timezone="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=1),
+    default_args=DEFAULT_ARGS,
+    params={"overrides": Param([], type="array", items={"type": "string",
+                                                        "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
+                               title="Overrides", description="section.key=value settings, "
+                               "e.g. monitor.window_hours=6")},
+    user_defined_macros=TEMPLATE_MACROS,
+    user_defined_filters=TEMPLATE_FILTERS,
+    doc_md=DOC_MD,
+    tags=["catsdogs", "ml", "monitoring", MODE],
+) as dag:
+    monitor = make_task(MONITOR, MODE)
+
+    @task(task_id="drift_event", inlets=[DRIFT_ASSET], outlets=[DRIFT_ASSET],
+          execution_timeout=timedelta(minutes=5))
+    def announce(summary: dict[str, Any] | None, *, inlet_events: Any = None,
+                 outlet_events: Any = None) -> dict[str, Any]:
+        """Announce the drift asset (or skip: no drift, too few rows, cool-down)."""
+        return drift_event(summary, list(inlet_events[DRIFT_ASSET]),
+                           outlet_events[DRIFT_ASSET], cooldown_hours())
+
+    announce(monitor.output)

@@ -1,0 +1,81 @@
+"""The drift → retraining link: the `catsdogs_monitoring` DAG's schedule, the drift Asset, and
+the decision to emit a drift event (with a cool-down).
+
+- `DRIFT_ASSET` (`catsdogs://monitoring/drift`): the monitoring DAG's `drift_event` task announces
+  it when the `monitor` stage detected drift; `catsdogs_training` is scheduled on
+  `AssetOrTimeSchedule(nightly cron, DRIFT_ASSET)`, so drift starts a training run at once.
+- Cool-down: no drift event within `monitor.cooldown_hours` of the last one (read from the
+  asset's own event history, `inlet_events`), so a drifting week retrains once per cool-down
+  rather than every hour. Every drift event starts a training run, so this is also the time since
+  the last drift-triggered training.
+
+Only imported by `dags/`; nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowSkipException
+
+from catsdogs.orchestration.airflow_tasks import default_params
+
+log = logging.getLogger(__name__)
+
+DRIFT_ASSET = Asset(name="catsdogs_drift", uri="catsdogs://monitoring/drift",
+                    group="monitoring")
+MONITOR_SCHEDULE_ENV = "CATSDOGS_MONITOR_SCHEDULE"
+COOLDOWN_ENV = "CATSDOGS_DRIFT_COOLDOWN_HOURS"
+RETRAIN_ON_DRIFT_ENV = "CATSDOGS_RETRAIN_ON_DRIFT"
+
+
+def monitor_schedule() -> str:
+    """Cron (or preset) of catsdogs_monitoring: $CATSDOGS_MONITOR_SCHEDULE, else
+    `monitor.schedule` of params.yaml (hourly)."""
+    return os.environ.get(MONITOR_SCHEDULE_ENV) or default_params().monitor.schedule
+
+
+def cooldown_hours() -> float:
+    """$CATSDOGS_DRIFT_COOLDOWN_HOURS, else `monitor.cooldown_hours` of params.yaml."""
+    value = os.environ.get(COOLDOWN_ENV)
+    return float(value) if value else default_params().monitor.cooldown_hours
+
+
+def retrain_on_drift() -> bool:
+    """Whether catsdogs_training also runs on drift events ($CATSDOGS_RETRAIN_ON_DRIFT, on)."""
+    return os.environ.get(RETRAIN_ON_DRIFT_ENV, "1").strip().lower() not in {"0", "false", "no",
+                                                                              "off"}
+
+
+def drift_event(summary: Mapping[str, Any] | None, earlier: Sequence[Any], outlet: Any,
+                cooldown: float, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Decide whether this monitoring run announces DRIFT_ASSET.
+
+    `summary`: the monitor stage's summary (XCom); `earlier`: the asset's past events (each with
+    a `timestamp`, oldest first); `outlet`: this task's outlet event accessor (its `extra` is
+    filled). Returns the event's extra; raises AirflowSkipException (no event) when there is no
+    drift, not enough rows, or the last event is younger than `cooldown` hours."""
+    if not summary or not summary.get("drift_detected"):
+        reason = (summary or {}).get("message", "the monitor stage returned no summary")
+        raise AirflowSkipException(f"no drift event: {reason}")
+    now = now or dt.datetime.now(dt.UTC)
+    if earlier:
+        last = earlier[-1].timestamp
+        age_h = (now - last).total_seconds() / 3600
+        if age_h < cooldown:
+            raise AirflowSkipException(
+                f"drift detected (score {summary.get('drift_score', 0):.3f}) but the last drift "
+                f"event was {age_h:.1f} h ago, within the {cooldown:g} h cool-down "
+                f"(monitor.cooldown_hours): no new retraining trigger")
+    extra = {"drift_score": summary.get("drift_score"),
+             "model_version": summary.get("model_version"),
+             "rows": summary.get("rows"), "report": summary.get("report"),
+             "mlflow_run_id": summary.get("run_id")}
+    outlet.extra = extra
+    log.info("drift event: %s", extra)
+    return extra

@@ -1,0 +1,100 @@
+"""catsdogs_monitoring: its shape (monitor → drift_event), hourly schedule, the drift asset it
+announces, the stage's private environment, and the drift-event decision with its cool-down."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk import CronTriggerTimetable
+from airflow.sdk.exceptions import AirflowSkipException
+
+from catsdogs.orchestration.airflow_tasks import (
+    StageBashOperator,
+    StageDockerOperator,
+    overrides_from_params,
+)
+from catsdogs.orchestration.kubernetes_pods import StageKubernetesPodOperator
+from catsdogs.orchestration.monitoring import DRIFT_ASSET, drift_event
+from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, PIPELINE, STAGES
+
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+DRIFT = {"drift_detected": True, "drift_score": 0.5, "model_version": "3", "rows": 80,
+         "report": "/data/reports/monitoring/drift.html", "run_id": "abc"}
+
+
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
+def test_monitor_then_drift_event(parse_dag, runner: str) -> None:
+    dag = parse_dag(runner, dag_id=MONITORING_DAG_ID)
+    dag.check_cycle()
+    assert sorted(dag.task_ids) == ["drift_event", "monitor"]
+    assert [t.task_id for t in dag.get_task("monitor").downstream_list] == ["drift_event"]
+    kind = {"docker": StageDockerOperator, "local": StageBashOperator,
+            "kubernetes": StageKubernetesPodOperator}[runner]
+    assert isinstance(dag.get_task("monitor"), kind)
+    event = dag.get_task("drift_event")
+    assert [a.uri for a in event.outlets] == [a.uri for a in event.inlets] == [DRIFT_ASSET.uri]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    for task in dag.tasks:
+        assert task.retries >= 1 and task.execution_timeout is not None
+
+
+def test_monitor_is_a_stage_but_not_a_training_task() -> None:
+    monitor = next(stage for stage in STAGES if stage.name == "monitor")
+    assert monitor not in PIPELINE and monitor.dag_task is False
+    assert "reports/monitoring" in monitor.outputs
+
+
+def test_hourly_by_default_and_overridable(parse_dag) -> None:
+    timetable = parse_dag("local", dag_id=MONITORING_DAG_ID).timetable
+    assert isinstance(timetable, CronTriggerTimetable)
+    assert timetable.expression == "0 * * * *"  # params.yaml: @hourly
+    other = parse_dag("local", dag_id=MONITORING_DAG_ID, CATSDOGS_MONITOR_SCHEDULE="*/10 * * * *")
+    assert other.timetable.expression == "*/10 * * * *"
+
+
+def test_monitor_command_takes_overrides(parse_dag) -> None:
+    task = parse_dag("local", dag_id=MONITORING_DAG_ID).get_task("monitor")
+    assert task.bash_command.startswith("catsdogs monitor")
+    assert overrides_from_params({"overrides": ["monitor.window_hours=6"]}) == [
+        "monitor.window_hours=6"]
+
+
+def test_docker_mode_passes_the_log_url_privately(parse_dag, monkeypatch) -> None:
+    secret = "postgresql://monitor:pa55word@postgres/monitoring"
+    monkeypatch.setenv("CATSDOGS_PREDICTION_LOG_URL", secret)
+    task = parse_dag("docker", dag_id=MONITORING_DAG_ID).get_task("monitor")
+    assert task.private_env == ("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")
+    assert secret not in str(task.environment) and secret not in str(task.command)
+
+
+def _outlet() -> SimpleNamespace:
+    return SimpleNamespace(extra={})
+
+
+@pytest.mark.parametrize("summary", [None, {"drift_detected": False, "message": "no drift"},
+                                     {"drift_detected": False, "reason": "not_enough_rows"}])
+def test_no_drift_no_event(summary) -> None:
+    outlet = _outlet()
+    with pytest.raises(AirflowSkipException):
+        drift_event(summary, [], outlet, 24, NOW)
+    assert outlet.extra == {}
+
+
+def test_drift_emits_an_event_with_its_evidence() -> None:
+    outlet = _outlet()
+    extra = drift_event(DRIFT, [], outlet, 24, NOW)
+    assert outlet.extra == extra
+    assert extra["drift_score"] == 0.5 and extra["model_version"] == "3"
+    assert extra["mlflow_run_id"] == "abc"
+
+
+def test_cool_down_after_the_last_drift_event() -> None:
+    recent = [SimpleNamespace(timestamp=NOW - dt.timedelta(hours=30)),
+              SimpleNamespace(timestamp=NOW - dt.timedelta(hours=3))]
+    with pytest.raises(AirflowSkipException, match="cool-down"):
+        drift_event(DRIFT, recent, _outlet(), 24, NOW)
+    old = [SimpleNamespace(timestamp=NOW - dt.timedelta(hours=25))]
+    assert drift_event(DRIFT, old, _outlet(), 24, NOW)["rows"] == 80
+    assert drift_event(DRIFT, recent, _outlet(), 0, NOW)["rows"] == 80
