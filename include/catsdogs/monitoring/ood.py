@@ -138,8 +138,12 @@ def fit(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: 
     means = np.stack([x[labels == c].mean(axis=0) for c in present])
     centred = x - means[np.searchsorted(present, labels)]
     covariance = LedoitWolf(assume_centered=True, store_precision=False).fit(centred).covariance_
+    # a floor on the diagonal: with one picture per class the residuals are all zero (a zero
+    # covariance); otherwise it changes the scores by about a millionth
+    covariance[np.diag_indices_from(covariance)] += max(1e-9, 1e-6 * np.trace(covariance)
+                                                        / len(covariance))
     # the inverse through the Cholesky factor: 30x faster than scikit-learn's pseudo-inverse
-    # (an eigendecomposition) for D = 1280, and the shrunk covariance is positive definite
+    # (an eigendecomposition) for D = 1280; the shrunk, floored covariance is positive definite
     inverse_factor = solve_triangular(np.linalg.cholesky(covariance), np.eye(len(covariance)),
                                       lower=True)
     precision = inverse_factor.T @ inverse_factor
