@@ -105,6 +105,17 @@ class PromoteParams(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class DeployParams(_Section):
+    """The rollout after promotion (docs/rollout.md)."""
+
+    target: Literal["auto", "local", "compose", "kubernetes", "none"] = "auto"
+    check_images: int = Field(60, ge=50, le=10000)   # labelled test pictures sent after a switch
+    accuracy_tolerance: float = Field(0.05, ge=0, le=1)  # allowed drop below the recorded test_accuracy
+    ready_timeout_s: float = Field(300.0, gt=0)      # new version's /readyz must answer by then
+    drain_s: float = Field(5.0, ge=0)                # old version keeps serving in-flight requests
+    seed: int = 0                                    # which test pictures the check sends
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     validation: ValidationParams = ValidationParams()
@@ -114,6 +125,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
+    deploy: DeployParams = DeployParams()
 
     def flat(self) -> dict[str, Any]:
         """Every parameter as `section.key -> value` (for MLflow params and stamps)."""
