@@ -35,13 +35,13 @@ def parse_dag(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """Parse dags/ like the dag-processor does, with the given runner and extra env."""
     from airflow.dag_processing.dagbag import DagBag
 
-    def parse(runner: str = "docker", **env: str) -> Any:
+    def parse(runner: str = "docker", dag_id: str = DAG_ID, **env: str) -> Any:
         monkeypatch.setenv("CATSDOGS_RUNNER", runner)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
         assert bag.import_errors == {}, bag.import_errors
-        return bag.dags[DAG_ID]
+        return bag.dags[dag_id]
 
     return parse
 
