@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Base images for the project's Dockerfiles and for compose's Postgres and Prometheus.
-# Uses the official images (python:3.11-slim, postgres:16, prom/prometheus) when present or
+# Base images for the project's Dockerfiles and for compose's Postgres, Prometheus and the nginx
+# proxy. Uses the official images (python:3.11-slim, postgres:16, prom/prometheus, nginx) when present or
 # pullable; otherwise (no Docker Hub) builds stand-ins from Debian packages on a debootstrap
 # root file system. Prints KEY=VALUE lines for compose/.env on stdout; logs go to stderr.
 #   CATSDOGS_BASE=auto|official|local   (default auto)
@@ -17,17 +17,21 @@ pullable() { have "$1" || timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
 OFFICIAL_PYTHON=python:3.11-slim
 OFFICIAL_POSTGRES=postgres:16
 OFFICIAL_PROMETHEUS=prom/prometheus:v2.55.1
+OFFICIAL_NGINX=nginx:1.27
 LOCAL_DEBIAN=catsdogs-base/debian:bookworm
 LOCAL_PYTHON=catsdogs-base/python:3.11
 LOCAL_POSTGRES=catsdogs-base/postgres:15
 LOCAL_PROMETHEUS=catsdogs-base/prometheus:2
+LOCAL_NGINX=catsdogs-base/nginx:1.22
 
 if [ "$MODE" = official ] || { [ "$MODE" = auto ] && pullable "$OFFICIAL_PYTHON" \
-     && pullable "$OFFICIAL_POSTGRES" && pullable "$OFFICIAL_PROMETHEUS"; }; then
+     && pullable "$OFFICIAL_POSTGRES" && pullable "$OFFICIAL_PROMETHEUS" \
+     && pullable "$OFFICIAL_NGINX"; }; then
   log "using the official base images"
   echo "BASE_IMAGE=$OFFICIAL_PYTHON"
   echo "POSTGRES_IMAGE=$OFFICIAL_POSTGRES"
   echo "PROMETHEUS_IMAGE=$OFFICIAL_PROMETHEUS"
+  echo "PROXY_IMAGE=$OFFICIAL_NGINX"
   exit 0
 fi
 
@@ -60,9 +64,11 @@ pids=()
 build "$LOCAL_PYTHON" docker/base/python.Dockerfile
 build "$LOCAL_POSTGRES" docker/base/postgres.Dockerfile
 build "$LOCAL_PROMETHEUS" docker/base/prometheus.Dockerfile
+build "$LOCAL_NGINX" docker/base/nginx.Dockerfile
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 [ "$failed" = 0 ] || exit 1
 echo "BASE_IMAGE=$LOCAL_PYTHON"
 echo "POSTGRES_IMAGE=$LOCAL_POSTGRES"
 echo "PROMETHEUS_IMAGE=$LOCAL_PROMETHEUS"
+echo "PROXY_IMAGE=$LOCAL_NGINX"

@@ -123,10 +123,10 @@ def run_check(endpoint: str, pictures: list[tuple[Path, str]], concurrency: int 
 
 
 def verdict(result: CheckResult, version: str, recorded_accuracy: float | None,
-            tolerance: float) -> str | None:
+            tolerance: float, floor: float = 0.0) -> str | None:
     """Why the deployed `version` must be rolled back, or None when it passed: any failed
     request, an answer from another version, or accuracy below `recorded_accuracy - tolerance`
-    (the version's test accuracy from its training run; None: only the requests are judged)."""
+    (the version's test accuracy from its training run; None: not judged) or below `floor`."""
     if result.failures:
         return (f"{result.failures} of {result.sent} requests to the live endpoint failed "
                 f"({'; '.join(result.errors)})")
@@ -137,4 +137,7 @@ def verdict(result: CheckResult, version: str, recorded_accuracy: float | None,
         return (f"live accuracy {result.accuracy:.3f} on {result.sent} test pictures is below "
                 f"v{version}'s recorded test accuracy {recorded_accuracy:.3f} minus the "
                 f"tolerance {tolerance} (deploy.accuracy_tolerance)")
+    if result.accuracy < floor:
+        return (f"live accuracy {result.accuracy:.3f} on {result.sent} test pictures is below "
+                f"the floor {floor} (deploy.min_accuracy)")
     return None

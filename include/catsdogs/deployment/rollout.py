@@ -61,7 +61,8 @@ def _check(params: Params, paths: DataPaths, target: Target, client: Any, name: 
                                  params.deploy.seed)
     result = run_check(target.endpoint(), pictures)
     expected = recorded_accuracy(client, name, version)
-    reason = verdict(result, version, expected, params.deploy.accuracy_tolerance)
+    reason = verdict(result, version, expected, params.deploy.accuracy_tolerance,
+                     params.deploy.min_accuracy)
     return reason, {**result.to_dict(), "recorded_accuracy": expected}
 
 
