@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs.config import load_params
-from catsdogs.deployment.check import predict
 from catsdogs.deployment.history import (
     BY_POST_DEPLOY_CHECK,
     BY_PROMOTE,
@@ -36,6 +34,7 @@ from catsdogs.deployment.rollout import deploy_champion
 from catsdogs.deployment.targets.local import LocalTarget
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from tests.deployment.load import Load
 from tests.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -59,41 +58,6 @@ def register(mlflow_url: str, test_accuracy: float) -> str:
     client.log_metric(client.get_model_version(MODEL, version).run_id, "test_accuracy",
                       test_accuracy)
     return version
-
-
-class Load:
-    """Calls the public endpoint back to back from two threads until stopped."""
-
-    def __init__(self, endpoint: str, picture: Path) -> None:
-        self.endpoint, self.picture = endpoint, picture
-        self.sent, self.failures, self.versions = 0, [], []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(2)]
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                version = predict(self.endpoint, self.picture, timeout=60)["model"]["version"]
-                error = None
-            except OSError as exc:
-                version, error = None, repr(exc)
-            with self._lock:
-                self.sent += 1
-                if error:
-                    self.failures.append(error)
-                elif not self.versions or self.versions[-1] != version:
-                    self.versions.append(version)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
 
 
 @pytest.fixture
