@@ -166,6 +166,9 @@ def summary_lines(record: dict[str, Any], login: str, mlflow_ui: str, service: s
         else:
             decision = "promoted" if promote.get("promoted") else "rejected"
             lines.append(f"Promotion   : {decision}: {promote.get('reason')}")
+    deploy = record["summaries"].get("deploy")
+    if deploy:
+        lines.append(f"Deployment  : {deploy.get('message')}")
     if trained_on is not None:
         lines.append(f"Trained on  : {trained_on.source}")
         if trained_on.synthetic:
