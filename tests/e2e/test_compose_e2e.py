@@ -195,7 +195,7 @@ def trigger_training(client: AirflowClient, source: str, epochs: int = 1,
                           "train.num_workers=0", "train.precision=fp32",
                           "split.train=0.65", "split.val=0.1", "split.test=0.25",
                           "deploy.check_images=50", "deploy.accuracy_tolerance=0.2",
-                          "deploy.drain_s=3", *extra]}
+                          "deploy.drain_s=3", "deploy.ready_timeout_s=600", *extra]}
     return client.trigger(TRAINING_DAG_ID, conf, run_id=f"e2e-{uuid.uuid4().hex[:8]}")
 
 
@@ -314,7 +314,7 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     #    figures record both scores.
     old = version["version"]
     t = time.monotonic()
-    with Load(stack.url("bento"), photo, threads=1, pause_s=0.05) as load:
+    with Load(stack.url("bento"), photo, threads=1, pause_s=0.2) as load:
         run_2 = trigger_training(client, source, epochs=3, extra=("promote.min_delta=-1",))
         instances = wait_for_run(client, run_2)
     stack.phase("dag_run_2_under_load", t)
@@ -343,7 +343,7 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     # 5. A forced post-deploy rollback: a challenger promoted although worse (min_delta < 0),
     #    checked against an accuracy floor no model here reaches; still no failed request.
     t = time.monotonic()
-    with Load(stack.url("bento"), photo, threads=1, pause_s=0.05) as load:
+    with Load(stack.url("bento"), photo, threads=1, pause_s=0.2) as load:
         run_3 = trigger_training(client, source, epochs=1, extra=(
             "train.seed=7", "promote.min_delta=-1", "deploy.min_accuracy=0.99"))
         instances = wait_for_run(client, run_3, expect="failed")
