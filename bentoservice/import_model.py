@@ -6,7 +6,13 @@ store, so `bentoml build` packages it and the served image needs no MLflow serve
 The Bento model carries the registry name, version, run id, architecture, image size, classes and
 the training data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in
 its metadata, plus the measured fp32/bf16 label agreement on real photos (the service uses bf16
-only when it is >= 99.5%). Re-importing the same registry version is a no-op.
+only when it is >= 99.5%). The agreement is also recorded on the registry version
+(`serving.bf16_*` tags), so its model card shows it.
+
+The version's model card (`catsdogs.training.model_card`) is refreshed and stored in the Bento
+model as `model_card.md`; the service serves it at `/model/card`. Re-importing the same registry
+version imports nothing again; it only brings the stored card up to date (the card's history
+changes as the version is promoted, deployed or rolled back).
 """
 
 from __future__ import annotations
@@ -109,6 +115,46 @@ def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
         return bf16_agreement(net, batches) if batches else None
 
 
+def _tag_agreement(metadata: dict[str, Any], agreement: float, images: int) -> None:
+    """Record the measured agreement on the registry version (`serving.bf16_*` tags)."""
+    from mlflow import MlflowClient
+
+    from bentoservice.runtime import BF16_MIN_AGREEMENT
+    from catsdogs.training.model_card import BF16_AGREEMENT_TAG, BF16_IMAGES_TAG, BF16_MIN_TAG
+
+    client = MlflowClient()
+    for key, value in ((BF16_AGREEMENT_TAG, f"{agreement:.5f}"), (BF16_IMAGES_TAG, str(images)),
+                       (BF16_MIN_TAG, str(BF16_MIN_AGREEMENT))):
+        client.set_model_version_tag(metadata["registered_model"], metadata["version"], key, value)
+
+
+def _store_card(stored: Any, metadata: dict[str, Any]) -> bool:
+    """Refresh the version's model card in the registry and write it into the Bento model's
+    folder (`CARD_FILE`); True when the stored file changed. A registry that refuses leaves the
+    model without a fresh card, said in the log (the import itself stands)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from bentoservice.web import CARD_FILE
+    from catsdogs.storage import atomic_file
+    from catsdogs.training.model_card import refresh_card
+
+    name, version = metadata["registered_model"], metadata["version"]
+    try:
+        card = refresh_card(MlflowClient(), name, version)[version]
+    except MlflowException as exc:
+        logger.warning("the model card of %s v%s could not be rendered (%s): the service will "
+                       "say it has none", name, version, exc)
+        return False
+    target = Path(stored.path_of(CARD_FILE))
+    if target.is_file() and target.read_text() == card:
+        return False
+    with atomic_file(target) as tmp:
+        tmp.write_text(card)
+    logger.info("model card of %s v%s stored in %s", name, version, stored.tag)
+    return True
+
+
 def run(params: Params, paths: DataPaths, model_uri: str | None = None,
         bento_model: str = BENTO_MODEL_NAME, calibration_dir: Path | None = None,
         calibration_images: int = 400) -> Summary:
@@ -124,8 +170,10 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
               "mlflow_run_id": metadata["run_id"]}
     found = _existing(bento_model, metadata["version"], metadata["run_id"])
     if found:
+        card = _store_card(bentoml.models.get(found), metadata)
         return Summary("bento-import", f"{model_uri} (version {metadata['version']}) already "
-                       f"imported as {found}", skipped=True, details={"tag": found, **metadata})
+                       f"imported as {found}" + ("; its model card was updated" if card else ""),
+                       skipped=True, details={"tag": found, **metadata})
     imported = bentoml.mlflow.import_model(bento_model, model_uri, labels=labels,
                                            metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
@@ -136,6 +184,8 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
         stored.info.metadata.update(metadata)
         stored.flush()
         logger.info("fp32/bf16 label agreement on %d photos: %.2f%%", len(files), 100 * agreement)
+        _tag_agreement(metadata, agreement, len(files))
+    _store_card(stored, metadata)
     logger.info("imported %s (version %s, run %s) as %s", model_uri, metadata["version"],
                 metadata["run_id"], stored.tag)
     return Summary("bento-import", f"{model_uri} (version {metadata['version']}) -> {stored.tag}",

@@ -40,7 +40,7 @@ from bentoservice.runtime import (
     set_threads,
 )
 from bentoservice.settings import SETTINGS
-from bentoservice.web import web_app
+from bentoservice.web import CARD_FILE, read_card, web_app
 from catsdogs.data.images import ImageLimits, ImageRejected, square_image
 
 logger = logging.getLogger("bentoservice")
@@ -156,7 +156,8 @@ class CatsDogs:
         web_app.state.model = {"name": self.info.name, "version": self.info.version,
                                "run_id": self.info.run_id, "bento_model": self.info.bento_tag,
                                "classes": list(self.info.classes),
-                               "data": data.as_dict() if data is not None else None}
+                               "data": data.as_dict() if data is not None else None,
+                               "card": read_card(Path(stored.path_of(CARD_FILE)))}
         if data is not None and data.synthetic:
             logger.warning("serving %s v%s: %s", self.info.name, self.info.version, data.note())
         freeze_startup_heap()

@@ -1,7 +1,9 @@
 """The web page at / (mounted into the Bento service): pick or drop a photo, see the label.
 
 Everything it needs is served from bentoservice/static (no CDN: it works offline). It also serves
-BentoML's OpenAPI page at /docs (the page at / replaces BentoML's own index).
+BentoML's OpenAPI page at /docs (the page at / replaces BentoML's own index), the served model's
+facts at /model (JSON; `card` holds its model card as markdown) and the model card alone at
+/model/card (`text/markdown`), which the page links to.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
+CARD_FILE = "model_card.md"   # in the Bento model's folder, written by bentoservice.import_model
+
+
+def read_card(path: Path) -> str | None:
+    """The model card stored with the Bento model, or None when the import stored none."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 async def index(_: Request) -> Response:
@@ -26,11 +37,24 @@ async def favicon(_: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
-    """The served model's name and version (for the page)."""
+    """The served model: name, version, run id, classes, training data and `card` (its model
+    card as markdown, null when the import stored none)."""
     info = getattr(request.app.state, "model", None)
     if info is None:
         return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
     return JSONResponse(info)
+
+
+async def model_card(request: Request) -> Response:
+    """The served model's card as `text/markdown`; 404 when the import stored none."""
+    info = getattr(request.app.state, "model", None)
+    if info is None:
+        return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
+    if not info.get("card"):
+        return JSONResponse({"error": f"{info.get('name')} v{info.get('version')} was imported "
+                             "without a model card; re-run `python -m bentoservice.import_model`",
+                             "reason": "no_card"}, status_code=404)
+    return Response(info["card"], media_type="text/markdown; charset=utf-8")
 
 
 async def docs(_: Request) -> Response:
@@ -44,6 +68,7 @@ web_app = Starlette(routes=[
     Route("/", index, methods=["GET"]),
     Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/model", model, methods=["GET"]),
+    Route("/model/card", model_card, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     Mount("/ui", StaticFiles(directory=STATIC), name="ui"),
 ])

@@ -10,6 +10,13 @@ fetch("/model").then((r) => r.json()).then((m) => {
     $("data-note").textContent = m.data.note;
     $("data-note").hidden = !m.data.synthetic;
   }
+  if (m.card) {
+    // the version's model card (markdown, readable as it is): the same text as /model/card
+    $("card-text").textContent = m.card;
+    $("card").hidden = false;
+  } else {
+    $("card-link").hidden = true;
+  }
 }).catch(() => { $("model-version").textContent = "unavailable"; });
 
 function showError(text) {

@@ -2,7 +2,8 @@
 serving tests' fixture, run as
 `python -m tests.serving.register_tiny URL NAME IMAGE_SIZE [DATA_SOURCE true|false]`).
 The optional data source becomes the version's `data.source`/`data.synthetic` tags, as training
-records them.
+records them; @champion moves to the version the way promote moves it (recorded in the champion
+history, the model card refreshed).
 
 The head's weights are scaled up so different pictures get clearly different probabilities:
 that lets the tests tell answers apart (batching mix-ups, EXIF handling)."""
@@ -18,7 +19,8 @@ from mlflow import MlflowClient
 
 from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
-from catsdogs.tracking import CHAMPION, log_and_register, version_tags
+from catsdogs.deployment.history import BY_PROMOTE, move_champion
+from catsdogs.tracking import log_and_register, version_tags
 from catsdogs.training.model import build_model
 
 
@@ -33,7 +35,8 @@ def main(url: str, name: str, image_size: int, data: Provenance | None = None) -
     with mlflow.start_run():
         version = log_and_register(net, name, example,
                                    version_tags(image_size, CLASSES, "resnet18", data))
-    MlflowClient().set_registered_model_alias(name, CHAMPION, version.version)
+    move_champion(MlflowClient(), name, version.version, reason="registered by the serving tests",
+                  by=BY_PROMOTE)
     print(version.version)
 
 

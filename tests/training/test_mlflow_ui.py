@@ -52,3 +52,21 @@ def test_experiments_are_tagged_machine_learning(tracking_uri: str, tmp_path: Pa
     for experiment in (created, older):
         tags = MlflowClient().get_experiment(experiment).tags
         assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_version_page_shows_the_model_card_and_run_page_the_data_set(
+        page, trained: dict, tracking_uri: str, artifacts_dir: Path) -> None:
+    """The card is the version's description (rendered markdown on its page); the training data
+    set logged with `mlflow.log_input` is on the run page."""
+    from catsdogs.data.lineage import DATASET_NAME
+
+    page.goto(f"{tracking_uri}/#/models/CatsDogsCNN/versions/{trained['version']}")
+    page.wait_for_selector(f"text=Model card: CatsDogsCNN v{trained['version']}", timeout=60_000)
+    body = page.inner_text("body")
+    assert "Training data" in body and "Promotion and deployment" in body
+    page.screenshot(path=str(artifacts_dir / "mlflow-version-model-card.png"), full_page=True)
+
+    run = MlflowClient().get_run(trained["run_id"])
+    page.goto(tracking.run_url(tracking_uri, run.info.experiment_id, run.info.run_id))
+    page.wait_for_selector(f"text={DATASET_NAME}", timeout=60_000)
+    page.screenshot(path=str(artifacts_dir / "mlflow-run-data-set.png"), full_page=True)

@@ -57,6 +57,8 @@ def test_promotes_first_refuses_worse_promotes_better(tiny_data: DataPaths,
     run_tags = client.get_run(client.get_model_version(NAME, worse).run_id).data.tags
     assert run_tags["promotion.decision"] == "rejected"
     assert run_tags["promotion.reason"] == tags["promotion.reason"]
+    card = client.get_model_version(NAME, worse).description     # its model card says so too
+    assert f"Promotion: rejected by `f1` (min_delta 0.0, against v{first})" in card
     # The same comparison again is up to date (idempotent): no re-scoring, the same answer.
     again = promote.run(params, tiny_data)
     assert again.skipped and not again.details["promoted"]

@@ -5,7 +5,9 @@ on the version the alias moved to (and on the one it left), key `champion.move.<
 the move as JSON. `champion_history` reads them back from all versions of the model; the tags
 survive alias moves and are visible in the MLflow UI next to the version.
 
-All alias moves go through `move_champion` (promote, rollback, the post-deploy check).
+All alias moves go through `move_champion` (promote, rollback, the post-deploy check); it also
+re-renders the model cards of both versions (`catsdogs.training.model_card`), whose history
+section lists these moves.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ BY_PROMOTE = "promote"
 BY_ROLLBACK = "rollback"
 BY_POST_DEPLOY_CHECK = "post-deploy check"
 DEPLOY_STATUS_TAG = "deploy.status"     # on a version: deployed | rolled_back
+DEPLOY_REASON_TAG = "deploy.reason"     # why (a failed post-deploy check's figures)
+DEPLOY_TIME_TAG = "deploy.time"         # when the status was set, ISO-8601 UTC
+DEPLOY_TARGET_TAG = "deploy.target"     # where: local | compose | kubernetes
 ROLLED_BACK = "rolled_back"
 
 
@@ -53,10 +58,12 @@ def _current(client: Any, name: str) -> str | None:
 
 
 def move_champion(client: Any, name: str, to_version: str, *, reason: str, by: str) -> AliasMove:
-    """Point `name@champion` at `to_version` and record the move on both versions.
+    """Point `name@champion` at `to_version`, record the move on both versions and refresh their
+    model cards.
 
     `client` is an `mlflow.MlflowClient`. Returns the recorded move. Raises MlflowException when
-    the version does not exist.
+    the version does not exist. A card that cannot be refreshed (the move itself succeeded) is a
+    warning naming the command that refreshes it.
     """
     now_ms = int(time.time() * 1000)
     move = AliasMove(time=datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds"),
@@ -68,7 +75,21 @@ def move_champion(client: Any, name: str, to_version: str, *, reason: str, by: s
         client.set_model_version_tag(name, version, f"{MOVE_TAG_PREFIX}{now_ms}", value)
     log.info("%s@%s: v%s -> v%s by %s (%s)", name, CHAMPION, move.from_version or "-",
              move.to_version, by, reason)
+    _refresh_cards(client, name, move.to_version, move.from_version)
     return move
+
+
+def _refresh_cards(client: Any, name: str, *versions: str | None) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from catsdogs.training.model_card import refresh_card
+
+    try:
+        refresh_card(client, name, *versions)
+    except MlflowException as exc:
+        log.warning("the model cards of %s %s were not refreshed (%s); run `catsdogs champion "
+                    "card --version N` to refresh one", name,
+                    ", ".join(f"v{v}" for v in versions if v), exc)
 
 
 def champion_history(client: Any, name: str) -> list[AliasMove]:

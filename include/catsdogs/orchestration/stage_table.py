@@ -67,6 +67,8 @@ STAGES: tuple[Stage, ...] = (
           dag_task=False, needs_docker=True),
     Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
           dag_task=False),
+    Stage("champion", "The @champion alias: `history` lists its moves, `card` shows a version's "
+          "model card", dag_task=False),
 )
 
 PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)

@@ -3,7 +3,7 @@
 Both models are scored by the same code on the same current test split (the champion is
 re-evaluated there), by `promote.metric`; the challenger must beat the champion by more than
 `promote.min_delta`. The decision, both scores and the reason become tags on the challenger's model
-version and its run. A worse model is never promoted.
+version and its run, and its model card shows them. A worse model is never promoted.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def run(params: Params, paths: DataPaths) -> Summary:
 
     from catsdogs import tracking
     from catsdogs.deployment.history import BY_PROMOTE, move_champion
+    from catsdogs.training.model_card import refresh_card
 
     if not paths.split_dir("test").is_dir():
         raise UserError(f"test split missing at {paths.split_dir('test')}; run `catsdogs "
@@ -100,8 +101,6 @@ def run(params: Params, paths: DataPaths) -> Summary:
         champion_score = score(champion, paths, metric, params)
     promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
     client = MlflowClient()
-    if promoted:
-        move_champion(client, name, challenger.version, reason=reason, by=BY_PROMOTE)
     tags = {
         "promotion.decision": "promoted" if promoted else "rejected",
         "promotion.metric": metric,
@@ -115,6 +114,11 @@ def run(params: Params, paths: DataPaths) -> Summary:
     for key, value in tags.items():
         client.set_model_version_tag(name, challenger.version, key, value)
         client.set_tag(challenger.run_id, key, value)
+    # the decision is tagged first, so the model cards the move refreshes show it
+    if promoted:
+        move_champion(client, name, challenger.version, reason=reason, by=BY_PROMOTE)
+    else:
+        refresh_card(client, name, challenger.version)
     champion_now = challenger.version if promoted else champion_version.version
     message = (f"{tags['promotion.decision']} {name} v{challenger.version}: {reason}; "
                f"@champion is v{champion_now}")

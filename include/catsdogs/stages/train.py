@@ -1,5 +1,9 @@
 """The train stage: transfer-learn the CNN on transformed/, log everything to MLflow, register the
-model as a new `CatsDogsCNN` version with alias `challenger`.
+model as a new `CatsDogsCNN` version with alias `challenger` and write its model card.
+
+The training data set is recorded on the run with `mlflow.log_input` (`catsdogs.data.lineage`:
+source, digests of the prepared manifest and of the transformed files, pictures per split and
+class); the card (`catsdogs.training.model_card`) is rendered from the run and the version.
 
 Idempotent: a finished run with the same fingerprint (data files, params, device) is reused unless
 `--force` is given.
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
-from catsdogs.data import provenance
+from catsdogs.data import lineage, provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.storage import fingerprint, sha256_file
@@ -104,13 +108,15 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
         log.warning("training on %s, a GENERATED stand-in data set: the model is tagged "
                     "%s=true. %s", trained_on.source, provenance.SYNTHETIC_TAG,
                     provenance.REAL_DATA_HINT)
-    return _train(params, paths, experiment, device, choice, data,
+    manifest_sha256 = _manifest_hash(paths)
+    training_data = lineage.describe(paths.transformed, SPLITS, trained_on, manifest_sha256, hashed)
+    return _train(params, paths, experiment, device, choice, data, training_data,
                   tags={"device": str(device), "precision": choice.precision,
                         "channels_last": str(choice.channels_last).lower(),
                         "compile": str(params.train.compile).lower(),
                         "recipe": params.train.recipe,
                         "data.transformed_sha256": hashed,
-                        "data.manifest_sha256": _manifest_hash(paths),
+                        "data.manifest_sha256": manifest_sha256,
                         "git.commit": _git_commit(), "catsdogs.fingerprint": run_fingerprint,
                         **(trained_on.tags() if trained_on is not None else {})})
 
@@ -188,9 +194,11 @@ def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
 
 
 def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choice: Any,
-           data: dict[str, Any], tags: dict[str, str]) -> Summary:
+           data: dict[str, Any], training_data: lineage.TrainingData,
+           tags: dict[str, str]) -> Summary:
     import mlflow
     import torch
+    from mlflow import MlflowClient
 
     from catsdogs import tracking
     from catsdogs.config import CLASSES
@@ -198,6 +206,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
     from catsdogs.training.loop import fit, predict
     from catsdogs.training.metrics import classification_metrics
     from catsdogs.training.model import build_model, train_augment
+    from catsdogs.training.model_card import refresh_card
     from catsdogs.training.top_blocks import fit_top_blocks
 
     settings, size = params.train, params.transform.image_size
@@ -211,6 +220,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
     with mlflow.start_run(experiment_id=experiment, run_name=run_name) as active:
         mlflow.log_params(params.flat())
         mlflow.set_tags(tags | tracking.orchestrator_tags())
+        lineage.log_input(training_data)
         log.info("training %s by the %s recipe on %s (%s), %d train images, run %s",
                  params.model.arch, settings.recipe, device, precision, len(data["train"]),
                  active.info.run_id)
@@ -244,6 +254,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
             tracking.version_tags(size, CLASSES, params.model.arch,
                                   provenance.Provenance.from_tags(tags)))
         mlflow.set_tag("registered_version", version.version)
+    refresh_card(MlflowClient(), params.mlflow.registered_model_name, version.version)
     if (ui := tracking.ui_base_url()) is not None:
         log.info("MLflow run: %s", tracking.run_url(ui, experiment, active.info.run_id))
         log.info("MLflow experiment (all runs): %s", tracking.experiment_url(ui, experiment))
@@ -261,12 +272,15 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
 def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, precision: str,
                  result: Any, test: dict[str, float], labels: list[int],
                  probs: list[float]) -> None:
-    """Plots, classification report, performance report, plus the validation summary and EDA
-    (without the stages' internal stamp files)."""
+    """Plots, classification report, performance report, the confusion matrix as a JSON run tag
+    (for the model card), plus the validation summary and EDA (without the stages' internal
+    stamp files)."""
     import mlflow
 
     from catsdogs import tracking
-    from catsdogs.training import reports
+    from catsdogs.config import CLASSES
+    from catsdogs.training import model_card, reports
+    from catsdogs.training.metrics import confusion
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -279,6 +293,8 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
             params=params.flat(), history=result.history, best_epoch=result.best_epoch,
             test=test, labels=labels, probs=probs, images_per_second=result.images_per_second))
         mlflow.log_artifacts(str(folder), "reports")
+    mlflow.set_tag(model_card.CONFUSION_TAG, json.dumps(
+        {"labels": list(CLASSES), "rows_true_cols_predicted": confusion(labels, probs)}))
     summary = paths.validation_reports / "summary.json"
     if summary.exists():
         mlflow.log_artifact(str(summary), "validation")

@@ -1,0 +1,314 @@
+"""The model card of a registered version: one markdown page that says what the model is for,
+what it was trained on, how well it did and where it has been deployed.
+
+The card is rendered from what MLflow already holds, so it never loads the model:
+
+- the version (tags: arch, image size, classes, `data.*`, `promotion.*`, `deploy.*`, the bf16
+  check the serving import records as `serving.bf16_*`) and its aliases;
+- its run: parameters, `test_*` metrics, the training data set logged with `mlflow.log_input`
+  (`catsdogs.data.lineage`) and the test confusion matrix (run tag `test.confusion_matrix`);
+- the champion history (`catsdogs.deployment.history`): the moves of `@champion` to or from it.
+
+`refresh_card` stores it twice: as the artifact `model_card.md` of the version's run and as the
+version's description (what the MLflow UI shows on the version page; the registry keeps at most
+`DESCRIPTION_LIMIT` characters, so a long history is shortened there, never in the artifact).
+The train stage writes the first card when it registers a version; `move_champion` refreshes the
+cards of both versions of a move, promote refreshes a rejected challenger's, and the deployment
+calls `refresh_card` after it tags `deploy.status`. A card changes only when those facts change
+(no render time in it), so refreshing an unchanged card writes nothing.
+
+The card is our own format (no model-card library is installed here, and the fields are ours);
+its sections follow the usual model-card outline: intended use, limits, data, metrics, history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from catsdogs.config import CLASSES
+from catsdogs.data.lineage import DATASET_NAME, TrainingData
+from catsdogs.data.provenance import Provenance
+from catsdogs.deployment.history import (
+    DEPLOY_REASON_TAG,
+    DEPLOY_STATUS_TAG,
+    DEPLOY_TARGET_TAG,
+    DEPLOY_TIME_TAG,
+)
+from catsdogs.training.metrics import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+CARD_ARTIFACT = "model_card.md"
+CONFUSION_TAG = "test.confusion_matrix"    # run tag: {"labels", "rows_true_cols_predicted"}
+DESCRIPTION_LIMIT = 5000          # characters: the registry's model-version description column
+BF16_AGREEMENT_TAG = "serving.bf16_agreement"          # fp32/bf16 label agreement, 0..1
+BF16_IMAGES_TAG = "serving.bf16_agreement_images"      # photos it was measured on
+BF16_MIN_TAG = "serving.bf16_min_agreement"            # the service's threshold for bf16
+CARD_PARAM_SECTIONS = ("model.", "train.", "transform.", "split.")
+SPLIT_ORDER = ("train", "val", "test")
+SHORT_HISTORY = 5                 # moves kept in a description that would be too long
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything a card shows, read from the registry and the run (see `gather`)."""
+
+    name: str
+    version: str
+    run_id: str
+    experiment_id: str
+    registered: str                       # ISO-8601 UTC
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    data: TrainingData | None
+    confusion: list[list[int]] | None     # rows true class, columns predicted (CLASSES order)
+    moves: list[Any] = field(default_factory=list)   # history.AliasMove to or from this version
+    stored_description: str | None = None   # the version's description now (not shown)
+
+
+def _iso(ms: int | None) -> str:
+    if not ms:
+        return "unknown"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _confusion(run_tags: dict[str, str]) -> list[list[int]] | None:
+    try:
+        matrix = json.loads(run_tags[CONFUSION_TAG])["rows_true_cols_predicted"]
+        return [[int(n) for n in row] for row in matrix]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def gather(client: Any, name: str, version: str) -> CardFacts:
+    """The facts of `name` version `version` (`client`: an `mlflow.MlflowClient`): three registry
+    and tracking calls, no download; MlflowException when the version does not exist."""
+    from catsdogs.data import lineage
+    from catsdogs.deployment.history import champion_history
+
+    found = client.get_model_version(name, str(version))
+    run = client.get_run(found.run_id)
+    moves = [move for move in champion_history(client, name)
+             if str(version) in (move.to_version, move.from_version)]
+    return CardFacts(
+        name=name, version=str(found.version), run_id=found.run_id,
+        experiment_id=run.info.experiment_id, registered=_iso(found.creation_timestamp),
+        aliases=tuple(sorted(getattr(found, "aliases", None) or ())),
+        tags=dict(found.tags or {}), params=dict(run.data.params),
+        metrics=dict(run.data.metrics), data=lineage.from_run(run),
+        confusion=_confusion(run.data.tags), moves=moves,
+        stored_description=found.description or None)
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _classes(facts: CardFacts) -> list[str]:
+    try:
+        return list(json.loads(facts.tags["classes"]))
+    except (KeyError, ValueError, TypeError):
+        return list(CLASSES)
+
+
+def _provenance(facts: CardFacts) -> Provenance | None:
+    found = Provenance.from_tags(facts.tags)
+    if found is None and facts.data is not None and facts.data.synthetic is not None:
+        found = Provenance(facts.data.source, facts.data.synthetic)
+    return found
+
+
+def _intended_use(facts: CardFacts, classes: list[str]) -> list[str]:
+    size = facts.tags.get("image_size") or facts.params.get("transform.image_size", "?")
+    return [
+        "## Intended use", "",
+        f"Tell whether a photo shows a {' or a '.join(classes)}: one animal per photo, the kind "
+        "of photo people take of their pets. The service squashes each picture to "
+        f"{size}x{size} px exactly as training did and answers the label, its probability and "
+        "this version's number.", "",
+        "## Known limits", "",
+        f"- It knows {len(classes)} classes and answers one of them for any picture, also for a "
+        "picture of neither (a person, a car, a drawing); such answers can be confident and "
+        "mean nothing.",
+        "- Its test figures come from a split of the same data set it was trained on: photos "
+        "from elsewhere (other cameras, lighting, breeds, framing) can score lower.",
+        "- Several animals in one photo, or a small animal in a large scene, are outside what it "
+        "was trained for.",
+        "- It is not meant for decisions about animals or people (breed, health, identity).", "",
+    ]
+
+
+def _data_section(facts: CardFacts, classes: list[str]) -> list[str]:
+    lines = ["## Training data", ""]
+    data = facts.data
+    provenance = _provenance(facts)
+    if data is None:
+        source = provenance.source if provenance is not None else "not recorded"
+        return lines + [f"- Source: `{source}`",
+                        "- The run logged no data set (trained before lineage was recorded).", ""]
+    kind = ("GENERATED stand-in pictures" if data.synthetic else
+            "real photos" if data.synthetic is False else "not recorded whether real or generated")
+    lines += [
+        f"- Source: `{data.source}` ({kind})",
+        f"- MLflow data set: `{DATASET_NAME}`, digest `{data.transformed_digest}` (logged with "
+        f"`mlflow.log_input`, context `training`, run `{facts.run_id}`)",
+        f"- Prepared manifest sha256: `{data.manifest_sha256}`",
+        f"- Transformed files digest: `{data.transformed_digest}` ({data.total} pictures)", "",
+        "| split | " + " | ".join(classes) + " | total |",
+        "|---" * (len(classes) + 2) + "|",
+    ]
+    splits = sorted(data.counts, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER
+                                                 else len(SPLIT_ORDER), s))
+    for split in splits:
+        per_class = data.counts[split]
+        lines.append(f"| {split} | " + " | ".join(str(per_class.get(c, 0)) for c in classes)
+                     + f" | {sum(per_class.values())} |")
+    return lines + [""]
+
+
+def _params_section(facts: CardFacts) -> list[str]:
+    chosen = {k: v for k, v in sorted(facts.params.items()) if k.startswith(CARD_PARAM_SECTIONS)}
+    if not chosen:
+        return ["## Parameters", "", "Not recorded.", ""]
+    tags = facts.tags
+    run_facts = ", ".join(f"{key} `{tags[key]}`" for key in ("device", "precision")
+                          if key in tags)
+    lines = ["## Parameters", "",
+             "All of the run's parameters are on its MLflow page; those that shape the model:", ""]
+    lines.append(" · ".join(f"`{k}`={v}" for k, v in chosen.items()))
+    return lines + ([f"\nTrained on {run_facts}."] if run_facts else []) + [""]
+
+
+def _metrics_section(facts: CardFacts, classes: list[str]) -> list[str]:
+    metrics = facts.metrics
+    lines = ["## Test metrics", ""]
+    if not any(f"test_{m}" in metrics for m in METRIC_NAMES):
+        lines += ["Not recorded.", ""]
+    else:
+        test_images = facts.data.counts.get("test") if facts.data is not None else None
+        where = (f"on the test split ({sum(test_images.values())} pictures)" if test_images
+                 else "on the test split")
+        best = metrics.get("best_epoch")
+        lines += [f"Measured {where} with the weights of the best epoch by validation F1"
+                  + (f" (epoch {int(best)})" if best is not None else "")
+                  + f"; the positive class is {classes[-1]}.", "",
+                  "| " + " | ".join(METRIC_NAMES) + " |", "|---" * len(METRIC_NAMES) + "|",
+                  "| " + " | ".join(_number(metrics.get(f"test_{m}")) for m in METRIC_NAMES)
+                  + " |", ""]
+    if facts.confusion is not None:
+        lines += ["Confusion matrix (test split; rows: true class, columns: predicted):", "",
+                  "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |"
+                  for label, row in zip(classes, facts.confusion, strict=False)]
+        lines.append("")
+    return lines + _bf16_lines(facts.tags)
+
+
+def _bf16_lines(tags: dict[str, str]) -> list[str]:
+    agreement = tags.get(BF16_AGREEMENT_TAG)
+    if agreement is None:
+        return ["bf16 agreement: not measured yet (the serving import measures it on real "
+                "photos when it packages this version).", ""]
+    images = tags.get(BF16_IMAGES_TAG, "?")
+    threshold = tags.get(BF16_MIN_TAG)
+    rule = (f"; the service serves bf16 only at {100 * float(threshold):.1f}% or more, on a CPU "
+            "with native bfloat16" if threshold else "")
+    return [f"bf16 agreement: {100 * float(agreement):.2f}% of {images} photos get the same "
+            f"label in bf16 as in fp32{rule}.", ""]
+
+
+def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
+    tags = facts.tags
+    lines = ["## Promotion and deployment", ""]
+    if "champion" in facts.aliases:
+        lines.append("- Now: **@champion** (the version the service should be serving)")
+    elif facts.aliases:
+        lines.append("- Now: " + ", ".join(f"@{a}" for a in facts.aliases))
+    decision = tags.get("promotion.decision")
+    if decision:
+        against = tags.get("promotion.champion_version", "none")
+        lines.append(f"- Promotion: {decision} by `{tags.get('promotion.metric', '?')}` "
+                     f"(min_delta {tags.get('promotion.min_delta', '?')}, "
+                     + ("no champion before" if against == "none" else f"against v{against}")
+                     + f"): {tags.get('promotion.reason', '')}")
+    else:
+        lines.append("- Promotion: not judged yet")
+    status = tags.get(DEPLOY_STATUS_TAG)
+    if status:
+        where = " ".join(part for part in (
+            f"on {tags[DEPLOY_TARGET_TAG]}" if tags.get(DEPLOY_TARGET_TAG) else "",
+            f"at {tags[DEPLOY_TIME_TAG]}" if tags.get(DEPLOY_TIME_TAG) else "") if part)
+        reason = tags.get(DEPLOY_REASON_TAG)
+        lines.append(f"- Deployment: {status}" + (f" ({where})" if where else "")
+                     + (f": {reason}" if reason else ""))
+    else:
+        lines.append("- Deployment: not deployed yet")
+    moves = facts.moves
+    if not moves:
+        return lines + ["", "No move of @champion involved this version yet.", ""]
+    shown = moves if limit is None else moves[-limit:]
+    lines += ["", "Moves of @champion to or from this version:", "",
+              "| time (UTC) | from | to | by | reason |", "|---|---|---|---|---|"]
+    lines += [f"| {m.time} | {'v' + m.from_version if m.from_version else '-'} | "
+              f"v{m.to_version} | {m.by} | {m.reason.replace('|', '/')} |" for m in shown]
+    if len(shown) < len(moves):
+        lines += ["", f"{len(moves) - len(shown)} earlier moves: see `{CARD_ARTIFACT}` in the "
+                  f"run's artifacts, or `catsdogs champion history`."]
+    return lines + [""]
+
+
+def render(facts: CardFacts, *, history_limit: int | None = None) -> str:
+    """The card as markdown. `history_limit`: show only the latest moves (None: all)."""
+    classes = _classes(facts)
+    arch = facts.tags.get("arch") or facts.params.get("model.arch", "?")
+    lines = [f"# Model card: {facts.name} v{facts.version}", "",
+             f"A {arch} image classifier ({', '.join(classes)}), registered {facts.registered} "
+             f"from MLflow run `{facts.run_id}` (experiment {facts.experiment_id}).", ""]
+    provenance = _provenance(facts)
+    if provenance is not None and provenance.synthetic:
+        lines += [f"> **Warning:** {provenance.note()}", ""]
+    lines += _intended_use(facts, classes)
+    lines += _data_section(facts, classes)
+    lines += _params_section(facts)
+    lines += _metrics_section(facts, classes)
+    lines += _history_section(facts, history_limit)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def description(facts: CardFacts) -> str:
+    """The card as it fits the registry's description (at most `DESCRIPTION_LIMIT` characters):
+    the whole card, else with the latest moves only, else cut with a pointer to the artifact."""
+    for limit in (None, SHORT_HISTORY, 1):
+        text = render(facts, history_limit=limit)
+        if len(text) <= DESCRIPTION_LIMIT:
+            return text
+    tail = f"\n\n… (cut; the whole card is `{CARD_ARTIFACT}` in run `{facts.run_id}`)\n"
+    return text[:DESCRIPTION_LIMIT - len(tail)] + tail
+
+
+def refresh_card(client: Any, name: str, *versions: str | None) -> dict[str, str]:
+    """Render the cards of `versions` of `name` (None entries are ignored) and store each where it
+    changed: artifact `model_card.md` of the version's run and the version's description.
+
+    `client`: an `mlflow.MlflowClient`. Returns {version: card markdown}. Raises MlflowException
+    when the registry or the tracking server refuses.
+    """
+    cards: dict[str, str] = {}
+    for version in dict.fromkeys(str(v) for v in versions if v is not None):
+        facts = gather(client, name, version)
+        card, short = render(facts), description(facts)
+        if facts.stored_description != short:
+            client.log_text(facts.run_id, card, CARD_ARTIFACT)
+            client.update_model_version(name, version, description=short)
+            log.info("model card of %s v%s updated (%d characters)", name, version, len(card))
+        cards[version] = card
+    return cards
