@@ -22,7 +22,13 @@ from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.deployment.check import labelled_pictures, run_check, verdict
-from catsdogs.deployment.history import DEPLOY_STATUS_TAG
+from catsdogs.deployment.history import (
+    DEPLOY_REASON_TAG,
+    DEPLOY_STATUS_TAG,
+    DEPLOY_TARGET_TAG,
+    DEPLOY_TIME_TAG,
+    refresh_cards,
+)
 from catsdogs.deployment.targets import Release, Skipped, Target
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
@@ -30,9 +36,6 @@ from catsdogs.summary import Summary
 
 log = logging.getLogger(__name__)
 
-DEPLOY_REASON_TAG = "deploy.reason"
-DEPLOY_TIME_TAG = "deploy.time"
-DEPLOY_TARGET_TAG = "deploy.target"
 DEPLOYED = "deployed"
 ACCURACY_METRIC = "test_accuracy"   # logged by the train stage on the test split
 
@@ -52,6 +55,7 @@ def _tag(client: Any, name: str, version: str, status: str, target: str, reason:
     client.set_model_version_tag(name, version, DEPLOY_TARGET_TAG, target)
     if reason:
         client.set_model_version_tag(name, version, DEPLOY_REASON_TAG, reason)
+    refresh_cards(client, name, version)   # the card shows the deployment
 
 
 def _check(params: Params, paths: DataPaths, target: Target, client: Any, name: str,
