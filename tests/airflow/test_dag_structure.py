@@ -114,7 +114,8 @@ def test_docker_mode_operators(parse_dag) -> None:
     dag = parse_dag("docker", CATSDOGS_WORKER_IMAGE="registry.local/catsdogs-worker:1.2",
                     MLFLOW_TRACKING_URI="http://mlflow:5000", KAGGLE_KEY=SECRET,
                     KAGGLE_USERNAME="someone", CATSDOGS_DOCKER_GID="998",
-                    CATSDOGS_DEPLOY_TARGET="compose", CATSDOGS_COMPOSE_PROJECT="cd")
+                    CATSDOGS_DEPLOY_TARGET="compose", CATSDOGS_COMPOSE_PROJECT="cd",
+                    CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL=f"postgresql://u:{SECRET}@db/x")
     for task in dag.tasks:
         assert task.image == "registry.local/catsdogs-worker:1.2"
         mount, *engine = task.mounts
@@ -127,6 +128,10 @@ def test_docker_mode_operators(parse_dag) -> None:
             assert task.user == "50000:998"
             assert task.environment["CATSDOGS_DEPLOY_TARGET"] == "compose"
             assert task.environment["CATSDOGS_COMPOSE_PROJECT"] == "cd"
+            # the Bento containers' settings (a password here) only privately
+            assert task._private_environment[
+                "CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL"].endswith("@db/x")
+            assert not any(SECRET in str(value) for value in task.environment.values())
         else:
             assert engine == [] and task.user is None
             assert "CATSDOGS_DEPLOY_TARGET" not in task.environment

@@ -379,12 +379,23 @@ def docker_settings() -> dict[str, Any]:
 DEPLOY_ENV_PREFIXES = ("CATSDOGS_DEPLOY_", "CATSDOGS_COMPOSE_", "CATSDOGS_KUBE_",
                        "CATSDOGS_SERVICE_", "CATSDOGS_MODEL_IMAGE", "CATSDOGS_PROXY_")
 DEPLOY_ENV_NAMES = ("CATSDOGS_DATA_VOLUME", "CATSDOGS_DOCKER_NETWORK")
+# The compose target's settings for the Bento containers it starts (may hold a database password):
+# only ever in the deploy container's private environment.
+SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
 
 
 def deploy_environment() -> dict[str, str]:
-    """The deployment settings of this Airflow environment, for the rollout stages."""
+    """The deployment settings of this Airflow environment, for the rollout stages (without
+    the service's own settings, see `service_environment`)."""
     return {k: v for k, v in os.environ.items()
-            if k.startswith(DEPLOY_ENV_PREFIXES) or k in DEPLOY_ENV_NAMES}
+            if (k.startswith(DEPLOY_ENV_PREFIXES) or k in DEPLOY_ENV_NAMES)
+            and not k.startswith(SERVICE_ENV_PREFIX)}
+
+
+def service_environment() -> dict[str, str]:
+    """CATSDOGS_SERVICE_ENV_<NAME> settings: what the compose target gives each Bento container
+    as <NAME>."""
+    return {k: v for k, v in os.environ.items() if k.startswith(SERVICE_ENV_PREFIX)}
 
 
 def docker_engine_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,6 +407,8 @@ def docker_engine_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
               Mount(target="/var/run/docker.sock", source=socket, type="bind")]
     extra: dict[str, Any] = {"mounts": mounts, "environment": {
         **settings.get("environment", {}), **deploy_environment()}}
+    extra["private_environment"] = {**settings.get("private_environment", {}),
+                                    **service_environment()}
     gid = os.environ.get("CATSDOGS_DOCKER_GID", "").strip()
     if gid:
         extra["user"] = f"50000:{gid}"

@@ -45,7 +45,8 @@ proxy_pass http://bento-$catsdogs_backend:3000;
 add_header {header} {color} always;
 """
 _ROUTE_RE = re.compile(r"^# catsdogs: color=(\S+) version=(\S+)", re.MULTILINE)
-# Passed to each Bento container (the service's own settings, docs/serving.md).
+# Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
+# docker runner hands them to the deploy container privately (airflow_tasks.service_environment).
 SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
 
 
