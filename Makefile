@@ -48,7 +48,7 @@ demo: venv
 
 # Stop what `make demo` left running (MLflow, the Airflow services, the Bento service).
 demo-stop:
-	bash scripts/serve.sh stop
+	CATSDOGS_DATA_DIR="$${DEMO_DIR:-$(CURDIR)/.demo}/data" bash scripts/serve.sh stop
 	bash scripts/airflow-services.sh stop
 
 bench: venv

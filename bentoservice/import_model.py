@@ -21,6 +21,7 @@ folder.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -232,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how many photos the bf16 check uses (0: skip; bf16 stays off)")
     parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
     parser.add_argument("--data-dir", default=None, help="data directory (embedded MLflow store)")
+    parser.add_argument("--json", dest="as_json", action="store_true",
+                        help="print the summary as one JSON document (with the Bento `tag`)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -245,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"bento-import: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(summary.line())
+    print(json.dumps(summary.to_dict()) if args.as_json else summary.line())
     return 0
 
 

@@ -1,4 +1,5 @@
-"""catsdogs_training: ingest → validate → prepare → transform → train → promote, nightly or on drift.
+"""catsdogs_training: ingest → validate → prepare → transform → train → promote → deploy,
+nightly or on drift.
 
 Wiring only: the stages come from `catsdogs.orchestration.stage_table.PIPELINE`, the tasks from
 `catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
@@ -48,11 +49,16 @@ Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**;
   (`CATSDOGS_RETRAIN_ON_DRIFT=0` turns that off).
 * `train` registers a challenger in MLflow (`CatsDogsCNN`); its **MLflow run** button opens the run.
   `promote` moves `@champion` to it when it beats the champion on the chosen metric.
+* `deploy` rolls `@champion` out behind a health-gated switch and checks it on the live endpoint
+  with labelled test pictures; a failed check moves `@champion` back, redeploys the previous
+  champion and fails the task with the reason. When promote kept the champion and it already
+  serves, nothing is rebuilt or restarted (the task's summary says so). To roll back by hand,
+  trigger **catsdogs_rollback** (param `rollback_to`) or run `catsdogs rollback`.
 """
 
 with DAG(
     dag_id=TRAINING_DAG_ID,
-    description="Cats vs dogs: ingest, validate, prepare, transform, train, promote",
+    description="Cats vs dogs: ingest, validate, prepare, transform, train, promote, deploy",
     # No start date: the first run is the next 02:00 after the DAG appears (never a missed one).
     # Nightly OR on drift: the monitoring DAG's drift event starts a run at once.
     schedule=(AssetOrTimeSchedule(timetable=NIGHTLY, assets=DRIFT_ASSET) if retrain_on_drift()

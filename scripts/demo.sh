@@ -4,11 +4,12 @@
 #   2. `python -m catsdogs.orchestration.demo run`: data (Kaggle when credentials exist, else a
 #      generated stand-in set, said loudly; DEMO_SOURCE=dir:PATH|archive:PATH|kaggle:OWNER/DATASET
 #      picks one), then the catsdogs_training DAG triggered through the REST API v2 and followed
-#   3. the champion served (scripts/serve.sh), then the summary (`... demo summary`)
+#   3. the champion served: the run's deploy task already rolled it out behind a local nginx
+#      (two `bentoml serve` slots; scripts/serve.sh leaves it as is), then the summary
 # The services keep running for you to explore; `make demo-stop` stops them.
 #
 # Knobs: DEMO_EPOCHS (1), DEMO_IMAGE_SIZE (128), DEMO_ARCH (mobilenet_v2), DEMO_BATCH_SIZE (32),
-#        DEMO_SYNTHETIC_PER_CLASS (60), AIRFLOW_PORT (8080), MLFLOW_PORT (5000), BENTO_PORT (3000).
+#        DEMO_SYNTHETIC_PER_CLASS (300), AIRFLOW_PORT (8080), MLFLOW_PORT (5000), BENTO_PORT (3000).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +29,6 @@ bash "$ROOT/scripts/airflow-services.sh" start
 "$PY" -m catsdogs.orchestration.demo run --demo-dir "$DEMO_DIR"
 
 # --- 3. serve the champion, then say where everything is ----------------------------------------
-say "serving the champion (scripts/serve.sh)"
+say "serving the champion (scripts/serve.sh: the deploy task's rollout, or nothing to do)"
 MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI" bash "$ROOT/scripts/serve.sh"
 "$PY" -m catsdogs.orchestration.demo summary --demo-dir "$DEMO_DIR"

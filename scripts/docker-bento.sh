@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The champion's Bento image: import models:/CatsDogsCNN@champion from the MLflow server into the
 # Bento model store, `bentoml build` the service, `bentoml containerize` it as IMAGE
-# (default $BENTO_IMAGE or catsdogs-service:latest), then (re)start compose's `bento` service
-# unless CATSDOGS_BENTO_START=0.
+# (default $BENTO_IMAGE or catsdogs-service:latest): one self-contained image to push elsewhere.
+# Compose and Kubernetes do NOT need it: the training DAG's deploy task builds each version's
+# image as one model layer on the service runtime image (catsdogs.deployment.images,
+# docs/rollout.md), far cheaper than this full build.
 #   MLFLOW_TRACKING_URI   the MLflow server (default http://localhost:${MLFLOW_PORT:-5000})
 #   BENTOML_HOME          the Bento store (default build/bentoml)
 # Needs the project's venv (make venv) for bentoml and the service code.
@@ -60,7 +62,3 @@ log "bentoml containerize $tag -> $IMAGE"
 "$BIN/bentoml" containerize "$tag" --image-tag "$IMAGE" --opt network=host >&2
 log "$IMAGE built in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
 
-if [ "${CATSDOGS_BENTO_START:-1}" = 1 ]; then
-  BENTO_IMAGE="$IMAGE" docker compose --profile serving up -d --wait bento
-  log "serving on http://localhost:${BENTO_PORT:-3000}"
-fi

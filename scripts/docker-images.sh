@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the project's images (catsdogs-airflow, catsdogs-mlflow, catsdogs-worker) on their shared
+# Builds the project's images (catsdogs-airflow, catsdogs-mlflow, catsdogs-worker, and on the worker
+# catsdogs-service-runtime: the Bento service without a model, docker/service/Dockerfile) on their shared
 # base catsdogs-python-base (docker/base/project.Dockerfile), itself on the base image chosen by
 # docker-base-images.sh, and writes the choice to build/images.env for compose.
-#   CATSDOGS_IMAGES="airflow mlflow worker"  which images to build (default all three)
+#   CATSDOGS_IMAGES="airflow mlflow worker service"  which images to build (default all four;
+#       service needs the worker image, it is built after it)
 #   CATSDOGS_TORCH_SOURCE=wheelhouse|index   wheelhouse (default): the host's pip fetches the torch
 #       wheels once into build/wheelhouse (local disk or PyPI) and serves them to the build on
 #       127.0.0.1, so rebuilds never download torch again; index: pip inside the build uses
@@ -14,7 +16,7 @@ cd "$ROOT"
 export DOCKER_BUILDKIT=0
 log() { echo "docker-images: $*" >&2; }
 TAG="${CATSDOGS_IMAGE_TAG:-latest}"
-IMAGES="${CATSDOGS_IMAGES:-airflow mlflow worker}"
+IMAGES="${CATSDOGS_IMAGES:-airflow mlflow worker service}"
 TORCH_VERSION="$(sed -n 's/^torch==//p' requirements.txt)"
 TORCHVISION_VERSION="$(sed -n 's/^torchvision==//p' requirements.txt)"
 
@@ -46,6 +48,7 @@ fi
 # The images are independent: build them side by side (pip downloads overlap with unpacking).
 pids=()
 for name in $IMAGES; do
+  [ "$name" = service ] && continue   # on the worker image: after the others
   args=(--network host --build-arg "BASE_IMAGE=$PROJECT_BASE" -f "docker/$name/Dockerfile" -t "catsdogs-$name:$TAG")
   [ "$name" = worker ] && args+=("${torch_args[@]}")
   log "building catsdogs-$name:$TAG (log: build/docker-build-$name.log)"
@@ -62,6 +65,15 @@ done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 [ "$failed" = 0 ] || exit 1
+if [[ " $IMAGES " == *" service "* ]]; then
+  log "building catsdogs-service-runtime:$TAG on catsdogs-worker:$TAG (log: build/docker-build-service.log)"
+  start=$SECONDS
+  docker build --network host --build-arg "WORKER_IMAGE=catsdogs-worker:$TAG" \
+    -f docker/service/Dockerfile -t "catsdogs-service-runtime:$TAG" . >build/docker-build-service.log 2>&1 \
+    || { log "catsdogs-service-runtime:$TAG FAILED:"; tail -30 build/docker-build-service.log >&2; exit 1; }
+  log "catsdogs-service-runtime:$TAG built in $((SECONDS - start)) s"
+  echo "CATSDOGS_SERVICE_RUNTIME_IMAGE=catsdogs-service-runtime:$TAG" >>build/images.env
+fi
 {
   echo "PROJECT_BASE_IMAGE=$PROJECT_BASE"
   echo "AIRFLOW_IMAGE=catsdogs-airflow:$TAG"

@@ -28,8 +28,6 @@ if [ "${CATSDOGS_GPU:-auto}" = auto ]; then
   if docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia; then CATSDOGS_GPU=true; else CATSDOGS_GPU=false; fi
 fi
 export CATSDOGS_GPU
-profiles=()
-docker image inspect "${BENTO_IMAGE:-catsdogs-service:latest}" >/dev/null 2>&1 && profiles=(--profile serving)
-log "GPUs for train/promote: $CATSDOGS_GPU; starting $([ ${#profiles[@]} -gt 0 ] && echo 'with' || echo 'without') the Bento service"
-docker compose "${profiles[@]}" up -d --wait "$@"
+log "GPUs for train/promote: $CATSDOGS_GPU; the Bento service is rolled out by the DAG's deploy task"
+docker compose up -d --wait "$@"
 log "Airflow http://localhost:${AIRFLOW_PORT:-8080}  MLflow http://localhost:${MLFLOW_PORT:-5000}  Prometheus http://localhost:${PROMETHEUS_PORT:-9090}  Grafana http://localhost:${GRAFANA_PORT:-3001}"

@@ -103,7 +103,20 @@ class MlflowParams(_Section):
 
 class PromoteParams(_Section):
     metric: Literal["accuracy", "precision", "recall", "f1", "roc_auc"] = "f1"
-    min_delta: float = Field(0.0, ge=0)
+    # below zero: a challenger up to |min_delta| worse is promoted too (rollout drills, tests)
+    min_delta: float = Field(0.0, ge=-1, le=1)
+
+
+class DeployParams(_Section):
+    """The rollout after promotion (docs/rollout.md)."""
+
+    target: Literal["auto", "local", "compose", "kubernetes", "none"] = "auto"
+    check_images: int = Field(60, ge=50, le=10000)   # labelled test pictures sent after a switch
+    accuracy_tolerance: float = Field(0.05, ge=0, le=1)  # allowed drop below the recorded test_accuracy
+    min_accuracy: float = Field(0.0, ge=0, le=1)     # absolute floor for the live accuracy
+    ready_timeout_s: float = Field(300.0, gt=0)      # new version's /readyz must answer by then
+    drain_s: float = Field(5.0, ge=0)                # old version keeps serving in-flight requests
+    seed: int = 0                                    # which test pictures the check sends
 
 
 class MonitorParams(_Section):
@@ -133,6 +146,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
     monitor: MonitorParams = MonitorParams()
+    deploy: DeployParams = DeployParams()
 
     def flat(self) -> dict[str, Any]:
         """Every parameter as `section.key -> value` (for MLflow params and stamps)."""

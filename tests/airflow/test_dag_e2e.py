@@ -9,7 +9,7 @@ import pytest
 
 from tests.airflow.harness import airflow_env, migrate, run_dag_test
 
-STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
+STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote", "deploy")
 
 
 @pytest.mark.services

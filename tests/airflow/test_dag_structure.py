@@ -28,7 +28,7 @@ from catsdogs.orchestration.stage_table import (
     STAGE_NAMES,
 )
 
-ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote"]
+ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote", "deploy"]
 SECRET = "s3cr3t-kaggle-key-value"
 
 
@@ -142,12 +142,28 @@ def test_params_reach_the_stage_as_valid_overrides(parse_dag) -> None:
 def test_docker_mode_operators(parse_dag) -> None:
     dag = parse_dag("docker", CATSDOGS_WORKER_IMAGE="registry.local/catsdogs-worker:1.2",
                     MLFLOW_TRACKING_URI="http://mlflow:5000", KAGGLE_KEY=SECRET,
-                    KAGGLE_USERNAME="someone")
+                    KAGGLE_USERNAME="someone", CATSDOGS_DOCKER_GID="998",
+                    CATSDOGS_DEPLOY_TARGET="compose", CATSDOGS_COMPOSE_PROJECT="cd",
+                    CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL=f"postgresql://u:{SECRET}@db/x")
     for task in dag.tasks:
         assert task.image == "registry.local/catsdogs-worker:1.2"
-        [mount] = task.mounts
+        mount, *engine = task.mounts
         assert (mount["Type"], mount["Source"], mount["Target"]) == ("volume", "catsdogs-data",
                                                                      "/data")
+        # only the rollout gets the Docker engine (and the deployment settings)
+        if task.task_id == "deploy":
+            assert [(m["Type"], m["Source"], m["Target"]) for m in engine] == [
+                ("bind", "/var/run/docker.sock", "/var/run/docker.sock")]
+            assert task.user == "50000:998"
+            assert task.environment["CATSDOGS_DEPLOY_TARGET"] == "compose"
+            assert task.environment["CATSDOGS_COMPOSE_PROJECT"] == "cd"
+            # the Bento containers' settings (a password here) only privately
+            assert task._private_environment[
+                "CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL"].endswith("@db/x")
+            assert not any(SECRET in str(value) for value in task.environment.values())
+        else:
+            assert engine == [] and task.user is None
+            assert "CATSDOGS_DEPLOY_TARGET" not in task.environment
         assert task.mount_tmp_dir is False
         assert task.auto_remove == "success"
         assert task.shm_size >= 1024**3
@@ -212,3 +228,24 @@ def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch, runner: str) -> N
         f"http://localhost:5000/#/experiments/4/runs/{run_id}?workflowType=machine_learning"
     train.stage_summary = None
     assert MlflowRunLink().get_link(train, ti_key=None) == ""
+
+
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
+def test_rollback_dag_takes_the_version_from_its_trigger_form(parse_dag, runner: str) -> None:
+    from catsdogs.orchestration.airflow_tasks import command_template
+    from catsdogs.orchestration.stage_table import ROLLBACK_DAG_ID, ROLLBACK_STAGE
+
+    dag = parse_dag(runner, dag_id=ROLLBACK_DAG_ID)
+    assert dag.dag_id == ROLLBACK_DAG_ID and type(dag.timetable).__name__ == "NullTimetable"
+    assert dag.task_ids == ["rollback"]
+    assert dag.params["rollback_to"] == ""
+    dag.params.validate()
+    task = dag.get_task("rollback")
+    assert ROLLBACK_STAGE.command()[1] == "rollback"
+    source = task.bash_command if runner == "local" else command_template(ROLLBACK_STAGE)
+    template = dag.get_template_env().from_string(source)
+    assert template.render(params={"rollback_to": "7"}).startswith("catsdogs rollback --to 7")
+    assert template.render(params={"rollback_to": ""}).strip() == "catsdogs rollback"
+    with pytest.raises(ParamValidationError):
+        dag.params["rollback_to"] = "7; rm -rf /"
+        dag.params.validate()

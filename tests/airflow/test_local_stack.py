@@ -37,13 +37,16 @@ def test_demo_summary_says_what_was_trained_and_how_to_try_it() -> None:
     record = {"url": "http://127.0.0.1:8080/dags/catsdogs_training/runs/r1", "summaries": {
         "train": {"run_id": "abc", "experiment_id": "7", "version": "3",
                   "test": {"f1": 0.9312, "accuracy": 0.925}},
-        "promote": {"promoted": True, "skipped": False, "reason": "no champion yet"}}}
+        "promote": {"promoted": True, "skipped": False, "reason": "no champion yet"},
+        "deploy": {"deployed": True, "message": "CatsDogsCNN v3 live on local at "
+                   "http://127.0.0.1:3000 (was nothing); post-deploy check: 60 requests"}}}
     lines = "\n".join(summary_lines(record, "admin / pw", "http://127.0.0.1:5000",
                                     "http://127.0.0.1:3000",
                                     Provenance("dir:/x/synthetic", synthetic=True)))
     assert "login: admin / pw" in lines
     assert "F1 0.9312, accuracy 0.9250 (model v3)" in lines
     assert "promoted: no champion yet" in lines
+    assert "Deployment  : CatsDogsCNN v3 live on local" in lines
     assert "http://127.0.0.1:5000/#/experiments/7/runs/abc" in lines
     assert "generated stand-in pictures" in lines and "KAGGLE_USERNAME" in lines
     assert "curl -F image=@cat.jpg http://127.0.0.1:3000/predict" in lines

@@ -15,7 +15,7 @@ from tests.airflow.harness import FAKE_KAGGLE, AirflowServices
 from tests.browser import chromium_page
 
 pytestmark = pytest.mark.services
-STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
+STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote", "deploy")
 
 
 @pytest.fixture

@@ -2,16 +2,24 @@
 
 Builds the images (local Debian-based stand-ins for the base images when Docker Hub is
 unreachable), starts Postgres, Redis, Airflow (api-server, scheduler, dag-processor, triggerer and
-two Celery workers: `default` and `gpu` queues), MLflow and Prometheus, triggers
-`catsdogs_training` through Airflow's REST API for a short CPU run on a few hundred real photos,
-stops the GPU worker while it runs `train` and starts it again, checks that the run still
-finishes (the lost try retried, its stage container removed, no half-written output), that the
-data stages ran on the CPU worker and train/promote on the GPU worker, that every stage ran as
-its own DockerOperator container on the
-shared volume, that MLflow's registry has `CatsDogsCNN@champion`, then builds the champion's Bento
-image, serves it in compose, predicts a real photo and checks Prometheus scraped it. Tears
-everything down afterwards (CATSDOGS_E2E_KEEP=1 keeps the images for a faster re-run).
-Phase timings, image sizes and memory at rest go to test-artifacts/e2e-compose.json.
+two Celery workers: `default` and `gpu` queues), MLflow, Prometheus, Alertmanager, the Pushgateway
+and the service's nginx proxy, triggers `catsdogs_training` through Airflow's REST API for a short
+CPU run on a few hundred real photos, stops the GPU worker while it runs `train` and starts it
+again, checks that the run still finishes (the lost try retried, its stage container removed, no
+half-written output), that the data stages ran on the CPU worker and train/promote on the GPU
+worker, that every stage ran as its own DockerOperator container on the shared volume, that
+MLflow's registry has `CatsDogsCNN@champion` and that the run's deploy task rolled it out behind
+compose's nginx (`bento-proxy`, blue/green pair). A second run (more epochs) is rolled out while a
+load generator calls the proxy the whole time: every answer 2xx, the served `model.version`
+changing from the old to the new version; its image is one model layer on the runtime image
+(build time and bytes added measured). A third run promotes a deliberately bad challenger
+(promote.min_delta < 0) with an impossible live-accuracy floor: the post-deploy check fails,
+@champion moves back, the version is tagged rolled_back and the task fails with the reason, still
+without a failed request. Then Prometheus must have scraped the service, and drifted traffic
+makes the monitoring DAG emit its Asset event, which starts a training run, and the drift alert
+fires in Alertmanager. Tears everything down afterwards (CATSDOGS_E2E_KEEP=1 keeps the images for
+a faster re-run). Phase timings, the switch's figures, worker placement, image sizes and memory
+at rest go to test-artifacts/e2e-compose.json.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from pathlib import Path
 
 import pytest
 
+from catsdogs.deployment.history import DEPLOY_STATUS_TAG, ROLLED_BACK
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
+from tests.deployment.load import Load
 from tests.e2e.compose import (
     COMPOSE_FILE,
     REPO_ROOT,
@@ -50,11 +60,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 PROJECT = os.environ.get("CATSDOGS_E2E_PROJECT", "catsdogs-e2e")
 TAG = os.environ.get("CATSDOGS_E2E_TAG", "e2e")
 PER_CLASS = int(os.environ.get("CATSDOGS_E2E_PER_CLASS", "150"))
-STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote")
+STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote", "deploy")
 CORE_SERVICES = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler",
                  "airflow-dag-processor", "airflow-triggerer", "airflow-worker-cpu",
                  "airflow-worker-gpu", "mlflow", "prometheus", "alertmanager",
-                 "pushgateway")
+                 "pushgateway", "bento-proxy")
 # The Celery worker (service and hostname) that consumes each queue of the stage table.
 WORKER_OF_QUEUE = {"default": "airflow-worker-cpu", "gpu": "airflow-worker-gpu"}
 INTERRUPTED = os.environ.get("CATSDOGS_E2E_INTERRUPT", "train")  # the stage whose worker stops
@@ -120,7 +130,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         **images,
         "COMPOSE_PROJECT_NAME": PROJECT,
         "CATSDOGS_DATA_VOLUME": f"{PROJECT}-data", "CATSDOGS_DOCKER_NETWORK": PROJECT,
-        "BENTO_IMAGE": f"catsdogs-service:{TAG}",
+        # each version's image (one model layer on the runtime image); tagged TAG for tear-down
+        "CATSDOGS_MODEL_IMAGE": f"catsdogs-service-v{{version}}:{TAG}",
         "AIRFLOW_PORT": str(ports["airflow"]), "MLFLOW_PORT": str(ports["mlflow"]),
         "BENTO_PORT": str(ports["bento"]), "PROMETHEUS_PORT": str(ports["prometheus"]),
         "GRAFANA_PORT": str(ports["grafana"]),
@@ -145,22 +156,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
     s = Stack(base, {**env, **settings}, ports, figures)
     s.env["AIRFLOW_ADMIN_PASSWORD"] = password
     try:
-        s.compose_run("--profile", "serving", "down", "-v", "--remove-orphans", timeout=300)
+        s.compose_run("down", "-v", "--remove-orphans", timeout=300)
         t = time.monotonic()
         s.compose_run("up", "-d", "--wait", "--wait-timeout", "900", *CORE_SERVICES, timeout=1200)
         s.phase("compose_up_healthy", t)
         yield s
     finally:
-        logs = s.compose_run("--profile", "serving", "logs", "--no-color", "--tail", "300",
+        logs = s.compose_run("logs", "--no-color", "--tail", "300",
                              timeout=120, check=False)
         (artifacts_dir / "e2e-compose.log").write_text(logs.stdout + logs.stderr)
         leftovers = run(["docker", "ps", "-aq", "--filter",
                          f"ancestor={images.get('CATSDOGS_WORKER_IMAGE', 'x')}"], 60,
                         check=False).stdout.split()
+        # and the Bento pair the deploy task started (labelled into the project)
+        leftovers += run(["docker", "ps", "-aq", "--filter",
+                          f"label=com.docker.compose.project={PROJECT}", "--filter",
+                          "label=org.catsdogs.model.version"], 60, check=False).stdout.split()
         if leftovers:
             run(["docker", "rm", "-f", *leftovers], 120, check=False)
-        s.compose_run("--profile", "serving", "down", "-v", "--remove-orphans", timeout=300,
-                      check=False)
+        s.compose_run("down", "-v", "--remove-orphans", timeout=300, check=False)
         figures["phases_s"]["total"] = round(time.monotonic() - t0, 1)
         (artifacts_dir / "e2e-compose.json").write_text(json.dumps(figures, indent=2))
         if not KEEP:
@@ -191,13 +205,19 @@ def seed_photos(stack: Stack, sample_dir: Path, tmp: Path) -> str:
     return "dir:/data/incoming"
 
 
-def trigger_training(client: AirflowClient, source: str) -> str:
+def trigger_training(client: AirflowClient, source: str, epochs: int = 1,
+                     extra: tuple[str, ...] = ()) -> str:
     client.wait_for_dag(TRAINING_DAG_ID, timeout=300)
     client.unpause(TRAINING_DAG_ID)
-    conf = {"epochs": 1, "batch_size": 32, "arch": "mobilenet_v2", "data_source": source,
+    # A quarter of the photos for the test split: the post-deploy check sends 50 of them. The
+    # tolerance is wide: a near-random model scored on 50 of its ~75 test pictures.
+    conf = {"epochs": epochs, "batch_size": 32, "arch": "mobilenet_v2", "data_source": source,
             "gpu": False,
             "overrides": ["model.weights=none", "transform.image_size=96",
-                          "train.num_workers=0", "train.precision=fp32"]}
+                          "train.num_workers=0", "train.precision=fp32",
+                          "split.train=0.65", "split.val=0.1", "split.test=0.25",
+                          "deploy.check_images=50", "deploy.accuracy_tolerance=0.2",
+                          "deploy.drain_s=3", "deploy.ready_timeout_s=600", *extra]}
     return client.trigger(TRAINING_DAG_ID, conf, run_id=f"e2e-{uuid.uuid4().hex[:8]}")
 
 
@@ -257,12 +277,12 @@ def iso_seconds(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def wait_for_run(client: AirflowClient, run_id: str) -> list[dict]:
+def wait_for_run(client: AirflowClient, run_id: str, expect: str = "success") -> list[dict]:
     timeout = float(os.environ.get("CATSDOGS_E2E_RUN_TIMEOUT_S", "1500"))
-    state = client.follow(TRAINING_DAG_ID, run_id, timeout=timeout, poll_s=10)
+    state = client.follow(TRAINING_DAG_ID, run_id, timeout=timeout, poll_s=5)
     instances = list(client.task_instances(TRAINING_DAG_ID, run_id).values())
-    assert state == "success", (f"DAG run {run_id} ended {state}:\n"
-                                + task_failure_report(client, run_id, instances))
+    assert state == expect, (f"DAG run {run_id} ended {state}:\n"
+                             + task_failure_report(client, run_id, instances))
     return instances
 
 
@@ -272,13 +292,6 @@ def mlflow_champion(stack: Stack) -> tuple[dict, dict]:
     version = http_json(f"{api}/registered-models/alias?{query}")["model_version"]
     mlflow_run = http_json(f"{api}/runs/get?run_id={version['run_id']}")["run"]
     return version, mlflow_run
-
-
-def build_bento_image(stack: Stack, bentoml_home: Path) -> None:
-    """scripts/docker-bento.sh: champion -> Bento store -> bento -> `bentoml containerize`."""
-    env = {**stack.env, "MLFLOW_TRACKING_URI": stack.url("mlflow"), "BENTOML_HOME": str(bentoml_home),
-           "CATSDOGS_BENTO_START": "0", "CATSDOGS_CALIBRATION_IMAGES": "64"}
-    run(["bash", "scripts/docker-bento.sh", stack.env["BENTO_IMAGE"]], 2400, env=env)
 
 
 def predict(stack: Stack, photo: Path) -> dict:
@@ -380,20 +393,81 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     assert experiment["name"] == "Cats vs Dogs CNN"
     figures["champion"] = {"version": version["version"], "metrics": metrics}
 
-    # 3. The champion's Bento image in compose: predict a real photo.
-    t = time.monotonic()
-    build_bento_image(stack, tmp_path / "bentoml")
-    stack.phase("bento_image", t)
-    t = time.monotonic()
-    stack.compose_run("--profile", "serving", "up", "-d", "--wait", "--wait-timeout", "300",
-                      "bento", timeout=600)
-    stack.phase("bento_healthy", t)
+    # 3. The run's deploy task rolled v1 out behind bento-proxy and checked it live.
+    deploy = client.xcom(TRAINING_DAG_ID, run_id, "deploy")
+    assert deploy["deployed"] is True and deploy["version"] == version["version"], deploy
+    assert deploy["check"]["sent"] == 50 and deploy["check"]["failures"] == 0, deploy
+    assert deploy["color"] == "blue" and deploy["previous_color"] is None
     photo = sorted((sample_dir / "dog").glob("*.jpg"))[-1]   # not among the training photos
     answer = predict(stack, photo)
     assert answer.get("label") in ("cat", "dog"), answer
+    assert answer["model"]["version"] == version["version"], answer
     figures["prediction"] = answer
+    figures["rollout_1"] = {k: deploy.get(k) for k in (
+        "image", "image_build_s", "image_bytes_added", "ready_s", "switch_s", "check")}
 
-    # 4. Prometheus scraped the Bento service (and the dashboard's queries parse).
+    # 4. A second run (two more epochs) rolled out under load: no failed request, v1 -> v2.
+    #    Promoted whatever its score (min_delta < 0): models trained from scratch for 1 and 3
+    #    epochs on ~200 photos are too close to chance to rely on the second being better; the
+    #    figures record both scores.
+    old = version["version"]
+    t = time.monotonic()
+    with Load(stack.url("bento"), photo, threads=1, pause_s=0.2) as load:
+        run_2 = trigger_training(client, source, epochs=3, extra=("promote.min_delta=-1",))
+        instances = wait_for_run(client, run_2)
+    stack.phase("dag_run_2_under_load", t)
+    promote = client.xcom(TRAINING_DAG_ID, run_2, "promote")
+    assert promote["promoted"] is True, promote
+    deploy = client.xcom(TRAINING_DAG_ID, run_2, "deploy")
+    new = deploy["version"]
+    assert deploy["deployed"] is True and new != old and deploy["color"] == "green", deploy
+    assert load.failures == [], load.failures[:5]
+    assert load.versions[0] == old and load.versions[-1] == new, load.versions
+    assert not deploy["image_reused"] and deploy["image_bytes_added"] < 200 * 1024**2, deploy
+    promote_end = next(ti for ti in instances if ti["task_id"] == "promote")["end_date"]
+    served_new = next(when for when, v in load.changes if v == new)
+    figures["rollout_2"] = {
+        "requests": load.sent, "failures": len(load.failures), "versions": load.versions,
+        "promote_to_new_version_serving_s": round(served_new - iso_seconds(promote_end), 1),
+        "challenger_score": promote.get("challenger_score"),
+        "champion_score_before": promote.get("champion_score"),
+        **{k: deploy.get(k) for k in ("image", "image_build_s", "image_bytes_added", "ready_s",
+                                      "switch_s", "check")}}
+    # the blue container was drained and removed; green serves
+    running = run(["docker", "ps", "--format", "{{.Names}}", "--filter",
+                   f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split()
+    assert f"{PROJECT}-bento-green" in running and f"{PROJECT}-bento-blue" not in running
+
+    # 5. A forced post-deploy rollback: a challenger promoted although worse (min_delta < 0),
+    #    checked against an accuracy floor no model here reaches; still no failed request.
+    t = time.monotonic()
+    with Load(stack.url("bento"), photo, threads=1, pause_s=0.2) as load:
+        run_3 = trigger_training(client, source, epochs=1, extra=(
+            "train.seed=7", "promote.min_delta=-1", "deploy.min_accuracy=0.99"))
+        instances = wait_for_run(client, run_3, expect="failed")
+    stack.phase("dag_run_3_rollback", t)
+    states = {ti["task_id"]: ti for ti in instances}
+    assert states["promote"]["state"] == "success" and states["deploy"]["state"] == "failed"
+    bad = client.xcom(TRAINING_DAG_ID, run_3, "promote")["challenger_version"]
+    log = client.task_log(TRAINING_DAG_ID, run_3, "deploy", max(states["deploy"]["try_number"], 1))
+    assert f"post-deploy check of CatsDogsCNN v{bad} failed" in log, log[-3000:]
+    assert f"@champion is v{new} again" in log
+    assert f"catsdogs deploy: error: post-deploy check of CatsDogsCNN v{bad}" in log
+    rolled, _ = mlflow_champion(stack)
+    assert rolled["version"] == new
+    api = stack.url("mlflow", "/api/2.0/mlflow")
+    bad_tags = {t["key"]: t["value"] for t in http_json(
+        f"{api}/model-versions/get?name=CatsDogsCNN&version={bad}")["model_version"]["tags"]}
+    assert bad_tags[DEPLOY_STATUS_TAG] == ROLLED_BACK and "accuracy" in bad_tags["deploy.reason"]
+    assert load.failures == [], load.failures[:5]
+    assert load.versions[0] == new and bad in load.versions and load.versions[-1] == new, \
+        load.versions
+    assert predict(stack, photo)["model"]["version"] == new
+    figures["rollback"] = {"requests": load.sent, "failures": len(load.failures),
+                           "versions": load.versions, "rolled_back_version": bad,
+                           "reason": bad_tags["deploy.reason"]}
+
+    # 6. Prometheus scraped the Bento service (and the dashboard's queries parse).
     prom = stack.url("prometheus", "/api/v1")
 
     def bento_scraped() -> bool:
@@ -413,7 +487,7 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
                                 timeout=120, check=False, input=json.dumps(rules))
     assert checked.returncode == 0, f"dashboard PromQL rejected:\n{checked.stdout}{checked.stderr}"
 
-    # 5. Drift: darkened photos make the monitoring DAG detect drift, announce the drift asset,
+    # 7. Drift: darkened photos make the monitoring DAG detect drift, announce the drift asset,
     #    start a retraining run, and fire CatsdogsDataDrift in Alertmanager.
     t = time.monotonic()
     held_out = sorted((sample_dir / "cat").glob("*.jpg"))[-40:] + sorted(

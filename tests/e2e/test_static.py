@@ -27,8 +27,8 @@ WORKERS = ("airflow-worker-cpu", "airflow-worker-gpu")
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler",
                     "airflow-dag-processor", "airflow-triggerer", *WORKERS)
 LONG_RUNNING = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", *WORKERS, "mlflow", "bento",
-                "prometheus", "grafana")
+                "airflow-dag-processor", "airflow-triggerer", *WORKERS, "mlflow", "bento-proxy",
+                "prometheus", "alertmanager", "pushgateway", "grafana")
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,12 @@ def _env(service: dict) -> dict[str, str]:
 
 
 def test_compose_resolves_with_every_service(config: dict) -> None:
-    assert set(config["services"]) >= {*LONG_RUNNING, "airflow-init", "worker"}
+    assert set(config["services"]) >= {*LONG_RUNNING, "airflow-init", "worker", "service-runtime"}
     ports = {name: {(p["published"], p["target"]) for p in svc.get("ports", [])}
              for name, svc in config["services"].items()}
     assert ("8080", 8080) in ports["airflow-apiserver"]
     assert ("5000", 5000) in ports["mlflow"]
-    assert ("3000", 3000) in ports["bento"]
+    assert ("3000", 8080) in ports["bento-proxy"]
     assert ("9090", 9090) in ports["prometheus"]
     assert ("3001", 3000) in ports["grafana"]
 
@@ -176,7 +176,7 @@ def test_prometheus_scrapes_the_bento_service_and_itself(config: dict) -> None:
     prom = yaml.safe_load((DOCKER_DIR / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
     targets = {t for job in jobs.values() for sc in job["static_configs"] for t in sc["targets"]}
-    assert {"bento:3000", "localhost:9090"} <= targets
+    assert {"bento-proxy:8080", "localhost:9090"} <= targets
     assert jobs["bento"].get("metrics_path", "/metrics") == "/metrics"
     mount = {m["target"]: m for m in config["services"]["prometheus"]["volumes"]}
     assert Path(mount["/etc/prometheus/prometheus.yml"]["source"]).name == "prometheus.yml"
@@ -231,3 +231,16 @@ def test_dashboard_queries_metrics_the_service_defines() -> None:
                if name.startswith("catsdogs_")
                and re.sub(r"^catsdogs_", "", name) not in sources and name not in sources}
     assert not missing, f"dashboard plots metrics the service never defines: {sorted(missing)}"
+
+
+def test_the_deploy_task_gets_the_compose_target(config: dict) -> None:
+    """The Airflow services hand the rollout stage its target, the Docker socket's group and the
+    proxy it switches; the proxy mounts the route volume the deploy rewrites."""
+    env = _env(config["services"]["airflow-scheduler"])
+    assert env["CATSDOGS_DEPLOY_TARGET"] == "compose"
+    assert env["CATSDOGS_SERVICE_URL"] == "http://bento-proxy:8080"
+    assert "{version}" in env["CATSDOGS_MODEL_IMAGE"]
+    assert env["CATSDOGS_COMPOSE_PROJECT"] == config["name"]
+    proxy = config["services"]["bento-proxy"]
+    assert {m["target"] for m in proxy["volumes"]} >= {"/etc/nginx/nginx.conf",
+                                                       "/etc/nginx/catsdogs"}

@@ -75,11 +75,13 @@ def move_champion(client: Any, name: str, to_version: str, *, reason: str, by: s
         client.set_model_version_tag(name, version, f"{MOVE_TAG_PREFIX}{now_ms}", value)
     log.info("%s@%s: v%s -> v%s by %s (%s)", name, CHAMPION, move.from_version or "-",
              move.to_version, by, reason)
-    _refresh_cards(client, name, move.to_version, move.from_version)
+    refresh_cards(client, name, move.to_version, move.from_version)
     return move
 
 
-def _refresh_cards(client: Any, name: str, *versions: str | None) -> None:
+def refresh_cards(client: Any, name: str, *versions: str | None) -> None:
+    """Re-render the model cards of `versions` (after their alias or deploy.* tags changed); a
+    refusal is a warning naming the command that refreshes one."""
     from mlflow.exceptions import MlflowException
 
     from catsdogs.training.model_card import refresh_card

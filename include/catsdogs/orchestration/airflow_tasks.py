@@ -166,11 +166,26 @@ def overrides_from_params(params: Mapping[str, Any]) -> list[str]:
     return items + [str(item) for item in params.get("overrides") or ()]
 
 
+# Stage -> (DAG param, CLI option) pairs: a set param becomes the option (rollback's `--to`).
+STAGE_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {"rollback": (("rollback_to", "--to"),)}
+
+
 def command_template(stage: Stage) -> str:
     """The stage's command as one Jinja template; rendered, it is a shell-quoted command line."""
     base = " ".join(shlex.quote(part) for part in stage.command())
+    for param, option in STAGE_OPTIONS.get(stage.name, ()):
+        base += (f"{{% if params.get({param!r}) %}} {option} "
+                 f"{{{{ params[{param!r}] | string | shquote }}}}{{% endif %}}")
     return (base + "{% for item in catsdogs_overrides(params) %}"
                    " --set {{ item | shquote }}{% endfor %}")
+
+
+def rollback_params() -> dict[str, Param]:
+    """The catsdogs_rollback DAG's trigger form."""
+    return {"rollback_to": Param("", type="string", pattern=r"^(v?[0-9]+)?$",
+                                 title="Roll back to version",
+                                 description="Registered version to bring back as @champion and "
+                                             "deploy; empty: the previous champion.")}
 
 
 TEMPLATE_MACROS: dict[str, Any] = {"catsdogs_overrides": overrides_from_params}
@@ -332,6 +347,8 @@ class StageDockerOperator(_StageMixin, DockerOperator):
 
     def __init__(self, *, stage: Stage, **kwargs: Any) -> None:
         gpu = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if stage.needs_gpu else None
+        if stage.needs_docker:
+            kwargs.update(docker_engine_settings(kwargs))
         super().__init__(command=command_template(stage), device_requests=gpu,
                          skip_on_exit_code=_final_exit_codes(stage), retrieve_output=True,
                          retrieve_output_path=CONTAINER_SUMMARY_FILE, **kwargs)
@@ -411,6 +428,47 @@ def docker_settings() -> dict[str, Any]:
         "shm_size": shm_bytes(),
         "environment": stage_environment(CONTAINER_SUMMARY_FILE),
     }
+
+
+# What a rollout stage (deploy, rollback) gets from the Airflow environment: the target and
+# where it lives (catsdogs.deployment.targets).
+DEPLOY_ENV_PREFIXES = ("CATSDOGS_DEPLOY_", "CATSDOGS_COMPOSE_", "CATSDOGS_KUBE_",
+                       "CATSDOGS_SERVICE_", "CATSDOGS_MODEL_IMAGE", "CATSDOGS_PROXY_")
+DEPLOY_ENV_NAMES = ("CATSDOGS_DATA_VOLUME", "CATSDOGS_DOCKER_NETWORK")
+# The compose target's settings for the Bento containers it starts (may hold a database password):
+# only ever in the deploy container's private environment.
+SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
+
+
+def deploy_environment() -> dict[str, str]:
+    """The deployment settings of this Airflow environment, for the rollout stages (without
+    the service's own settings, see `service_environment`)."""
+    return {k: v for k, v in os.environ.items()
+            if (k.startswith(DEPLOY_ENV_PREFIXES) or k in DEPLOY_ENV_NAMES)
+            and not k.startswith(SERVICE_ENV_PREFIX)}
+
+
+def service_environment() -> dict[str, str]:
+    """CATSDOGS_SERVICE_ENV_<NAME> settings: what the compose target gives each Bento container
+    as <NAME>."""
+    return {k: v for k, v in os.environ.items() if k.startswith(SERVICE_ENV_PREFIX)}
+
+
+def docker_engine_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Docker mode, rollout stages only: the engine's socket mounted, the socket's group
+    ($CATSDOGS_DOCKER_GID) as the container's group, the deployment settings in its environment.
+    The stage starts the service's containers; the training stages never see the socket."""
+    socket = os.environ.get("CATSDOGS_DOCKER_SOCKET", "/var/run/docker.sock")
+    mounts = [*settings.get("mounts", []),
+              Mount(target="/var/run/docker.sock", source=socket, type="bind")]
+    extra: dict[str, Any] = {"mounts": mounts, "environment": {
+        **settings.get("environment", {}), **deploy_environment()}}
+    extra["private_environment"] = {**settings.get("private_environment", {}),
+                                    **service_environment()}
+    gid = os.environ.get("CATSDOGS_DOCKER_GID", "").strip()
+    if gid:
+        extra["user"] = f"50000:{gid}"
+    return extra
 
 
 def make_task(stage: Stage, mode: str) -> BaseOperator:

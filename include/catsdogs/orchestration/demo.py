@@ -9,7 +9,7 @@ closing block once the service runs: where to look and how to log in, the model'
 promote's decision and why, the MLflow run, the data the model learnt from, and a `curl` to try.
 
 Knobs (environment): DEMO_SOURCE, DEMO_ARCH (mobilenet_v2), DEMO_EPOCHS (1), DEMO_BATCH_SIZE (32),
-DEMO_IMAGE_SIZE (128), DEMO_SYNTHETIC_PER_CLASS (60), BENTO_PORT (3000).
+DEMO_IMAGE_SIZE (128), DEMO_SYNTHETIC_PER_CLASS (300: a test split of 60, enough for the deploy task's post-deploy check), BENTO_PORT (3000).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def choose_source(demo_dir: Path) -> str:
         return source
     from catsdogs.data.synthetic import generate_dataset
 
-    per_class = int(os.environ.get("DEMO_SYNTHETIC_PER_CLASS", "60"))
+    per_class = int(os.environ.get("DEMO_SYNTHETIC_PER_CLASS", "300"))
     folder = demo_dir / "synthetic" / f"per-class-{per_class}"
     if not provenance.is_generated(folder):  # its marker is written last: a cut-off set is redone
         generate_dataset(folder, per_class=per_class)
@@ -166,6 +166,9 @@ def summary_lines(record: dict[str, Any], login: str, mlflow_ui: str, service: s
         else:
             decision = "promoted" if promote.get("promoted") else "rejected"
             lines.append(f"Promotion   : {decision}: {promote.get('reason')}")
+    deploy = record["summaries"].get("deploy")
+    if deploy:
+        lines.append(f"Deployment  : {deploy.get('message')}")
     if trained_on is not None:
         lines.append(f"Trained on  : {trained_on.source}")
         if trained_on.synthetic:

@@ -37,6 +37,7 @@ from catsdogs.orchestration.airflow_tasks import (
     _StageMixin,
     airflow_context_env,
     command_template,
+    deploy_environment,
     shm_bytes,
     stage_environment,
     worker_image,
@@ -155,6 +156,10 @@ class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
         # what the pod asked for.
         env = {**stage_environment(POD_SUMMARY_FILE), "MLFLOW_TRACKING_URI": settings.mlflow_uri,
                "OMP_NUM_THREADS": str(cpu_threads(stage.cpu))}
+        if stage.needs_docker:
+            # the rollout stages: the Kubernetes target (helm upgrade) and its CATSDOGS_KUBE_*
+            # settings; without a kube context in the pod the rollout says it was skipped
+            env = {"CATSDOGS_DEPLOY_TARGET": "kubernetes", **env, **deploy_environment()}
         env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
         if stage.needs_kaggle:
             env_vars += [_secret_env("KAGGLE_USERNAME", settings.kaggle_secret, "username"),

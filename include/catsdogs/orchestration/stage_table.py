@@ -32,6 +32,7 @@ class Stage:
     # the container's private environment; local: the task's inherited environment).
     private_env: tuple[str, ...] = ()
     logs_mlflow: bool = False         # its summary names an MLflow run (`run_id`): a UI link
+    needs_docker: bool = False        # docker runner: gets the Docker engine's socket (rollouts)
     # Kubernetes runner: what the scheduler reserves for the stage's pod (Kubernetes quantities).
     # `memory` is the request and the limit (above it the pod is OOM-killed, not a neighbour).
     cpu: str = "1"
@@ -73,6 +74,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("promote", "Move @champion to the challenger if it scores better",
           needs_gpu=True, timeout_minutes=30, assets=("mlflow://models/CatsDogsCNN@champion",),
           logs_mlflow=True, cpu="2", memory="6Gi"),
+    Stage("deploy", "Roll @champion out (health-gated switch), check it live, roll back on failure",
+          timeout_minutes=60, needs_docker=True, retryable=False, cpu="1", memory="2Gi"),
+    Stage("rollback", "Move @champion back (previous champion or --to VERSION) and deploy it",
+          dag_task=False, needs_docker=True),
     Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
           dag_task=False),
     Stage("champion", "The @champion alias: `history` lists its moves, `card` shows a version's "
@@ -92,3 +97,5 @@ STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in PIPELINE)
 
 QUEUES: tuple[str, ...] = tuple(dict.fromkeys(stage.queue for stage in PIPELINE))
 """The Celery queues the training DAG's tasks go to, in pipeline order (`default`, `gpu`)."""
+ROLLBACK_DAG_ID = "catsdogs_rollback"
+ROLLBACK_STAGE: Stage = next(stage for stage in STAGES if stage.name == "rollback")

@@ -1,0 +1,117 @@
+"""Where a model version is rolled out: one module per target, each a `Target`.
+
+- `local`: two `bentoml serve` slots behind a local nginx (`make demo`, scripts/serve.sh);
+- `compose`: a blue/green pair of Bento containers behind compose's nginx proxy;
+- `kubernetes`: `helm upgrade` of the helm/catsdogs chart with the version's image tag.
+
+`choose` picks one from `deploy.target` (params.yaml) and, for `auto`, $CATSDOGS_DEPLOY_TARGET
+(compose and the Helm chart set it; unset: local). Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from catsdogs.config import Params
+from catsdogs.errors import UserError
+from catsdogs.paths import DataPaths
+
+TARGET_ENV = "CATSDOGS_DEPLOY_TARGET"
+TARGETS = ("local", "compose", "kubernetes", "none")
+
+
+@dataclass(frozen=True)
+class Release:
+    """A registered model version to roll out (`model_uri` is `models:/<name>/<version>`)."""
+
+    name: str
+    version: str
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class Skipped(Exception):
+    """The target cannot deploy here (for example no kube context); the message says why."""
+
+
+class Target(Protocol):
+    """One place the service runs. `deploy` starts `release`, waits until it is ready, moves
+    traffic to it, drains and stops the previous one, and returns facts for the summary
+    (seconds, image, bytes added...); it raises UserError when the new version never became
+    ready (traffic then stays where it was) and Skipped when the target is not available."""
+
+    name: str
+
+    def endpoint(self) -> str:
+        """The live endpoint's base URL, as callers reach it (through the proxy)."""
+        ...
+
+    def serving(self) -> str | None:
+        """The registry version live now, or None when nothing serves."""
+        ...
+
+    def deploy(self, release: Release) -> dict[str, Any]:
+        ...
+
+
+def target_name(params: Params) -> str:
+    """`deploy.target`, or for `auto` $CATSDOGS_DEPLOY_TARGET (default local)."""
+    chosen = params.deploy.target
+    if chosen == "auto":
+        chosen = os.environ.get(TARGET_ENV, "").strip().lower() or "local"
+    if chosen not in TARGETS:
+        raise UserError(f"{TARGET_ENV}={chosen!r}: expected one of {', '.join(TARGETS)}")
+    return chosen
+
+
+def choose(params: Params, paths: DataPaths) -> Target | None:
+    """The configured target (None for `none`: nothing is deployed)."""
+    name = target_name(params)
+    if name == "none":
+        return None
+    if name == "local":
+        from catsdogs.deployment.targets.local import LocalTarget
+
+        return LocalTarget.from_env(paths, params)
+    if name == "compose":
+        from catsdogs.deployment.targets.compose import ComposeTarget
+
+        return ComposeTarget.from_env(params)
+    from catsdogs.deployment.targets.kubernetes import KubernetesTarget
+
+    return KubernetesTarget.from_env(params)
+
+
+def http_status(url: str, timeout: float = 5.0) -> int | None:
+    """The HTTP status of a GET (no proxies), or None when nothing answered."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def wait_ready(url: str, timeout: float, alive: Any = None, what: str = "the new version") -> float:
+    """Poll `url` (a /readyz) until it answers 200; the seconds it took. Raises UserError when
+    `timeout` seconds pass or `alive()` turns False (the process or container exited)."""
+    import time
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if http_status(url) == 200:
+            return time.monotonic() - started
+        if alive is not None and not alive():
+            raise UserError(f"{what} exited before {url} answered 200")
+        time.sleep(0.5)
+    raise UserError(f"{what} did not answer 200 at {url} within {timeout:.0f} s "
+                    "(deploy.ready_timeout_s); traffic stays on the version serving now")

@@ -1,0 +1,224 @@
+"""Compose target: a blue/green pair of Bento containers behind compose's nginx (`bento-proxy`).
+
+    callers -> :BENTO_PORT -> bento-proxy (nginx) -> bento-blue | bento-green  (one live)
+
+A rollout (run by the deploy stage's container, which gets the Docker engine's socket):
+1. the version's image: the runtime image + one model layer (catsdogs.deployment.images);
+2. the idle colour's container starts from it on the compose network (alias `bento-<colour>`),
+   labelled as part of the compose project so `docker compose down` removes it too;
+3. its /readyz must answer 200 (deploy.ready_timeout_s), else it is removed and traffic stays;
+4. the proxy's route (/etc/nginx/catsdogs/route.conf, a named volume) is rewritten to the new
+   colour and nginx reloaded (`nginx -s reload`: no connection refused, old workers finish their
+   requests); the switch is confirmed by the `X-Catsdogs-Slot` header on a request through it;
+5. after deploy.drain_s the old colour is stopped (SIGTERM, BentoML finishes in-flight requests)
+   and removed.
+
+Settings ($CATSDOGS_*, set by docker-compose.yaml on the Airflow services and passed to the
+deploy stage): COMPOSE_PROJECT, DOCKER_NETWORK, DATA_VOLUME, SERVICE_RUNTIME_IMAGE,
+MODEL_IMAGE (with `{version}`), SERVICE_URL (the proxy as the stage reaches it), PROXY_SERVICE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from catsdogs.config import Params
+from catsdogs.deployment.images import model_image
+from catsdogs.deployment.targets import Release, Skipped, http_status, wait_ready
+from catsdogs.errors import UserError
+
+log = logging.getLogger(__name__)
+
+COLORS = ("blue", "green")
+ROUTE_FILE = "/etc/nginx/catsdogs/route.conf"
+SLOT_HEADER = "X-Catsdogs-Slot"
+ROUTE = """\
+# catsdogs: color={color} version={version}
+set $catsdogs_backend {color};
+proxy_pass http://bento-$catsdogs_backend:3000;
+add_header {header} {color} always;
+"""
+_ROUTE_RE = re.compile(r"^# catsdogs: color=(\S+) version=(\S+)", re.MULTILINE)
+# Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
+# docker runner hands them to the deploy container privately (airflow_tasks.service_environment).
+SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
+
+
+def route(color: str, version: str) -> str:
+    """The proxy's route file for `color` serving `version`."""
+    return ROUTE.format(color=color, version=version, header=SLOT_HEADER)
+
+
+def parse_route(text: str) -> tuple[str, str] | None:
+    """(colour, version) the route file points at; None for the no-model route."""
+    found = _ROUTE_RE.search(text)
+    if not found or found.group(1) not in COLORS:
+        return None
+    return found.group(1), found.group(2)
+
+
+@dataclass
+class ComposeTarget:
+    project: str
+    network: str
+    runtime_image: str
+    image_template: str
+    service_url: str
+    data_volume: str | None = None
+    proxy_service: str = "bento-proxy"
+    ready_timeout_s: float = 300.0
+    drain_s: float = 5.0
+    mlflow_uri: str = "http://mlflow:5000"
+    service_env: dict[str, str] = field(default_factory=dict)
+    name: str = "compose"
+    _docker: Any = None
+
+    @classmethod
+    def from_env(cls, params: Params) -> ComposeTarget:
+        env = os.environ
+        project = env.get("CATSDOGS_COMPOSE_PROJECT", "")
+        if not project:
+            raise UserError("CATSDOGS_COMPOSE_PROJECT is not set: the compose target needs the "
+                            "compose project's name (docker-compose.yaml sets it)")
+        return cls(
+            project=project,
+            network=env.get("CATSDOGS_DOCKER_NETWORK", "catsdogs"),
+            runtime_image=env.get("CATSDOGS_SERVICE_RUNTIME_IMAGE",
+                                  "catsdogs-service-runtime:latest"),
+            image_template=env.get("CATSDOGS_MODEL_IMAGE", "catsdogs-service:v{version}"),
+            service_url=env.get("CATSDOGS_SERVICE_URL", "http://bento-proxy:8080"),
+            data_volume=env.get("CATSDOGS_DATA_VOLUME") or None,
+            proxy_service=env.get("CATSDOGS_PROXY_SERVICE", "bento-proxy"),
+            ready_timeout_s=params.deploy.ready_timeout_s, drain_s=params.deploy.drain_s,
+            mlflow_uri=env.get("MLFLOW_TRACKING_URI", "http://mlflow:5000"),
+            service_env={k.removeprefix(SERVICE_ENV_PREFIX): v for k, v in env.items()
+                         if k.startswith(SERVICE_ENV_PREFIX)})
+
+    # --- Docker -------------------------------------------------------------------------------
+    @property
+    def docker(self) -> Any:
+        if self._docker is None:
+            import docker
+
+            try:
+                self._docker = docker.from_env()
+                self._docker.ping()
+            except docker.errors.DockerException as exc:
+                raise Skipped(f"no Docker engine reachable from here ({exc}); the compose "
+                              "deploy task needs the engine's socket") from None
+        return self._docker
+
+    def _proxy(self) -> Any:
+        found = self.docker.containers.list(filters={"label": [
+            f"com.docker.compose.project={self.project}",
+            f"com.docker.compose.service={self.proxy_service}"]})
+        if not found:
+            raise UserError(f"compose project {self.project!r} has no running "
+                            f"{self.proxy_service} container: `docker compose up -d "
+                            f"{self.proxy_service}` first")
+        return found[0]
+
+    def _container_name(self, color: str) -> str:
+        return f"{self.project}-bento-{color}"
+
+    def _container(self, color: str) -> Any | None:
+        import docker
+
+        try:
+            return self.docker.containers.get(self._container_name(color))
+        except docker.errors.NotFound:
+            return None
+
+    def live_route(self) -> tuple[str, str] | None:
+        """(colour, version) the proxy routes to now, or None."""
+        result = self._proxy().exec_run(["cat", ROUTE_FILE])
+        return parse_route(result.output.decode(errors="replace")) if result.exit_code == 0 \
+            else None
+
+    # --- Target -------------------------------------------------------------------------------
+    def endpoint(self) -> str:
+        return self.service_url
+
+    def serving(self) -> str | None:
+        live = self.live_route()
+        if live is None:
+            return None
+        container = self._container(live[0])
+        if container is None or container.status != "running":
+            return None
+        return live[1] if http_status(self.service_url + "/readyz") == 200 else None
+
+    def _switch(self, color: str, version: str) -> None:
+        proxy = self._proxy()
+        done = proxy.exec_run(
+            ["sh", "-c", f'printf "%s" "$ROUTE" > {ROUTE_FILE}.new && mv {ROUTE_FILE}.new '
+                         f'{ROUTE_FILE} && nginx -t -q && nginx -s reload'],
+            environment={"ROUTE": route(color, version)})
+        if done.exit_code != 0:
+            raise UserError(f"the proxy refused the new route: "
+                            f"{done.output.decode(errors='replace')[-800:]}")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with opener.open(self.service_url + "/readyz", timeout=5) as response:
+                    if response.headers.get(SLOT_HEADER) == color:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise UserError(f"the proxy did not switch to {color} within 30 s")
+
+    def deploy(self, release: Release) -> dict[str, Any]:
+        started = time.monotonic()
+        built = model_image(self.docker, self.runtime_image, self.image_template, release,
+                            network=self.network,
+                            environment={"MLFLOW_TRACKING_URI": self.mlflow_uri},
+                            data_volume=self.data_volume)
+        live = self.live_route()
+        old_color = live[0] if live else None
+        color = "green" if old_color == "blue" else "blue"
+        stale = self._container(color)
+        if stale is not None:
+            stale.remove(force=True)
+        from docker.types import EndpointConfig
+
+        container = self.docker.containers.run(
+            built.image, name=self._container_name(color), detach=True,
+            network=self.network, environment=self.service_env,
+            networking_config={self.network: EndpointConfig(
+                self.docker.api._version, aliases=[f"bento-{color}"])},
+            restart_policy={"Name": "unless-stopped"},
+            labels={"com.docker.compose.project": self.project,
+                    "com.docker.compose.service": f"bento-{color}",
+                    "com.docker.compose.oneoff": "False",
+                    "org.catsdogs.model.version": release.version})
+
+        def alive() -> bool:
+            container.reload()
+            return container.status in ("created", "running")
+
+        try:
+            ready_s = wait_ready(f"http://bento-{color}:3000/readyz", self.ready_timeout_s,
+                                 alive=alive, what=f"{built.image} ({color})")
+        except UserError as exc:
+            tail = container.logs(tail=30).decode(errors="replace")
+            container.remove(force=True)
+            raise UserError(f"{exc}; its log ends:\n{tail}") from None
+        self._switch(color, release.version)
+        switch_s = time.monotonic() - started
+        if old_color:
+            time.sleep(self.drain_s)
+            old = self._container(old_color)
+            if old is not None:
+                old.stop(timeout=30)
+                old.remove(force=True)
+        log.info("compose: v%s live on %s behind %s", release.version, color, self.service_url)
+        return {**built.facts(), "color": color, "previous_color": old_color,
+                "ready_s": round(ready_s, 1), "switch_s": round(switch_s, 1)}

@@ -1,0 +1,126 @@
+"""The local rollout for real: a real MLflow server, real `bentoml serve` slots, a real nginx.
+
+One scenario (each `bentoml serve` costs seconds): v1 deployed and checked; the same champion again
+is left alone; v2 promoted and switched to while a load generator calls the public endpoint the
+whole time; v2's post-deploy check fails (its recorded test accuracy is set above anything the
+untrained tiny model reaches), so @champion goes back to v1, v2 is tagged rolled_back with the
+reason, v1 serves again, and the stage's error says why. The load generator must see no failed
+request through both switches, and answers from v1, then v2, then v1 again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from catsdogs.config import load_params
+from catsdogs.deployment.history import (
+    BY_POST_DEPLOY_CHECK,
+    BY_PROMOTE,
+    DEPLOY_STATUS_TAG,
+    ROLLED_BACK,
+    champion_history,
+    move_champion,
+)
+from catsdogs.deployment.rollout import deploy_champion
+from catsdogs.deployment.targets.local import LocalTarget
+from catsdogs.errors import UserError
+from catsdogs.paths import DataPaths
+from tests.deployment.load import Load
+from tests.servers import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL = "CatsDogsDeployTest"
+PER_CLASS = 30
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin") is None,
+                                reason="nginx is not installed (scripts/ensure-system-deps.sh)")
+
+
+def register(mlflow_url: str, test_accuracy: float) -> str:
+    """A tiny model version registered as training does, with its recorded test accuracy."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url,
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
+    done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", mlflow_url, MODEL,
+                           "64"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    version = done.stdout.strip().splitlines()[-1]
+    client = MlflowClient(mlflow_url)
+    client.log_metric(client.get_model_version(MODEL, version).run_id, "test_accuracy",
+                      test_accuracy)
+    return version
+
+
+@pytest.fixture
+def target(tmp_path: Path, sample_dir: Path, mlflow_server: str,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LocalTarget, DataPaths]]:
+    data = tmp_path / "data"
+    for label in ("cat", "dog"):
+        folder = data / "transformed" / "test" / label
+        folder.mkdir(parents=True)
+        for photo in sorted((sample_dir / label).glob("*.jpg"))[:PER_CLASS]:
+            shutil.copy2(photo, folder / photo.name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
+    monkeypatch.setenv("CATSDOGS_SAMPLE_DIR", str(tmp_path / "no-calibration"))
+    monkeypatch.setenv("BENTO_PORT", str(free_port()))
+    monkeypatch.setenv("CATSDOGS_BENTO_SLOT_PORTS", f"{free_port()},{free_port()}")
+    monkeypatch.setenv("CATSDOGS_SERVE_DIR", str(tmp_path / "serving"))
+    monkeypatch.setenv("CATSDOGS_MAX_LATENCY_MS", "20000")
+    paths = DataPaths.resolve(data)
+    local = LocalTarget.from_env(paths, load_params(REPO_ROOT / "params.yaml"))
+    yield local, paths
+    local.stop()
+
+
+def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
+        target: tuple[LocalTarget, DataPaths], mlflow_server: str, sample_dir: Path,
+        artifacts_dir: Path) -> None:
+    local, paths = target
+    params = load_params(REPO_ROOT / "params.yaml", [
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50", "deploy.drain_s=2"])
+    client = MlflowClient(mlflow_server)
+    v1 = register(mlflow_server, test_accuracy=0.0)   # register_tiny makes it @champion
+
+    first = deploy_champion(params, paths, local, client)
+    assert first.details["deployed"] is True and local.serving() == v1, first.to_dict()
+    assert first.details["check"]["sent"] == 50 and first.details["check"]["failures"] == 0
+    assert client.get_model_version(MODEL, v1).tags[DEPLOY_STATUS_TAG] == "deployed"
+
+    again = deploy_champion(params, paths, local, client)
+    assert again.skipped and "nothing rebuilt or restarted" in again.message
+
+    v2 = register(mlflow_server, test_accuracy=1.0)   # no untrained model reaches 1.0 - 0.05
+    client.set_registered_model_alias(MODEL, "champion", v1)
+    move_champion(client, MODEL, v2, reason="test: promoted", by=BY_PROMOTE)
+    photo = sorted((sample_dir / "dog").glob("*.jpg"))[-1]
+    started = time.monotonic()
+    with Load(local.endpoint(), photo) as load, pytest.raises(UserError) as failed:
+        deploy_champion(params, paths, local, client)
+    seconds = time.monotonic() - started
+
+    message = str(failed.value)
+    assert f"v{v2} failed" in message and "recorded test accuracy" in message, message
+    assert f"@champion is v{v1} again" in message
+    assert load.failures == [], load.failures[:5]
+    # old and new nginx workers overlap for a moment at each reload: answers may alternate there
+    assert load.versions[0] == v1 and v2 in load.versions and load.versions[-1] == v1, load.versions
+    assert local.serving() == v1
+    assert client.get_model_version_by_alias(MODEL, "champion").version == v1
+    tags = client.get_model_version(MODEL, v2).tags
+    assert tags[DEPLOY_STATUS_TAG] == ROLLED_BACK and "recorded test accuracy" in tags["deploy.reason"]
+    last = champion_history(client, MODEL)[-1]
+    assert (last.from_version, last.to_version, last.by) == (v2, v1, BY_POST_DEPLOY_CHECK)
+    (artifacts_dir / "local-rollout.json").write_text(json.dumps(
+        {"requests": load.sent, "failures": len(load.failures), "versions": load.versions,
+         "switch_and_rollback_s": round(seconds, 1)}, indent=2))
