@@ -59,7 +59,7 @@ def test_each_task_goes_to_its_stages_celery_queue(parse_dag, runner: str) -> No
     assert QUEUES == (DEFAULT_QUEUE, GPU_QUEUE) == ("default", "gpu")
     assert {s.name: s.queue for s in PIPELINE} == {
         "ingest": "default", "validate": "default", "prepare": "default",
-        "transform": "default", "train": "gpu", "promote": "gpu"}
+        "transform": "default", "train": "gpu", "promote": "gpu", "deploy": "default"}
     assert all(s.queue == (GPU_QUEUE if s.needs_gpu else DEFAULT_QUEUE) for s in PIPELINE)
     dag = parse_dag(runner)
     assert {task.task_id: task.queue for task in dag.tasks} == {s.name: s.queue for s in PIPELINE}

@@ -121,7 +121,8 @@ def test_celery_workers_consume_the_queues_the_stage_table_names(config: dict) -
     assert {s.name: consumed[s.queue] for s in PIPELINE} == {
         "ingest": "airflow-worker-cpu", "validate": "airflow-worker-cpu",
         "prepare": "airflow-worker-cpu", "transform": "airflow-worker-cpu",
-        "train": "airflow-worker-gpu", "promote": "airflow-worker-gpu"}
+        "train": "airflow-worker-gpu", "promote": "airflow-worker-gpu",
+        "deploy": "airflow-worker-cpu"}
     for name in WORKERS:
         assert {"redis", "postgres", "airflow-init"} <= set(services[name]["depends_on"])
         assert "control.ping(destination=['celery@' + socket.gethostname()]" in " ".join(
