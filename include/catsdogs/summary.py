@@ -10,6 +10,7 @@ scraped from a log.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,25 @@ class Summary:
         return f"[{self.stage}] {prefix}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
-        """{"stage", "status", "skipped", "message", **details}: JSON-serialisable."""
+        """{"stage", "status", "skipped", "message", **details}: strict JSON (Airflow's XCom API
+        refuses NaN and infinities: a figure that could not be computed, such as a drift test's
+        p-value on a constant column, becomes null)."""
         document = {"stage": self.stage, "status": self.status, "skipped": self.skipped,
                     "message": self.message, **self.details}
-        return json.loads(json.dumps(document, default=str))
+        return _finite(json.loads(json.dumps(document, default=str)))
 
     def write(self, path: Path) -> None:
         """The JSON document, written atomically (a reader never sees half a file)."""
         with atomic_file(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

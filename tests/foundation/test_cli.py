@@ -64,3 +64,19 @@ def test_summary_travels_as_json(tmp_path: Path, synthetic_images: Path) -> None
     assert again.returncode == 0, again.stderr
     document = json.loads(again.stdout)                     # nothing but the JSON on stdout
     assert (document["status"], document["skipped"]) == ("skipped", True)
+
+
+def test_summary_is_strict_json() -> None:
+    """Airflow's XCom API refuses NaN and infinities: a figure that could not be computed (a
+    drift test's p-value on a constant column) travels as null, at any depth."""
+    from catsdogs.summary import Summary
+
+    summary = Summary("monitor", "drift checked", details={
+        "score": float("nan"), "signals": {"width": {"p_value": float("nan"), "drift": False},
+                                           "embedding": {"score": 0.91}},
+        "limits": [float("inf"), 1.5]})
+    document = summary.to_dict()
+    assert document["score"] is None and document["signals"]["width"]["p_value"] is None
+    assert document["signals"]["embedding"]["score"] == 0.91
+    assert document["limits"] == [None, 1.5]
+    json.dumps(document, allow_nan=False)   # what the XCom client sends
