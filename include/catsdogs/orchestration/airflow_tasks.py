@@ -50,6 +50,7 @@ from airflow.sdk.exceptions import (
 from docker.types import DeviceRequest, Mount
 
 from catsdogs.config import ModelParams, Params, PromoteParams, load_params
+from catsdogs.deployment.targets import SERVICE_ENV_PREFIX
 from catsdogs.errors import GateFailed
 from catsdogs.orchestration.airflow_client import dag_run_url
 from catsdogs.orchestration.stage_table import Stage
@@ -435,9 +436,6 @@ def docker_settings() -> dict[str, Any]:
 DEPLOY_ENV_PREFIXES = ("CATSDOGS_DEPLOY_", "CATSDOGS_COMPOSE_", "CATSDOGS_KUBE_",
                        "CATSDOGS_SERVICE_", "CATSDOGS_MODEL_IMAGE", "CATSDOGS_PROXY_")
 DEPLOY_ENV_NAMES = ("CATSDOGS_DATA_VOLUME", "CATSDOGS_DOCKER_NETWORK")
-# The compose target's settings for the Bento containers it starts (may hold a database password):
-# only ever in the deploy container's private environment.
-SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
 
 
 def deploy_environment() -> dict[str, str]:

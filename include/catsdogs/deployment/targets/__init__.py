@@ -18,6 +18,10 @@ from catsdogs.config import Params
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 
+# CATSDOGS_SERVICE_ENV_<NAME>=value in the Airflow environment: <NAME>=value in each service
+# container a target starts (given to the rollout stage privately: it may hold a password).
+SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
+
 TARGET_ENV = "CATSDOGS_DEPLOY_TARGET"
 TARGETS = ("local", "compose", "kubernetes", "none")
 

@@ -30,7 +30,13 @@ from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.deployment.images import model_image
-from catsdogs.deployment.targets import Release, Skipped, http_status, wait_ready
+from catsdogs.deployment.targets import (
+    SERVICE_ENV_PREFIX,
+    Release,
+    Skipped,
+    http_status,
+    wait_ready,
+)
 from catsdogs.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,6 @@ add_header {header} {color} always;
 _ROUTE_RE = re.compile(r"^# catsdogs: color=(\S+) version=(\S+)", re.MULTILINE)
 # Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
 # docker runner hands them to the deploy container privately (airflow_tasks.service_environment).
-SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
 
 
 def route(color: str, version: str) -> str:
