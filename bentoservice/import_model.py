@@ -5,9 +5,12 @@ store, so `bentoml build` packages it and the served image needs no MLflow serve
 
 The Bento model carries the registry name, version, run id, architecture, image size, classes and
 the training data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in
-its metadata, plus the measured fp32/bf16 label agreement on real photos (the service uses bf16
-only when it is >= 99.5%). The agreement is also recorded on the registry version
-(`serving.bf16_*` tags), so its model card shows it.
+its metadata. With calibration photos the import also builds the serving variants (OpenVINO fp32
+and INT8, calibrated on those photos; bentoservice/variants.py) into the Bento model's
+`variants/` folder and measures every variant that runs on this CPU: label agreement with fp32
+and milliseconds a picture at the service's batch sizes. The measurements go into the metadata
+(`serving_variants`: the service serves the fastest adopted one its CPU can run) and onto the
+registry version (`serving.variants` tag), so its model card shows them.
 
 The version's model card (`catsdogs.training.model_card`) is refreshed and stored in the Bento
 model as `model_card.md`; the service serves it at `/model/card`. Re-importing the same registry
@@ -82,7 +85,8 @@ def _existing(bento_model: str, version: str, run_id: str) -> str | None:
 
 
 def calibration_files(folder: Path | None, limit: int, seed: int = 0) -> list[Path]:
-    """Up to `limit` photos (balanced over class sub-folders) for the fp32/bf16 agreement check."""
+    """Up to `limit` photos (balanced over class sub-folders) to calibrate and measure the
+    serving variants on."""
     if folder is None or limit <= 0 or not folder.is_dir():
         return []
     groups = [sorted(p for p in sub.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
@@ -95,41 +99,43 @@ def calibration_files(folder: Path | None, limit: int, seed: int = 0) -> list[Pa
     return chosen[:limit]
 
 
-def measure_bf16_agreement(model_dir: Path, metadata: dict[str, Any],
-                           files: Sequence[Path]) -> float | None:
-    """fp32 vs bf16 label agreement of the imported model on `files` (None when not measurable)."""
+def measure_variants(model_dir: Path, variants_dir: Path, metadata: dict[str, Any],
+                     files: Sequence[Path]) -> dict[str, Any] | None:
+    """Build and measure the serving variants of the imported model on `files` (decoded exactly
+    as the service decodes an upload); the `serving_variants` metadata, None without photos."""
     import numpy as np
-    import torch
 
-    from bentoservice.runtime import bf16_agreement, load_network
+    from bentoservice.runtime import load_network
+    from bentoservice.variants import MIN_AGREEMENT, measure, ranked
     from catsdogs.data.images import ImageRejected, square_image
-    from catsdogs.training.model import cpu_supports_bf16
+    from catsdogs.training.model import cpu_description
 
-    if not files or not cpu_supports_bf16():
-        return None
     pixels = []
-    for path in files:  # exactly what the service does to an upload
+    for path in files:
         try:
             pixels.append(np.asarray(square_image(path, metadata["image_size"])))
         except ImageRejected:
             continue
-    net = load_network(model_dir, metadata["arch"])
-    batches = [torch.from_numpy(np.stack(pixels[i:i + 32])) for i in range(0, len(pixels), 32)]
-    with torch.inference_mode():
-        return bf16_agreement(net, batches) if batches else None
+    if not pixels:
+        return None
+    measured = measure(load_network(model_dir, metadata["arch"]), variants_dir, np.stack(pixels))
+    for m in measured:
+        logger.info("serving variant %-13s agreement %s, ms a picture %s: %s", m.variant,
+                    "n/a" if m.agreement is None else f"{100 * m.agreement:.2f}%",
+                    {b: round(ms, 2) for b, ms in m.ms_per_image.items()},
+                    ("adopted: " if m.adopted else "not adopted: ") + m.reason)
+    return {"cpu": cpu_description(), "min_agreement": MIN_AGREEMENT,
+            "chosen": ranked(measured)[0], "measured": [m.as_dict() for m in measured]}
 
 
-def _tag_agreement(metadata: dict[str, Any], agreement: float, images: int) -> None:
-    """Record the measured agreement on the registry version (`serving.bf16_*` tags)."""
+def _tag_variants(metadata: dict[str, Any], variants: dict[str, Any]) -> None:
+    """Record the measurement on the registry version (`serving.variants` tag, JSON)."""
     from mlflow import MlflowClient
 
-    from bentoservice.runtime import BF16_MIN_AGREEMENT
-    from catsdogs.training.model_card import BF16_AGREEMENT_TAG, BF16_IMAGES_TAG, BF16_MIN_TAG
+    from catsdogs.training.model_card import SERVING_VARIANTS_TAG
 
-    client = MlflowClient()
-    for key, value in ((BF16_AGREEMENT_TAG, f"{agreement:.5f}"), (BF16_IMAGES_TAG, str(images)),
-                       (BF16_MIN_TAG, str(BF16_MIN_AGREEMENT))):
-        client.set_model_version_tag(metadata["registered_model"], metadata["version"], key, value)
+    MlflowClient().set_model_version_tag(metadata["registered_model"], metadata["version"],
+                                         SERVING_VARIANTS_TAG, json.dumps(variants))
 
 
 def _store_card(stored: Any, metadata: dict[str, Any]) -> bool:
@@ -174,6 +180,7 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     """Import the model into the Bento store; skip when that registry version is already there."""
     import bentoml
 
+    from bentoservice.runtime import MLFLOW_MODEL_FOLDER, VARIANTS_KEY
     from catsdogs.tracking import CHAMPION, connect
 
     model_uri = model_uri or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
@@ -192,13 +199,13 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
     import_ood(metadata["run_id"], Path(stored.path_of(OOD_FOLDER_NAME)))
     files = calibration_files(calibration_dir, calibration_images)
-    agreement = measure_bf16_agreement(Path(stored.path_of("mlflow_model")), metadata, files)
-    if agreement is not None:
-        metadata.update(bf16_agreement=round(agreement, 5), bf16_agreement_images=len(files))
+    variants = measure_variants(Path(stored.path_of(MLFLOW_MODEL_FOLDER)), Path(stored.path),
+                                metadata, files)
+    if variants is not None:
+        metadata[VARIANTS_KEY] = variants
         stored.info.metadata.update(metadata)
         stored.flush()
-        logger.info("fp32/bf16 label agreement on %d photos: %.2f%%", len(files), 100 * agreement)
-        _tag_agreement(metadata, agreement, len(files))
+        _tag_variants(metadata, variants)
     _store_card(stored, metadata)
     logger.info("imported %s (version %s, run %s) as %s", model_uri, metadata["version"],
                 metadata["run_id"], stored.tag)
@@ -207,14 +214,15 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
 
 
 def default_calibration_dir(paths: DataPaths) -> Path | None:
-    """Photos for the bf16 check: `$CATSDOGS_SAMPLE_DIR` when set, else the data dir's test split
-    (`transformed/test`); None (no check, bf16 stays off, said in the log) when neither exists."""
+    """Photos for the serving variants: `$CATSDOGS_SAMPLE_DIR` when set, else the data dir's test
+    split (`transformed/test`); None (nothing measured, the service serves torch fp32, said in
+    the log) when neither exists."""
     sample = os.environ.get("CATSDOGS_SAMPLE_DIR", "").strip()
     for candidate in (Path(sample) if sample else None, paths.split_dir("test")):
         if candidate is not None and candidate.is_dir():
             return candidate
     logger.info("no calibration photos (CATSDOGS_SAMPLE_DIR unset, no test split at %s): the "
-                "fp32/bf16 agreement is not measured and the service will serve fp32",
+                "serving variants are not measured and the service will serve torch fp32",
                 paths.split_dir("test"))
     return None
 
@@ -227,10 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bento-model", default=BENTO_MODEL_NAME,
                         help=f"name in the Bento model store (default: {BENTO_MODEL_NAME})")
     parser.add_argument("--calibration-dir", type=Path, default=None,
-                        help="photos in class sub-folders for the bf16 check (default: "
+                        help="photos in class sub-folders for the serving variants (default: "
                         "$CATSDOGS_SAMPLE_DIR, else the data dir's transformed/test split)")
     parser.add_argument("--calibration-images", type=int, default=400,
-                        help="how many photos the bf16 check uses (0: skip; bf16 stays off)")
+                        help="how many photos calibrate and measure the serving variants "
+                        "(0: none; the service serves torch fp32)")
     parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
     parser.add_argument("--data-dir", default=None, help="data directory (embedded MLflow store)")
     parser.add_argument("--json", dest="as_json", action="store_true",

@@ -1,8 +1,6 @@
-"""The model at serving time: load the imported MLflow model, pick device and precision, predict.
-
-Precision: fp32 by default; on a CPU with native bfloat16 (AVX512-BF16 / AMX) the bf16 path (weights
-and activations in bfloat16, channels_last, at every batch size) is used only when the import step
-measured that it gives the same labels as fp32 on at least `BF16_MIN_AGREEMENT` of the real photos.
+"""The model at serving time: load the imported MLflow model, pick the device, prepare the torch
+network (`Predictor`: fp32 or bf16), pack its outputs. Which variant a CPU serves (torch fp32/bf16,
+OpenVINO fp32/INT8) is decided by bentoservice/variants.py from what the import measured.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import gc
 import logging
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bentoservice.variants import Measurement
 from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
 
@@ -28,9 +26,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BF16_MIN_AGREEMENT = 0.995
 JIT_SPECIALISATIONS = 64  # batch shapes TorchScript compiles statically (then it goes dynamic)
 MLFLOW_MODEL_FOLDER = "mlflow_model"
+VARIANTS_KEY = "serving_variants"  # Bento metadata: {"cpu": ..., "measured": [Measurement...]}
 
 
 @dataclass(frozen=True)
@@ -44,12 +42,13 @@ class ModelInfo:
     image_size: int
     classes: tuple[str, ...]
     bento_tag: str
-    bf16_agreement: float | None
+    variants: tuple[Measurement, ...] = ()  # what the import measured (bentoservice.variants)
+    variants_measured_on: str = ""          # the CPU it measured them on
     data: Provenance | None = None   # the training data; None when the import did not record it
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any], bento_tag: str) -> ModelInfo:
-        agreement = metadata.get("bf16_agreement")
+        measured = metadata.get(VARIANTS_KEY) or {}
         data = (Provenance(str(metadata["data_source"]), bool(metadata.get("data_synthetic")))
                 if metadata.get("data_source") else None)
         return cls(name=str(metadata.get("registered_model", "CatsDogsCNN")),
@@ -59,7 +58,8 @@ class ModelInfo:
                    image_size=int(metadata.get("image_size", 224)),
                    classes=tuple(metadata.get("classes") or CLASSES),
                    bento_tag=bento_tag,
-                   bf16_agreement=float(agreement) if agreement is not None else None,
+                   variants=tuple(Measurement.from_dict(m) for m in measured.get("measured", [])),
+                   variants_measured_on=str(measured.get("cpu", "")),
                    data=data)
 
 
@@ -85,21 +85,6 @@ def choose_device(wanted: str) -> torch.device:
     if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def choose_precision(wanted: str, device: torch.device, agreement: float | None) -> str:
-    """fp32 or bf16 (see the module docstring); an explicit CATSDOGS_PRECISION wins."""
-    from catsdogs.training.model import cpu_supports_bf16
-
-    if wanted in ("fp32", "bf16"):
-        return wanted
-    if device.type != "cpu" or not cpu_supports_bf16():
-        return "fp32"
-    if agreement is None or agreement < BF16_MIN_AGREEMENT:
-        logger.info("bf16 not used: fp32/bf16 label agreement %s < %s (measured at import)",
-                    agreement, BF16_MIN_AGREEMENT)
-        return "fp32"
-    return "bf16"
 
 
 class Predictor:
@@ -247,14 +232,3 @@ def freeze_startup_heap() -> None:
 def set_threads(torch_threads: int) -> None:
     threads = torch_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, threads))
-
-
-def bf16_agreement(net: torch.nn.Module, batches: Sequence[torch.Tensor]) -> float:
-    """Share of pictures (N,H,W,3 uint8 pixel batches) where the served bf16 path gives the same
-    label as the eager fp32 network."""
-    cpu, size = torch.device("cpu"), int(batches[0].shape[1])
-    fp32 = Predictor(copy.deepcopy(net), cpu, "fp32", size, jit=False)
-    bf16 = Predictor(copy.deepcopy(net), cpu, "bf16", size)
-    labels32 = torch.cat([fp32(b).argmax(1) for b in batches])
-    labels16 = torch.cat([bf16(b).argmax(1) for b in batches])
-    return float((labels32 == labels16).float().mean())

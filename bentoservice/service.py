@@ -44,9 +44,7 @@ from bentoservice.import_model import OOD_FOLDER_NAME
 from bentoservice.runtime import (
     MLFLOW_MODEL_FOLDER,
     ModelInfo,
-    Predictor,
     choose_device,
-    choose_precision,
     freeze_startup_heap,
     load_network,
     load_ood,
@@ -56,11 +54,13 @@ from bentoservice.runtime import (
     unpack_outputs,
 )
 from bentoservice.settings import SETTINGS
+from bentoservice.variants import REFERENCE, Choice, Predicting, build_predictor, choose
 from bentoservice.web import CARD_FILE, read_card, web_app
 from catsdogs.data.images import ImageLimits, ImageRejected, square_image
 from catsdogs.monitoring.prediction_log import PredictionLog, PredictionRecord
 
 logger = logging.getLogger("bentoservice")
+logger.setLevel(logging.INFO)  # BentoML's server logging passes the root logger's WARNING on only
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="catsdogs_predictions", documentation="Predictions served, by label",
@@ -121,7 +121,9 @@ class CatsDogsModel:
         self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
         self.model_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
         self.ood_dir = Path(stored.path_of(OOD_FOLDER_NAME))
-        self.predictor: Predictor | None = None
+        self.folder = Path(stored.path)
+        self.predictor: Predicting | None = None
+        self.choice: Choice | None = None
         self.ood = None
         self.loaded = threading.Event()
         threading.Thread(target=self._load, name="model-load", daemon=True).start()
@@ -131,21 +133,42 @@ class CatsDogsModel:
         time.sleep(SETTINGS.startup_delay_s)
         set_threads(SETTINGS.torch_threads)
         device = choose_device(SETTINGS.device)
-        precision = choose_precision(SETTINGS.precision, device, self.info.bf16_agreement)
+        choice = choose(SETTINGS.runtime, self.info.variants, self.folder, device.type)
         started = time.perf_counter()
-        predictor = Predictor(load_network(self.model_dir, self.info.arch), device, precision,
-                              self.info.image_size, jit=SETTINGS.jit)
-        predictor.warm_up(SETTINGS.max_batch_size, self.info.image_size)
+        try:
+            predictor = self._prepare(choice.variant, device)
+        except Exception as exc:  # noqa: BLE001 (a variant that fails to compile: serve fp32)
+            logger.warning("serving variant %s failed to load (%s: %s): serving %s",
+                           choice.variant, type(exc).__name__, exc, REFERENCE)
+            choice = Choice(REFERENCE, f"{choice.variant} failed to load: {exc}", True)
+            predictor = self._prepare(REFERENCE, device)
         self.ood = load_ood(self.ood_dir) if predictor.embeds else None
-        self.predictor = predictor
+        self.predictor, self.choice = predictor, choice
         freeze_startup_heap()
         self.loaded.set()
-        logger.info("model %s v%s ready on %s (%s, %d threads) in %.1fs", self.info.name,
-                    self.info.version, device, precision, torch.get_num_threads(),
-                    time.perf_counter() - started)
+        logger.info("model %s v%s ready on %s: variant %s (%s), %d threads, in %.1fs",
+                    self.info.name, self.info.version, device, choice.variant, choice.reason,
+                    torch.get_num_threads(), time.perf_counter() - started)
+
+    def _prepare(self, variant: str, device: torch.device) -> Predicting:
+        predictor = build_predictor(variant, lambda: load_network(self.model_dir, self.info.arch),
+                                    self.folder, device, self.info.image_size, jit=SETTINGS.jit)
+        predictor.warm_up(SETTINGS.max_batch_size, self.info.image_size)
+        return predictor
 
     def __is_ready__(self) -> bool:
         return self.loaded.is_set()
+
+    @bentoml.api
+    def runtime(self) -> dict:
+        """The variant this process serves and what the import measured (for /model); null
+        fields while the model loads."""
+        measured = [m.as_dict() for m in self.info.variants]
+        choice = self.choice
+        return {"variant": None if choice is None else choice.variant,
+                "reason": None if choice is None else choice.reason,
+                "fell_back": None if choice is None else choice.fell_back,
+                "measured_on": self.info.variants_measured_on or None, "measured": measured}
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
@@ -214,9 +237,19 @@ class CatsDogs:
                                "classes": list(self.info.classes),
                                "data": data.as_dict() if data is not None else None,
                                "card": read_card(Path(stored.path_of(CARD_FILE)))}
+        web_app.state.runtime = self._runtime
         if data is not None and data.synthetic:
             logger.warning("serving %s v%s: %s", self.info.name, self.info.version, data.note())
         freeze_startup_heap()
+
+    async def _runtime(self) -> dict | None:
+        """What the model service says it runs (bentoservice.variants), None when it does not
+        answer within 5 s."""
+        try:
+            return await asyncio.wait_for(self.model.to_async.runtime(), timeout=5)
+        except (TimeoutError, aiohttp.ClientError, bentoml.exceptions.BentoMLException) as exc:
+            logger.warning("the model service did not say which variant it runs: %s", exc)
+            return None
 
     @bentoml.on_shutdown
     def _close_prediction_log(self) -> None:

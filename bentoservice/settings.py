@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bentoservice.variants import VariantName
+
 
 class Settings(BaseSettings):
     """The service's settings; each field is read from `CATSDOGS_<FIELD NAME>`."""
@@ -28,8 +30,8 @@ class Settings(BaseSettings):
     model_calls_in_flight: int = Field(2, ge=1)  # API -> model service calls at once
     decode_threads: int = Field(0, ge=0)  # 0: one per CPU core
     torch_threads: int = Field(0, ge=0)  # 0: one per CPU core
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    jit: bool = True  # CPU: frozen TorchScript graph, oneDNN fusion (1/0, true/false)
+    runtime: Literal["auto"] | VariantName = "auto"  # serving variant (bentoservice/variants.py)
+    jit: bool = True  # torch variants on CPU: frozen TorchScript graph, oneDNN fusion (1/0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_delay_s: float = Field(0.0, ge=0.0)  # wait before loading the model (seconds)
     # the prediction log (catsdogs.monitoring.prediction_log; docs/serving.md)

@@ -37,12 +37,15 @@ async def favicon(_: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
-    """The served model: name, version, run id, classes, training data and `card` (its model
-    card as markdown, null when the import stored none)."""
+    """The served model: name, version, run id, classes, training data, `card` (its model card
+    as markdown, null when the import stored none) and `runtime`: the serving variant the model
+    process runs, why, and the import's measurements (label agreement with fp32, ms a picture
+    by batch size; bentoservice/variants.py); null when the model process does not answer."""
     info = getattr(request.app.state, "model", None)
     if info is None:
         return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
-    return JSONResponse(info)
+    runtime = getattr(request.app.state, "runtime", None)
+    return JSONResponse({**info, "runtime": await runtime() if runtime is not None else None})
 
 
 async def model_card(request: Request) -> Response:

@@ -3,6 +3,7 @@ server, imported with the project's import step, served on a free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -45,10 +46,12 @@ def _status(url: str) -> int:
         return exc.code
 
 
-@pytest.fixture(scope="session")
-def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[BentoServer]:
-    workdir = tmp_path_factory.mktemp("bento")
+@contextlib.contextmanager
+def serve_tiny(mlflow_server: str, workdir: Path, model_name: str = MODEL_NAME,
+               import_args: tuple[str, ...] = ("--calibration-images", "0"),
+               extra_env: dict[str, str] | None = None) -> Iterator[BentoServer]:
+    """Register the tiny model as `model_name`, import it (with `import_args`) into a Bento
+    home in `workdir` and `bentoml serve` it on a free port until the block ends."""
     prediction_log_url = f"sqlite:///{workdir / 'predictions.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
            "BENTOML_HOME": str(workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
@@ -56,16 +59,16 @@ def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
            "CATSDOGS_PREDICTION_LOG_URL": prediction_log_url,
            "CATSDOGS_PREDICTION_LOG_FLUSH_S": "0.2",
            # this checkout's package first, whatever the venv has installed
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)]),
+           **(extra_env or {})}
     registered = subprocess.run(
-        [sys.executable, "-m", "tests.serving.register_tiny", mlflow_server, MODEL_NAME,
+        [sys.executable, "-m", "tests.serving.register_tiny", mlflow_server, model_name,
          str(IMAGE_SIZE), DATA_SOURCE, "true"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert registered.returncode == 0, registered.stderr[-3000:]
     version = registered.stdout.strip().splitlines()[-1]
     imported = subprocess.run(
         [sys.executable, "-m", "bentoservice.import_model", "--model-uri",
-         f"models:/{MODEL_NAME}@champion", "--calibration-images", "0",
-         "--data-dir", str(workdir / "data")],
+         f"models:/{model_name}@champion", *import_args, "--data-dir", str(workdir / "data")],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert imported.returncode == 0, imported.stderr[-3000:]
     port = free_port()
@@ -83,3 +86,11 @@ def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
     finally:
         stop_process(process)
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[BentoServer]:
+    """The tiny model served as imported without calibration photos (torch fp32)."""
+    with serve_tiny(mlflow_server, tmp_path_factory.mktemp("bento")) as server:
+        yield server

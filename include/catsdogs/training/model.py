@@ -129,9 +129,41 @@ def cpu_flags() -> set[str]:
             for flag in line.partition(":")[2].split()}
 
 
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                         "amx_int8")  # what decides the kernels fp32, bf16 and INT8 get
+
+
+def cpu_description() -> str:
+    """One line: CPU model, `CPU_FLAGS_OF_INTEREST` present, ONEDNN_MAX_CPU_ISA when set (it caps
+    what oneDNN in torch and OpenVINO use), cores."""
+    import os
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = next((line.partition(":")[2].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    flags = cpu_flags()
+    present = " ".join(f for f in CPU_FLAGS_OF_INTEREST if f in flags) or "none of avx2/avx512"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"{model}, flags {present}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "")
+            + f", {os.cpu_count()} cores")
+
+
+# ONEDNN_MAX_CPU_ISA values below which oneDNN (torch's and OpenVINO's) uses no bf16 instructions
+ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                    "AVX512_CORE_VNNI")
+
+
 def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bfloat16 matrix support (AVX512-BF16 or AMX); emulated bf16
-    (AVX2 only) is several times slower than fp32."""
+    """True on CPUs with native bfloat16 matrix support (AVX512-BF16 or AMX) that oneDNN may use
+    (ONEDNN_MAX_CPU_ISA, when set, can cap it below); emulated bf16 (AVX2 only) is several times
+    slower than fp32."""
+    import os
+
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ISA_WITHOUT_BF16:
+        return False
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 

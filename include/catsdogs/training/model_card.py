@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 CARD_ARTIFACT = "model_card.md"
 CONFUSION_TAG = "test.confusion_matrix"    # run tag: {"labels", "rows_true_cols_predicted"}
 DESCRIPTION_LIMIT = 5000          # characters: the registry's model-version description column
-BF16_AGREEMENT_TAG = "serving.bf16_agreement"          # fp32/bf16 label agreement, 0..1
-BF16_IMAGES_TAG = "serving.bf16_agreement_images"      # photos it was measured on
-BF16_MIN_TAG = "serving.bf16_min_agreement"            # the service's threshold for bf16
+# the serving import's measurement of the serving variants (bentoservice.variants), JSON:
+# {"cpu", "min_agreement", "chosen", "measured": [{"variant", "agreement", "images",
+#  "ms_per_image": {batch: ms}, "adopted", "reason"}]}
+SERVING_VARIANTS_TAG = "serving.variants"
 CARD_PARAM_SECTIONS = ("model.", "train.", "transform.", "split.")
 SPLIT_ORDER = ("train", "val", "test")
 SHORT_HISTORY = 5                 # moves kept in a description that would be too long
@@ -210,20 +211,35 @@ def _metrics_section(facts: CardFacts, classes: list[str]) -> list[str]:
         lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |"
                   for label, row in zip(classes, facts.confusion, strict=False)]
         lines.append("")
-    return lines + _bf16_lines(facts.tags)
+    return lines + _variant_lines(facts.tags)
 
 
-def _bf16_lines(tags: dict[str, str]) -> list[str]:
-    agreement = tags.get(BF16_AGREEMENT_TAG)
-    if agreement is None:
-        return ["bf16 agreement: not measured yet (the serving import measures it on real "
+def _variant_lines(tags: dict[str, str]) -> list[str]:
+    """The serving variants table (what the serving import measured), or a note that it has not
+    measured them yet."""
+    try:
+        found = json.loads(tags[SERVING_VARIANTS_TAG])
+        measured = list(found["measured"])
+    except (KeyError, TypeError, ValueError):
+        return ["Serving variants: not measured yet (the serving import measures them on real "
                 "photos when it packages this version).", ""]
-    images = tags.get(BF16_IMAGES_TAG, "?")
-    threshold = tags.get(BF16_MIN_TAG)
-    rule = (f"; the service serves bf16 only at {100 * float(threshold):.1f}% or more, on a CPU "
-            "with native bfloat16" if threshold else "")
-    return [f"bf16 agreement: {100 * float(agreement):.2f}% of {images} photos get the same "
-            f"label in bf16 as in fp32{rule}.", ""]
+    batches = sorted({int(b) for m in measured for b in m.get("ms_per_image") or {}})
+    lines = [f"Serving variants, measured by the serving import on {found.get('cpu', '?')}: a "
+             "variant is adopted when its labels agree with fp32 on at least "
+             f"{100 * float(found.get('min_agreement', 0)):.1f}% of the photos and it is faster "
+             f"at every batch size; the measured choice was `{found.get('chosen', '?')}`.", "",
+             "| variant | label agreement | " + " | ".join(f"ms/picture, batch {b}"
+                                                         for b in batches) + " | adopted |",
+             "|---" * (3 + len(batches)) + "|"]
+    for m in measured:
+        agreement = m.get("agreement")
+        timing = m.get("ms_per_image") or {}
+        lines.append(f"| {m.get('variant')} | "
+                     + (f"{100 * float(agreement):.2f}% of {m.get('images')}"
+                        if agreement is not None else "-") + " | "
+                     + " | ".join(_number(timing.get(str(b)), 2) for b in batches)
+                     + f" | {'yes' if m.get('adopted') else 'no'} |")
+    return [*lines, ""]
 
 
 def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
