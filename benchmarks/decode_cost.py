@@ -62,7 +62,7 @@ def pil_way(draft_gap: int | None) -> Way:
     return decode
 
 
-def torchvision_way(data: bytes, size: int) -> tuple[object, Callable[[object], np.ndarray]]:
+def torchvision_way() -> Way:
     """torchvision's decode_jpeg (RGB, EXIF orientation), then `square` on its pixels."""
     import torch
     from PIL import Image
@@ -70,10 +70,13 @@ def torchvision_way(data: bytes, size: int) -> tuple[object, Callable[[object], 
 
     from catsdogs.data.images import square
 
-    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                         mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    return pixels, lambda p: np.asarray(square(Image.fromarray(
-        p.permute(1, 2, 0).numpy()), size))  # type: ignore[union-attr]
+    def decode(data: bytes, size: int) -> tuple[object, Callable[[object], np.ndarray]]:
+        pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                             mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return pixels, lambda p: np.asarray(square(Image.fromarray(
+            p.permute(1, 2, 0).numpy()), size))  # type: ignore[union-attr]
+
+    return decode
 
 
 def parity(reference: list[np.ndarray], other: list[np.ndarray | None]) -> tuple[int, float, int]:
@@ -166,7 +169,7 @@ def main() -> int:
     ways: dict[str, Way] = {
         f"square_image (draft to >= {DRAFT_GAP}x)": pil_way(DRAFT_GAP),
         "no draft": pil_way(None),
-        "torchvision decode_jpeg": torchvision_way,
+        "torchvision decode_jpeg": torchvision_way(),
         "draft to >= 1x size": pil_way(1),
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
