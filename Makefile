@@ -56,6 +56,7 @@ bench: venv
 	$(BIN)/python benchmarks/data_growth.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/decode_cost.py
 
 clean:
 	rm -rf data .demo test-artifacts .pytest_cache

@@ -1,14 +1,38 @@
 """Load test: the catsdogs Bento service against the usual Flask app for this task.
 
     python benchmarks/serve_load.py [--requests 1000] [--concurrency 1 8 32] [--rounds 1]
+        [--max-isa AVX2] [--runtime auto|torch-fp32|torch-bf16|openvino-fp32|openvino-int8]
 
 Both serve the same MLflow model file. The baseline is what a Flask tutorial for cats vs dogs
 does: one process, one image per request, PIL decode + the evaluation transform, fp32 eager
 model. Both get the same real photos (../shared/data/petimages-sample) at each concurrency;
-the table gives requests/s, p50 and p99 latency, the throughput ratio and whether the issue's
-targets hold. Both servers run side by side and each level is measured on one and then at once
+the table gives requests/s, p50 and p99 latency, the throughput and p99 ratios, and whether the
+issue's targets hold, all as ratios measured in the same run: at c=32 the service does >= 4x the
+baseline's requests/s with p99 <= 1/3 of the baseline's, and at c=1 its p50 is no worse. Both
+servers run side by side and each level is measured on one and then at once
 on the other, so a change in the machine's speed during the run (this shared VM's moved by up
 to 1.9x in a day) falls on both sides of the ratio; `--rounds` repeats the sweep.
+
+Where the CPU goes: each level also prints CPU milliseconds per request (CPU time used during
+the level / requests sent), from the kernel's per-process and per-thread counters (psutil, i.e.
+/proc/<pid>/stat and /proc/<pid>/task/<tid>/stat, user + system) read before and after the level:
+- decode: the service's `catsdogs_decode_cpu_seconds_total` counter (its /metrics), the
+  `time.thread_time()` of every call of the API's decode function: JPEG decode, the square
+  resize and, with the prediction log on, the upload's header read;
+- network: the model process (`--service-name catsdogs_model`) minus its main thread, i.e.
+  torch's calling thread (from BentoML's thread pool) and its OpenMP threads;
+- HTTP and batching: the API process (`--service-name catsdogs`) minus decode (its event loop:
+  uvicorn, Starlette, multipart parsing, pydantic, metrics, coalescing, the prediction log's
+  writer thread), plus the model process's main thread (its event loop: HTTP, unpickling,
+  BentoML's batching queue), plus the `bentoml serve` supervisor; the two parts are printed too;
+- load generator: this process (`time.process_time()`), the aiohttp client sending the load;
+- flask: the baseline process, everything (one thread: HTTP, decode, network).
+CPU time of a thread that ended during a level still counts in its process's total, so only the
+main thread is taken per thread. `--max-isa` caps the instruction set oneDNN (torch's and
+OpenVINO's) and torch's own kernels use (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), for the
+import and both servers: `--max-isa AVX2` on an AVX-512 machine stands in for a CPU without
+AVX-512 or bfloat16. `--runtime` sets CATSDOGS_RUNTIME for the service only (default: the
+service's own choice); the header prints what `GET /model` says it runs.
 
 The model: `--model-uri models:/CatsDogsCNN@champion` (with MLFLOW_TRACKING_URI) benchmarks the
 real champion. Without it, `--arch` (mobilenet_v2, what `make demo` trains here, or resnet18) gets
@@ -33,6 +57,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import os
 import shutil
 import statistics
@@ -40,6 +65,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +76,12 @@ BOUNDARY = "catsdogs-benchmark-boundary"
 SERVERS = ("bentoml", "flask")
 LOGGING_SERVERS = ("log-on", "log-off")  # --logging-cost: the prediction log on / off
 LevelResult = tuple[float, float, float, int]  # requests/s, p50 ms, p99 ms, errors
+DECODE_METRIC = "catsdogs_decode_cpu_seconds"  # bentoservice/service.py DECODE_CPU
+API_SERVICE, MODEL_SERVICE = "catsdogs", "catsdogs_model"  # the two BentoML services
+# --max-isa: oneDNN's names (ONEDNN_MAX_CPU_ISA), lowest first, and torch's own kernels' level
+MAX_ISA = {"SSE41": "default", "AVX": "default", "AVX2": "avx2", "AVX2_VNNI": "avx2",
+           "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512",
+           "AVX512_CORE_AMX": "avx512"}
 
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
 
@@ -217,6 +250,102 @@ def run_level(url: str, bodies: list[bytes], concurrency: int, count: int) -> Le
     return rate, 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99), errors
 
 
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU seconds (user + system) of the parts of one server, at one instant."""
+
+    api: float = 0.0           # the BentoML API process, all threads
+    decode: float = 0.0        # the API's decode counter (catsdogs_decode_cpu_seconds_total)
+    model: float = 0.0         # the BentoML model process, all threads
+    model_main: float = 0.0    # its main thread (event loop)
+    other: float = 0.0         # every other process of the server (supervisor; Flask: all)
+    generator: float = 0.0     # the load generator (this process)
+
+
+def cpu_split(before: CpuSample, after: CpuSample, requests: int) -> dict[str, float]:
+    """CPU milliseconds per request between two samples: decode, network, http_batching (its
+    parts api_http, model_loop, supervisor), generator, total (everything but the generator);
+    for a Flask sample `server` is its process total. ValueError when `requests` < 1."""
+    if requests < 1:
+        raise ValueError(f"requests must be >= 1, got {requests}")
+
+    def ms(name: str) -> float:
+        return 1000 * (getattr(after, name) - getattr(before, name)) / requests
+
+    decode, api, model, model_main, other = (ms(n) for n in (
+        "decode", "api", "model", "model_main", "other"))
+    split = {"decode": decode, "network": model - model_main, "api_http": api - decode,
+             "model_loop": model_main, "supervisor": other, "generator": ms("generator")}
+    split["http_batching"] = split["api_http"] + model_main + other
+    split["total"] = api + model + other
+    return split
+
+
+def counter_total(metrics_text: str, name: str) -> float:
+    """The sum over all label sets of counter `name` (without `_total`) in a Prometheus text
+    exposition; KeyError when it is not there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name == f"{name}_total")
+    raise KeyError(f"counter {name} not in the metrics")
+
+
+def service_name(cmdline: list[str]) -> str | None:
+    """The BentoML service a worker process runs (`--service-name X` on its command line)."""
+    if "--service-name" in cmdline:
+        index = cmdline.index("--service-name")
+        return cmdline[index + 1] if index + 1 < len(cmdline) else None
+    return None
+
+
+def cpu_seconds(process: object) -> float:
+    times = process.cpu_times()  # type: ignore[attr-defined]
+    return times.user + times.system
+
+
+def sample_cpu(root_pid: int, metrics_url: str | None) -> CpuSample:
+    """A CpuSample of the server whose first process is `root_pid` (and its descendants);
+    `metrics_url`: the service's /metrics (None for Flask: everything goes to `other`)."""
+    import psutil
+
+    api = model = model_main = other = 0.0
+    root = psutil.Process(root_pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            name = service_name(process.cmdline())
+            total = cpu_seconds(process)
+            if name == API_SERVICE:
+                api += total
+            elif name == MODEL_SERVICE:
+                model += total
+                model_main += next(t.user_time + t.system_time for t in process.threads()
+                                   if t.id == process.pid)
+            else:
+                other += total
+        except psutil.NoSuchProcess:
+            continue
+    decode = 0.0
+    if metrics_url is not None:
+        with urllib.request.urlopen(metrics_url, timeout=30) as response:
+            decode = counter_total(response.read().decode(), DECODE_METRIC)
+    return CpuSample(api, decode, model, model_main, other, time.process_time())
+
+
+def print_cpu_table(splits: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
+    """CPU ms per request at each level (markdown; the columns: module docstring)."""
+    print("\n| CPU ms/request | decode | network | HTTP+batching (API loop, model loop, "
+          "supervisor) | service total | load gen | flask total | load gen |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in levels:
+        b, f = splits["bentoml"][c], splits["flask"][c]
+        print(f"| c={c} | {b['decode']:.2f} | {b['network']:.2f} | {b['http_batching']:.2f} "
+              f"({b['api_http']:.2f}, {b['model_loop']:.2f}, {b['supervisor']:.2f}) | "
+              f"{b['total']:.2f} | {b['generator']:.2f} | {f['total']:.2f} | "
+              f"{f['generator']:.2f} |", flush=True)
+
+
 def cpu_probe_ms() -> float:
     """Milliseconds for a fixed pure-Python loop: how fast this machine runs right now (on a
     shared VM it moves by more than 1.5x within minutes, with no steal time reported)."""
@@ -239,20 +368,39 @@ def server_command(name: str, port: int, model_dir: str, image_size: int
 
 
 def print_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -> None:
-    print(f"\n{'concurrency':>11} | {'bentoml req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'flask req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | ratio")
+    """Requests/s, p50 and p99 of both servers per level, the throughput and p99 ratios
+    (markdown), then the targets."""
+    print("\n| concurrency | BentoML req/s | p50 ms | p99 ms | Flask req/s | p50 ms | p99 ms "
+          "| throughput ratio | p99 ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in levels:
         b, f = results["bentoml"][c], results["flask"][c]
-        print(f"{c:>11} | {b[0]:>13.1f} {b[1]:>7.1f} {b[2]:>7.1f} | {f[0]:>11.1f} {f[1]:>7.1f} "
-              f"{f[2]:>7.1f} | {b[0] / f[0]:.2f}x")
-    if 1 in levels and 32 in levels:
-        b1, f1, b32, f32 = (results["bentoml"][1], results["flask"][1], results["bentoml"][32],
-                            results["flask"][32])
-        ratio = b32[0] / f32[0]
-        print(f"targets: c=32 >= 4x with p99 <= 300 ms: "
-              f"{'met' if ratio >= 4 and b32[2] <= 300 else 'MISSED'} ({ratio:.2f}x, "
-              f"{b32[2]:.0f} ms); c=1 p50 no worse: {'met' if b1[1] <= f1[1] else 'MISSED'} "
-              f"({b1[1]:.1f} vs {f1[1]:.1f} ms)", flush=True)
+        print(f"| {c} | {b[0]:.1f} | {b[1]:.1f} | {b[2]:.1f} | {f[0]:.1f} | {f[1]:.1f} | "
+              f"{f[2]:.1f} | {b[0] / f[0]:.2f}x | {b[2] / f[2]:.2f} |")
+    for line in target_lines(results):
+        print(line, flush=True)
+
+
+def target_lines(results: dict[str, dict[int, LevelResult]]) -> list[str]:
+    """The issue's targets, as ratios of this run's service and baseline figures: c=32
+    throughput >= 4x and p99 <= 1/3 of the baseline's; c=1 p50 no worse (levels not run: no
+    line)."""
+    lines = []
+    service, baseline = results["bentoml"], results["flask"]
+    if 32 in service:
+        (rate, _, p99, _), (base_rate, _, base_p99, _) = service[32], baseline[32]
+        throughput, p99_ratio = rate / base_rate, p99 / base_p99
+        lines.append(f"target c=32 throughput >= 4x the baseline: "
+                     f"{'met' if throughput >= 4 else 'MISSED'} ({throughput:.2f}x)")
+        lines.append(f"target c=32 p99 <= 1/3 of the baseline's: "
+                     f"{'met' if p99_ratio <= 1 / 3 else 'MISSED'} ({p99_ratio:.2f}: "
+                     f"{p99:.0f} vs {base_p99:.0f} ms)")
+    if 1 in service:
+        p50, base_p50 = service[1][1], baseline[1][1]
+        lines.append(f"target c=1 p50 no worse than the baseline: "
+                     f"{'met' if p50 <= base_p50 else 'MISSED'} ({p50:.1f} vs {base_p50:.1f} ms, "
+                     f"{p50 / base_p50:.2f})")
+    return lines
 
 
 def print_logging_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -> None:
@@ -266,21 +414,40 @@ def print_logging_table(results: dict[str, dict[int, LevelResult]], levels: list
               f"({'met' if ratio >= 0.95 else 'MISSED'}: at most 5% lower)", flush=True)
 
 
+def served_runtime(predict_url: str) -> str:
+    """What the service says it runs (`runtime` in GET /model), or a note when it does not say."""
+    url = predict_url.removesuffix("/predict") + "/model"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        info = json.loads(response.read())
+    return str(info["runtime"]) if "runtime" in info else "not reported by GET /model"
+
+
 def logged_rows(url: str) -> int:
     from catsdogs.monitoring.prediction_log import read_predictions
 
     return len(read_predictions(url))
 
 
-def cpu_description() -> str:
-    """The CPU model and the flags that decide precision (bf16 needs avx512_bf16 or AMX)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+CPU_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_description(cpuinfo: str | None = None, environ: dict[str, str] | None = None) -> str:
+    """The CPU model and the flags that decide the network's speed (bf16 needs avx512_bf16 or
+    AMX; INT8 gains from VNNI/AMX), and the instruction-set caps in force (ONEDNN_MAX_CPU_ISA,
+    ATEN_CPU_CAPABILITY). `cpuinfo`/`environ`: default /proc/cpuinfo and os.environ."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    environ = os.environ if environ is None else environ
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                   if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
                   if line.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(wanted) or 'none of avx2/avx512'}"
+    wanted = [f for f in CPU_FLAGS if f in flags]
+    caps = [f"{name}={environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+            if environ.get(name)]
+    return (f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(wanted) or 'none of ' + '/'.join(CPU_FLAGS)}"
+            + (f"; capped: {' '.join(caps)}" if caps else ""))
 
 
 def main() -> int:
@@ -297,6 +464,12 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--calibration-images", type=int, default=400,
                         help="photos for the fp32/bf16 agreement check at import")
+    parser.add_argument("--max-isa", choices=list(MAX_ISA), default=None,
+                        help="cap the instruction set of oneDNN (torch, OpenVINO) and torch's "
+                        "kernels for the import and both servers (AVX2: a CPU without AVX-512 "
+                        "or bfloat16)")
+    parser.add_argument("--runtime", default=None,
+                        help="CATSDOGS_RUNTIME for the service (default: its own choice)")
     parser.add_argument("--logging-cost", action="store_true",
                         help="the service with its prediction log on vs off (default c=32)")
     parser.add_argument("--flask-baseline", nargs=3, metavar=("MODEL_DIR", "SIZE", "PORT"),
@@ -309,6 +482,9 @@ def main() -> int:
     if not (SAMPLE / "cat").is_dir():
         print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
         return 2
+    if args.max_isa:  # before anything loads torch; every child inherits it
+        os.environ["ONEDNN_MAX_CPU_ISA"] = args.max_isa
+        os.environ["ATEN_CPU_CAPABILITY"] = MAX_ISA[args.max_isa]
     print(f"CPU: {cpu_description()}", flush=True)
     half = args.photos // 2
     bodies = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[:half]
@@ -334,18 +510,17 @@ def main() -> int:
         [sys.executable, "-c", "import bentoml, json; m = bentoml.models.get('catsdogs_cnn:latest');"
          "print(json.dumps([m.path_of('mlflow_model'), m.info.metadata]))"],
         env=env, capture_output=True, text=True, check=True).stdout
-    import json
-
     model_dir, metadata = json.loads(meta.strip().splitlines()[-1])
-    print(f"model {model_uri} ({metadata['arch']}, {metadata['image_size']} px); fp32/bf16 "
-          f"label agreement: {metadata.get('bf16_agreement')} on "
-          f"{metadata.get('bf16_agreement_images', 0)} photos", flush=True)
+    print(f"model {model_uri} ({metadata['arch']}, {metadata['image_size']} px); metadata: "
+          + json.dumps({k: v for k, v in metadata.items()
+                        if "agreement" in k or "runtime" in k or "variant" in k}), flush=True)
 
     servers = LOGGING_SERVERS if args.logging_cost else SERVERS
     levels = args.concurrency if not args.logging_cost or "--concurrency" in sys.argv else [32]
     log_url = f"sqlite:///{work / 'data' / 'monitoring' / 'predictions.db'}"
     envs = {"log-on": {"CATSDOGS_PREDICTION_LOG": "1", "CATSDOGS_PREDICTION_LOG_URL": log_url},
-            "log-off": {"CATSDOGS_PREDICTION_LOG": "0"}}
+            "log-off": {"CATSDOGS_PREDICTION_LOG": "0"},
+            "bentoml": {"CATSDOGS_RUNTIME": args.runtime} if args.runtime else {}}
     for name in envs if args.logging_cost else ():
         # one BentoML home each (a copy of the model store): a server clears the Prometheus
         # multiprocess folder of its home when it starts
@@ -353,7 +528,8 @@ def main() -> int:
         shutil.copytree(work / "bentoml" / "models", home / "models")
         envs[name]["BENTOML_HOME"] = str(home)
     with contextlib.ExitStack() as stack:
-        urls = {}
+        urls: dict[str, str] = {}
+        pids: dict[str, int] = {}
         for name in servers:
             port = free_port()
             argv, health = server_command(name, port, model_dir, int(metadata["image_size"]))
@@ -363,23 +539,33 @@ def main() -> int:
             stack.callback(stop_process, process)
             wait_http(f"http://127.0.0.1:{port}{health}", 180, process, log_file)
             urls[name] = f"http://127.0.0.1:{port}/predict"
+            pids[name] = process.pid
             asyncio.run(load(urls[name], bodies, 4, 40))  # warm-up
+        if "bentoml" in urls:
+            print(f"service runtime: {served_runtime(urls['bentoml'])}", flush=True)
         for round_number in range(1, args.rounds + 1):
             print(f"\nround {round_number} of {args.rounds} (CPU probe: {cpu_probe_ms():.0f} ms; "
                   "lower is a faster machine)", flush=True)
             results: dict[str, dict[int, LevelResult]] = {}
+            splits: dict[str, dict[int, dict[str, float]]] = {}
             for concurrency in levels:
                 # alternate which goes first, so neither always meets the machine warmer
                 for name in servers if round_number % 2 else servers[::-1]:
+                    metrics = None if name == "flask" else \
+                        urls[name].removesuffix("/predict") + "/metrics"
+                    before = sample_cpu(pids[name], metrics)
                     result = run_level(urls[name], bodies, concurrency, args.requests)
+                    split = cpu_split(before, sample_cpu(pids[name], metrics), args.requests)
                     results.setdefault(name, {})[concurrency] = result
+                    splits.setdefault(name, {})[concurrency] = split
                     print(f"  {name:8s} c={concurrency:<3d} {result[0]:7.1f} req/s  p50 "
-                          f"{result[1]:7.1f} ms  p99 {result[2]:7.1f} ms  errors {result[3]}",
-                          flush=True)
+                          f"{result[1]:7.1f} ms  p99 {result[2]:7.1f} ms  errors {result[3]}  "
+                          f"CPU {split['total']:.2f} ms/request", flush=True)
             if args.logging_cost:
                 print_logging_table(results, levels)
             else:
                 print_table(results, levels)
+                print_cpu_table(splits, levels)
     if args.logging_cost:
         sent = (args.rounds * len(levels) * args.requests) + 40  # + the warm-up
         print(f"prediction log: {logged_rows(log_url)} rows for {sent} requests "

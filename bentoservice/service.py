@@ -76,6 +76,11 @@ PREDICTION_LOG_ROWS = bentoml.metrics.Counter(
     name="catsdogs_prediction_log_rows",
     documentation="Prediction log rows by outcome: written, dropped_queue_full, "
                   "dropped_store_error", labelnames=["outcome"])
+DECODE_CPU = bentoml.metrics.Counter(
+    name="catsdogs_decode_cpu_seconds",
+    documentation="CPU seconds the decode threads spent decoding and resizing uploads "
+                  "(time.thread_time of each decode call; benchmarks/serve_load.py splits "
+                  "the API process's CPU with it)")
 MODEL_INFO = bentoml.metrics.Gauge(
     name="catsdogs_model_info", documentation="The model being served (value 1)",
     labelnames=["name", "version"], multiprocess_mode="max")
@@ -258,8 +263,12 @@ class CatsDogs:
             self.prediction_log.close()
 
     def _prepare(self, source: bytes | Path) -> tuple[np.ndarray, Upload | None]:
-        pixels = np.asarray(square_image(source, self.info.image_size, self.limits))
-        return pixels, (self._upload(source) if self.prediction_log is not None else None)
+        started = time.thread_time()
+        try:
+            pixels = np.asarray(square_image(source, self.info.image_size, self.limits))
+            return pixels, (self._upload(source) if self.prediction_log is not None else None)
+        finally:
+            DECODE_CPU.inc(time.thread_time() - started)
 
     def _upload(self, source: bytes | Path) -> Upload:
         """What the prediction log keeps of an upload that decoded: its stored size and

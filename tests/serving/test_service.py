@@ -191,6 +191,8 @@ def test_metrics_count_predictions_and_rejections(bento_server: BentoServer) -> 
     assert delta("catsdogs_prediction_confidence_count") == 1
     assert delta("catsdogs_rejected_requests_total", reason="not_an_image") == 1
     assert delta("catsdogs_rejected_requests_total", reason="invalid_request") == 1
+    # the decode threads' CPU (benchmarks/serve_load.py splits the API process's CPU with it)
+    assert delta("catsdogs_decode_cpu_seconds_total") > 0
     assert metric(after, "catsdogs_model_info", name=MODEL_NAME,
                   version=bento_server.version) == 1
     assert "bentoml_service_request_total" in after
