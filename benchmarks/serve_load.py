@@ -39,7 +39,9 @@ real champion. Without it, `--arch` (mobilenet_v2, what `make demo` trains here,
 ImageNet weights when torchvision's cache has them (`python -m catsdogs.training.weights` seeds MobileNetV2;
 ResNet18's cannot be downloaded here, so it keeps random ones) and a cats/dogs head fitted on
 300 sample photos that are not in the load set, and is registered in a temporary MLflow store.
-The bento import measures its fp32/bf16 label agreement on real photos, which decides bf16.
+The bento import builds and measures the serving variants on real photos (bentoservice/variants.py:
+label agreement with fp32, ms a picture at batch 1 and 8), which decides what the service runs;
+the benchmark prints that measurement and the variant the service reports at GET /model.
 That model also gets an out-of-distribution calibration fitted on the same 300 photos, so the
 service scores every answer as it does with a trained model.
 
@@ -71,6 +73,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "include"))
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 BOUNDARY = "catsdogs-benchmark-boundary"
 SERVERS = ("bentoml", "flask")
@@ -89,7 +92,7 @@ from tests.servers import free_port, start_process, stop_process, wait_http  # n
 def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, str]:
     """`arch` with ImageNet weights when cached (else random ones) and a 2-class head fitted on
     `files` (logistic regression on the backbone's features): a real, confident classifier, so
-    the fp32/bf16 agreement measured at import means something. Returns (network, description)."""
+    the label agreement the import measures means something. Returns (network, description)."""
     import numpy as np
     import torch
 
@@ -415,39 +418,31 @@ def print_logging_table(results: dict[str, dict[int, LevelResult]], levels: list
 
 
 def served_runtime(predict_url: str) -> str:
-    """What the service says it runs (`runtime` in GET /model), or a note when it does not say."""
+    """The variant the service says it runs (`runtime` in GET /model) and why."""
     url = predict_url.removesuffix("/predict") + "/model"
     with urllib.request.urlopen(url, timeout=30) as response:
-        info = json.loads(response.read())
-    return str(info["runtime"]) if "runtime" in info else "not reported by GET /model"
+        runtime = json.loads(response.read()).get("runtime") or {}
+    return f"{runtime.get('variant')} ({runtime.get('reason')})"
+
+
+def print_variants(measured: dict | None) -> None:
+    """The import's measurement of the serving variants (bentoservice.variants), a row each."""
+    if not measured:
+        print("serving variants: not measured at import", flush=True)
+        return
+    print(f"serving variants measured at import on {measured['cpu']} (chosen: "
+          f"{measured['chosen']}):", flush=True)
+    for m in measured["measured"]:
+        timing = "  ".join(f"b{b} {ms:.2f} ms" for b, ms in m["ms_per_image"].items())
+        agreement = "n/a" if m["agreement"] is None else f"{100 * m['agreement']:.2f}%"
+        print(f"  {m['variant']:<14} agreement {agreement:>7} of {m['images']}  {timing}  "
+              f"{'adopted' if m['adopted'] else 'not adopted'}: {m['reason']}", flush=True)
 
 
 def logged_rows(url: str) -> int:
     from catsdogs.monitoring.prediction_log import read_predictions
 
     return len(read_predictions(url))
-
-
-CPU_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def cpu_description(cpuinfo: str | None = None, environ: dict[str, str] | None = None) -> str:
-    """The CPU model and the flags that decide the network's speed (bf16 needs avx512_bf16 or
-    AMX; INT8 gains from VNNI/AMX), and the instruction-set caps in force (ONEDNN_MAX_CPU_ISA,
-    ATEN_CPU_CAPABILITY). `cpuinfo`/`environ`: default /proc/cpuinfo and os.environ."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.exists() else ""
-    environ = os.environ if environ is None else environ
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = [f for f in CPU_FLAGS if f in flags]
-    caps = [f"{name}={environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-            if environ.get(name)]
-    return (f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(wanted) or 'none of ' + '/'.join(CPU_FLAGS)}"
-            + (f"; capped: {' '.join(caps)}" if caps else ""))
 
 
 def main() -> int:
@@ -463,7 +458,7 @@ def main() -> int:
                         help="sweeps over the levels (this VM's speed drifts; each gets a table)")
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--calibration-images", type=int, default=400,
-                        help="photos for the fp32/bf16 agreement check at import")
+                        help="photos the import calibrates and measures the serving variants on")
     parser.add_argument("--max-isa", choices=list(MAX_ISA), default=None,
                         help="cap the instruction set of oneDNN (torch, OpenVINO) and torch's "
                         "kernels for the import and both servers (AVX2: a CPU without AVX-512 "
@@ -485,6 +480,8 @@ def main() -> int:
     if args.max_isa:  # before anything loads torch; every child inherits it
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.max_isa
         os.environ["ATEN_CPU_CAPABILITY"] = MAX_ISA[args.max_isa]
+    from catsdogs.training.model import cpu_description  # after the caps: torch reads them
+
     print(f"CPU: {cpu_description()}", flush=True)
     half = args.photos // 2
     bodies = [multipart(p.read_bytes()) for p in sorted((SAMPLE / "cat").glob("*.jpg"))[:half]
@@ -511,9 +508,8 @@ def main() -> int:
          "print(json.dumps([m.path_of('mlflow_model'), m.info.metadata]))"],
         env=env, capture_output=True, text=True, check=True).stdout
     model_dir, metadata = json.loads(meta.strip().splitlines()[-1])
-    print(f"model {model_uri} ({metadata['arch']}, {metadata['image_size']} px); metadata: "
-          + json.dumps({k: v for k, v in metadata.items()
-                        if "agreement" in k or "runtime" in k or "variant" in k}), flush=True)
+    print(f"model {model_uri} ({metadata['arch']}, {metadata['image_size']} px)", flush=True)
+    print_variants(metadata.get("serving_variants"))
 
     servers = LOGGING_SERVERS if args.logging_cost else SERVERS
     levels = args.concurrency if not args.logging_cost or "--concurrency" in sys.argv else [32]

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from catsdogs.training.model import cpu_description
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -98,11 +100,11 @@ def test_targets_are_ratios_of_the_same_run() -> None:
 def test_cpu_description_names_the_flags_and_the_isa_cap() -> None:
     cpuinfo = ("model name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16 "
                "amx_int8\n")
-    text = serve_load.cpu_description(cpuinfo, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    text = cpu_description(cpuinfo, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert text.startswith("Some CPU, ")
     assert "flags: avx2 avx512f avx512_vnni amx_bf16 amx_int8" in text
     assert text.endswith("capped: ONEDNN_MAX_CPU_ISA=AVX2")
-    assert "capped" not in serve_load.cpu_description(cpuinfo, {})
+    assert "capped" not in cpu_description(cpuinfo, {})
 
 
 def test_parity_counts_differences_and_skips_failures() -> None:

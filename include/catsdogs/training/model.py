@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -129,26 +129,33 @@ def cpu_flags() -> set[str]:
             for flag in line.partition(":")[2].split()}
 
 
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
                          "amx_int8")  # what decides the kernels fp32, bf16 and INT8 get
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # caps on oneDNN's / ATen's kernels
 
 
-def cpu_description() -> str:
-    """One line: CPU model, `CPU_FLAGS_OF_INTEREST` present, ONEDNN_MAX_CPU_ISA when set (it caps
-    what oneDNN in torch and OpenVINO use), cores."""
+def cpu_description(cpuinfo: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """One line: the CPU model, the `CPU_FLAGS_OF_INTEREST` it has (bf16 needs avx512_bf16 or
+    AMX; INT8 gains from VNNI/AMX), its core count and the instruction-set caps in force
+    (`ISA_CAPS`: oneDNN in torch and OpenVINO honours ONEDNN_MAX_CPU_ISA, ATen's own kernels
+    ATEN_CPU_CAPABILITY). `cpuinfo`/`environ`: default /proc/cpuinfo and os.environ."""
     import os
 
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    model = next((line.partition(":")[2].strip() for line in text.splitlines()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    environ = os.environ if environ is None else environ
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                   if line.startswith("model name")), "unknown CPU")
-    flags = cpu_flags()
-    present = " ".join(f for f in CPU_FLAGS_OF_INTEREST if f in flags) or "none of avx2/avx512"
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return (f"{model}, flags {present}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "")
-            + f", {os.cpu_count()} cores")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), [])
+    wanted = " ".join(f for f in CPU_FLAGS_OF_INTEREST if f in flags)
+    caps = [f"{name}={environ[name]}" for name in ISA_CAPS if environ.get(name)]
+    return (f"{model}, {os.cpu_count()} CPUs, flags: "
+            + (wanted or "none of " + "/".join(CPU_FLAGS_OF_INTEREST))
+            + (f"; capped: {' '.join(caps)}" if caps else ""))
 
 
 # ONEDNN_MAX_CPU_ISA values below which oneDNN (torch's and OpenVINO's) uses no bf16 instructions
