@@ -157,6 +157,10 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str,
     from catsdogs.tracking import CHAMPION, log_and_register, version_tags
 
     mlflow.set_tracking_uri(tracking_uri)
+    # artifacts beside the tracking database (the default, ./mlruns, is the caller's directory)
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "serve-load", artifact_location=(database.parent / "artifacts").as_uri()))
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
     pixels = torch.from_numpy(np.stack([np.asarray(square_image(f, image_size))
                                         for f in files])).permute(0, 3, 1, 2)

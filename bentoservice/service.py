@@ -104,16 +104,20 @@ class Prediction(BaseModel):
         "embedding to the nearest class; higher: less like the training pictures)")
 
 
-# OpenMP threads sleep between batches instead of spinning (GNU OpenMP's default), which would
-# take the cores the API process needs for decoding: ~1.3x more requests/s on 2 cores.
-OPENMP_ENV = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}]
+# No thread pool may spin on the cores the API process needs for decoding. OpenMP threads sleep
+# between batches instead of spinning (GNU OpenMP's default): ~1.3x more requests/s on 2 cores.
+# numpy's OpenBLAS runs single-threaded: the out-of-distribution score (an N x D @ D x D product,
+# ~0.1 ms a picture on one thread) woke its worker thread, which then busy-waited ~13 ms a request
+# (measured with gdb and /proc at c=1); without it, 1.3x more requests/s at c=1 and c=32.
+SERVICE_ENV = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
+               {"name": "OPENBLAS_NUM_THREADS", "value": "1"}]
 
 
 # runner_connection: BentoML 1.4.40's client to a dependency replaces its connection pool every
 # 100 requests / 300 s and closes the old pool with calls still in flight on it ("Server
 # disconnected" under load); one pool for the life of the process avoids that. The internal
 # hop's access log is off (the public service logs every request).
-@bentoml.service(name="catsdogs_model", workers=1, traffic={"timeout": 120}, envs=OPENMP_ENV,
+@bentoml.service(name="catsdogs_model", workers=1, traffic={"timeout": 120}, envs=SERVICE_ENV,
                  runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 86400},
                  logging={"access": {"enabled": False}})
 class CatsDogsModel:
@@ -204,7 +208,7 @@ def _error(status: int, reason: str, message: str) -> JSONResponse:
 
 
 @bentoml.asgi_app(web_app, path="/")
-@bentoml.service(name="catsdogs", workers=1, envs=OPENMP_ENV,
+@bentoml.service(name="catsdogs", workers=1, envs=SERVICE_ENV,
                  traffic={"timeout": 120, "max_concurrency": 512})
 class CatsDogs:
     """Cats vs dogs: send a photo, get the label, its confidence and the model version."""

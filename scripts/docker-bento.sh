@@ -10,7 +10,7 @@
 # Needs the project's venv (make venv) for bentoml and the service code.
 #   BENTO_BASE_IMAGE      the bento's base image (default: BASE_IMAGE from build/images.env,
 #                         i.e. the local stand-in where Docker Hub is unreachable)
-#   CATSDOGS_CALIBRATION_IMAGES  photos for the import's bf16 check (default: the importer's)
+#   CATSDOGS_CALIBRATION_IMAGES  photos the import measures the serving variants on (default: the importer's)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"

@@ -229,7 +229,7 @@ def test_setting_names_are_the_ones_the_service_reads(render: Renderer) -> None:
         f"{prefix}{name}".upper() for name in Settings.model_fields}
     sets = ["config.modelTag=m:1", "config.maxBatchSize=4", "config.maxLatencyMs=10",
             "config.maxUploadBytes=100", "config.torchThreads=1", "config.decodeThreads=1",
-            "config.device=cpu", "config.precision=fp32"]
+            "config.device=cpu", "config.runtime=openvino-int8"]
     chart_names = {name for name in env_of(render(sets=sets)) if name.startswith("CATSDOGS_")}
     assert len(chart_names) == len(sets)
     assert chart_names <= read_by_service, chart_names - read_by_service

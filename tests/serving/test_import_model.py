@@ -1,4 +1,4 @@
-"""bentoservice.import_model's default calibration photos for the bf16 check: $CATSDOGS_SAMPLE_DIR,
+"""bentoservice.import_model's default calibration photos for the serving variants: $CATSDOGS_SAMPLE_DIR,
 else the data dir's test split, else none (said in the log): never a path outside the project."""
 
 from __future__ import annotations

@@ -58,11 +58,15 @@ def test_reimport_brings_the_stored_card_up_to_date(bento_server: BentoServer,
                                                     tracking_uri: str) -> None:
     """The card's history changes after the import (a deployment, a rollback): importing the
     same version again stores the new card and nothing else."""
-    from bentoservice.import_model import _tag_agreement
+    from bentoservice.import_model import _tag_variants
 
     client = MlflowClient()
     client.set_model_version_tag(MODEL_NAME, bento_server.version, "deploy.status", "deployed")
-    _tag_agreement({"registered_model": MODEL_NAME, "version": bento_server.version}, 0.998, 200)
+    _tag_variants({"registered_model": MODEL_NAME, "version": bento_server.version},
+                  {"cpu": "test CPU", "min_agreement": 0.995, "chosen": "openvino-int8",
+                   "measured": [{"variant": "openvino-int8", "agreement": 0.998, "images": 200,
+                                 "ms_per_image": {"1": 3.0, "8": 2.5}, "adopted": True,
+                                 "reason": "faster"}]})
     env = {**os.environ, "BENTOML_HOME": str(bento_server.log_file.parent / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "true",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
@@ -76,7 +80,7 @@ def test_reimport_brings_the_stored_card_up_to_date(bento_server: BentoServer,
     stored = list((bento_server.log_file.parent / "bentoml" / "models").rglob(CARD_FILE))
     assert len(stored) == 1
     card = stored[0].read_text()
-    assert "- Deployment: deployed" in card and "bf16 agreement: 99.80% of 200 photos" in card
+    assert "- Deployment: deployed" in card and "| openvino-int8 | 99.80% of 200 | 3.00 | 2.50 | yes |" in card
     assert client.get_model_version(MODEL_NAME, bento_server.version).description == card
     again = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                            check=False, timeout=300)

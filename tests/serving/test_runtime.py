@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from bentoservice.runtime import Predictor, bf16_agreement, fold_batch_norms
+from bentoservice.runtime import Predictor, fold_batch_norms
 from catsdogs.training.model import build_model, cpu_supports_bf16, normalize
 
 SIZE = 64
@@ -59,14 +59,12 @@ def test_each_picture_gets_the_same_answer_whatever_batch_it_is_in() -> None:
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")
-def test_bf16_path_stays_close_to_fp32_and_agreement_is_measured_on_it() -> None:
+def test_bf16_path_stays_close_to_fp32() -> None:
     net = _trained_looking("mobilenet_v2")
     pixels = _pixels(8, seed=2)
     bf16 = Predictor(net, CPU, "bf16", SIZE)
     assert bf16.dtype == torch.bfloat16 and isinstance(bf16.net, torch.jit.ScriptModule)
     assert (bf16(pixels) - _reference(net, pixels)).abs().max() < 0.05
-    agreement = bf16_agreement(net, [pixels, _pixels(4, seed=3)])
-    assert 0.0 <= agreement <= 1.0
 
 
 def test_untraceable_network_is_served_unfolded(caplog: pytest.LogCaptureFixture) -> None:

@@ -21,7 +21,7 @@ def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) ->
     assert (settings.max_batch_size, settings.max_upload_bytes, settings.max_pixels,
             settings.min_side, settings.max_aspect_ratio, settings.max_batch_images) == (
         8, 10 * 1024 * 1024, 40_000_000, 16, 10.0, 32)
-    assert (settings.precision, settings.device, settings.jit) == ("auto", "auto", True)
+    assert (settings.runtime, settings.device, settings.jit) == ("auto", "auto", True)
     documented = set(re.findall(r"`(CATSDOGS_[A-Z_0-9]+)`", DOCS.read_text()))
     assert {f"CATSDOGS_{name.upper()}" for name in Settings.model_fields} <= documented
 
@@ -29,12 +29,12 @@ def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) ->
 def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATSDOGS_MAX_PIXELS", " 1234 ")
     monkeypatch.setenv("CATSDOGS_JIT", "0")
-    monkeypatch.setenv("CATSDOGS_PRECISION", "bf16")
+    monkeypatch.setenv("CATSDOGS_RUNTIME", "openvino-int8")
     monkeypatch.setenv("CATSDOGS_BENTO_MODEL", "catsdogs_cnn:abc")
     monkeypatch.setenv("CATSDOGS_MIN_SIDE", "")  # empty: the default
     settings = load_settings()
-    assert (settings.max_pixels, settings.jit, settings.precision, settings.bento_model,
-            settings.min_side) == (1234, False, "bf16", "catsdogs_cnn:abc", 16)
+    assert (settings.max_pixels, settings.jit, settings.runtime, settings.bento_model,
+            settings.min_side) == (1234, False, "openvino-int8", "catsdogs_cnn:abc", 16)
 
 
 def test_bad_values_stop_with_one_message_naming_them(monkeypatch: pytest.MonkeyPatch) -> None:

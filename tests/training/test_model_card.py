@@ -81,18 +81,24 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
     assert "`model.arch`=mobilenet_v2" in card and "`train.epochs`=1" in card
     assert "**Warning:**" in card and "generated stand-in pictures" in card
     assert "## Intended use" in card and "## Known limits" in card
-    assert "bf16 agreement: not measured yet" in card
+    assert "Serving variants: not measured yet" in card
     assert "Promotion: not judged yet" in card and "Deployment: not deployed yet" in card
 
-    # refreshing an unchanged card writes nothing; bf16 tags (what the import records) show
+    # refreshing an unchanged card writes nothing; the serving variants the import measured show
     before = client.get_model_version(name, trained["version"]).last_updated_timestamp
     model_card.refresh_card(client, name, trained["version"])
     assert client.get_model_version(name, trained["version"]).last_updated_timestamp == before
-    for key, value in ((model_card.BF16_AGREEMENT_TAG, "0.99750"),
-                       (model_card.BF16_IMAGES_TAG, "400"), (model_card.BF16_MIN_TAG, "0.995")):
-        client.set_model_version_tag(name, trained["version"], key, value)
+    measured = {"cpu": "AMD EPYC, 2 CPUs, flags: avx2", "min_agreement": 0.995,
+                "chosen": "openvino-int8", "measured": [
+                    {"variant": "torch-fp32", "agreement": 1.0, "images": 400,
+                     "ms_per_image": {"1": 5.39, "8": 4.28}, "adopted": True, "reason": "ref"},
+                    {"variant": "openvino-int8", "agreement": 0.9975, "images": 400,
+                     "ms_per_image": {"1": 3.11, "8": 2.67}, "adopted": True, "reason": "ok"}]}
+    client.set_model_version_tag(name, trained["version"], model_card.SERVING_VARIANTS_TAG,
+                                 json.dumps(measured))
     card = model_card.refresh_card(client, name, trained["version"])[trained["version"]]
-    assert "bf16 agreement: 99.75% of 400 photos" in card and "at 99.5% or more" in card
+    assert "at least 99.5% of the photos" in card and "the measured choice was `openvino-int8`" in card
+    assert "| openvino-int8 | 99.75% of 400 | 3.11 | 2.67 | yes |" in card
     assert client.get_model_version(name, trained["version"]).description == card
     (artifacts_dir / "model-card-trained.md").write_text(card)
 

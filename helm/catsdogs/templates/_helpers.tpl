@@ -70,7 +70,7 @@ as read by bentoservice/settings.py; null or "" leaves the service's default), t
   "torchThreads" "CATSDOGS_TORCH_THREADS"
   "decodeThreads" "CATSDOGS_DECODE_THREADS"
   "device" "CATSDOGS_DEVICE"
-  "precision" "CATSDOGS_PRECISION" }}
+  "runtime" "CATSDOGS_RUNTIME" }}
 {{- $env := dict "BENTOML_HOME" .Values.scratch.bentomlHome }}
 {{- range $key, $value := .Values.config }}
 {{- if kindIs "float64" $value }}{{ $value = int64 $value }}{{ end }}

@@ -3,8 +3,8 @@ image's torch and dependency layers + BentoML + the service code, built once by
 scripts/docker-images.sh) plus ONE layer holding the version in the Bento model store.
 
 `model_image` runs a container of the runtime image that imports `models:/<name>/<version>` from
-the MLflow server into its Bento model store (bentoservice.import_model, with the bf16 check on
-the data volume's test pictures), then `docker commit`s it with `CATSDOGS_BENTO_MODEL` set to the
+the MLflow server into its Bento model store (bentoservice.import_model, building and measuring
+the serving variants on the data volume's test pictures), then `docker commit`s it with `CATSDOGS_BENTO_MODEL` set to the
 imported tag and the runtime's command restored. Only that layer (the model's weights and
 metadata, megabytes) is new: no `bentoml containerize`, no torch layer rebuilt. The image serves
 with no MLflow server (Kubernetes, air-gapped hosts). An image already built for the version is
@@ -58,7 +58,7 @@ def import_command(release: Release) -> list[str]:
     image's store, print the import summary (JSON, with the Bento `tag`) last."""
     script = (
         f"set -e; BENTOML_HOME={IMPORT_HOME} python -m bentoservice.import_model "
-        f"--model-uri {release.model_uri} --data-dir /data --calibration-images 64 --json "
+        f"--model-uri {release.model_uri} --data-dir /data --calibration-images 200 --json "
         f"> {IMPORT_HOME}.json; mkdir -p \"$BENTOML_HOME/models\"; "
         f"cp -r {IMPORT_HOME}/models/. \"$BENTOML_HOME/models/\"; rm -rf {IMPORT_HOME}; "
         f"tail -1 {IMPORT_HOME}.json; rm -f {IMPORT_HOME}.json")
