@@ -20,13 +20,13 @@ them and never calibrates.
 run on the import's CPU gives labels for the calibration photos and is timed at the batch sizes
 the service runs (`MEASURED_BATCHES`, interleaved rounds, median). A variant is *adopted* when
 its labels agree with the eager fp32 network on at least `MIN_AGREEMENT` of the photos AND it is
-faster than `torch-fp32` (by `MIN_SPEEDUP`) at every measured batch size. The measurements go into the Bento
-model's metadata (`serving_variants`, with the CPU they were taken on) and `/model` shows them.
-At start-up (`choose`) the service takes the fastest adopted variant (time a picture at the
-largest batch) that can run on *its* CPU; when the measured winner cannot (no `openvino`, no
-native bf16: the image was built elsewhere), it says so in the log and takes the next, down to
-`torch-fp32`. `CATSDOGS_RUNTIME=<variant>` forces one (still falling back, with a log line, when
-it cannot run here).
+faster than `torch-fp32` (by `MIN_SPEEDUP`) at every measured batch size. The measurements go
+into the Bento model's metadata (`serving_variants`, with the CPU they were taken on) and
+`/model` shows them. At start-up (`choose`) the service takes the fastest adopted variant (time
+a picture at the largest batch) that can run on *its* CPU; when the measured winner cannot (no
+`openvino`, no native bf16: the image was built elsewhere), it says so in the log and takes the
+next, down to `torch-fp32`. `CATSDOGS_RUNTIME=<variant>` forces one (still falling back, with a
+log line, when it cannot run here).
 
 Why our own code: OpenVINO and NNCF do the conversion, quantisation and inference; what is ours
 is the product's edge, the gate (agreement and speed on the model's own photos) and the fallback.
@@ -109,7 +109,7 @@ def judge(measurements: Sequence[Measurement]) -> list[Measurement]:
         if m.variant == REFERENCE:
             adopted, reason = True, "the reference (eager fp32 labels, frozen graph)"
         elif m.agreement is None:
-            adopted, reason = False, "label agreement not measured"
+            adopted, reason = False, m.reason or "label agreement not measured"
         elif m.agreement < MIN_AGREEMENT:
             adopted, reason = False, (f"labels agree with fp32 on {100 * m.agreement:.2f}% of "
                                       f"{m.images} photos, below {100 * MIN_AGREEMENT:.1f}%")
@@ -340,8 +340,18 @@ def measure(net: torch.nn.Module, model_folder: Path, pixels: np.ndarray,
     if any(v.startswith("openvino-") for v in variants):
         export_openvino(copy.deepcopy(net), size, model_folder, pixels)
     runnable = [v for v in variants if v == REFERENCE or cannot_run(v, model_folder) is None]
-    predictors = {v: build_predictor(v, lambda: copy.deepcopy(net), model_folder, device, size)
-                  for v in dict.fromkeys([REFERENCE, *runnable])}
+    predictors, failed = {}, []
+    for variant in dict.fromkeys([REFERENCE, *runnable]):
+        try:
+            predictors[variant] = build_predictor(variant, lambda: copy.deepcopy(net),
+                                                  model_folder, device, size)
+        except Exception as exc:  # noqa: BLE001 (a variant that does not build is not adopted)
+            if variant == REFERENCE:
+                raise
+            logger.warning("serving variant %s did not build: %s: %s", variant,
+                           type(exc).__name__, exc)
+            failed.append(Measurement(variant, None, len(pixels),
+                                      reason=f"did not build: {type(exc).__name__}: {exc}"))
     chunks = [torch.from_numpy(pixels[i:i + 32]) for i in range(0, len(pixels), 32)]
     eager = Predictor(copy.deepcopy(net), device, "fp32", size, jit=False)
     with torch.inference_mode():
@@ -349,7 +359,8 @@ def measure(net: torch.nn.Module, model_folder: Path, pixels: np.ndarray,
         agreement = {v: float((torch.cat([p(c).argmax(1) for c in chunks]) == reference)
                               .float().mean()) for v, p in predictors.items()}
     timing = _time(predictors, pixels, batches)
-    return judge([Measurement(v, agreement[v], len(pixels), timing[v]) for v in predictors])
+    return judge([Measurement(v, agreement[v], len(pixels), timing[v]) for v in predictors]
+                 + failed)
 
 
 def _time(predictors: dict[str, Predicting], pixels: np.ndarray, batches: Sequence[int]

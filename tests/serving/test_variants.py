@@ -57,6 +57,9 @@ def test_a_variant_is_adopted_only_when_it_agrees_and_is_faster_at_every_batch()
     assert ranked(list(judged.values())) == ["openvino-int8", REFERENCE]
     # within timing noise (under 5% faster) is not faster
     assert not judge([FP32, _fast("openvino-fp32", 1.0, b1=4.9, b8=3.9)])[1].adopted
+    # a variant that did not build keeps its reason
+    broken = judge([FP32, Measurement("torch-bf16", None, 400, reason="did not build: X")])[1]
+    assert (broken.adopted, broken.reason) == (False, "did not build: X")
 
 
 def test_fastest_adopted_variant_wins_and_unmeasured_models_serve_fp32(tmp_path: Path) -> None:
