@@ -15,7 +15,8 @@ registry version (`serving.variants` tag), so its model card shows them.
 The version's model card (`catsdogs.training.model_card`) is refreshed and stored in the Bento
 model as `model_card.md`; the service serves it at `/model/card`. Re-importing the same registry
 version imports nothing again; it only brings the stored card up to date (the card's history
-changes as the version is promoted, deployed or rolled back).
+changes as the version is promoted, deployed or rolled back) and measures the serving variants
+of a model imported before they existed.
 
 The training run's out-of-distribution calibration is copied into the Bento model's `ood/`
 folder.
@@ -180,7 +181,7 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     """Import the model into the Bento store; skip when that registry version is already there."""
     import bentoml
 
-    from bentoservice.runtime import MLFLOW_MODEL_FOLDER, VARIANTS_KEY
+    from bentoservice.runtime import VARIANTS_KEY
     from catsdogs.tracking import CHAMPION, connect
 
     model_uri = model_uri or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
@@ -189,28 +190,45 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     labels = {"mlflow_model": metadata["registered_model"], "mlflow_version": metadata["version"],
               "mlflow_run_id": metadata["run_id"]}
     found = _existing(bento_model, metadata["version"], metadata["run_id"])
+    files = calibration_files(calibration_dir, calibration_images)
     if found:
-        card = _store_card(bentoml.models.get(found), metadata)
+        stored = bentoml.models.get(found)
+        measured = VARIANTS_KEY not in stored.info.metadata and _add_variants(stored, metadata,
+                                                                               files)
+        card = _store_card(stored, metadata)
         return Summary("bento-import", f"{model_uri} (version {metadata['version']}) already "
-                       f"imported as {found}" + ("; its model card was updated" if card else ""),
+                       f"imported as {found}"
+                       + ("; its serving variants were measured" if measured else "")
+                       + ("; its model card was updated" if card else ""),
                        skipped=True, details={"tag": found, **metadata})
     imported = bentoml.mlflow.import_model(bento_model, model_uri, labels=labels,
                                            metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
     import_ood(metadata["run_id"], Path(stored.path_of(OOD_FOLDER_NAME)))
-    files = calibration_files(calibration_dir, calibration_images)
-    variants = measure_variants(Path(stored.path_of(MLFLOW_MODEL_FOLDER)), Path(stored.path),
-                                metadata, files)
-    if variants is not None:
-        metadata[VARIANTS_KEY] = variants
-        stored.info.metadata.update(metadata)
-        stored.flush()
-        _tag_variants(metadata, variants)
+    _add_variants(stored, metadata, files)
     _store_card(stored, metadata)
     logger.info("imported %s (version %s, run %s) as %s", model_uri, metadata["version"],
                 metadata["run_id"], stored.tag)
     return Summary("bento-import", f"{model_uri} (version {metadata['version']}) -> {stored.tag}",
                    details={"tag": str(stored.tag), **metadata})
+
+
+def _add_variants(stored: Any, metadata: dict[str, Any], files: Sequence[Path]) -> bool:
+    """Build and measure the serving variants into the stored Bento model (its `variants/`
+    folder and `serving_variants` metadata, also in `metadata`) and tag the registry version;
+    False when there are no photos to measure on. A model imported before the variants existed
+    gets them the next time it is imported."""
+    from bentoservice.runtime import MLFLOW_MODEL_FOLDER, VARIANTS_KEY
+
+    variants = measure_variants(Path(stored.path_of(MLFLOW_MODEL_FOLDER)), Path(stored.path),
+                                metadata, files)
+    if variants is None:
+        return False
+    metadata[VARIANTS_KEY] = variants
+    stored.info.metadata.update(metadata)
+    stored.flush()
+    _tag_variants(metadata, variants)
+    return True
 
 
 def default_calibration_dir(paths: DataPaths) -> Path | None:

@@ -175,8 +175,8 @@ def choose(setting: str, measurements: Sequence[Measurement], model_folder: Path
                        setting, why)
         fell_back = True
     if not measurements:
-        return Choice(REFERENCE, "no variant measured at import (no calibration photos): fp32",
-                      fell_back)
+        return Choice(REFERENCE, "the import measured no variants (no calibration photos): "
+                      "torch fp32", fell_back)
     for variant in ranked(measurements):
         why = cannot_run(variant, model_folder)
         if why is None:

@@ -66,7 +66,7 @@ def test_fastest_adopted_variant_wins_and_unmeasured_models_serve_fp32(tmp_path:
     both = judge([FP32, _fast("openvino-fp32", 1.0, b8=3.5), _fast("openvino-int8", 0.999)])
     assert ranked(both) == ["openvino-int8", "openvino-fp32", REFERENCE]
     assert choose("auto", [], tmp_path) == Choice(
-        REFERENCE, "no variant measured at import (no calibration photos): fp32", False)
+        REFERENCE, "the import measured no variants (no calibration photos): torch fp32", False)
     assert choose("auto", both, tmp_path, device_type="cuda").variant == REFERENCE
 
 
