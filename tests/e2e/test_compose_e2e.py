@@ -403,6 +403,14 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     assert answer.get("label") in ("cat", "dog"), answer
     assert answer["model"]["version"] == version["version"], answer
     figures["prediction"] = answer
+    # the per-version image carries the OpenVINO runtime: its import built and measured the
+    # OpenVINO variants, and the service runs one the import adopted, with no fallback
+    with open_local(stack.url("bento", "/model"), timeout=30) as response:
+        runtime = json.loads(response.read())["runtime"]
+    measured = {m["variant"]: m for m in runtime["measured"]}
+    assert {"torch-fp32", "openvino-fp32", "openvino-int8"} <= set(measured), runtime
+    assert measured[runtime["variant"]]["adopted"] and not runtime["fell_back"], runtime
+    figures["serving_variant"] = {k: runtime[k] for k in ("variant", "reason", "measured_on")}
     figures["rollout_1"] = {k: deploy.get(k) for k in (
         "image", "image_build_s", "image_bytes_added", "ready_s", "switch_s", "check")}
 
