@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bentoservice.runtime import Predictor, fold_batch_norms
-from catsdogs.training.model import build_model, cpu_supports_bf16, normalize
+from catsdogs.training.model import cpu_supports_bf16, normalize
+from tests.serving.networks import trained_looking
 
 SIZE = 64
 CPU = torch.device("cpu")
@@ -28,21 +29,10 @@ def _reference(net: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         return torch.softmax(net.eval()(normalize(nchw)), dim=1)
 
 
-def _trained_looking(arch: str) -> torch.nn.Module:
-    """An untrained network with non-trivial batch-norm statistics (folding must honour them)."""
-    torch.manual_seed(3)
-    net = build_model(arch, weights="none").eval()
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return net
-
-
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 @pytest.mark.parametrize("jit", [True, False])
 def test_fp32_serving_network_matches_the_eager_network(arch: str, jit: bool) -> None:
-    net = _trained_looking(arch)
+    net = trained_looking(arch)
     predictor = Predictor(net, CPU, "fp32", SIZE, jit=jit)
     assert isinstance(predictor.net, torch.jit.ScriptModule) == jit
     pixels = _pixels(5)
@@ -50,7 +40,7 @@ def test_fp32_serving_network_matches_the_eager_network(arch: str, jit: bool) ->
 
 
 def test_each_picture_gets_the_same_answer_whatever_batch_it_is_in() -> None:
-    predictor = Predictor(_trained_looking("resnet18"), CPU, "fp32", SIZE)
+    predictor = Predictor(trained_looking("resnet18"), CPU, "fp32", SIZE)
     predictor.warm_up(6, SIZE)
     pixels = _pixels(6, seed=1)
     together = predictor(pixels)
@@ -60,7 +50,7 @@ def test_each_picture_gets_the_same_answer_whatever_batch_it_is_in() -> None:
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")
 def test_bf16_path_stays_close_to_fp32() -> None:
-    net = _trained_looking("mobilenet_v2")
+    net = trained_looking("mobilenet_v2")
     pixels = _pixels(8, seed=2)
     bf16 = Predictor(net, CPU, "bf16", SIZE)
     assert bf16.dtype == torch.bfloat16 and isinstance(bf16.net, torch.jit.ScriptModule)

@@ -32,8 +32,9 @@ from bentoservice.variants import (
 )
 from catsdogs.data.images import square_image
 from catsdogs.monitoring.features import with_embedding
-from catsdogs.training.model import build_model, normalize
+from catsdogs.training.model import normalize
 from tests.serving.conftest import IMAGE_SIZE, serve_tiny
+from tests.serving.networks import trained_looking
 
 SIZE = IMAGE_SIZE
 FP32 = Measurement(REFERENCE, 1.0, 400, {1: 5.0, 8: 4.0})
@@ -99,16 +100,6 @@ def test_a_model_imported_without_the_graphs_cannot_run_them(tmp_path: Path) -> 
     assert (forced.variant, forced.fell_back) == (REFERENCE, True)
 
 
-def _trained_looking(arch: str) -> torch.nn.Module:
-    torch.manual_seed(3)
-    net = build_model(arch, weights="none").eval()
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return net
-
-
 def _pictures(count: int, seed: int = 0) -> np.ndarray:
     """Smooth colour pictures, N,H,W,3 uint8 (calibration needs picture-like statistics)."""
     rng = np.random.default_rng(seed)
@@ -122,7 +113,7 @@ def _pictures(count: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
     pytest.importorskip("openvino")
-    net = _trained_looking("mobilenet_v2")
+    net = trained_looking("mobilenet_v2")
     folder = tmp_path_factory.mktemp("variants")
     assert export_openvino(copy.deepcopy(net), SIZE, folder, _pictures(32)) == [
         "openvino-fp32", "openvino-int8"]
@@ -167,7 +158,7 @@ def test_import_measures_every_runnable_variant_on_real_photos(sample_dir: Path,
     files = sorted((sample_dir / "cat").glob("*.jpg"))[:24] + sorted(
         (sample_dir / "dog").glob("*.jpg"))[:24]
     pixels = np.stack([np.asarray(square_image(f, SIZE)) for f in files])
-    measured = measure(_trained_looking("mobilenet_v2"), tmp_path, pixels)
+    measured = measure(trained_looking("mobilenet_v2"), tmp_path, pixels)
     names = [m.variant for m in measured]
     assert names[0] == REFERENCE and {"openvino-fp32", "openvino-int8"} <= set(names)
     assert set(names) <= set(VARIANT_NAMES)
