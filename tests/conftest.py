@@ -3,7 +3,6 @@ MLflow tracking server. Area-specific fixtures live in the area's own conftest.p
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,6 @@ from tests.servers import start_mlflow_server, stop_process
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
-EXIT_STATUS = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")
@@ -55,21 +53,3 @@ def artifacts_dir() -> Path:
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     return ARTIFACTS_DIR
 
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    session.config.stash[EXIT_STATUS] = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """End the test process without the interpreter's own teardown. This one process loads
-    torch (and torch.export), OpenVINO with its TBB threads, Airflow, Evidently and BentoML; once
-    every test had passed, the whole-suite run (CI) died with a segmentation fault while the
-    interpreter tore those libraries' static objects down in its own order. OpenVINO's
-    `shutdown()` (its documented way to release its static objects first) runs; then the exit
-    status pytest computed is returned as it is, after flushing the output."""
-    if "openvino" in sys.modules:
-        sys.modules["openvino"].shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(config.stash.get(EXIT_STATUS, 0))
