@@ -52,4 +52,3 @@ def artifacts_dir() -> Path:
     """Where tests keep what a person may want to look at (screenshots, reports)."""
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     return ARTIFACTS_DIR
-
