@@ -48,6 +48,7 @@ with DAG(
     schedule=CronTriggerTimetable(monitor_schedule(), timezone="UTC"),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,   # active from its first appearance: no toggle to find
     dagrun_timeout=timedelta(hours=1),
     default_args=DEFAULT_ARGS,
     params={"overrides": Param([], type="array", items={"type": "string",

@@ -28,6 +28,7 @@ with DAG(
     schedule=None,
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,   # active from its first appearance: no toggle to find
     default_args={**DEFAULT_ARGS, "retries": 0},
     params=rollback_params(),
     user_defined_macros=TEMPLATE_MACROS,

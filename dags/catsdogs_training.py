@@ -65,6 +65,7 @@ with DAG(
               else NIGHTLY),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,   # active from its first appearance: no toggle to find
     dagrun_timeout=timedelta(hours=10),
     default_args=DEFAULT_ARGS,
     params=dag_params(),

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,9 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM (Airflow stopping a task, `kill`, a pod's shutdown) unwinds like Ctrl-C, so every
+    stage's clean-up (`finally`, atomic outputs, a deploy's undo) runs before the process ends."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params(args.params, args.overrides)
         paths = DataPaths.resolve(args.data_dir)
@@ -70,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"catsdogs {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"catsdogs {args.command}: interrupted; outputs were left as they were",
+    except KeyboardInterrupt as exc:
+        how = f" by {exc}" if str(exc) else ""
+        print(f"catsdogs {args.command}: interrupted{how}; outputs were left as they were",
               file=sys.stderr)
-        return 130
+        return 143 if str(exc) == "SIGTERM" else 130
     if args.summary_file:
         summary.write(Path(args.summary_file))
     print(json.dumps(summary.to_dict(), indent=2) if args.as_json else summary.line())

@@ -124,3 +124,122 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
     (artifacts_dir / "local-rollout.json").write_text(json.dumps(
         {"requests": load.sent, "failures": len(load.failures), "versions": load.versions,
          "switch_and_rollback_s": round(seconds, 1)}, indent=2))
+
+
+def _listening(port: int) -> bool:
+    from catsdogs.deployment.targets.local import _listener
+
+    return _listener(port) is not None
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (nothing reaps an orphan under some containers' init)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _catsdogs(*args: str) -> list[str]:
+    return [sys.executable, "-m", "catsdogs.cli", *args,
+            "--set", f"mlflow.registered_model_name={MODEL}", "--set", "deploy.check_images=50"]
+
+
+def test_a_killed_deploy_leaves_nothing_the_next_one_cannot_replace(
+        target: tuple[LocalTarget, DataPaths], mlflow_server: str, tmp_path: Path) -> None:
+    """`catsdogs deploy` killed with SIGKILL while its slot starts: the slot it left is recorded
+    and ours, so the next deploy replaces it (not "port taken"); a deploy that fails (its slot
+    never ready) stops what it started; `stop` leaves no process on any port."""
+    local, paths = target
+    params = load_params(REPO_ROOT / "params.yaml", [
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50", "deploy.drain_s=1"])
+    client = MlflowClient(mlflow_server)
+    v1 = register(mlflow_server, test_accuracy=0.0)
+    env = {**os.environ, "CATSDOGS_DATA_DIR": str(paths.root), "CATSDOGS_DEPLOY_TARGET": "local",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
+    deploy = subprocess.Popen(_catsdogs("deploy"), cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    slot_record = local.slots_dir / "a.json"
+    deadline = time.monotonic() + 600
+    while not slot_record.exists():   # the import is done and slot a's process started
+        assert deploy.poll() is None, deploy.communicate()[0].decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    deploy.kill()
+    deploy.wait()
+    leftover = json.loads(slot_record.read_text())["pid"]
+    assert local.active() is None
+    deadline = time.monotonic() + 120   # the orphan goes on starting and binds its port
+    while not _listening(local.slots[0]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    holder = local.holder(local.slots[0])
+    assert holder is not None and holder.ours, holder
+
+    # a deploy whose slot never gets ready: fails, and stops the slot it started
+    impatient = LocalTarget(run_dir=local.run_dir, data_dir=local.data_dir,
+                            public_port=local.public_port, slots=local.slots, ready_timeout_s=0.5)
+    with pytest.raises(UserError, match="did not answer 200"):
+        deploy_champion(params, paths, impatient, client)
+    assert _gone(leftover), "the leftover slot was not replaced"
+    assert not _listening(local.slots[0]) and not list(local.slots_dir.glob("*.json"))
+    assert not local._nginx_running()
+
+    done = deploy_champion(params, paths, local, client)
+    assert done.details["deployed"] is True and local.serving() == v1, done.to_dict()
+    live = local.active()
+    assert live is not None and _listening(local.slots[0])
+
+    local.stop()
+    assert not any(_listening(port) for port in (*local.slots, local.public_port))
+    assert _gone(live["pid"])
+
+
+def test_preconditions_are_checked_before_any_work(
+        target: tuple[LocalTarget, DataPaths], mlflow_server: str, tmp_path: Path) -> None:
+    """Missing nginx, a foreign process on a slot or public port, or too few test pictures for
+    the post-deploy check: a one-line UserError before the import, nothing started."""
+    local, paths = target
+    client = MlflowClient(mlflow_server)
+    register(mlflow_server, test_accuracy=0.0)
+    params = load_params(REPO_ROOT / "params.yaml", [
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50"])
+
+    def nothing_started() -> None:
+        assert not local.slots_dir.exists() and not (local.run_dir / "bento-a.log").exists()
+        assert not any(_listening(port) for port in local.slots)
+
+    too_many = load_params(REPO_ROOT / "params.yaml", [
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=500"])
+    with pytest.raises(UserError, match="needs 500 labelled pictures"):
+        deploy_champion(too_many, paths, local, client)
+    nothing_started()
+
+    no_nginx = LocalTarget(run_dir=local.run_dir, data_dir=local.data_dir,
+                           public_port=local.public_port, slots=local.slots,
+                           nginx=str(tmp_path / "no-such-nginx"))
+    with pytest.raises(UserError, match="nginx is not installed"):
+        deploy_champion(params, paths, no_nginx, client)
+    nothing_started()
+
+    for port, what in ((local.slots[0], "slot a"), (local.public_port, "the public endpoint")):
+        stranger = subprocess.Popen([sys.executable, "-m", "http.server", str(port),
+                                     "--bind", "127.0.0.1"], cwd=tmp_path,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not _listening(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with pytest.raises(UserError) as refused:
+                deploy_champion(params, paths, local, client)
+            message = str(refused.value)
+            assert f"port {port} ({what})" in message and f"pid {stranger.pid}" in message
+            assert "http.server" in message, message
+            assert stranger.poll() is None, "a foreign process must never be stopped"
+        finally:
+            stranger.kill()
+            stranger.wait()
+        if port == local.slots[0]:
+            assert not (local.run_dir / "bento-a.log").exists()

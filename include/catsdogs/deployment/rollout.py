@@ -1,6 +1,8 @@
 """The rollout: put `@champion` on the live endpoint, check it there, roll back when it fails.
 
     deploy_champion:  champion already live? -> nothing rebuilt or restarted (summary says so)
+                      preflight: the target's needs (nginx, ports, engine, helm) and the
+                                 check's labelled pictures, before any work or traffic change
                       target.deploy(champion)        start new, /readyz, switch, drain, stop old
                       post-deploy check (check.py)   >= 50 labelled test pictures, live endpoint
                       passed -> deploy.status=deployed on the version
@@ -15,9 +17,11 @@ Every alias move goes through `catsdogs.deployment.history.move_champion`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
@@ -58,16 +62,30 @@ def _tag(client: Any, name: str, version: str, status: str, target: str, reason:
     refresh_cards(client, name, version)   # the card shows the deployment
 
 
-def _check(params: Params, paths: DataPaths, target: Target, client: Any, name: str,
-           version: str) -> tuple[str | None, dict[str, Any]]:
-    """(reason to roll back or None, the check's figures)."""
+def preflight(params: Params, paths: DataPaths, target: Target) -> list[tuple[Path, str]]:
+    """Every precondition of a rollout, checked before any work and before traffic is touched:
+    the target's own (`Target.preflight`: binaries, ports, engine) and the post-deploy check's
+    labelled pictures. Returns those pictures; raises UserError (or Skipped) naming the problem."""
     pictures = labelled_pictures(paths.split_dir("test"), params.deploy.check_images,
                                  params.deploy.seed)
+    target.preflight()
+    return pictures
+
+
+def _check(params: Params, pictures: list[tuple[Path, str]], target: Target, client: Any,
+           name: str, version: str) -> tuple[str | None, dict[str, Any]]:
+    """(reason to roll back or None, the check's figures)."""
     result = run_check(target.endpoint(), pictures)
     expected = recorded_accuracy(client, name, version)
     reason = verdict(result, version, expected, params.deploy.accuracy_tolerance,
                      params.deploy.min_accuracy)
     return reason, {**result.to_dict(), "recorded_accuracy": expected}
+
+
+def _skipped(target: Target, version: str, exc: Skipped) -> Summary:
+    return Summary("deploy", f"{target.name} rollout of v{version} skipped: {exc}",
+                   skipped=True, details={"deployed": False, "version": version,
+                                          "target": target.name, "reason": str(exc)})
 
 
 def deploy_champion(params: Params, paths: DataPaths, target: Target | None,
@@ -95,6 +113,11 @@ def deploy_champion(params: Params, paths: DataPaths, target: Target | None,
         raise UserError(f"no {name}@{CHAMPION} to deploy ({exc}); run the training DAG "
                         "(train, promote) first") from None
     live = target.serving()
+    if live != champion:
+        try:
+            pictures = preflight(params, paths, target)
+        except Skipped as exc:
+            return _skipped(target, champion, exc)
     if live == champion:
         return Summary("deploy", f"{name} v{champion} (@champion) is already serving on "
                        f"{target.name}: nothing rebuilt or restarted", skipped=True,
@@ -104,11 +127,9 @@ def deploy_champion(params: Params, paths: DataPaths, target: Target | None,
     try:
         facts = target.deploy(Release(name, champion))
     except Skipped as exc:
-        return Summary("deploy", f"{target.name} rollout of v{champion} skipped: {exc}",
-                       skipped=True, details={"deployed": False, "version": champion,
-                                              "target": target.name, "reason": str(exc)})
+        return _skipped(target, champion, exc)
     switch_s = time.monotonic() - started
-    reason, check = _check(params, paths, target, client, name, champion)
+    reason, check = _check(params, pictures, target, client, name, champion)
     details: dict[str, Any] = {"version": champion, "previous_version": live,
                                "target": target.name, "trigger": trigger,
                                "endpoint": target.endpoint(), "switch_s": round(switch_s, 1),
@@ -165,6 +186,9 @@ def rollback(params: Params, paths: DataPaths, target: Target | None, client: An
     except Exception:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
         raise UserError(f"{name} has no version {target_version}; `catsdogs champion history` "
                         "lists the champions") from None
+    if target is not None and current != target_version:
+        with contextlib.suppress(Skipped):     # not available here: the alias still moves
+            preflight(params, paths, target)   # nothing moves when the rollout cannot run
     if current != target_version:
         reason = f"rollback from v{current} requested" if current else "rollback requested"
         move_champion(client, name, target_version, reason=reason, by=BY_ROLLBACK)

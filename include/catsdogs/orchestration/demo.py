@@ -28,12 +28,18 @@ from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from catsdogs.orchestration.local_airflow import ADMIN, PROJECT_DIR, admin_password
-from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
+from catsdogs.orchestration.stage_table import (
+    MONITORING_DAG_ID,
+    PIPELINE,
+    ROLLBACK_DAG_ID,
+    TRAINING_DAG_ID,
+)
 from catsdogs.tracking import run_url
 
 log = logging.getLogger("demo")
 
 RUN_RECORD = "last-run.json"
+PROJECT_DAGS = (TRAINING_DAG_ID, MONITORING_DAG_ID, ROLLBACK_DAG_ID)
 BANNER = "#" * 80
 
 
@@ -104,10 +110,12 @@ def client_from_env() -> tuple[AirflowClient, str]:
 
 def trigger_and_follow(client: AirflowClient, conf: dict[str, Any], login: str,
                        timeout: float = 3600) -> dict[str, Any]:
-    """Trigger the training DAG with `conf`, report each task as it changes, and return the
+    """Unpause the project's DAGs (the DAGs declare it too; a DAG paused by hand in an earlier
+    demo comes back), trigger the training DAG with `conf`, report each task as it changes, and return the
     record {"run_id", "state", "url", "summaries": {task: summary document}}."""
-    client.wait_for_dag(TRAINING_DAG_ID)
-    client.unpause(TRAINING_DAG_ID)
+    for dag_id in PROJECT_DAGS:   # all active: a rollback or the hourly drift check from the UI runs
+        client.wait_for_dag(dag_id)
+        client.unpause(dag_id)
     run_id = client.trigger(TRAINING_DAG_ID, conf)
     url = client.run_url(TRAINING_DAG_ID, run_id)
     log.info("run %s: %s  (login: %s)", run_id, url, login)

@@ -43,12 +43,18 @@ class Skipped(Exception):
 
 
 class Target(Protocol):
-    """One place the service runs. `deploy` starts `release`, waits until it is ready, moves
-    traffic to it, drains and stops the previous one, and returns facts for the summary
-    (seconds, image, bytes added...); it raises UserError when the new version never became
-    ready (traffic then stays where it was) and Skipped when the target is not available."""
+    """One place the service runs. `preflight` checks everything the rollout needs before any
+    work or any change to traffic (UserError naming what is missing, Skipped when the target is
+    not available here). `deploy` starts `release`, waits until it is ready, moves traffic to
+    it, drains and stops the previous one, and returns facts for the summary (seconds, image,
+    bytes added...); it raises UserError when the new version never became ready (traffic then
+    stays where it was, and what it started is stopped) and Skipped when the target is not
+    available."""
 
     name: str
+
+    def preflight(self) -> None:
+        ...
 
     def endpoint(self) -> str:
         """The live endpoint's base URL, as callers reach it (through the proxy)."""

@@ -180,7 +180,13 @@ class ComposeTarget:
             time.sleep(0.2)
         raise UserError(f"the proxy did not switch to {color} within 30 s")
 
+    def preflight(self) -> None:
+        """The Docker engine answers (Skipped otherwise) and the proxy container runs
+        (UserError otherwise)."""
+        self._proxy()
+
     def deploy(self, release: Release) -> dict[str, Any]:
+        self.preflight()
         started = time.monotonic()
         built = model_image(self.docker, self.runtime_image, self.image_template, release,
                             network=self.network,

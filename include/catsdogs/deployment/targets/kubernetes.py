@@ -104,7 +104,9 @@ class KubernetesTarget:
             return None
         return version or None
 
-    def deploy(self, release: Release) -> dict[str, Any]:
+    def preflight(self) -> tuple[str, str]:
+        """(kube context, helm binary); Skipped without either, UserError without the endpoint
+        the post-deploy check calls."""
         context = self.context()
         if context is None:
             raise Skipped("no kube context is configured (kubectl config current-context, "
@@ -115,6 +117,10 @@ class KubernetesTarget:
         if not self.service_url:
             raise UserError("CATSDOGS_KUBE_ENDPOINT is not set: the post-deploy check needs the "
                             "Service's URL as this task reaches it")
+        return context, helm
+
+    def deploy(self, release: Release) -> dict[str, Any]:
+        context, helm = self.preflight()
         tag = self.tag_template.format(version=release.version)
         argv = helm_upgrade_command(helm, self.release, self.chart, self.namespace,
                                     self.repository, tag, self.timeout)

@@ -9,9 +9,21 @@ finish the requests they hold, so no request is refused), waits `deploy.drain_s`
 old slot. nginx rather than our own proxy: a reload that never drops a connection is exactly what
 it is built for (Debian package `nginx`, see scripts/ensure-system-deps.sh).
 
-State lives in $CATSDOGS_SERVE_DIR (default `<data dir>/serving`): nginx.conf, active.json (slot,
-port, pid, version, Bento model tag), one log per slot. `python -m catsdogs.deployment.targets.local
-stop` stops all of it.
+State lives in $CATSDOGS_SERVE_DIR (default `<data dir>/serving`): nginx.conf and nginx.pid,
+active.json (the live slot: slot, port, pid, version, Bento model tag), `slots/<slot>.json` (every
+slot process, written the moment it starts, before it is ready) and one log per slot.
+`python -m catsdogs.deployment.targets.local stop` stops all of it.
+
+Nothing is left behind, and nothing of ours is mistaken for a stranger:
+- `preflight` checks nginx and the ports before the import (a minute of work) starts;
+- a deploy that fails (or is interrupted: SIGTERM, Ctrl-C) stops the slot it started and points
+  nginx back at the slot that was live (or stops nginx when none was);
+- a slot process left by an earlier deploy that was killed (SIGKILL cannot be caught) is ours when
+  it is recorded in `slots/`, or carries this serve dir in its environment ($CATSDOGS_SLOT_OF,
+  set on slot processes only), or is `bentoml serve bentoservice.service:CatsDogs` started from this
+  project: the next deploy replaces it. Any other process on a slot or public port is refused,
+  named with its PID and command line. Processes and sockets are read with psutil (a BentoML
+  dependency), not by parsing /proc by hand.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(os.environ.get("CATSDOGS_PROJECT_DIR") or Path(__file__).resolve().parents[4])
 SLOT_HEADER = "X-Catsdogs-Slot"
+SLOT_MARKER_ENV = "CATSDOGS_SLOT_OF"   # set on every slot process only: the serve dir it belongs to
 
 NGINX_CONF = """\
 # written by catsdogs.deployment.targets.local: live slot {slot} (v{version})
@@ -87,9 +101,10 @@ def _stop_group(pid: int | None, timeout: float = 30.0) -> None:
     if not _alive(pid):
         return
     assert pid is not None
+    own_group = pid == os.getpgrp()   # never signal the group this process belongs to
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(pid, sig)
+            os.kill(pid, sig) if own_group else os.killpg(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
@@ -99,6 +114,40 @@ def _stop_group(pid: int | None, timeout: float = 30.0) -> None:
             if not _alive(pid):
                 return
             time.sleep(0.2)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """preexec_fn: the child gets SIGKILL when the deploy that started it dies (even by SIGKILL),
+    so a killed deploy leaves no import running on its own (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """The process listening on a port: its PID, the process group to stop, its command line,
+    and whether it is one of ours (see the module docstring)."""
+
+    pid: int
+    group: int
+    command: str
+    ours: bool
+
+
+def _listener(port: int) -> int | None:
+    """The PID of a process listening on TCP `port` (any address), or None."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port \
+                and conn.pid:
+            return int(conn.pid)
+    return None
 
 
 @dataclass
@@ -143,6 +192,123 @@ class LocalTarget:
         except (OSError, ValueError):
             return None
 
+    @property
+    def slots_dir(self) -> Path:
+        return self.run_dir / "slots"
+
+    def _slot_records(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        for path in sorted(self.slots_dir.glob("*.json")):
+            try:
+                yield path, json.loads(path.read_text())
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+
+    def _record_slot(self, slot: str, record: dict[str, Any]) -> None:
+        self.slots_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.slots_dir / f".{slot}.json.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.slots_dir / f"{slot}.json")
+
+    def _forget_slot(self, slot: str) -> None:
+        (self.slots_dir / f"{slot}.json").unlink(missing_ok=True)
+
+    def _stop_slot(self, slot: str) -> None:
+        """Stop the slot's recorded process (if any) and forget it."""
+        for path, record in self._slot_records():
+            if record.get("slot") == slot:
+                _stop_group(record.get("pid"))
+                path.unlink(missing_ok=True)
+
+    def holder(self, port: int) -> PortHolder | None:
+        """Who listens on `port` (None: nobody), and whether it is ours."""
+        import psutil
+
+        pid = _listener(port)
+        if pid is None:
+            return None
+        try:
+            process = psutil.Process(pid)
+            command = " ".join(process.cmdline()) or process.name()
+            group = os.getpgid(pid)
+        except (psutil.Error, ProcessLookupError):
+            return None
+        recorded = {r.get("pid") for _, r in self._slot_records()} | \
+            {(self.active() or {}).get("pid")}
+        ours = group in recorded or pid in recorded
+        if not ours:
+            with contextlib.suppress(psutil.Error):
+                ours = process.environ().get(SLOT_MARKER_ENV) == str(self.run_dir)
+        if not ours and "nginx" in command and str(self.run_dir) in command:
+            ours = True   # our nginx, its pid file lost
+        if not ours and "bentoservice.service:CatsDogs" in command:
+            with contextlib.suppress(psutil.Error):
+                ours = Path(process.cwd()).resolve() == PROJECT_DIR.resolve()
+        return PortHolder(pid=pid, group=group, command=command[:300], ours=ours)
+
+    def _next_slot(self) -> tuple[str, int, dict[str, Any] | None]:
+        """(idle slot, its port, the live slot's record or None)."""
+        old = self.active()
+        old_live = bool(old and _alive(old.get("pid")))
+        slot = "b" if old_live and old and old.get("slot") == "a" else "a"
+        return slot, self.slots[0 if slot == "a" else 1], old if old_live else None
+
+    def _nginx_binary(self) -> str:
+        """The nginx to run: $CATSDOGS_NGINX as given when it is a path, else found on PATH or
+        in /usr/sbin (not on a non-root user's PATH). UserError when there is none."""
+        if os.sep in self.nginx:
+            binary = self.nginx if os.access(self.nginx, os.X_OK) else None
+        else:
+            binary = shutil.which(self.nginx) or shutil.which(self.nginx, path="/usr/sbin:/sbin")
+        if not binary:
+            raise UserError("nginx is not installed: the local rollout switches traffic with it "
+                            "(`apt-get install nginx-light`, or scripts/ensure-system-deps.sh)")
+        return binary
+
+    def preflight(self) -> None:
+        """Everything the rollout needs, checked before any work: nginx installed, the serve dir
+        writable, the public port free or our own nginx's, the idle slot's port free or held by
+        a leftover of ours. Raises UserError naming the problem (a foreign process: its PID and
+        command line)."""
+        self._nginx_binary()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"the serve dir {self.run_dir} cannot be created ({exc}); set "
+                            "CATSDOGS_SERVE_DIR") from None
+        if not self._nginx_running():
+            holder = self.holder(self.public_port)
+            if holder is not None and not holder.ours:
+                raise UserError(f"port {self.public_port} (the public endpoint) is taken by "
+                                f"another process (pid {holder.pid}: {holder.command}); stop it "
+                                "or set BENTO_PORT")
+        if not self._nginx_running():
+            holder = self.holder(self.public_port)
+            if holder is not None and holder.ours:
+                log.warning("local: stopping a leftover nginx of ours on :%d (pid %d)",
+                            self.public_port, holder.pid)
+                _stop_group(holder.group)
+        slot, port, _ = self._next_slot()
+        holder = self.holder(port)
+        if holder is not None and not holder.ours:
+            raise UserError(f"port {port} (slot {slot}) is taken by another process (pid "
+                            f"{holder.pid}: {holder.command}); stop it or set "
+                            "CATSDOGS_BENTO_SLOT_PORTS")
+
+    def _claim(self, slot: str, port: int) -> None:
+        """Stop what of ours still holds `slot` or its port (a leftover of a deploy that did not
+        finish); UserError when a foreign process listens there."""
+        self._stop_slot(slot)
+        holder = self.holder(port)
+        if holder is None:
+            return
+        if not holder.ours:
+            raise UserError(f"port {port} (slot {slot}) is taken by another process (pid "
+                            f"{holder.pid}: {holder.command}); stop it or set "
+                            "CATSDOGS_BENTO_SLOT_PORTS")
+        log.warning("local: replacing a leftover slot %s process on :%d (pid %d, from a deploy "
+                    "that did not finish): %s", slot, port, holder.pid, holder.command)
+        _stop_group(holder.group)
+
     def endpoint(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.public_port}"
@@ -163,7 +329,8 @@ class LocalTarget:
         done = subprocess.run(
             [sys.executable, "-m", "bentoservice.import_model", "--model-uri", release.model_uri,
              "--data-dir", str(self.data_dir), "--json"],
-            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False,
+            preexec_fn=_die_with_parent)
         try:
             return str(json.loads(done.stdout.strip().splitlines()[-1])["tag"])
         except (IndexError, KeyError, ValueError):
@@ -171,7 +338,8 @@ class LocalTarget:
                             f"{(done.stderr or done.stdout).strip()[-800:]}") from None
 
     def _start_slot(self, port: int, model_tag: str, slot: str) -> subprocess.Popen:
-        env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag, "PYTHONPATH": os.pathsep.join(
+        env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag,
+               SLOT_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
             [str(PROJECT_DIR / "include"), str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")])}
         bentoml_bin = Path(sys.executable).parent / "bentoml"
         log_file = (self.run_dir / f"bento-{slot}.log").open("ab")
@@ -193,10 +361,7 @@ class LocalTarget:
         return conf
 
     def _nginx(self, *args: str) -> None:
-        binary = shutil.which(self.nginx) or shutil.which("nginx", path="/usr/sbin:/sbin")
-        if not binary:
-            raise UserError("nginx is not installed: the local rollout switches traffic with it "
-                            "(`apt-get install nginx`, or scripts/ensure-system-deps.sh)")
+        binary = self._nginx_binary()
         conf = self.run_dir / "nginx.conf"
         done = subprocess.run([binary, "-c", str(conf), "-p", str(self.run_dir), *args],
                               capture_output=True, text=True, check=False)
@@ -221,52 +386,72 @@ class LocalTarget:
             return False
 
     def deploy(self, release: Release) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.preflight()
         started = time.monotonic()
         model_tag = self._import(release)
-        old = self.active()
-        old_live = bool(old and _alive(old.get("pid")))
-        slot = "b" if old_live and old and old.get("slot") == "a" else "a"
-        port = self.slots[0 if slot == "a" else 1]
-        if http_status(f"http://127.0.0.1:{port}/livez", timeout=2) is not None:
-            raise UserError(f"port {port} (slot {slot}) is taken by another process; free it or "
-                            "set CATSDOGS_BENTO_SLOT_PORTS")
+        slot, port, old = self._next_slot()
+        self._claim(slot, port)
         process = self._start_slot(port, model_tag, slot)
+        self._record_slot(slot, {"slot": slot, "port": port, "pid": process.pid,
+                                 "version": release.version, "model_tag": model_tag})
+        switched = False
         try:
             ready_s = wait_ready(f"http://127.0.0.1:{port}/readyz", self.ready_timeout_s,
                                  alive=lambda: process.poll() is None,
                                  what=f"bentoml serve of v{release.version} (slot {slot}, log "
                                       f"{self.run_dir / f'bento-{slot}.log'})")
-        except UserError:
-            _stop_group(process.pid)
+            self._write_nginx(slot, port, release.version)
+            switched = True
+            self._nginx("-s", "reload") if self._nginx_running() else self._nginx()
+            deadline = time.monotonic() + 30
+            while not self._slot_live(slot):
+                if time.monotonic() > deadline:
+                    raise UserError(f"nginx did not switch to slot {slot} within 30 s; see "
+                                    f"{self.run_dir / 'nginx-error.log'}")
+                time.sleep(0.2)
+        except BaseException:  # a failure, SIGTERM or Ctrl-C: undo, then let it through
+            self._undo(slot, process, old, switched)
             raise
-        self._write_nginx(slot, port, release.version)
-        self._nginx("-s", "reload") if self._nginx_running() else self._nginx()
-        deadline = time.monotonic() + 30
-        while not self._slot_live(slot):
-            if time.monotonic() > deadline:
-                raise UserError(f"nginx did not switch to slot {slot} within 30 s; see "
-                                f"{self.run_dir / 'nginx-error.log'}")
-            time.sleep(0.2)
         switched_s = time.monotonic() - started
         record = {"slot": slot, "port": port, "pid": process.pid, "version": release.version,
                   "model_tag": model_tag, "name": release.name}
         self.state_file.write_text(json.dumps(record))
-        if old_live and old:
+        if old:
             time.sleep(self.drain_s)
+            self._stop_slot(str(old.get("slot")))
             _stop_group(old.get("pid"))
         log.info("local: v%s live on slot %s (:%d) behind nginx %s", release.version, slot,
                  port, self.endpoint())
         return {"slot": slot, "model_tag": model_tag, "ready_s": round(ready_s, 1),
                 "switch_s": round(switched_s, 1),
-                "previous_slot": old.get("slot") if old_live and old else None}
+                "previous_slot": old.get("slot") if old else None}
+
+    def _undo(self, slot: str, process: subprocess.Popen, old: dict[str, Any] | None,
+              switched: bool) -> None:
+        """A deploy that did not finish: traffic back to `old` (or nginx stopped when nothing
+        served before), the new slot stopped and forgotten. Never raises."""
+        try:
+            if switched and old:
+                self._write_nginx(str(old["slot"]), int(old["port"]), str(old["version"]))
+                self._nginx("-s", "reload")
+            elif switched and self._nginx_running():
+                self._nginx("-s", "quit")
+        except (UserError, OSError, KeyError, ValueError) as exc:
+            log.error("local: could not point nginx back after the failed deploy: %s", exc)
+        _stop_group(process.pid)
+        self._forget_slot(slot)
 
     def stop(self) -> None:
-        """Stop nginx and both slots (idempotent)."""
+        """Stop nginx, every recorded slot and any leftover slot process of ours (idempotent)."""
         record = self.active() or {}
         if self._nginx_running():
             self._nginx("-s", "quit")
         _stop_group(record.get("pid"))
+        for slot, port in zip(("a", "b"), self.slots, strict=True):
+            self._stop_slot(slot)
+            holder = self.holder(port)
+            if holder is not None and holder.ours:
+                _stop_group(holder.group)
         self.state_file.unlink(missing_ok=True)
 
 
