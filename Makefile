@@ -28,9 +28,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests drive for real (headless chromium for the web page test).
+# Debian packages, checked (installed as root) in the first seconds, before the venv's minutes:
+# the tests drive chromium, promtool, nginx... for real; the demo needs nginx, curl, python3.11-venv.
 system-deps:
-	bash scripts/ensure-system-deps.sh
+	bash scripts/ensure-system-deps.sh test
 
 # Offline tools kept in .tools/ (never committed): helm.
 tools: venv
@@ -39,17 +40,20 @@ tools: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv system-deps tools
+test: system-deps venv tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: venv
+demo:
+	bash scripts/ensure-system-deps.sh demo
+	$(MAKE) --no-print-directory venv
 	bash scripts/demo.sh
 
 # Stop what `make demo` left running (MLflow, the Airflow services, the Bento service).
+# Airflow first (no task starts a slot after), then nginx and every slot recorded or recognised.
 demo-stop:
-	CATSDOGS_DATA_DIR="$${DEMO_DIR:-$(CURDIR)/.demo}/data" bash scripts/serve.sh stop
 	bash scripts/airflow-services.sh stop
+	CATSDOGS_DATA_DIR="$${DEMO_DIR:-$(CURDIR)/.demo}/data" bash scripts/serve.sh stop
 
 bench: venv
 	$(BIN)/python benchmarks/transform_speed.py

@@ -106,6 +106,10 @@ $(tail -n 30 "$LOGS/$name.log")"
 stop() {
   mkdir -p "$PIDS"
   for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do stop_one "${SERVICES[i]}"; done
+  # task processes run in sessions of their own: stop those left (the serving slots stay)
+  if [[ -x "$BIN/python" ]]; then
+    "$BIN/python" -m catsdogs.orchestration.local_airflow sweep --home "$DEMO_DIR/airflow"
+  fi
 }
 
 status() {

@@ -7,6 +7,8 @@
 # root file system. Prints KEY=VALUE lines for compose/.env on stdout; logs go to stderr.
 #   CATSDOGS_BASE=auto|official|local   (default auto)
 #   CATSDOGS_BASE_REBUILD=1              rebuild the local stand-ins even when they exist
+#   scripts/docker-base-images.sh debian only the bare Debian root file system (the fresh-machine
+#                                        check's starting point): prints DEBIAN_IMAGE=...
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -32,10 +34,11 @@ LOCAL_ALERTMANAGER=catsdogs-base/alertmanager:0
 LOCAL_PUSHGATEWAY=catsdogs-base/pushgateway:1
 LOCAL_NGINX=catsdogs-base/nginx:1.22
 
-if [ "$MODE" = official ] || { [ "$MODE" = auto ] && pullable "$OFFICIAL_PYTHON" \
+ONLY="${1:-all}"
+if [ "$ONLY" != debian ] && { [ "$MODE" = official ] || { [ "$MODE" = auto ] && pullable "$OFFICIAL_PYTHON" \
      && pullable "$OFFICIAL_POSTGRES" && pullable "$OFFICIAL_PROMETHEUS" \
      && pullable "$OFFICIAL_REDIS" && pullable "$OFFICIAL_ALERTMANAGER" \
-     && pullable "$OFFICIAL_PUSHGATEWAY" && pullable "$OFFICIAL_NGINX"; }; then
+     && pullable "$OFFICIAL_PUSHGATEWAY" && pullable "$OFFICIAL_NGINX"; }; }; then
   log "using the official base images"
   echo "BASE_IMAGE=$OFFICIAL_PYTHON"
   echo "POSTGRES_IMAGE=$OFFICIAL_POSTGRES"
@@ -61,6 +64,7 @@ if [ "$rebuild" = 1 ] || ! have "$LOCAL_DEBIAN"; then
   tar -C "$rootfs" -c . | docker import - "$LOCAL_DEBIAN" >/dev/null
   rm -rf "$rootfs"
 fi
+if [ "$ONLY" = debian ]; then echo "DEBIAN_IMAGE=$LOCAL_DEBIAN"; exit 0; fi
 build() {  # image dockerfile; in the background, its log in build/
   if [ "$rebuild" = 1 ] || ! have "$1"; then
     log "building $1"

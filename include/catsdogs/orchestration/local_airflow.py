@@ -8,12 +8,16 @@ the API secret key, the admin password) are generated once into the Airflow home
 shell writes the `env` output to a 0600 file too.
 
 `python -m catsdogs.orchestration.local_airflow env --home H --data-dir D --mlflow-uri U` prints
-the environment as `export NAME=value` lines for a shell to source.
+the environment as `export NAME=value` lines for a shell to source. `... sweep --home H` stops
+every process still running with AIRFLOW_HOME=H that is not serving (task processes run in
+sessions of their own, so stopping the services' process groups does not reach them): what
+`make demo-stop` and a restart of the services run after the pid files' process groups.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -88,6 +92,39 @@ def environment(home: Path, data_dir: Path, mlflow_uri: str, *, host: str = "127
     }
 
 
+def sweep(home: Path, timeout: float = 15.0) -> list[str]:
+    """SIGTERM every process whose environment has AIRFLOW_HOME=`home` (this process and its
+    ancestors aside, and the serving processes: they carry the local target's marker and stop
+    with `scripts/serve.sh stop`), SIGKILL those alive after `timeout` s. Their descriptions."""
+    import psutil
+
+    from catsdogs.deployment.targets.local import SERVING_MARKER_ENV
+
+    spared = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
+    found: list[psutil.Process] = []
+    for process in psutil.process_iter():
+        if process.pid in spared:
+            continue
+        try:
+            environ = process.environ()
+        except psutil.Error:
+            continue
+        if environ.get("AIRFLOW_HOME") == str(home) and SERVING_MARKER_ENV not in environ:
+            found.append(process)
+    described = []
+    for process in found:
+        try:
+            described.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            process.terminate()
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return described
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m catsdogs.orchestration.local_airflow",
                                      description=__doc__.split("\n\n")[0])
@@ -99,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--host", default="127.0.0.1", help="the api-server's address")
     env.add_argument("--port", type=int, default=8080, help="the api-server's port")
     env.add_argument("--venv-bin", type=Path, default=None, help="the venv's bin folder")
+    swept = commands.add_parser("sweep", help="stop the task processes left with AIRFLOW_HOME")
+    swept.add_argument("--home", type=Path, required=True, help="AIRFLOW_HOME")
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        for line in sweep(args.home.resolve()):
+            print(f"stopped a leftover task process: {line}")
+        return 0
     variables = environment(args.home, args.data_dir, args.mlflow_uri, host=args.host,
                             port=args.port, venv_bin=args.venv_bin)
     sys.stdout.write("".join(f"export {name}={shlex.quote(value)}\n"

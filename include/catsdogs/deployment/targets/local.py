@@ -19,8 +19,8 @@ Nothing is left behind, and nothing of ours is mistaken for a stranger:
 - a deploy that fails (or is interrupted: SIGTERM, Ctrl-C) stops the slot it started and points
   nginx back at the slot that was live (or stops nginx when none was);
 - a slot process left by an earlier deploy that was killed (SIGKILL cannot be caught) is ours when
-  it is recorded in `slots/`, or carries this serve dir in its environment ($CATSDOGS_SLOT_OF,
-  set on slot processes only), or is `bentoml serve bentoservice.service:CatsDogs` started from this
+  it is recorded in `slots/`, or carries this serve dir in its environment
+  ($CATSDOGS_SERVING_OF, set on the slots and nginx only), or is `bentoml serve bentoservice.service:CatsDogs` started from this
   project: the next deploy replaces it. Any other process on a slot or public port is refused,
   named with its PID and command line. Processes and sockets are read with psutil (a BentoML
   dependency), not by parsing /proc by hand.
@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(os.environ.get("CATSDOGS_PROJECT_DIR") or Path(__file__).resolve().parents[4])
 SLOT_HEADER = "X-Catsdogs-Slot"
-SLOT_MARKER_ENV = "CATSDOGS_SLOT_OF"   # set on every slot process only: the serve dir it belongs to
+# Set on the serving processes only (the slots and nginx): the serve dir they belong to. How a
+# leftover is recognised as ours, and what `make demo-stop`'s sweep of task processes leaves alone.
+SERVING_MARKER_ENV = "CATSDOGS_SERVING_OF"
 
 NGINX_CONF = """\
 # written by catsdogs.deployment.targets.local: live slot {slot} (v{version})
@@ -237,7 +239,7 @@ class LocalTarget:
         ours = group in recorded or pid in recorded
         if not ours:
             with contextlib.suppress(psutil.Error):
-                ours = process.environ().get(SLOT_MARKER_ENV) == str(self.run_dir)
+                ours = process.environ().get(SERVING_MARKER_ENV) == str(self.run_dir)
         if not ours and "nginx" in command and str(self.run_dir) in command:
             ours = True   # our nginx, its pid file lost
         if not ours and "bentoservice.service:CatsDogs" in command:
@@ -339,7 +341,7 @@ class LocalTarget:
 
     def _start_slot(self, port: int, model_tag: str, slot: str) -> subprocess.Popen:
         env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag,
-               SLOT_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
+               SERVING_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
             [str(PROJECT_DIR / "include"), str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")])}
         bentoml_bin = Path(sys.executable).parent / "bentoml"
         log_file = (self.run_dir / f"bento-{slot}.log").open("ab")
@@ -364,7 +366,8 @@ class LocalTarget:
         binary = self._nginx_binary()
         conf = self.run_dir / "nginx.conf"
         done = subprocess.run([binary, "-c", str(conf), "-p", str(self.run_dir), *args],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, SERVING_MARKER_ENV: str(self.run_dir)})
         if done.returncode != 0:
             raise UserError(f"nginx {' '.join(args) or 'start'} failed: {done.stderr.strip()}")
 

@@ -1,0 +1,192 @@
+"""The fresh-machine check: the README's `make demo` on a bare Debian 12, as a new user runs it.
+
+A container of the project's own bare Debian root file system (debootstrap minbase, built by
+`scripts/docker-base-images.sh debian`) with only the README's prerequisites (python3.11, make:
+tests/e2e/fresh-machine.Dockerfile) gets a clean clone of this checkout's HEAD. In it:
+
+1. `make demo` (small settings) must end with the champion answering a real request;
+2. `make demo-stop`, then a second `make demo` whose deploy task is killed with SIGKILL once it has
+   started its slot (task retries off, so the run fails there, leaving that slot behind);
+3. a third `make demo` must recover by itself (the leftover slot is ours: replaced) and answer;
+4. `make demo-stop` must leave no process of the demo running in the container.
+
+Nothing is installed in the container by hand: the Debian packages, the venv and the weights come
+from `make demo`. What it shares with this machine is only this kind of machine's package set-up,
+mounted read-only: pip's configuration and local package mirrors (`/etc/pip.conf`, `/opt/wheels`,
+`/opt/pypi*`, where they exist) and the CA bundle for the network's TLS proxy. Host networking, on
+ports chosen free here. About 15 minutes on 2 cores (the venv is most of it); CATSDOGS_E2E=0 or
+CATSDOGS_FRESH_MACHINE=0 skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+pytestmark = [pytest.mark.docker,
+              pytest.mark.skipif(os.environ.get("CATSDOGS_FRESH_MACHINE", "1") == "0",
+                                 reason="CATSDOGS_FRESH_MACHINE=0: the fresh-machine check is off")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+IMAGE = "catsdogs-fresh-machine:bookworm"
+SRC = "/src/catsdogs"
+# this kind of machine's package set-up, shared read-only when it exists (see the docstring)
+MACHINE_SETUP = ("/etc/pip.conf", "/etc/xdg/pip", "/opt/wheels", "/opt/pypi", "/opt/pypi-more")
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+# the processes left in the container after `make demo-stop`: lines of `pid command`
+LEFT = r"""
+import os, psutil
+me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+for p in psutil.process_iter(["pid", "cmdline", "status"]):
+    if p.pid != 1 and p.pid not in me and p.info["status"] != psutil.STATUS_ZOMBIE:
+        print(p.pid, " ".join(p.info["cmdline"] or [])[:200])
+"""
+# SIGKILL the deploy task's `catsdogs deploy` once its slot process is recorded (started)
+KILL_DEPLOY = r"""
+import json, pathlib, sys, time, psutil
+slot = pathlib.Path(sys.argv[1])
+deadline = time.time() + 1500
+while not any(slot.glob("*.json")):
+    if time.time() > deadline:
+        sys.exit("the deploy never started a slot")
+    time.sleep(0.2)
+killed = []
+for p in psutil.process_iter(["cmdline"]):
+    argv = p.info["cmdline"] or []
+    if any(a.rsplit("/", 1)[-1] == "catsdogs" and b == "deploy" for a, b in zip(argv, argv[1:])):
+        p.kill()   # the Bash task's `catsdogs deploy` (python .venv/bin/catsdogs deploy ...)
+        killed.append(p.pid)
+print(json.dumps({"killed": killed, "slots": [f.name for f in slot.glob("*.json")]}))
+"""
+
+
+def sh(argv: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv[:8])} exited {done.returncode}:\n"
+                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+class Machine:
+    """The running container: `make TARGET` in the clone, anything else by `docker exec`."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.env, self.log_dir = name, env, log_dir
+        self.timings: dict[str, float] = {}
+
+    def exec(self, command: str, timeout: float, env: dict[str, str] | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+        flags = [f"--env={k}={v}" for k, v in {**self.env, **(env or {})}.items()]
+        return sh(["docker", "exec", "-w", SRC, *flags, self.name, "bash", "-c", command],
+                  timeout, check)
+
+    def make(self, step: str, target: str, timeout: float, env: dict[str, str] | None = None,
+             ) -> tuple[int, str]:
+        """`make TARGET` in the container; (exit status, its output's tail), output kept in
+        `<log dir>/<step>.log`."""
+        started = time.monotonic()
+        done = self.exec(f"make {target} > /tmp/{step}.log 2>&1; echo $?", timeout, env)
+        self.timings[step] = round(time.monotonic() - started, 1)
+        status = int(done.stdout.strip().splitlines()[-1])
+        log = self.exec(f"cat /tmp/{step}.log", 60).stdout
+        (self.log_dir / f"{step}.log").write_text(log)
+        return status, log[-4000:]
+
+    def python(self, code: str, *args: str, timeout: float = 120) -> str:
+        quoted = " ".join(shlex.quote(a) for a in args)
+        return self.exec(f".venv/bin/python -c {shlex.quote(code)} {quoted}", timeout).stdout
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iterator[Machine]:
+    sh(["bash", "scripts/docker-engine.sh"], 600)
+    debian = sh(["bash", "scripts/docker-base-images.sh", "debian"], 900).stdout.split("=", 1)[1]
+    sh(["docker", "build", "--network", "host", "--build-arg", f"DEBIAN_IMAGE={debian.strip()}",
+        "-t", IMAGE, "-f", str(HERE / "fresh-machine.Dockerfile"), str(HERE)], 900)
+    clone = tmp_path_factory.mktemp("fresh") / "catsdogs"
+    sh(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(clone)], 300)
+    name = f"catsdogs-fresh-{uuid.uuid4().hex[:8]}"
+    mounts = [f"--volume={clone}:{SRC}"]
+    mounts += [f"--volume={p}:{p}:ro" for p in MACHINE_SETUP if os.path.exists(p)]
+    env = {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
+    if os.path.exists(HOST_CA):
+        mounts.append(f"--volume={HOST_CA}:/host-ca/ca-certificates.crt:ro")
+        env.update(PIP_CERT="/host-ca/ca-certificates.crt",
+                   SSL_CERT_FILE="/host-ca/ca-certificates.crt",
+                   REQUESTS_CA_BUNDLE="/host-ca/ca-certificates.crt")
+    ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "BENTO_PORT": free_port()}
+    env.update({k: str(v) for k, v in ports.items()},
+               CATSDOGS_BENTO_SLOT_PORTS=f"{free_port()},{free_port()}",
+               DEMO_IMAGE_SIZE="96", DEMO_EPOCHS="1", BENTOML_DO_NOT_TRACK="true")
+    sh(["docker", "run", "-d", "--name", name, "--network", "host", "--shm-size", "1g",
+        *mounts, IMAGE, "sleep", "infinity"], 120)
+    log_dir = artifacts_dir / "fresh-machine"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield Machine(name, env, log_dir)
+    finally:
+        sh(["docker", "rm", "-f", name], 120, check=False)
+        # the clone holds root-owned files written in the container: remove them from there
+        sh(["docker", "run", "--rm", f"--volume={clone.parent}:/x", IMAGE, "rm", "-rf",
+            "/x/catsdogs"], 300, check=False)
+
+
+def answer(port: str) -> dict:
+    """A real request to the demo's public endpoint: a generated picture's prediction."""
+    import io
+
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGB", (96, 96), (200, 120, 40)).save(picture, "PNG")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=picture.getvalue(),
+                                     headers={"Content-Type": "image/png"}, method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_make_demo_on_a_fresh_machine_recovers_from_a_killed_deploy(
+        machine: Machine, artifacts_dir: Path) -> None:
+    port = machine.env["BENTO_PORT"]
+    status, tail = machine.make("1-demo", "demo", 3000)
+    assert status == 0, tail
+    first = answer(port)
+    assert first["label"] in ("cat", "dog"), first
+
+    status, tail = machine.make("2-demo-stop", "demo-stop", 300)
+    assert status == 0, tail
+    slots = f"{SRC}/.demo/data/serving/slots"
+    killer = subprocess.Popen(
+        ["docker", "exec", "-w", SRC, machine.name, ".venv/bin/python", "-c", KILL_DEPLOY, slots],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status, tail = machine.make("3-demo-killed", "demo", 3000, env={"CATSDOGS_TASK_RETRIES": "0"})
+    killed = killer.communicate(timeout=120)
+    assert killer.returncode == 0 and json.loads(killed[0])["killed"], killed
+    assert status != 0 and "deploy" in tail, tail   # the run failed at its killed deploy
+
+    status, tail = machine.make("4-demo-again", "demo", 3000)
+    assert status == 0, tail
+    second = answer(port)
+    assert second["label"] in ("cat", "dog"), second
+
+    status, tail = machine.make("5-demo-stop", "demo-stop", 300)
+    assert status == 0, tail
+    left = machine.python(LEFT).strip()
+    assert left == "", f"processes of the demo still running after make demo-stop:\n{left}"
+    (artifacts_dir / "fresh-machine" / "timings.json").write_text(json.dumps(
+        {"seconds": machine.timings, "killed": json.loads(killed[0]),
+         "answers": [first, second]}, indent=2))
