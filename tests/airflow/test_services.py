@@ -20,11 +20,23 @@ STAGES = ("ingest", "validate", "prepare", "transform", "train", "promote", "dep
 
 @pytest.fixture
 def services(airflow_services: AirflowServices) -> AirflowServices:
-    """The session's services with the DAG parsed and unpaused (new DAGs start paused)."""
-    dag = airflow_services.wait_for_dag(DAG_ID)
-    if dag["is_paused"]:
-        airflow_services.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    """The session's services with the DAG parsed (active from its first appearance)."""
+    airflow_services.wait_for_dag(DAG_ID)
     return airflow_services
+
+
+def test_project_dags_are_active_when_they_first_appear(airflow_services: AirflowServices) -> None:
+    """No toggle to find: the rollback DAG runs when triggered from the UI, the hourly drift
+    check and the nightly run are scheduled, from the DAGs' first parse (nothing unpauses the
+    rollback DAG anywhere in the tests)."""
+    from catsdogs.orchestration.stage_table import (
+        MONITORING_DAG_ID,
+        ROLLBACK_DAG_ID,
+        TRAINING_DAG_ID,
+    )
+
+    for dag_id in (ROLLBACK_DAG_ID, MONITORING_DAG_ID, TRAINING_DAG_ID):
+        assert airflow_services.wait_for_dag(dag_id)["is_paused"] is False, dag_id
 
 
 def _versions(tracking_uri: str) -> int:

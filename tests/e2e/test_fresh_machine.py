@@ -34,7 +34,7 @@ import pytest
 
 from tests.servers import free_port
 
-pytestmark = [pytest.mark.docker,
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600),
               pytest.mark.skipif(os.environ.get("CATSDOGS_FRESH_MACHINE", "1") == "0",
                                  reason="CATSDOGS_FRESH_MACHINE=0: the fresh-machine check is off")]
 
@@ -164,6 +164,10 @@ def test_make_demo_on_a_fresh_machine_recovers_from_a_killed_deploy(
     port = machine.env["BENTO_PORT"]
     status, tail = machine.make("1-demo", "demo", 3000)
     assert status == 0, tail
+    log = (machine.log_dir / "1-demo.log").read_text()
+    installed = log.find("installing Debian packages for 'make demo'")   # before the venv's work
+    assert 0 <= installed < log.find("python3.11 -m venv"), log[:3000]
+    assert "nginx-light" in log[installed:installed + 200], log[installed:installed + 200]
     first = answer(port)
     assert first["label"] in ("cat", "dog"), first
 
