@@ -63,3 +63,34 @@ def test_demo_summary_of_a_run_that_changed_nothing() -> None:
                     "message": "CatsDogsCNN v3 is already the champion"}}}
     lines = summary_lines(record, "admin / pw", "m", "s", None)
     assert "Promotion   : up to date: CatsDogsCNN v3 is already the champion" in lines
+
+
+def test_sweep_stops_task_processes_only(tmp_path: Path) -> None:
+    """`make demo-stop`'s sweep: a task process of the demo's Airflow home (its own session, as
+    Bash tasks run) is stopped; a shell that sourced env.sh, a serving slot and another home's
+    task are left alone."""
+    import os
+
+    from catsdogs.deployment.targets.local import SERVING_MARKER_ENV
+    from catsdogs.orchestration.local_airflow import sweep
+
+    home = tmp_path / "airflow"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    kinds = {
+        "task": {"AIRFLOW_HOME": str(home), "AIRFLOW_CTX_DAG_ID": "catsdogs_training"},
+        "shell": {"AIRFLOW_HOME": str(home)},
+        "slot": {"AIRFLOW_HOME": str(home), "AIRFLOW_CTX_DAG_ID": "catsdogs_training",
+                 SERVING_MARKER_ENV: str(tmp_path / "serving")},
+        "other": {"AIRFLOW_HOME": str(tmp_path / "elsewhere"), "AIRFLOW_CTX_DAG_ID": "x"},
+    }
+    started = {kind: subprocess.Popen(["sleep", "300"], env={**base, **extra},
+                                      start_new_session=True) for kind, extra in kinds.items()}
+    try:
+        stopped = sweep(home, timeout=10)
+        assert [line.split()[0] for line in stopped] == [str(started["task"].pid)]
+        assert started["task"].poll() is not None   # (reaped by the sweep: it is our child here)
+        assert all(started[kind].poll() is None for kind in ("shell", "slot", "other"))
+    finally:
+        for process in started.values():
+            process.kill()
+            process.wait()

@@ -93,14 +93,17 @@ def environment(home: Path, data_dir: Path, mlflow_uri: str, *, host: str = "127
 
 
 def sweep(home: Path, timeout: float = 15.0) -> list[str]:
-    """SIGTERM every process whose environment has AIRFLOW_HOME=`home` (this process and its
-    ancestors aside, and the serving processes: they carry the local target's marker and stop
-    with `scripts/serve.sh stop`), SIGKILL those alive after `timeout` s. Their descriptions."""
+    """SIGTERM every Airflow task process of `home` (AIRFLOW_HOME=`home` and an AIRFLOW_CTX_DAG_ID
+    in its environment: a task's command and what it started; never a shell that merely sourced
+    the demo's env.sh), leaving aside this process, its ancestors and the serving processes (they
+    carry the local target's marker and stop with `scripts/serve.sh stop`); SIGKILL those alive
+    after `timeout` s. Returns their descriptions."""
     import psutil
 
     from catsdogs.deployment.targets.local import SERVING_MARKER_ENV
 
     spared = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
+    homes = {str(home), str(home.resolve())}
     found: list[psutil.Process] = []
     for process in psutil.process_iter():
         if process.pid in spared:
@@ -109,7 +112,8 @@ def sweep(home: Path, timeout: float = 15.0) -> list[str]:
             environ = process.environ()
         except psutil.Error:
             continue
-        if environ.get("AIRFLOW_HOME") == str(home) and SERVING_MARKER_ENV not in environ:
+        if environ.get("AIRFLOW_HOME") in homes and "AIRFLOW_CTX_DAG_ID" in environ \
+                and SERVING_MARKER_ENV not in environ:
             found.append(process)
     described = []
     for process in found:
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     swept.add_argument("--home", type=Path, required=True, help="AIRFLOW_HOME")
     args = parser.parse_args(argv)
     if args.command == "sweep":
-        for line in sweep(args.home.resolve()):
+        for line in sweep(args.home):
             print(f"stopped a leftover task process: {line}")
         return 0
     variables = environment(args.home, args.data_dir, args.mlflow_uri, host=args.host,
