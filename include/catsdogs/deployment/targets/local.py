@@ -20,8 +20,8 @@ Nothing is left behind, and nothing of ours is mistaken for a stranger:
   nginx back at the slot that was live (or stops nginx when none was);
 - a slot process left by an earlier deploy that was killed (SIGKILL cannot be caught) is ours when
   it is recorded in `slots/`, or carries this serve dir in its environment
-  ($CATSDOGS_SERVING_OF, set on the slots and nginx only), or is `bentoml serve bentoservice.service:CatsDogs` started from this
-  project: the next deploy replaces it. Any other process on a slot or public port is refused,
+  ($CATSDOGS_SERVING_OF, set on the slots and nginx only), or is the project's `bentoml serve`
+  started from this project: the next deploy replaces it. Any other process on a slot or public port is refused,
   named with its PID and command line. Processes and sockets are read with psutil (a BentoML
   dependency), not by parsing /proc by hand.
 """
