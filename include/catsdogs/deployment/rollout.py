@@ -66,10 +66,9 @@ def preflight(params: Params, paths: DataPaths, target: Target) -> list[tuple[Pa
     """Every precondition of a rollout, checked before any work and before traffic is touched:
     the target's own (`Target.preflight`: binaries, ports, engine) and the post-deploy check's
     labelled pictures. Returns those pictures; raises UserError (or Skipped) naming the problem."""
-    pictures = labelled_pictures(paths.split_dir("test"), params.deploy.check_images,
-                                 params.deploy.seed)
-    target.preflight()
-    return pictures
+    target.preflight()   # first: a target not available here is a skip, not an error
+    return labelled_pictures(paths.split_dir("test"), params.deploy.check_images,
+                             params.deploy.seed)
 
 
 def _check(params: Params, pictures: list[tuple[Path, str]], target: Target, client: Any,
