@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from catsdogs.deployment.targets import Release
+from catsdogs.deployment.release import Release
 from catsdogs.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
-from catsdogs.deployment.targets import Release, Skipped, http_status
+from catsdogs.deployment.release import Release, Skipped, http_status
 from catsdogs.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
-from catsdogs.deployment.targets import Release, http_status, wait_ready
+from catsdogs.deployment.release import Release, http_status, wait_ready
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 
