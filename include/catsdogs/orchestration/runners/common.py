@@ -30,7 +30,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 
 from catsdogs.config import ModelParams, Params, PromoteParams, load_params
 from catsdogs.deployment.release import SERVICE_ENV_PREFIX
-from catsdogs.errors import GateFailed
+from catsdogs.deployment.service_entry import project_dir
+from catsdogs.errors import GateFailed, UserError
 from catsdogs.orchestration.airflow_client import dag_run_url
 from catsdogs.orchestration.stage_table import Stage
 from catsdogs.summary import SUMMARY_FILE_ENV
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 KAGGLE_CONN_ID = os.environ.get("CATSDOGS_KAGGLE_CONN_ID", "kaggle_default")
 DEFAULT_SCHEDULE = "0 2 * * *"
-PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 # DAG param -> the params.yaml key it overrides (the UI form shows these; see dag_params()).
 PARAM_KEYS: dict[str, str] = {
@@ -83,10 +83,25 @@ def _env_flag(name: str, default: bool = False) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def checkout_dir() -> Path | None:
+    """The project's checkout when Airflow runs from one (`make demo`, the tests: the folder
+    holding the Bento service, `service_entry.project_dir`); None in the images, where
+    $CATSDOGS_PARAMS names the params file."""
+    try:
+        return project_dir()
+    except UserError:
+        return None
+
+
 def default_params() -> Params:
-    """The project's params.yaml (what a stage run without overrides would use)."""
-    path = Path(os.environ.get("CATSDOGS_PARAMS", PROJECT_DIR / "params.yaml"))
-    return load_params(path) if path.is_file() else Params()
+    """The project's params.yaml (what a stage run without overrides would use):
+    $CATSDOGS_PARAMS, else the checkout's; the defaults when there is none."""
+    if os.environ.get("CATSDOGS_PARAMS"):
+        path: Path | None = Path(os.environ["CATSDOGS_PARAMS"])
+    else:
+        checkout = checkout_dir()
+        path = checkout / "params.yaml" if checkout else None
+    return load_params(path) if path is not None and path.is_file() else Params()
 
 
 def dag_params() -> dict[str, Param]:

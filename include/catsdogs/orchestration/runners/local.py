@@ -19,9 +19,9 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from catsdogs.orchestration.runners.common import (
-    PROJECT_DIR,
     StageMixin,
     airflow_context_env,
+    checkout_dir,
     command_template,
     final_exit_codes,
     kaggle_credentials,
@@ -34,7 +34,8 @@ class StageBashOperator(StageMixin, BashOperator):
     """Local mode: `catsdogs <stage>` in the Airflow environment (the venv's bin on PATH)."""
 
     def __init__(self, *, stage: Stage, **kwargs: Any) -> None:
-        cwd = str(PROJECT_DIR) if (PROJECT_DIR / "params.yaml").is_file() else None
+        checkout = checkout_dir()
+        cwd = str(checkout) if checkout and (checkout / "params.yaml").is_file() else None
         super().__init__(bash_command=command_template(stage), append_env=True, cwd=cwd,
                          skip_on_exit_code=final_exit_codes(stage), **kwargs)
         self.stage_name = stage.name
