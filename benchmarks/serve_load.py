@@ -86,6 +86,7 @@ MAX_ISA = {"SSE41": "default", "AVX": "default", "AVX2": "avx2", "AVX2_VNNI": "a
            "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512",
            "AVX512_CORE_AMX": "avx512"}
 
+from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE  # noqa: E402
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
 
 
@@ -368,7 +369,7 @@ def server_command(name: str, port: int, model_dir: str, image_size: int
     """The command that starts server `name` on `port`, and its health path."""
     if name in ("bentoml", *LOGGING_SERVERS):
         return [str(Path(sys.executable).parent / "bentoml"), "serve",
-                "bentoservice.service:CatsDogs", "--host", "127.0.0.1", "--port", str(port)], \
+                SERVICE, "--host", "127.0.0.1", "--port", str(port)], \
             "/readyz"
     return [sys.executable, __file__, "--flask-baseline", model_dir, str(image_size),
             str(port)], "/health"
@@ -503,7 +504,7 @@ def main() -> int:
         print(f"benchmark model: {description}", flush=True)
         model_uri = register(env["MLFLOW_TRACKING_URI"], net, args.image_size, args.arch,
                              head_files)
-    subprocess.run([sys.executable, "-m", "bentoservice.import_model", "--model-uri", model_uri,
+    subprocess.run([sys.executable, "-m", IMPORT_MODEL, "--model-uri", model_uri,
                     "--calibration-dir", str(SAMPLE), "--calibration-images",
                     str(args.calibration_images), "--data-dir", str(work / "data")],
                    env=env, cwd=REPO_ROOT, check=True)

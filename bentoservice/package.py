@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from catsdogs.deployment.service_entry import SERVICE
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +63,10 @@ def build_wheel(out_dir: Path) -> Path:
 
 
 def write_bentofile(out_dir: Path, wheel: Path, base_image: str) -> Path:
-    """bentoservice/bentofile.yaml with `python.wheels` = [wheel] and `docker.base_image`."""
+    """bentoservice/bentofile.yaml with `python.wheels` = [wheel], `docker.base_image` and the
+    package's declared service (`catsdogs.deployment.service_entry.SERVICE`)."""
     config = yaml.safe_load(BENTOFILE.read_text())
+    config["service"] = SERVICE
     config.setdefault("python", {})["wheels"] = [wheel.relative_to(REPO_ROOT).as_posix()]
     config.setdefault("docker", {})["base_image"] = base_image
     target = out_dir / "bentofile.yaml"

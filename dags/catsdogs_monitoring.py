@@ -12,19 +12,14 @@ from typing import Any
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, task
 
-from catsdogs.orchestration.airflow_tasks import (
-    DEFAULT_ARGS,
-    TEMPLATE_FILTERS,
-    TEMPLATE_MACROS,
-    make_task,
-    runner,
-)
 from catsdogs.orchestration.monitoring import (
     DRIFT_ASSET,
     cooldown_hours,
     drift_event,
     monitor_schedule,
 )
+from catsdogs.orchestration.runners import make_task, runner
+from catsdogs.orchestration.runners.common import DEFAULT_ARGS, TEMPLATE_FILTERS, TEMPLATE_MACROS
 from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, STAGES
 
 MODE = runner()

@@ -3,20 +3,19 @@ given in the trigger form's `rollback_to`) and deploys it with the same rollout 
 check as the training DAG's `deploy` task (`catsdogs rollback [--to VERSION]`).
 
 Wiring only: the task comes from the stage table's `rollback` entry and
-`catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
+`catsdogs.orchestration.runners.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
 """
 
 from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from catsdogs.orchestration.airflow_tasks import (
+from catsdogs.orchestration.runners import make_task, runner
+from catsdogs.orchestration.runners.common import (
     DEFAULT_ARGS,
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
-    make_task,
     rollback_params,
-    runner,
 )
 from catsdogs.orchestration.stage_table import ROLLBACK_DAG_ID, ROLLBACK_STAGE
 

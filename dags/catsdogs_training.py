@@ -2,7 +2,7 @@
 nightly or on drift.
 
 Wiring only: the stages come from `catsdogs.orchestration.stage_table.PIPELINE`, the tasks from
-`catsdogs.orchestration.airflow_tasks.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
+`catsdogs.orchestration.runners.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, chain
 
-from catsdogs.orchestration.airflow_tasks import (
+from catsdogs.orchestration.monitoring import DRIFT_ASSET, retrain_on_drift
+from catsdogs.orchestration.runners import make_task, runner
+from catsdogs.orchestration.runners.common import (
     DEFAULT_ARGS,
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
     dag_params,
-    make_task,
-    runner,
     schedule,
 )
-from catsdogs.orchestration.monitoring import DRIFT_ASSET, retrain_on_drift
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 
 MODE = runner()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from catsdogs.orchestration.airflow_tasks import MlflowRunLink
+from catsdogs.orchestration.runners.common import MlflowRunLink
 
 
 class CatsDogsPlugin(AirflowPlugin):

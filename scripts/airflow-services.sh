@@ -65,11 +65,13 @@ port_free() {
 
 write_env() {
   # The environment every Airflow process (and the demo) shares, from the Python module that the
-  # tests' services use too; secrets are generated once into the Airflow home (mode 0600).
+  # tests' services use too (demo/local_airflow.py: tooling, not in the installed package);
+  # secrets are generated once into the Airflow home (mode 0600).
   mkdir -p "$DEMO_DIR/data" "$DEMO_DIR/mlflow" "$PIDS" "$LOGS"
   # env.sh holds the JWT and API secrets: readable by this user only.
   (umask 077; rm -f "$DEMO_DIR/env.sh"
-   "$BIN/python" -m catsdogs.orchestration.local_airflow env --home "$DEMO_DIR/airflow" \
+   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -m demo.local_airflow env \
+     --home "$DEMO_DIR/airflow" \
      --data-dir "$DEMO_DIR/data" --mlflow-uri "http://$HOST:$MLFLOW_PORT" --host "$HOST" \
      --port "$AIRFLOW_PORT" --venv-bin "$BIN" >"$DEMO_DIR/env.sh")
   # shellcheck disable=SC1091
@@ -108,7 +110,8 @@ stop() {
   for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do stop_one "${SERVICES[i]}"; done
   # task processes run in sessions of their own: stop those left (the serving slots stay)
   if [[ -x "$BIN/python" ]]; then
-    "$BIN/python" -m catsdogs.orchestration.local_airflow sweep --home "$DEMO_DIR/airflow"
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -m demo.local_airflow sweep \
+      --home "$DEMO_DIR/airflow"
   fi
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline through real services on this host (no Docker):
 #   1. an MLflow server (SQLite) and Airflow 3 (local mode, embedded SQLite): scripts/airflow-services.sh
-#   2. `python -m catsdogs.orchestration.demo run`: data (Kaggle when credentials exist, else a
+#   2. `python -m demo.steps run`: data (Kaggle when credentials exist, else a
 #      generated stand-in set, said loudly; DEMO_SOURCE=dir:PATH|archive:PATH|kaggle:OWNER/DATASET
 #      picks one), then the catsdogs_training DAG triggered through the REST API v2 and followed
 #   3. the champion served: the run's deploy task already rolled it out behind a local nginx
@@ -25,10 +25,11 @@ bash "$ROOT/scripts/airflow-services.sh" start
 # shellcheck disable=SC1091
 . "$DEMO_DIR/env.sh"
 
-# --- 2. the data, then the run through the REST API (catsdogs/orchestration/demo.py) ------------
-"$PY" -m catsdogs.orchestration.demo run --demo-dir "$DEMO_DIR"
+# --- 2. the data, then the run through the REST API (demo/steps.py) ------------------------------
+# (the tooling in demo/ is not part of the installed package: found through PYTHONPATH)
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m demo.steps run --demo-dir "$DEMO_DIR"
 
 # --- 3. serve the champion, then say where everything is ----------------------------------------
 say "serving the champion (scripts/serve.sh: the deploy task's rollout, or nothing to do)"
 MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI" bash "$ROOT/scripts/serve.sh"
-"$PY" -m catsdogs.orchestration.demo summary --demo-dir "$DEMO_DIR"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m demo.steps summary --demo-dir "$DEMO_DIR"

@@ -1,5 +1,5 @@
 """Real Airflow for the tests: the local stack's environment
-(`catsdogs.orchestration.local_airflow`, the one `make demo` uses), `airflow db migrate`, the four
+(`demo.local_airflow`, the one `make demo` uses), `airflow db migrate`, the four
 service processes, and the project's REST API v2 client (`catsdogs.orchestration.airflow_client`)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
-from catsdogs.orchestration.local_airflow import ADMIN, environment
+from demo.local_airflow import ADMIN, environment
 from tests.servers import free_port, start_process, stop_process, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,17 +9,17 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 from airflow.sdk.definitions.param import ParamValidationError
 
 from catsdogs.config import load_params
-from catsdogs.orchestration.airflow_tasks import (
+from catsdogs.orchestration.monitoring import DRIFT_ASSET
+from catsdogs.orchestration.runners import runner
+from catsdogs.orchestration.runners.common import (
     DEFAULT_SCHEDULE,
     MlflowRunLink,
-    StageBashOperator,
-    StageDockerOperator,
     kaggle_credentials,
     overrides_from_params,
-    runner,
 )
-from catsdogs.orchestration.kubernetes_pods import StageKubernetesPodOperator
-from catsdogs.orchestration.monitoring import DRIFT_ASSET
+from catsdogs.orchestration.runners.docker import StageDockerOperator
+from catsdogs.orchestration.runners.kubernetes import StageKubernetesPodOperator
+from catsdogs.orchestration.runners.local import StageBashOperator
 from catsdogs.orchestration.stage_table import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
@@ -232,7 +232,7 @@ def test_train_has_the_mlflow_run_link(parse_dag, monkeypatch, runner: str) -> N
 
 @pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
 def test_rollback_dag_takes_the_version_from_its_trigger_form(parse_dag, runner: str) -> None:
-    from catsdogs.orchestration.airflow_tasks import command_template
+    from catsdogs.orchestration.runners.common import command_template
     from catsdogs.orchestration.stage_table import ROLLBACK_DAG_ID, ROLLBACK_STAGE
 
     dag = parse_dag(runner, dag_id=ROLLBACK_DAG_ID)

@@ -79,7 +79,7 @@ def any_image() -> str:
 def test_a_retry_removes_the_containers_its_earlier_tries_left(any_image: str) -> None:
     """A try whose Celery worker was stopped leaves its stage container on the engine; the next
     try of the same task instance removes it (running or exited), and nothing else."""
-    from catsdogs.orchestration.airflow_tasks import (
+    from catsdogs.orchestration.runners.docker import (
         StageDockerOperator,
         docker_settings,
         stage_labels,

@@ -27,8 +27,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from kubernetes.client import ApiClient
 
 from catsdogs.config import load_params
-from catsdogs.orchestration.airflow_tasks import MlflowRunLink, command_template
-from catsdogs.orchestration.kubernetes_pods import (
+from catsdogs.orchestration.runners.common import MlflowRunLink, command_template
+from catsdogs.orchestration.runners.kubernetes import (
     POD_SUMMARY_FILE,
     StageKubernetesPodOperator,
     cpu_threads,

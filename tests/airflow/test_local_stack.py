@@ -9,16 +9,18 @@ import sys
 from pathlib import Path
 
 from catsdogs.data.provenance import Provenance
-from catsdogs.orchestration.demo import summary_lines
-from catsdogs.orchestration.local_airflow import admin_password, environment
+from demo.local_airflow import admin_password, environment
+from demo.steps import summary_lines
+from tests.airflow.harness import REPO_ROOT
 
 
 def test_env_for_the_shell_sources_and_keeps_secrets_private(tmp_path: Path) -> None:
     home = tmp_path / "airflow home"          # a space: the shell lines must be quoted
-    argv = [sys.executable, "-m", "catsdogs.orchestration.local_airflow", "env", "--home",
+    argv = [sys.executable, "-m", "demo.local_airflow", "env", "--home",
             str(home), "--data-dir", str(tmp_path / "data"), "--mlflow-uri",
             "http://127.0.0.1:5999", "--port", "18080"]
-    printed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(argv, capture_output=True, text=True, check=True,
+                             cwd=REPO_ROOT).stdout
     shell = subprocess.run(["bash", "-c", f"{printed}\necho \"$AIRFLOW_HOME|$CATSDOGS_RUNNER|"
                             "$AIRFLOW__CORE__EXECUTION_API_SERVER_URL|$AIRFLOW_URL\""],
                            capture_output=True, text=True, check=True).stdout.strip()
@@ -72,7 +74,7 @@ def test_sweep_stops_task_processes_only(tmp_path: Path) -> None:
     import os
 
     from catsdogs.deployment.targets.local import SERVING_MARKER_ENV
-    from catsdogs.orchestration.local_airflow import sweep
+    from demo.local_airflow import sweep
 
     home = tmp_path / "airflow"
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}

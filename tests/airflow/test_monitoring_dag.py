@@ -10,13 +10,11 @@ import pytest
 from airflow.sdk import CronTriggerTimetable
 from airflow.sdk.exceptions import AirflowSkipException
 
-from catsdogs.orchestration.airflow_tasks import (
-    StageBashOperator,
-    StageDockerOperator,
-    overrides_from_params,
-)
-from catsdogs.orchestration.kubernetes_pods import StageKubernetesPodOperator
 from catsdogs.orchestration.monitoring import DRIFT_ASSET, drift_event
+from catsdogs.orchestration.runners.common import overrides_from_params
+from catsdogs.orchestration.runners.docker import StageDockerOperator
+from catsdogs.orchestration.runners.kubernetes import StageKubernetesPodOperator
+from catsdogs.orchestration.runners.local import StageBashOperator
 from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, PIPELINE, STAGES
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)

@@ -138,7 +138,7 @@ def test_second_run_reports_every_stage_up_to_date(
         services: AirflowServices, tiny_conf: dict[str, Any],
         caplog: pytest.LogCaptureFixture) -> None:
     """The same data and params again: every stage skips, and the demo's follower says so."""
-    from catsdogs.orchestration.demo import trigger_and_follow
+    from demo.steps import trigger_and_follow
 
     with caplog.at_level(logging.INFO, logger="demo"):
         record = trigger_and_follow(services.client, tiny_conf, "admin / admin", timeout=420)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from catsdogs.config import load_params
+from catsdogs.deployment.release import Release, Skipped
 from catsdogs.deployment.rollout import deploy_champion
-from catsdogs.deployment.targets import Release, Skipped
 from catsdogs.deployment.targets.kubernetes import KubernetesTarget, helm_upgrade_command
 from catsdogs.paths import DataPaths
 from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, REPO_ROOT, run_helm

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE
 from tests.servers import free_port, open_local, start_process, stop_process, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,14 +68,14 @@ def serve_tiny(mlflow_server: str, workdir: Path, model_name: str = MODEL_NAME,
     assert registered.returncode == 0, registered.stderr[-3000:]
     version = registered.stdout.strip().splitlines()[-1]
     imported = subprocess.run(
-        [sys.executable, "-m", "bentoservice.import_model", "--model-uri",
+        [sys.executable, "-m", IMPORT_MODEL, "--model-uri",
          f"models:/{model_name}@champion", *import_args, "--data-dir", str(workdir / "data")],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert imported.returncode == 0, imported.stderr[-3000:]
     port = free_port()
     log_file = workdir / "serve.log"
     process = start_process(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", "bentoservice.service:CatsDogs",
+        [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE,
          "--host", "127.0.0.1", "--port", str(port)], log_file, env=env, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

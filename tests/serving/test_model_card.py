@@ -14,6 +14,7 @@ import requests
 from mlflow import MlflowClient
 
 from bentoservice.web import CARD_FILE
+from catsdogs.deployment.service_entry import IMPORT_MODEL
 from tests.browser import chromium_page
 from tests.serving.conftest import MODEL_NAME, REPO_ROOT, BentoServer
 
@@ -70,7 +71,7 @@ def test_reimport_brings_the_stored_card_up_to_date(bento_server: BentoServer,
     env = {**os.environ, "BENTOML_HOME": str(bento_server.log_file.parent / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "true",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
-    argv = [sys.executable, "-m", "bentoservice.import_model", "--model-uri",
+    argv = [sys.executable, "-m", IMPORT_MODEL, "--model-uri",
             f"models:/{MODEL_NAME}@champion", "--calibration-images", "0",
             "--data-dir", str(bento_server.log_file.parent / "data")]
     first = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True,

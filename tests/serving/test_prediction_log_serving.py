@@ -18,6 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
+from catsdogs.deployment.service_entry import SERVICE
 from catsdogs.monitoring.prediction_log import read_predictions
 from tests.servers import free_port, start_process, stop_process, wait_http
 from tests.serving.conftest import REPO_ROOT, BentoServer
@@ -114,7 +115,7 @@ def broken_store_server(bento_server: BentoServer, tmp_path_factory: pytest.Temp
     port = free_port()
     log_file = workdir / "serve.log"
     process = start_process(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", "bentoservice.service:CatsDogs",
+        [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE,
          "--host", "127.0.0.1", "--port", str(port)], log_file, env=env, cwd=REPO_ROOT)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, process=process,

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from catsdogs.deployment.targets import Release
+from catsdogs.deployment.release import Release
+from catsdogs.deployment.service_entry import IMPORT_MODEL
 from catsdogs.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def import_command(release: Release) -> list[str]:
     """The import container's command: import into a scratch Bento home, move the model into the
     image's store, print the import summary (JSON, with the Bento `tag`) last."""
     script = (
-        f"set -e; BENTOML_HOME={IMPORT_HOME} python -m bentoservice.import_model "
+        f"set -e; BENTOML_HOME={IMPORT_HOME} python -m {IMPORT_MODEL} "
         f"--model-uri {release.model_uri} --data-dir /data --calibration-images 200 --json "
         f"> {IMPORT_HOME}.json; mkdir -p \"$BENTOML_HOME/models\"; "
         f"cp -r {IMPORT_HOME}/models/. \"$BENTOML_HOME/models/\"; rm -rf {IMPORT_HOME}; "

@@ -33,7 +33,7 @@ from catsdogs.deployment.history import (
     DEPLOY_TIME_TAG,
     refresh_cards,
 )
-from catsdogs.deployment.targets import Release, Skipped, Target
+from catsdogs.deployment.release import Release, Skipped, Target
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.summary import Summary

@@ -1,8 +1,8 @@
 """A small client for Airflow 3's REST API v2 (token auth): log in, wait for a DAG, unpause,
 trigger with `conf`, follow a run task by task, read task summaries from XCom.
 
-One client for `make demo` (`catsdogs.orchestration.demo`), the tests' real Airflow services and
-the compose end-to-end test. Standard library only (urllib), so it runs anywhere the package does;
+One client for `make demo` (`demo.steps`), the tests' real Airflow services and the compose
+end-to-end test; the runners use `dag_run_url` for the MLflow run's link back to its DAG run. Standard library only (urllib), so it runs anywhere the package does;
 loopback servers are reached without the environment's proxy.
 """
 

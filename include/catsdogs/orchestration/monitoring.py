@@ -23,7 +23,7 @@ from typing import Any
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowSkipException
 
-from catsdogs.orchestration.airflow_tasks import default_params
+from catsdogs.orchestration.runners.common import default_params
 
 log = logging.getLogger(__name__)
 

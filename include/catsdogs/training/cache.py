@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +26,12 @@ import torch
 from catsdogs.console import Progress
 from catsdogs.paths import DataPaths
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
+from catsdogs.training.loading import TensorSplit, list_images
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "uint8-nchw/v1"  # part of the stamp: bump when the cached bytes change meaning
 PIXELS_FILE, LABELS_FILE = "pixels.u8", "labels.npy"
-
-
-@dataclass(frozen=True)
-class TensorSplit:
-    """A decoded split: `pixels` N,3,S,S uint8 (memory-mapped, copy-on-write), `labels` N int64."""
-
-    pixels: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def file_hashes(items: Sequence[tuple[Path, int]], root: Path) -> list[tuple[str, str, int]]:
@@ -60,8 +49,6 @@ def load_split(paths: DataPaths, split: str, image_size: int) -> TensorSplit:
     Raises UserError (from `list_images`) when the split folder holds no images, and
     `ImageRejected` naming the file when a picture does not decode.
     """
-    from catsdogs.training.loading import list_images
-
     items = list_images(paths.split_dir(split))
     stamp = fingerprint(CACHE_FORMAT, image_size, file_hashes(items, paths.transformed))
     folder = cache_dir(paths, split, image_size)

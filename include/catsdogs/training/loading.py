@@ -1,5 +1,6 @@
 """Image folders (`<dir>/{cat,dog}/*`) as seeded, reproducible PyTorch data loaders, and
-`TensorBatches`: batches straight from a split's uint8 tensor cache (`catsdogs.training.cache`),
+`TensorBatches`: batches straight from a split's uint8 tensors (`TensorSplit`, which
+`catsdogs.training.cache` builds and memory-maps),
 augmented on tensors in the main process (measured in benchmarks/train_speed.py: the loader
 needs well under 10% of a CPU training step, so worker processes would only compete with the
 network for the cores)."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 from catsdogs.config import CLASSES
 from catsdogs.data.images import decode_image
 from catsdogs.errors import UserError
-from catsdogs.training.cache import TensorSplit
 from catsdogs.training.model import normalize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -35,6 +36,17 @@ def list_images(folder: Path) -> list[tuple[Path, int]]:
         raise UserError(f"{folder}: no images found; expected class sub-folders "
                         f"{', '.join(f'{c}/' for c in CLASSES)} holding .jpg/.jpeg/.png files")
     return items
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """A decoded split: `pixels` N,3,S,S uint8 (memory-mapped, copy-on-write), `labels` N int64."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 class ImageFolderDataset(Dataset):

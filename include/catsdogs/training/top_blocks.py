@@ -35,8 +35,7 @@ from torch import nn
 
 from catsdogs.config import TrainParams
 from catsdogs.console import Progress
-from catsdogs.training.cache import TensorSplit
-from catsdogs.training.loading import TensorBatches, batch_bounds
+from catsdogs.training.loading import TensorBatches, TensorSplit, batch_bounds
 from catsdogs.training.loop import FitResult, uses_channels_last
 from catsdogs.training.metrics import classification_metrics
 from catsdogs.training.model import autocast

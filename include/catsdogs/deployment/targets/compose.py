@@ -30,7 +30,7 @@ from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.deployment.images import model_image
-from catsdogs.deployment.targets import (
+from catsdogs.deployment.release import (
     SERVICE_ENV_PREFIX,
     Release,
     Skipped,
@@ -52,7 +52,7 @@ add_header {header} {color} always;
 """
 _ROUTE_RE = re.compile(r"^# catsdogs: color=(\S+) version=(\S+)", re.MULTILINE)
 # Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
-# docker runner hands them to the deploy container privately (airflow_tasks.service_environment).
+# docker runner hands them to the deploy container privately (runners.docker.service_environment).
 
 
 def route(color: str, version: str) -> str:

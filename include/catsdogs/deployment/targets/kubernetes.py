@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
-from catsdogs.deployment.targets import Release, Skipped, http_status
+from catsdogs.deployment.release import Release, Skipped, http_status
+from catsdogs.deployment.service_entry import project_dir
 from catsdogs.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHART_DIR = Path(__file__).resolve().parents[4] / "helm" / "catsdogs"
+# The chart, in the project's checkout (`service_entry.project_dir`) unless $CATSDOGS_KUBE_CHART.
+CHART = Path("helm") / "catsdogs"
 
 
 def helm_upgrade_command(helm: str, release: str, chart: str, namespace: str,
@@ -47,7 +49,7 @@ def helm_upgrade_command(helm: str, release: str, chart: str, namespace: str,
 class KubernetesTarget:
     release: str = "catsdogs"
     namespace: str = "catsdogs"
-    chart: str = str(CHART_DIR)
+    chart: str = ""   # empty: the checkout's CHART (resolved when deploying)
     repository: str = "registry.example.com/catsdogs"
     tag_template: str = "v{version}"
     service_url: str = ""
@@ -61,7 +63,7 @@ class KubernetesTarget:
         env = os.environ
         return cls(release=env.get("CATSDOGS_KUBE_RELEASE", "catsdogs"),
                    namespace=env.get("CATSDOGS_KUBE_NAMESPACE", "catsdogs"),
-                   chart=env.get("CATSDOGS_KUBE_CHART", str(CHART_DIR)),
+                   chart=env.get("CATSDOGS_KUBE_CHART", ""),
                    repository=env.get("CATSDOGS_KUBE_IMAGE_REPOSITORY",
                                       "registry.example.com/catsdogs"),
                    tag_template=env.get("CATSDOGS_KUBE_IMAGE_TAG", "v{version}"),
@@ -122,7 +124,8 @@ class KubernetesTarget:
     def deploy(self, release: Release) -> dict[str, Any]:
         context, helm = self.preflight()
         tag = self.tag_template.format(version=release.version)
-        argv = helm_upgrade_command(helm, self.release, self.chart, self.namespace,
+        chart = self.chart or str(project_dir() / CHART)
+        argv = helm_upgrade_command(helm, self.release, chart, self.namespace,
                                     self.repository, tag, self.timeout)
         started = time.monotonic()
         log.info("kubernetes (%s): %s", context, " ".join(argv))

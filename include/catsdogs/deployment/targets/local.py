@@ -20,8 +20,9 @@ Nothing is left behind, and nothing of ours is mistaken for a stranger:
   nginx back at the slot that was live (or stops nginx when none was);
 - a slot process left by an earlier deploy that was killed (SIGKILL cannot be caught) is ours when
   it is recorded in `slots/`, or carries this serve dir in its environment
-  ($CATSDOGS_SERVING_OF, set on the slots and nginx only), or is the project's `bentoml serve`
-  started from this project: the next deploy replaces it. Any other process on a slot or public port is refused,
+  ($CATSDOGS_SERVING_OF, set on the slots and nginx only), or is `bentoml serve` of the service
+  (`service_entry.SERVICE`) started from this project: the next deploy replaces it. Any other
+  process on a slot or public port is refused,
   named with its PID and command line. Processes and sockets are read with psutil (a BentoML
   dependency), not by parsing /proc by hand.
 """
@@ -43,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
-from catsdogs.deployment.targets import Release, http_status, wait_ready
+from catsdogs.deployment.release import Release, http_status, wait_ready
+from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE, project_dir
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 
 log = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(os.environ.get("CATSDOGS_PROJECT_DIR") or Path(__file__).resolve().parents[4])
 SLOT_HEADER = "X-Catsdogs-Slot"
 # Set on the serving processes only (the slots and nginx): the serve dir they belong to. How a
 # leftover is recognised as ours, and what `make demo-stop`'s sweep of task processes leaves alone.
@@ -242,9 +243,9 @@ class LocalTarget:
                 ours = process.environ().get(SERVING_MARKER_ENV) == str(self.run_dir)
         if not ours and "nginx" in command and str(self.run_dir) in command:
             ours = True   # our nginx, its pid file lost
-        if not ours and "bentoservice.service:CatsDogs" in command:
+        if not ours and SERVICE in command:
             with contextlib.suppress(psutil.Error):
-                ours = Path(process.cwd()).resolve() == PROJECT_DIR.resolve()
+                ours = Path(process.cwd()).resolve() == project_dir()
         return PortHolder(pid=pid, group=group, command=command[:300], ours=ours)
 
     def _next_slot(self) -> tuple[str, int, dict[str, Any] | None]:
@@ -326,12 +327,13 @@ class LocalTarget:
     # --- the rollout ----------------------------------------------------------------------------
     def _import(self, release: Release) -> str:
         """Import the version into the Bento model store; its Bento model tag."""
+        project = project_dir()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(PROJECT_DIR / "include"), str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")])}
+            [str(project / "include"), str(project), os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run(
-            [sys.executable, "-m", "bentoservice.import_model", "--model-uri", release.model_uri,
+            [sys.executable, "-m", IMPORT_MODEL, "--model-uri", release.model_uri,
              "--data-dir", str(self.data_dir), "--json"],
-            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False,
+            cwd=project, env=env, capture_output=True, text=True, check=False,
             preexec_fn=_die_with_parent)
         try:
             return str(json.loads(done.stdout.strip().splitlines()[-1])["tag"])
@@ -340,14 +342,15 @@ class LocalTarget:
                             f"{(done.stderr or done.stdout).strip()[-800:]}") from None
 
     def _start_slot(self, port: int, model_tag: str, slot: str) -> subprocess.Popen:
+        project = project_dir()
         env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag,
                SERVING_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
-            [str(PROJECT_DIR / "include"), str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")])}
+            [str(project / "include"), str(project), os.environ.get("PYTHONPATH", "")])}
         bentoml_bin = Path(sys.executable).parent / "bentoml"
         log_file = (self.run_dir / f"bento-{slot}.log").open("ab")
         return subprocess.Popen(
-            [str(bentoml_bin), "serve", "bentoservice.service:CatsDogs", "--host", "127.0.0.1",
-             "--port", str(port)], cwd=PROJECT_DIR, env=env, stdout=log_file,
+            [str(bentoml_bin), "serve", SERVICE, "--host", "127.0.0.1",
+             "--port", str(port)], cwd=project, env=env, stdout=log_file,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _write_nginx(self, slot: str, port: int, version: str) -> Path:

@@ -7,11 +7,11 @@ this venv's `catsdogs`), the simple auth manager with user `admin`. Secrets (the
 the API secret key, the admin password) are generated once into the Airflow home (mode 0600); the
 shell writes the `env` output to a 0600 file too.
 
-`python -m catsdogs.orchestration.local_airflow env --home H --data-dir D --mlflow-uri U` prints
-the environment as `export NAME=value` lines for a shell to source. `... sweep --home H` stops
-every process still running with AIRFLOW_HOME=H that is not serving (task processes run in
-sessions of their own, so stopping the services' process groups does not reach them): what
-`make demo-stop` and a restart of the services run after the pid files' process groups.
+`python -m demo.local_airflow env --home H --data-dir D --mlflow-uri U` prints the environment
+as `export NAME=value` lines for a shell to source. `... sweep --home H` stops every process still
+running with AIRFLOW_HOME=H that is not serving (task processes run in sessions of their own, so
+stopping the services' process groups does not reach them): what `make demo-stop` and a restart
+of the services run after the pid files' process groups.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import shlex
 import sys
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[3]
+# This checkout: demo/ sits at its top, beside dags/, plugins/ and bentoservice/.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 ADMIN = "admin"
 SECRETS_FILE = "secrets.json"
 PASSWORDS_FILE = "passwords.json"
@@ -88,6 +89,11 @@ def environment(home: Path, data_dir: Path, mlflow_uri: str, *, host: str = "127
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "CATSDOGS_MLFLOW_UI_URL": mlflow_uri,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        # This checkout's package and Bento service importable in every task (the deploy task
+        # starts the service from here: catsdogs.deployment.service_entry), as scripts/serve.sh.
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, [
+            str(PROJECT_DIR / "include"), str(PROJECT_DIR),
+            *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))),
         "AIRFLOW_URL": url,
     }
 
@@ -130,7 +136,7 @@ def sweep(home: Path, timeout: float = 15.0) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catsdogs.orchestration.local_airflow",
+    parser = argparse.ArgumentParser(prog="python -m demo.local_airflow",
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     env = commands.add_parser("env", help="print the environment as shell `export` lines")

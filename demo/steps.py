@@ -1,11 +1,11 @@
 """`make demo`'s logic (scripts/demo.sh only starts and stops processes around it).
 
-`python -m catsdogs.orchestration.demo run` chooses the data (DEMO_SOURCE, else Kaggle when
-credentials exist, else a generated stand-in set, said loudly), seeds the ImageNet weights when it
-can, triggers `catsdogs_training` on the local Airflow stack through the REST API v2 and follows
-it task by task (a stage that found its outputs up to date says so), then keeps the stage
-summaries in `<demo dir>/last-run.json`. `python -m catsdogs.orchestration.demo summary` prints the
-closing block once the service runs: where to look and how to log in, the model's test scores,
+`python -m demo.steps run` chooses the data (DEMO_SOURCE, else Kaggle when credentials exist,
+else a generated stand-in set, said loudly), seeds the ImageNet weights when it can, triggers
+`catsdogs_training` on the local Airflow stack through the REST API v2 and follows it task by task
+(a stage that found its outputs up to date says so), then keeps the stage summaries in
+`<demo dir>/last-run.json`. `python -m demo.steps summary` prints the closing
+block once the service runs: where to look and how to log in, the model's test scores,
 promote's decision and why, the MLflow run, the data the model learnt from, and a `curl` to try.
 
 Knobs (environment): DEMO_SOURCE, DEMO_ARCH (mobilenet_v2), DEMO_EPOCHS (1), DEMO_BATCH_SIZE (32),
@@ -27,7 +27,6 @@ from catsdogs.data import provenance
 from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
-from catsdogs.orchestration.local_airflow import ADMIN, PROJECT_DIR, admin_password
 from catsdogs.orchestration.stage_table import (
     MONITORING_DAG_ID,
     PIPELINE,
@@ -35,6 +34,7 @@ from catsdogs.orchestration.stage_table import (
     TRAINING_DAG_ID,
 )
 from catsdogs.tracking import run_url
+from demo.local_airflow import ADMIN, PROJECT_DIR, admin_password
 
 log = logging.getLogger("demo")
 
@@ -208,7 +208,7 @@ def summary(demo_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catsdogs.orchestration.demo",
+    parser = argparse.ArgumentParser(prog="python -m demo.steps",
                                      description="make demo's steps (scripts/demo.sh)")
     parser.add_argument("step", choices=("run", "summary"))
     parser.add_argument("--demo-dir", type=Path, default=Path(os.environ.get("DEMO_DIR", ".demo")))

@@ -1,4 +1,4 @@
-"""Kubernetes mode (`CATSDOGS_RUNNER=kubernetes`): each stage of the stage table as one pod, started
+"""The kubernetes runner (`CATSDOGS_RUNNER=kubernetes`): each stage of the stage table as one pod, started
 by Airflow's own `KubernetesPodOperator` (provider `apache-airflow-providers-cncf-kubernetes`).
 
 The pod runs the same rendered `catsdogs <stage> --set ...` command as the other modes, in the
@@ -14,8 +14,8 @@ worker image, with:
 - the stage's JSON summary written to /airflow/xcom/return.json, which the provider's XCom sidecar
   reads back: it becomes the task's `return_value` and feeds the "MLflow run" link.
 
-Imported by `airflow_tasks.make_task` only in kubernetes mode, so the other modes never load the
-Kubernetes client. Settings come from the environment (`kubernetes_settings`).
+Imported by `catsdogs.orchestration.runners.make_task` only in kubernetes mode, so the other
+modes never load the Kubernetes client. Settings come from the environment (`kubernetes_settings`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 
-from catsdogs.orchestration.airflow_tasks import (
-    _final_exit_codes,
-    _StageMixin,
+from catsdogs.orchestration.runners.common import (
+    StageMixin,
     airflow_context_env,
     command_template,
     deploy_environment,
+    final_exit_codes,
     shm_bytes,
     stage_environment,
     worker_image,
@@ -146,7 +146,7 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
         secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key, optional=True)))
 
 
-class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
+class StageKubernetesPodOperator(StageMixin, KubernetesPodOperator):
     """Kubernetes mode: the stage as a pod of the worker image (see the module docstring). A gate
     refusal (exit code 3; any failure of a non-retryable stage) fails the task at once, without
     retries; failures to schedule or start the pod retry."""
@@ -193,7 +193,7 @@ class StageKubernetesPodOperator(_StageMixin, KubernetesPodOperator):
             service_account_name=settings.service_account,
             automount_service_account_token=False,  # the stages never call the Kubernetes API
             do_xcom_push=True,
-            skip_on_exit_code=_final_exit_codes(stage),
+            skip_on_exit_code=final_exit_codes(stage),
             on_finish_action="delete_succeeded_pod",  # a failed pod stays for `kubectl logs`
             log_events_on_failure=True,
             startup_timeout_seconds=settings.startup_timeout_s,

@@ -1,0 +1,288 @@
+"""The runners' shared part: what a stage task is whichever runner starts it (see
+`catsdogs.orchestration.runners`), and the DAG-level settings every DAG file wires in.
+
+- the trigger forms (`dag_params`, `rollback_params`) with defaults from params.yaml, and the
+  rendering of a run's params into `catsdogs <stage> --set section.key=value ...`
+  (`command_template`, `TEMPLATE_MACROS`, `TEMPLATE_FILTERS`);
+- retries with exponential backoff (`DEFAULT_ARGS`), the nightly schedule (`schedule`);
+- `StageMixin`: a gate refusal (or any failure of a non-retryable stage) fails the task at once;
+  the stage's JSON summary becomes the task's XCom `return_value` and feeds the "MLflow run" link
+  (`MlflowRunLink`, registered by plugins/);
+- what every stage container or pod gets in its environment (`stage_environment`,
+  `airflow_context_env`, `deploy_environment`, `kaggle_credentials`).
+
+Only Airflow's SDK is imported here; no runner's provider.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+from airflow.sdk import BaseHook, BaseOperatorLink, Param
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+
+from catsdogs.config import ModelParams, Params, PromoteParams, load_params
+from catsdogs.deployment.release import SERVICE_ENV_PREFIX
+from catsdogs.deployment.service_entry import project_dir
+from catsdogs.errors import GateFailed, UserError
+from catsdogs.orchestration.airflow_client import dag_run_url
+from catsdogs.orchestration.stage_table import Stage
+from catsdogs.summary import SUMMARY_FILE_ENV
+from catsdogs.tracking import run_url, ui_base_url
+
+log = logging.getLogger(__name__)
+
+KAGGLE_CONN_ID = os.environ.get("CATSDOGS_KAGGLE_CONN_ID", "kaggle_default")
+DEFAULT_SCHEDULE = "0 2 * * *"
+
+# DAG param -> the params.yaml key it overrides (the UI form shows these; see dag_params()).
+PARAM_KEYS: dict[str, str] = {
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "arch": "model.arch",
+    "data_source": "data.source",
+    "promote_metric": "promote.metric",
+    "promote_min_delta": "promote.min_delta",
+}
+
+
+# Every task: retries with exponential backoff (gate refusals are final, see _final_exit_codes).
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "catsdogs",
+    "retries": int(os.environ.get("CATSDOGS_TASK_RETRIES", "2")),
+    "retry_delay": timedelta(seconds=int(os.environ.get("CATSDOGS_RETRY_DELAY_S", "60"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+
+def schedule() -> str:
+    """Cron: $CATSDOGS_SCHEDULE, else Variable `catsdogs_schedule` (also read from
+    $AIRFLOW_VAR_CATSDOGS_SCHEDULE), else nightly at 02:00 UTC."""
+    if os.environ.get("CATSDOGS_SCHEDULE"):
+        return os.environ["CATSDOGS_SCHEDULE"]
+    from airflow.sdk import Variable
+
+    try:
+        return Variable.get("catsdogs_schedule", default=None) or DEFAULT_SCHEDULE
+    except Exception as exc:  # no metadata DB / API reachable while parsing: keep the default
+        log.warning("Variable catsdogs_schedule unreadable (%s); using %s", exc, DEFAULT_SCHEDULE)
+        return DEFAULT_SCHEDULE
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def checkout_dir() -> Path | None:
+    """The project's checkout when Airflow runs from one (`make demo`, the tests: the folder
+    holding the Bento service, `service_entry.project_dir`); None in the images, where
+    $CATSDOGS_PARAMS names the params file."""
+    try:
+        return project_dir()
+    except UserError:
+        return None
+
+
+def default_params() -> Params:
+    """The project's params.yaml (what a stage run without overrides would use):
+    $CATSDOGS_PARAMS, else the checkout's; the defaults when there is none."""
+    if os.environ.get("CATSDOGS_PARAMS"):
+        path: Path | None = Path(os.environ["CATSDOGS_PARAMS"])
+    else:
+        checkout = checkout_dir()
+        path = checkout / "params.yaml" if checkout else None
+    return load_params(path) if path is not None and path.is_file() else Params()
+
+
+def dag_params() -> dict[str, Param]:
+    """The trigger form: typed, bounded params whose defaults come from params.yaml."""
+    p = default_params()
+    archs = list(get_args(ModelParams.model_fields["arch"].annotation))
+    metrics = list(get_args(PromoteParams.model_fields["metric"].annotation))
+    return {
+        "epochs": Param(p.train.epochs, type="integer", minimum=1, maximum=200,
+                        title="Epochs", description="Training epochs."),
+        "lr": Param(p.train.lr, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                    title="Learning rate", description="Optimiser learning rate, in (0, 1)."),
+        "batch_size": Param(p.train.batch_size, type="integer", minimum=1, maximum=1024,
+                            title="Batch size"),
+        "arch": Param(p.model.arch, type="string", enum=archs,
+                      title="Architecture"),
+        "data_source": Param(p.data.source, type="string", minLength=5,
+                             pattern=r"^(kaggle|dir|archive):\S.*$", title="Data source",
+                             description="kaggle:OWNER/DATASET, dir:PATH (class folders) or "
+                                         "archive:PATH (zip/tar), as seen by the stage."),
+        "promote_metric": Param(p.promote.metric, type="string", enum=metrics,
+                                title="Promotion metric"),
+        "promote_min_delta": Param(p.promote.min_delta, type="number", minimum=0, maximum=1,
+                                   title="Promotion margin",
+                                   description="The challenger must beat the champion by this."),
+        "gpu": Param(_env_flag("CATSDOGS_GPU"), type="boolean", title="Use GPUs",
+                     description="Docker mode: all the host's GPUs for train and promote; "
+                                 "kubernetes mode: their nvidia.com/gpu limit, GPU node "
+                                 "selector and tolerations."),
+        "overrides": Param([], type="array", items={"type": "string",
+                                                    "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
+                           title="More overrides",
+                           description="Extra section.key=value settings (e.g. "
+                                       "transform.image_size=128)."),
+    }
+
+
+def overrides_from_params(params: Mapping[str, Any]) -> list[str]:
+    """`section.key=value` strings from a run's params (values JSON-encoded: YAML reads them)."""
+    items = [f"{key}={json.dumps(params[name])}" for name, key in PARAM_KEYS.items()
+             if params.get(name) is not None]
+    return items + [str(item) for item in params.get("overrides") or ()]
+
+
+# Stage -> (DAG param, CLI option) pairs: a set param becomes the option (rollback's `--to`).
+STAGE_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {"rollback": (("rollback_to", "--to"),)}
+
+
+def command_template(stage: Stage) -> str:
+    """The stage's command as one Jinja template; rendered, it is a shell-quoted command line."""
+    base = " ".join(shlex.quote(part) for part in stage.command())
+    for param, option in STAGE_OPTIONS.get(stage.name, ()):
+        base += (f"{{% if params.get({param!r}) %}} {option} "
+                 f"{{{{ params[{param!r}] | string | shquote }}}}{{% endif %}}")
+    return (base + "{% for item in catsdogs_overrides(params) %}"
+                   " --set {{ item | shquote }}{% endfor %}")
+
+
+def rollback_params() -> dict[str, Param]:
+    """The catsdogs_rollback DAG's trigger form."""
+    return {"rollback_to": Param("", type="string", pattern=r"^(v?[0-9]+)?$",
+                                 title="Roll back to version",
+                                 description="Registered version to bring back as @champion and "
+                                             "deploy; empty: the previous champion.")}
+
+
+TEMPLATE_MACROS: dict[str, Any] = {"catsdogs_overrides": overrides_from_params}
+TEMPLATE_FILTERS: dict[str, Any] = {"shquote": shlex.quote}
+
+
+def kaggle_credentials() -> dict[str, str]:
+    """KAGGLE_USERNAME/KAGGLE_KEY from the Airflow connection, else the environment; masked."""
+    found: dict[str, str] = {}
+    try:
+        conn = BaseHook.get_connection(KAGGLE_CONN_ID)
+        if conn.login and conn.password:
+            found = {"KAGGLE_USERNAME": conn.login, "KAGGLE_KEY": conn.password}
+    except AirflowNotFoundException:
+        pass
+    if not found and os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        found = {"KAGGLE_USERNAME": os.environ["KAGGLE_USERNAME"],
+                 "KAGGLE_KEY": os.environ["KAGGLE_KEY"]}
+    if found:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(found["KAGGLE_KEY"])
+    return found
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """'MLflow run' button on the tasks that log to MLflow (train, promote): opens the run that
+    the task's stage summary names (`run_id`, `experiment_id`) in the MLflow UI
+    ($CATSDOGS_MLFLOW_UI_URL, else the tracking server). Airflow calls `get_link` in the worker when the
+    task ends and stores the URL; the UI reads it back."""
+
+    name = "MLflow run"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        summary = getattr(operator, "stage_summary", None) or {}
+        base, run_id = ui_base_url(), summary.get("run_id")
+        if not (base and run_id and summary.get("experiment_id")):
+            return ""
+        return run_url(base, summary["experiment_id"], run_id)
+
+
+def airflow_context_env(context: Any) -> dict[str, str]:
+    """What a stage needs to link its MLflow run back to this task's DAG run: the ids, and the
+    DAG run's page in the Airflow UI (base URL from [api] base_url)."""
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080")
+    return {"AIRFLOW_CTX_DAG_ID": dag_id, "AIRFLOW_CTX_DAG_RUN_ID": run_id,
+            "CATSDOGS_AIRFLOW_RUN_URL": dag_run_url(base, dag_id, run_id)}
+
+
+def final_exit_codes(stage: Stage) -> range | tuple[int, ...]:
+    """Exit codes that fail the task at once: a gate refusal always; any for a non-retryable stage."""
+    return range(1, 256) if not stage.retryable else (GateFailed.exit_code,)
+
+
+class StageMixin:
+    """Shared by the three runners' operators: final failures skip retries; the stage's JSON
+    summary becomes the task's return value (XCom `return_value`) and feeds the MLflow link."""
+
+    stage_name: str
+    stage_summary: dict[str, Any] | None = None
+
+    def _link_mlflow(self, stage: Stage) -> None:
+        """Give the task the "MLflow run" button when its stage logs to MLflow (set before the
+        DAG is serialised, so the UI and the REST API see it)."""
+        if stage.logs_mlflow:
+            self.operator_extra_links = (MlflowRunLink(),)
+
+    def _finish(self, summary: Any) -> dict[str, Any] | None:
+        if not isinstance(summary, dict):
+            log.warning("catsdogs %s wrote no summary document", self.stage_name)
+            return None
+        self.stage_summary = summary
+        log.info("catsdogs %s %s: %s", self.stage_name, summary.get("status"),
+                 summary.get("message", ""))
+        return summary
+
+    def _final(self, exc: Exception) -> AirflowFailException:
+        return AirflowFailException(
+            f"catsdogs {self.stage_name} refused the run ({exc}); this failure is final, "
+            "retrying would not change it. Fix the data or params and trigger a new run.")
+
+
+def worker_mlflow_uri() -> str:
+    """The MLflow server as the stage containers/pods reach it: $CATSDOGS_WORKER_MLFLOW_URI, else
+    $MLFLOW_TRACKING_URI, else http://mlflow:5000."""
+    return (os.environ.get("CATSDOGS_WORKER_MLFLOW_URI")
+            or os.environ.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000")
+
+
+def worker_image() -> str:
+    """The stage runner image: $CATSDOGS_WORKER_IMAGE, else catsdogs-worker:latest."""
+    return os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest")
+
+
+def shm_bytes() -> int:
+    """Shared memory for the stage's PyTorch data loading: $CATSDOGS_SHM_BYTES, else 2 GiB."""
+    return int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3)))
+
+
+def stage_environment(summary_file: str) -> dict[str, str]:
+    """What every stage container or pod gets: the data dir, the MLflow server as workers reach
+    it, unbuffered output, and where to write its JSON summary."""
+    return {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": worker_mlflow_uri(),
+            "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: summary_file}
+
+
+# What a rollout stage (deploy, rollback) gets from the Airflow environment: the target and
+# where it lives (catsdogs.deployment.targets).
+DEPLOY_ENV_PREFIXES = ("CATSDOGS_DEPLOY_", "CATSDOGS_COMPOSE_", "CATSDOGS_KUBE_",
+                       "CATSDOGS_SERVICE_", "CATSDOGS_MODEL_IMAGE", "CATSDOGS_PROXY_")
+DEPLOY_ENV_NAMES = ("CATSDOGS_DATA_VOLUME", "CATSDOGS_DOCKER_NETWORK")
+
+
+def deploy_environment() -> dict[str, str]:
+    """The deployment settings of this Airflow environment, for the rollout stages (without
+    the service's own settings, see `service_environment`)."""
+    return {k: v for k, v in os.environ.items()
+            if (k.startswith(DEPLOY_ENV_PREFIXES) or k in DEPLOY_ENV_NAMES)
+            and not k.startswith(SERVICE_ENV_PREFIX)}
