@@ -185,7 +185,7 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     from catsdogs.tracking import CHAMPION, connect
 
     model_uri = model_uri or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
-    connect(paths)
+    connect(paths, create=False)
     metadata = resolve_metadata(model_uri, params)
     labels = {"mlflow_model": metadata["registered_model"], "mlflow_version": metadata["version"],
               "mlflow_run_id": metadata["run_id"]}

@@ -3,22 +3,45 @@
 `MLFLOW_TRACKING_URI` decides the server; unset, an embedded SQLite store in `<data dir>/mlflow/`
 is used so a lone CLI run needs no server. A remote server is probed before any work starts, so a
 down server fails the stage in seconds (Airflow retries it) instead of after training.
+
+The embedded store (`<data dir>/mlflow/`: `mlflow.db`, `artifacts/`, `store.json`, `.lock`):
+
+- Commands that only read it (or need what an earlier stage wrote: `evaluate`, `champion`, the
+  Bento import, `monitor`) connect with `create=False`: a store that does not exist is a
+  UserError naming the path looked at, and nothing is created.
+- MLflow creates and migrates the schema the first time a store object opens the file; several
+  processes doing that at once on a fresh data dir race (`duplicate column name`) and can leave a
+  broken store. `connect` opens both stores (tracking and model registry) while it holds an
+  exclusive `flock` on `mlflow/.lock`, so any number of commands may start at once.
+- MLflow records absolute `file://` artifact locations (experiments, runs, model versions, logged
+  models) and has no feature that relocates a store. So the store's folder is recorded in
+  `store.json` (for a store made before that file, inferred from the project experiment's
+  artifact location, which `experiment_id` puts under `mlflow/artifacts`); when the data dir was
+  moved or copied, `connect` rewrites the locations under the old folder to the new one in one
+  transaction, under the same lock. Our code rather than a library's: it is about MLflow's
+  private schema (only the columns that exist are touched). A copy then writes its artefacts
+  into its own folder, never into the original's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
-from catsdogs.paths import DataPaths
+from catsdogs.paths import DATA_DIR_ENV, DataPaths
 from catsdogs.storage import is_stamp
 
 log = logging.getLogger(__name__)
@@ -35,6 +58,14 @@ UI_URL_ENV = "CATSDOGS_MLFLOW_UI_URL"   # the MLflow UI as people reach it, when
 UI_QUERY = "?workflowType=machine_learning"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+STORE_DB = "mlflow.db"            # the embedded store's SQLite file in <data dir>/mlflow/
+STORE_MARK = "store.json"         # {"mlflow_dir": the absolute folder the store's locations use}
+STORE_LOCK = ".lock"              # flock-ed while the store is opened, migrated or relocated
+ARTIFACTS = "artifacts"
+# MLflow 3.17 columns holding absolute artefact URIs (a column a version lacks is skipped)
+LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("model_versions", "source"), ("model_versions", "storage_location"),
+                    ("logged_models", "artifact_location"))
 
 
 @dataclass(frozen=True)
@@ -52,11 +83,27 @@ class ModelRef:
 
 def tracking_uri(paths: DataPaths) -> str:
     """`$MLFLOW_TRACKING_URI`, else the embedded SQLite store in the data dir."""
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{paths.mlflow_dir / 'mlflow.db'}"
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{paths.mlflow_dir / STORE_DB}"
 
 
-def connect(paths: DataPaths) -> str:
-    """Point MLflow at the tracking store; a server that does not answer is a UserError now."""
+def shown_uri(uri: str) -> str:
+    """`uri` as messages and summaries may show it: any user and password in it replaced by
+    `***` (`https://***@mlflow.example.com`)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def connect(paths: DataPaths, create: bool = True) -> str:
+    """Point MLflow at the tracking store and return its URI (`shown_uri` it before showing it).
+
+    A server that does not answer is a UserError now. The embedded store (no
+    `$MLFLOW_TRACKING_URI`) is opened under its lock, created when absent and relocated when its
+    data dir moved (module docstring). `create=False`, for commands that only read what earlier
+    stages wrote: a SQLite store file that does not exist is a UserError naming the path and the
+    fix, and nothing is created.
+    """
     import mlflow
 
     uri = tracking_uri(paths)
@@ -65,11 +112,101 @@ def connect(paths: DataPaths) -> str:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri.startswith(("http://", "https://")):
         _probe(uri)
-    else:
-        paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    elif not create and uri.startswith("sqlite:///"):
+        _require_file(Path(uri[len("sqlite:///"):]), paths)
+    if not os.environ.get(TRACKING_ENV):
+        _open_embedded(paths, uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def _require_file(db: Path, paths: DataPaths) -> None:
+    if db.is_file():
+        return
+    raise UserError(
+        f"no MLflow store at {db} (this command only reads one and creates none): point "
+        f"{TRACKING_ENV} at the tracking server the pipeline used, or give the data dir it wrote "
+        f"(--data-dir or ${DATA_DIR_ENV}; now {paths.root}), or run the pipeline first "
+        "(`catsdogs train`)")
+
+
+@contextlib.contextmanager
+def _store_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `folder/.lock` (other processes wait; released on exit or
+    death)."""
+    fd = os.open(folder / STORE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_embedded(paths: DataPaths, uri: str) -> None:
+    """Under the store's lock: relocate its artefact locations when the data dir moved, create
+    or migrate both MLflow stores (later opens find them ready), record the store's folder."""
+    from mlflow import MlflowClient
+
+    folder = paths.mlflow_dir.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    with _store_lock(folder):
+        db = folder / STORE_DB
+        if db.is_file():
+            try:
+                _relocate(db, folder)
+            except sqlite3.Error as exc:
+                raise UserError(f"the embedded MLflow store {db} cannot be read ({exc}); "
+                                "restore it from a backup, or move it away to start an empty "
+                                "one") from None
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)        # opens (creates) the tracking store
+        client.search_registered_models(max_results=1)  # and the model registry's
+        if _recorded_folder(folder) != str(folder):
+            (folder / STORE_MARK).write_text(json.dumps({"mlflow_dir": str(folder)}) + "\n")
+
+
+def _recorded_folder(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / STORE_MARK).read_text())["mlflow_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _relocate(db: Path, folder: Path) -> None:
+    """Rewrite the `file://` artefact locations under the folder the store was made in to
+    `folder`, in one transaction; nothing when it was made here (or holds no such location)."""
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection, connection:
+        tables = {name for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}   # raises for a non-database
+        old = _recorded_folder(folder) or (_inferred_folder(connection)
+                                           if "experiments" in tables else None)
+        if old is None or Path(old) == folder:
+            return
+        old_uri, new_uri = Path(old).as_uri(), folder.as_uri()
+        changed = 0
+        for table, column in LOCATION_COLUMNS:
+            if table not in tables or column not in {
+                    row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
+                continue
+            changed += connection.execute(
+                f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                (new_uri, len(old_uri) + 1, old_uri, len(old_uri) + 1, old_uri + "/")).rowcount
+    log.info("the embedded MLflow store was made in %s and is now in %s (data dir moved or "
+             "copied): %d artefact locations now point under %s", old, folder, changed, folder)
+
+
+def _inferred_folder(connection: sqlite3.Connection) -> str | None:
+    """The store's folder as the project experiment's artefact location (`<folder>/artifacts`,
+    set by `experiment_id`) says, for a store made before `store.json` was written."""
+    suffix = f"/{ARTIFACTS}"
+    for (location,) in connection.execute(
+            "SELECT artifact_location FROM experiments WHERE artifact_location LIKE 'file://%' "
+            "ORDER BY experiment_id"):
+        if location.endswith(f"/mlflow{suffix}"):
+            return urllib.request.url2pathname(urllib.parse.urlsplit(location[:-len(suffix)]).path)
+    return None
 
 
 def _probe(uri: str) -> None:
@@ -139,7 +276,7 @@ def experiment_id(name: str, paths: DataPaths) -> str:
         return found.experiment_id
     location = None
     if not tracking_uri(paths).startswith(("http://", "https://")):
-        location = (paths.mlflow_dir / "artifacts").as_uri()
+        location = (paths.mlflow_dir / ARTIFACTS).as_uri()
     return mlflow.create_experiment(name, artifact_location=location,
                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 

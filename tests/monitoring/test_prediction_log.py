@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from catsdogs.monitoring import prediction_log
 from catsdogs.monitoring.features import image_statistics
 from catsdogs.monitoring.prediction_log import (
     PREDICTIONS,
@@ -76,7 +77,16 @@ def test_flushes_on_time_not_only_on_size(tmp_path: Path) -> None:
     writer.close()
 
 
-def test_retention_deletes_old_rows(tmp_path: Path) -> None:
+@pytest.fixture
+def just_booted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`time.monotonic()` as on a machine (or pod) booted ten seconds ago: it counts from boot on
+    Linux, so throttles must not take its value for "long ago"."""
+    real, started = time.monotonic, time.monotonic()
+    monkeypatch.setattr(prediction_log.time, "monotonic", lambda: 10.0 + real() - started)
+
+
+def test_retention_deletes_old_rows(tmp_path: Path, just_booted: None) -> None:
+    """The first write of a writer runs retention, however long the machine has been up."""
     url = default_url(tmp_path)
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     first = PredictionLog(url, batch_rows=10, flush_s=0.1, retention_days=0).start()
@@ -91,7 +101,11 @@ def test_retention_deletes_old_rows(tmp_path: Path) -> None:
     assert len(kept) == 1 and kept["ood_score"].tolist() == [7.0]
 
 
-def test_store_down_drops_and_counts_never_raises(tmp_path: Path) -> None:
+def test_store_down_drops_and_counts_never_raises(tmp_path: Path, just_booted: None,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Rows are dropped and counted, and the first failure is logged at once (also on a machine
+    up for less than the error line's throttle)."""
+    caplog.set_level("WARNING", logger=prediction_log.__name__)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the database's folder should be")
     fates: Counter[str] = Counter()
@@ -101,6 +115,7 @@ def test_store_down_drops_and_counts_never_raises(tmp_path: Path) -> None:
         assert writer.submit(record(i))
     writer.close()
     assert fates == {"dropped_store_error": 5}
+    assert any("rows not written" in r.message for r in caplog.records)
 
 
 def test_store_coming_back_is_written_again(tmp_path: Path) -> None:

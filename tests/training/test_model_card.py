@@ -160,13 +160,13 @@ def test_history_previous_champion_cards_and_cli(tiny_data: DataPaths, tracking_
     common = ["--model", NAME, "--data-dir", str(tiny_data.root)]
     assert cli.main(["champion", "history", *common]) == 0
     text = capsys.readouterr().out
-    assert f"{NAME}@champion is v{v1}; 5 moves, oldest first:" in text
+    assert f"{NAME}@champion is v{v1} in {tracking_uri}; 5 moves, oldest first:" in text
     (artifacts_dir / "champion-history.txt").write_text(text)
     lines = [line for line in text.splitlines() if " -> " in line and "reason" not in line]
     assert len(lines) == 5 and "(none) -> v" + v1 in lines[0] and "rollback" in lines[-1]
     assert cli.main(["champion", "history", "--json", *common]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert document["champion"] == v1
+    assert document["champion"] == v1 and document["store"] == tracking_uri
     assert [AliasMove(**m) for m in document["moves"]] == moves
 
     # catsdogs champion card: the champion's by default, a given version, a missing one

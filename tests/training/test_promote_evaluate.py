@@ -94,6 +94,7 @@ def test_evaluate_json_matches_sklearn(trained: dict, tiny_data: DataPaths, trac
                      "--data-dir", str(tiny_data.root), "--set", "train.num_workers=0"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)            # nothing but the JSON on stdout
+    assert result["store"] == tracking_uri                  # the store it read
     labels = [int(p["label"] == "dog") for p in result["predictions"]]
     probs = [p["prob_dog"] for p in result["predictions"]]
     predicted = [int(p["predicted"] == "dog") for p in result["predictions"]]

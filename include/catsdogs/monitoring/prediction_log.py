@@ -167,6 +167,12 @@ class PredictionRecord:
     picture: bytes | None = None       # the upload, only when sampled
 
 
+def _due(last: float | None, every_s: float) -> bool:
+    """Whether a throttled action last done at `last` (`time.monotonic()`, None: never) is due
+    again after `every_s` seconds."""
+    return last is None or time.monotonic() - last >= every_s
+
+
 class PredictionLog:
     """Background writer of `PredictionRecord`s (see the module docstring).
 
@@ -184,8 +190,10 @@ class PredictionLog:
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self.engine: sa.Engine | None = None
         self.table_ready = False
-        self.last_retention = 0.0
-        self.last_error_logged = 0.0
+        # `time.monotonic()` counts from an unspecified point (boot, on Linux): None means
+        # "never", so the first retention pass and the first error line are due at once
+        self.last_retention: float | None = None
+        self.last_error_logged: float | None = None
         self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
     def start(self) -> PredictionLog:
@@ -243,7 +251,7 @@ class PredictionLog:
         except Exception as exc:  # noqa: BLE001 (a store problem must never reach a request)
             self.on_rows("dropped_store_error", len(records))
             self._forget_engine()
-            if time.monotonic() - self.last_error_logged > ERROR_LOG_EVERY_S:
+            if _due(self.last_error_logged, ERROR_LOG_EVERY_S):
                 self.last_error_logged = time.monotonic()
                 log.warning("prediction log: %d rows not written to %s (%s: %s); the service "
                             "keeps answering, later batches retry", len(records),
@@ -266,7 +274,7 @@ class PredictionLog:
         self.engine, self.table_ready = None, False
 
     def _retention(self, connection: sa.Connection) -> None:
-        if self.retention_days <= 0 or time.monotonic() - self.last_retention < RETENTION_EVERY_S:
+        if self.retention_days <= 0 or not _due(self.last_retention, RETENTION_EVERY_S):
             return
         self.last_retention = time.monotonic()
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=self.retention_days)

@@ -6,7 +6,9 @@
     catsdogs champion card [--version N] [--json]  the model card of version N (default: the
                                                  champion), re-rendered and stored again
 
-A CLI command only (not a task of the training DAG): it reads the registry and changes no alias.
+A CLI command only (not a task of the training DAG): it reads the registry and changes no alias;
+it never creates a store (`tracking.connect(create=False)`), and says which store it read (the
+message and the summary's `store`, credentials left out).
 The moves are the `champion.move.*` tags `catsdogs.deployment.history.move_champion` writes; the
 card is `catsdogs.training.model_card`.
 """
@@ -34,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="card: the model version (default: the current champion)")
 
 
-def history(name: str) -> Summary:
-    """The moves of `name@champion` (after `tracking.connect`)."""
+def history(name: str, store: str) -> Summary:
+    """The moves of `name@champion` (after `tracking.connect`) in `store` (as shown)."""
     from mlflow import MlflowClient
 
     from catsdogs import tracking
@@ -45,17 +47,18 @@ def history(name: str) -> Summary:
     current = tracking.alias_version(name, tracking.CHAMPION)
     now = f"v{current.version}" if current is not None else "not set"
     if not moves:
-        message = f"{name}@champion is {now}; no move of it is recorded yet"
+        message = f"{name}@champion is {now} in {store}; no move of it is recorded yet"
     else:
-        message = "\n".join([f"{name}@champion is {now}; {len(moves)} moves, oldest first:",
-                             HEADER, *(move.line() for move in moves)])
+        message = "\n".join([f"{name}@champion is {now} in {store}; {len(moves)} moves, oldest "
+                              "first:", HEADER, *(move.line() for move in moves)])
     return Summary("champion", message, details={
-        "model": name, "champion": current.version if current is not None else None,
+        "store": store, "model": name, "champion": current.version if current is not None else None,
         "moves": [asdict(move) for move in moves]})
 
 
-def card(name: str, version: str | None) -> Summary:
-    """The model card of `name` version `version` (default: the champion), refreshed."""
+def card(name: str, version: str | None, store: str) -> Summary:
+    """The model card of `name` version `version` (default: the champion) in `store` (as
+    shown), refreshed."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -65,23 +68,23 @@ def card(name: str, version: str | None) -> Summary:
     if version is None:
         current = tracking.alias_version(name, tracking.CHAMPION)
         if current is None:
-            raise UserError(f"{name} has no @champion: give --version N (or run `catsdogs "
-                            "promote` first)")
+            raise UserError(f"{name} has no @champion in {store}: give --version N (or run "
+                            "`catsdogs promote` first)")
         version = str(current.version)
     try:
         text = refresh_card(MlflowClient(), name, version)[version]
     except MlflowException as exc:
-        raise UserError(f"{name} v{version}: {exc.message}; list the versions in the MLflow UI "
+        raise UserError(f"{name} v{version} in {store}: {exc.message}; list the versions in the MLflow UI "
                         "or with `catsdogs champion history`") from None
-    return Summary("champion", f"model card of {name} v{version} (also the version's "
-                   f"description and `{CARD_ARTIFACT}` of its run):\n\n{text}",
-                   details={"model": name, "version": version, "card": text})
+    return Summary("champion", f"model card of {name} v{version} in {store} (also the "
+                   f"version's description and `{CARD_ARTIFACT}` of its run):\n\n{text}",
+                   details={"store": store, "model": name, "version": version, "card": text})
 
 
 def run(params: Params, paths: DataPaths, action: str, model: str | None = None,
         version: str | None = None) -> Summary:
     from catsdogs import tracking
 
-    tracking.connect(paths)
+    store = tracking.shown_uri(tracking.connect(paths, create=False))
     name = model or params.mlflow.registered_model_name
-    return history(name) if action == "history" else card(name, version)
+    return history(name, store) if action == "history" else card(name, version, store)

@@ -2,7 +2,8 @@
 
 `catsdogs evaluate --images DIR [--model models:/CatsDogsCNN@champion] [--json]` prints accuracy,
 precision, recall, F1, ROC-AUC (dog is the positive class) and the confusion matrix; with `--json`
-a JSON document that also lists every prediction.
+a JSON document that also lists every prediction. It only reads the registry: it never creates a
+store, and names the store it read (`store`, credentials left out).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
         raise UserError(f"--images {images}: not a folder; give a folder with "
                         f"{' and '.join(f'{c}/' for c in CLASSES)} sub-folders")
     list_images(images)                      # a folder without cat/ and dog/ fails before MLflow
-    tracking.connect(paths)
+    store = tracking.shown_uri(tracking.connect(paths, create=False))
     ref = tracking.resolve_model(model or f"models:/{params.mlflow.registered_model_name}@champion")
     device = pick_device()
     precision = resolve_precision(params.train.precision, device)
@@ -48,7 +49,7 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     labels, probs = predict(tracking.load_model(ref, device), loader, device, precision)
     metrics = classification_metrics(labels, probs)
     return {
-        "model": ref.uri, "version": ref.version, "run_id": ref.run_id, "images": str(images),
+        "store": store, "model": ref.uri, "version": ref.version, "run_id": ref.run_id, "images": str(images),
         "count": len(labels), "precision_mode": precision,
         "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
         "confusion_matrix": {"labels": list(CLASSES), "rows_true_cols_predicted":
@@ -67,6 +68,7 @@ def run(params: Params, paths: DataPaths, images: Path, model: str | None = None
     metrics = result["metrics"]
     matrix = result["confusion_matrix"]["rows_true_cols_predicted"]
     shown = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items())
-    message = (f"{result['model']} (v{result['version']}) on {result['count']} images: {shown}; "
+    message = (f"{result['model']} (v{result['version']}, {result['store']}) on "
+               f"{result['count']} images: {shown}; "
                f"confusion [[cat->cat, cat->dog], [dog->cat, dog->dog]] = {matrix}")
     return Summary("evaluate", message, details=result)

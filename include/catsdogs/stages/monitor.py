@@ -201,7 +201,7 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
             return Summary("monitor", f"{name} v{version}: this window was already checked "
                            f"(drift score {earlier['drift_score']:.3f})", skipped=True,
                            details=earlier)
-    tracking.connect(paths)
+    tracking.connect(paths, create=False)   # the version's training run must be there
     try:
         run_id = MlflowClient().get_model_version(name, version).run_id
     except MlflowException:
