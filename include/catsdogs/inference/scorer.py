@@ -79,16 +79,17 @@ def with_embedding(net: torch.nn.Module) -> WithEmbedding:
 class Scorer:
     """A network prepared once for `compute`, then THE batched forward (`outputs`).
 
-    Eager (default): `with_embedding(net)` (a copy: `net` is left alone) in float32 weights,
-    on the device and in the layout of `compute`, run under autocast in its precision. A network
-    without a Linear head raises ValueError.
+    Eager (default): `with_embedding(net)` (a copy: `net` is left alone but set to eval mode)
+    in float32 weights, on the device and in the layout of `compute`, run under autocast in its
+    precision.
 
     `serving=True`: prepared for fast inference: batch norms folded into the preceding
     convolutions, weights and inputs in the precision's dtype (bf16 throughout on AMX CPUs,
     several times faster than fp32 at every batch size), and on CPU, with `jit`, a frozen
-    TorchScript graph whose conv+ReLU chains oneDNN fuses (`image_size`: the example traced). A
-    network without a Linear head (an exported graph that could not be rebuilt) gives
-    probabilities only (`embeds` False, logged).
+    TorchScript graph whose conv+ReLU chains oneDNN fuses (`image_size`: the example traced).
+
+    Either way a network without a Linear head (an exported graph that could not be rebuilt, a
+    hand-made test network) gives probabilities only (`embeds` False, logged).
     """
 
     def __init__(self, net: torch.nn.Module, compute: Compute, *, serving: bool = False,
@@ -100,10 +101,10 @@ class Scorer:
             module: torch.nn.Module = with_embedding(net.eval())
             self.embeds = True
         except ValueError as exc:
-            if not serving:
-                raise
-            logger.warning("serving without embedding (no out-of-distribution score): %s", exc)
-            module, self.embeds = net, False
+            logger.log(logging.WARNING if serving else logging.DEBUG,
+                       "%s without embedding (no out-of-distribution score): %s",
+                       "serving" if serving else "scoring", exc)
+            module, self.embeds = copy.deepcopy(net), False
         if serving:
             module = fold_batch_norms(module.eval())
         self.net = module.to(compute.device, dtype=self.dtype).to(
