@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 sys.path.insert(0, str(REPO_ROOT / "include"))
 
-from catsdogs.training.model import cpu_description  # noqa: E402
+from catsdogs.inference.compute import cpu_description  # noqa: E402
 
 # a way: bytes, size -> (decoded picture, function that resizes it to size x size RGB uint8)
 Way = Callable[[bytes, int], tuple[object, Callable[[object], np.ndarray]]]

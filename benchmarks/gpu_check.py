@@ -80,10 +80,11 @@ def check_arch(arch: str, data: dict[str, Any], args: argparse.Namespace, device
                precision: str) -> dict[str, Any]:
     import torch
 
+    from catsdogs.inference.scorer import IMAGENET_MEAN, IMAGENET_STD
     from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import make_step, predict, train_mode
     from catsdogs.training.metrics import classification_metrics
-    from catsdogs.training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, train_augment
+    from catsdogs.training.model import build_model, train_augment
 
     seed_everything(42)
     weights = _weights(arch)

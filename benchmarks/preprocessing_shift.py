@@ -33,16 +33,12 @@ def main() -> int:
 
     from catsdogs.config import load_params
     from catsdogs.data.images import decode_image, square_image
+    from catsdogs.inference.scorer import normalize
     from catsdogs.paths import DataPaths
     from catsdogs.training.cache import load_split
     from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import fit
-    from catsdogs.training.model import (
-        build_model,
-        eval_transform,
-        normalize,
-        train_augment,
-    )
+    from catsdogs.training.model import build_model, eval_transform, train_augment
     from catsdogs.training.top_blocks import fit_top_blocks
 
     paths = DataPaths(args.work / "data")

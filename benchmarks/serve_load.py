@@ -39,7 +39,7 @@ real champion. Without it, `--arch` (mobilenet_v2, what `make demo` trains here,
 ImageNet weights when torchvision's cache has them (`python -m catsdogs.training.weights` seeds MobileNetV2;
 ResNet18's cannot be downloaded here, so it keeps random ones) and a cats/dogs head fitted on
 300 sample photos that are not in the load set, and is registered in a temporary MLflow store.
-The bento import builds and measures the serving variants on real photos (bentoservice/variants.py:
+The bento import builds and measures the serving variants on real photos (catsdogs/inference/variants.py:
 label agreement with fp32, ms a picture at batch 1 and 8), which decides what the service runs;
 the benchmark prints that measurement and the variant the service reports at GET /model.
 That model also gets an out-of-distribution calibration fitted on the same 300 photos, so the
@@ -99,7 +99,8 @@ def train_head(arch: str, image_size: int, files: list[Path]) -> tuple[object, s
 
     from catsdogs.config import CLASSES
     from catsdogs.data.images import square_image
-    from catsdogs.training.model import build_model, normalize
+    from catsdogs.inference.scorer import normalize
+    from catsdogs.training.model import build_model
     from catsdogs.training.weights import imagenet_cache_file, seed_cache
 
     if arch == "mobilenet_v2" and not imagenet_cache_file(arch).exists():
@@ -165,7 +166,7 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str,
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
     pixels = torch.from_numpy(np.stack([np.asarray(square_image(f, image_size))
                                         for f in files])).permute(0, 3, 1, 2)
-    embeddings, _ = run_network(net, pixels, "cpu")
+    embeddings, _ = run_network(net, pixels)
     labels = np.array([CLASSES.index(f.parent.name) for f in files])
     fit = np.arange(len(files)) % 5 != 0
     detector = ood.fit(embeddings[fit], labels[fit], embeddings[~fit], CLASSES)
@@ -431,7 +432,7 @@ def served_runtime(predict_url: str) -> str:
 
 
 def print_variants(measured: dict | None) -> None:
-    """The import's measurement of the serving variants (bentoservice.variants), a row each."""
+    """The import's measurement of the serving variants (catsdogs.inference.variants), a row each."""
     if not measured:
         print("serving variants: not measured at import", flush=True)
         return
@@ -485,7 +486,7 @@ def main() -> int:
     if args.max_isa:  # before anything loads torch; every child inherits it
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.max_isa
         os.environ["ATEN_CPU_CAPABILITY"] = MAX_ISA[args.max_isa]
-    from catsdogs.training.model import cpu_description  # after the caps: torch reads them
+    from catsdogs.inference.compute import cpu_description  # after the caps: torch reads them
 
     print(f"CPU: {cpu_description()}", flush=True)
     half = args.photos // 2

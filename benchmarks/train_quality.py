@@ -107,10 +107,9 @@ def main() -> int:
     import torch
 
     from catsdogs.config import load_params
+    from catsdogs.inference.compute import cpu_supports_bf16, resolve_precision
     from catsdogs.paths import DataPaths
     from catsdogs.stages import train
-    from catsdogs.training.loop import resolve_precision
-    from catsdogs.training.model import cpu_supports_bf16
     from catsdogs.training.weights import seed_cache
 
     results: dict[str, object] = {

@@ -43,7 +43,7 @@ def machine() -> str:
     """CPU model, the flags that decide precision, torch's kernel set, threads, load."""
     import torch
 
-    from catsdogs.training.model import cpu_flags
+    from catsdogs.inference.compute import cpu_flags
 
     model = next((line.partition(":")[2].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines()
@@ -243,8 +243,9 @@ def main() -> int:
         log.error("real photo sample not found at %s", SAMPLE)
         return 1
     from catsdogs.config import load_params
+    from catsdogs.inference.compute import pick_device
     from catsdogs.training.loading import TensorBatches
-    from catsdogs.training.loop import choose, pick_device, probe_step
+    from catsdogs.training.loop import choose, probe_step
     from catsdogs.training.model import build_model
     from catsdogs.training.weights import seed_cache
 

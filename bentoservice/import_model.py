@@ -6,7 +6,7 @@ store, so `bentoml build` packages it and the served image needs no MLflow serve
 The Bento model carries the registry name, version, run id, architecture, image size, classes and
 the training data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in
 its metadata. With calibration photos the import also builds the serving variants (OpenVINO fp32
-and INT8, calibrated on those photos; bentoservice/variants.py) into the Bento model's
+and INT8, calibrated on those photos; catsdogs.inference.variants) into the Bento model's
 `variants/` folder and measures every variant that runs on this CPU: label agreement with fp32
 and milliseconds a picture at the service's batch sizes. The measurements go into the metadata
 (`serving_variants`: the service serves the fastest adopted one its CPU can run) and onto the
@@ -107,9 +107,9 @@ def measure_variants(model_dir: Path, variants_dir: Path, metadata: dict[str, An
     import numpy as np
 
     from bentoservice.runtime import load_network
-    from bentoservice.variants import MIN_AGREEMENT, measure, ranked
     from catsdogs.data.images import ImageRejected, square_image
-    from catsdogs.training.model import cpu_description
+    from catsdogs.inference.compute import cpu_description
+    from catsdogs.inference.variants import MIN_AGREEMENT, measure, ranked
 
     pixels = []
     for path in files:

@@ -1,15 +1,15 @@
-"""The model at serving time: load the imported MLflow model, pick the device, prepare the torch
-network (`Predictor`: fp32 or bf16), pack its outputs. Which variant a CPU serves (torch fp32/bf16,
-OpenVINO fp32/INT8) is decided by bentoservice/variants.py from what the import measured.
+"""The model at serving time, BentoML's side: the Bento model's metadata (`ModelInfo`), loading
+the imported MLflow network and the out-of-distribution detector, packing the model process's
+answers, the process's threads and heap. The forward pass (`catsdogs.inference.scorer.Scorer`)
+and which variant a CPU serves (torch fp32/bf16, OpenVINO fp32/INT8, decided from what the import
+measured: `catsdogs.inference.variants`) live in `catsdogs.inference`.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,16 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from bentoservice.variants import Measurement
 from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
+from catsdogs.inference.variants import Measurement
 
 if TYPE_CHECKING:
     from catsdogs.monitoring.ood import OodDetector
 
 logger = logging.getLogger(__name__)
 
-JIT_SPECIALISATIONS = 64  # batch shapes TorchScript compiles statically (then it goes dynamic)
 MLFLOW_MODEL_FOLDER = "mlflow_model"
 VARIANTS_KEY = "serving_variants"  # Bento metadata: {"cpu": ..., "measured": [Measurement...]}
 
@@ -42,7 +41,7 @@ class ModelInfo:
     image_size: int
     classes: tuple[str, ...]
     bento_tag: str
-    variants: tuple[Measurement, ...] = ()  # what the import measured (bentoservice.variants)
+    variants: tuple[Measurement, ...] = ()  # what the import measured (inference.variants)
     variants_measured_on: str = ""          # the CPU it measured them on
     data: Provenance | None = None   # the training data; None when the import did not record it
 
@@ -79,70 +78,6 @@ def load_network(model_dir: Path, arch: str) -> torch.nn.Module:
         except (RuntimeError, KeyError, ValueError) as exc:
             logger.warning("serving the exported graph as-is (could not rebuild %s: %s)", arch, exc)
     return loaded.eval()
-
-
-def choose_device(wanted: str) -> torch.device:
-    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-class Predictor:
-    """A network prepared for fast inference: eval mode, batch norms folded into the preceding
-    convolutions, channels_last, on its device; with bf16 the weights in bfloat16 (on AMX CPUs
-    several times faster than fp32 at every batch size); on CPU, with `jit`, a frozen
-    TorchScript graph whose conv+ReLU chains oneDNN fuses. Takes N,H,W,3 uint8 pixels as the API
-    process decoded them (4x fewer bytes than float32, and already in channels_last order) and
-    normalises them here, a batch at a time.
-
-    The prepared network is `catsdogs.monitoring.features.with_embedding(net)`: the same graph
-    returns the logits and the penultimate-layer embedding (the prediction log's and the
-    out-of-distribution score's input), so the embedding costs no second pass. A network without
-    a Linear head (an exported graph that could not be rebuilt) serves probabilities only."""
-
-    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str,
-                 image_size: int = 224, jit: bool = True) -> None:
-        from catsdogs.monitoring.features import with_embedding
-
-        self.device = device
-        self.precision = precision
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        try:
-            net = with_embedding(net.eval())
-            self.embeds = True
-        except ValueError as exc:
-            logger.warning("serving without embedding (no out-of-distribution score): %s", exc)
-            self.embeds = False
-        net = fold_batch_norms(net.eval()).to(device, dtype=self.dtype)
-        self.net = net.to(memory_format=torch.channels_last)
-        if jit and device.type == "cpu":
-            example = torch.zeros(2, 3, image_size, image_size, dtype=self.dtype)
-            self.net = freeze_graph(self.net, example.contiguous(memory_format=torch.channels_last))
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """N,H,W,3 uint8 pixels (`catsdogs.data.images.square_image`, what the service's API
-        process computes per upload) -> N,C softmax probabilities (float32, CPU)."""
-        return self.outputs(pixels)[0]
-
-    @torch.inference_mode()
-    def outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """N,H,W,3 uint8 pixels -> (N,C softmax probabilities, N,D embedding or None), float32
-        on the CPU, from one forward pass."""
-        from catsdogs.training.model import normalize
-
-        nchw = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # a channels_last view
-        inputs = normalize(nchw).to(self.dtype)
-        result = self.net(inputs.contiguous(memory_format=torch.channels_last))
-        logits, embedding = result if self.embeds else (result, None)
-        return (torch.softmax(logits.float(), dim=1).cpu(),
-                None if embedding is None else embedding.float().cpu())
-
-    def warm_up(self, max_batch_size: int, image_size: int) -> None:
-        """Run every batch size once or twice, so the first real requests don't pay for oneDNN
-        kernel selection or TorchScript's per-shape specialisation."""
-        for batch in range(1, max_batch_size + 1):
-            for _ in range(2 if isinstance(self.net, torch.jit.ScriptModule) else 1):
-                self(torch.zeros(batch, image_size, image_size, 3, dtype=torch.uint8))
 
 
 def pack_outputs(probabilities: np.ndarray, embedding: np.ndarray | None,
@@ -191,34 +126,6 @@ def ood_threshold(folder: Path) -> float | None:
         return float(json.loads((folder / JSON_FILE).read_text())["threshold"])
     except FileNotFoundError:
         return None
-
-
-def freeze_graph(net: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """TorchScript trace + freeze with oneDNN Graph fusion on: conv+ReLU(+add) fused, weights
-    prepacked, one static specialisation per batch size (bf16 resnet18 on one AMX core: ~150
-    vs ~60 img/s eager). TorchScript is deprecated in favour of torch.compile, whose CPU
-    compile takes minutes per batch size here; a network that cannot be traced stays eager."""
-    torch.jit.enable_onednn_fusion(True)
-    torch.jit.set_fusion_strategy([("STATIC", JIT_SPECIALISATIONS)])
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.freeze(torch.jit.trace(net, example))
-    except Exception as exc:  # noqa: BLE001 (any tracing failure: serve the eager network)
-        logger.warning("serving the eager network (TorchScript: %s: %s)", type(exc).__name__, exc)
-        return net
-
-
-def fold_batch_norms(net: torch.nn.Module) -> torch.nn.Module:
-    """Conv+BatchNorm pairs folded into one convolution (same maths in eval mode, one pass over
-    the activations fewer: ~1.5-2x on CPU). Networks torch.fx cannot trace are returned as-is."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(copy.deepcopy(net))
-    except Exception as exc:  # noqa: BLE001 (any tracing failure: serve the unfolded network)
-        logger.warning("serving without batch-norm folding (%s: %s)", type(exc).__name__, exc)
-        return net
 
 
 def freeze_startup_heap() -> None:

@@ -44,7 +44,6 @@ from bentoservice.import_model import OOD_FOLDER_NAME
 from bentoservice.runtime import (
     MLFLOW_MODEL_FOLDER,
     ModelInfo,
-    choose_device,
     freeze_startup_heap,
     load_network,
     load_ood,
@@ -54,9 +53,10 @@ from bentoservice.runtime import (
     unpack_outputs,
 )
 from bentoservice.settings import SETTINGS
-from bentoservice.variants import REFERENCE, Choice, Predicting, build_predictor, choose
 from bentoservice.web import CARD_FILE, read_card, web_app
 from catsdogs.data.images import ImageLimits, ImageRejected, square_image
+from catsdogs.inference.compute import serving_device
+from catsdogs.inference.variants import REFERENCE, Choice, Predicting, build_predictor, choose
 from catsdogs.monitoring.prediction_log import PredictionLog, PredictionRecord
 
 logger = logging.getLogger("bentoservice")
@@ -141,7 +141,7 @@ class CatsDogsModel:
         """Load, prepare and warm up the network; only then does /readyz say ready."""
         time.sleep(SETTINGS.startup_delay_s)
         set_threads(SETTINGS.torch_threads)
-        device = choose_device(SETTINGS.device)
+        device = serving_device(SETTINGS.device)
         choice = choose(SETTINGS.runtime, self.info.variants, self.folder, device.type)
         started = time.perf_counter()
         try:
@@ -252,7 +252,7 @@ class CatsDogs:
         freeze_startup_heap()
 
     async def _runtime(self) -> dict | None:
-        """What the model service says it runs (bentoservice.variants), None when it does not
+        """What the model service says it runs (catsdogs.inference.variants), None when it does not
         answer within 5 s."""
         try:
             return await asyncio.wait_for(self.model.to_async.runtime(), timeout=5)

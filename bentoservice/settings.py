@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bentoservice.variants import VariantName
+from catsdogs.inference.variants import VariantName
 
 
 class Settings(BaseSettings):
@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     model_calls_in_flight: int = Field(2, ge=1)  # API -> model service calls at once
     decode_threads: int = Field(0, ge=0)  # 0: one per CPU core
     torch_threads: int = Field(0, ge=0)  # 0: one per CPU core
-    runtime: Literal["auto"] | VariantName = "auto"  # serving variant (bentoservice/variants.py)
+    runtime: Literal["auto"] | VariantName = "auto"  # serving variant (catsdogs.inference.variants)
     jit: bool = True  # torch variants on CPU: frozen TorchScript graph, oneDNN fusion (1/0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_delay_s: float = Field(0.0, ge=0.0)  # wait before loading the model (seconds)

@@ -40,7 +40,7 @@ async def model(request: Request) -> Response:
     """The served model: name, version, run id, classes, training data, `card` (its model card
     as markdown, null when the import stored none) and `runtime`: the serving variant the model
     process runs, why, and the import's measurements (label agreement with fp32, ms a picture
-    by batch size; bentoservice/variants.py); null when the model process does not answer."""
+    by batch size; catsdogs.inference.variants); null when the model process does not answer."""
     info = getattr(request.app.state, "model", None)
     if info is None:
         return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)

@@ -12,7 +12,8 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from catsdogs.config import CLASSES
-from catsdogs.monitoring.features import embed, embedding_columns, image_statistics
+from catsdogs.monitoring.features import embedding_columns, image_statistics
+from tests.serving.networks import embed
 
 SAMPLE = Path("/work/shared/data/petimages-sample")
 
@@ -62,7 +63,8 @@ def feature_rows(net: object, pictures: Iterable[Image.Image], image_size: int,
     contrast, saturation, emb_0..emb_{D-1}) for `pictures`, from one eval-mode network."""
     import torch
 
-    from catsdogs.training.model import normalize, square_pixels
+    from catsdogs.inference.scorer import normalize
+    from catsdogs.training.model import square_pixels
 
     rows: list[dict[str, object]] = []
     embeddings: list[np.ndarray] = []

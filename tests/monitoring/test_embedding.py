@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bentoservice.runtime import Predictor, pack_outputs, unpack_outputs
+from bentoservice.runtime import pack_outputs, unpack_outputs
+from catsdogs.inference.compute import Compute
+from catsdogs.inference.scorer import Scorer, normalize, with_embedding
 from catsdogs.monitoring import ood
-from catsdogs.monitoring.features import embed, with_embedding
-from catsdogs.training.model import build_model, normalize
+from catsdogs.training.model import build_model
+from tests.serving.networks import embed
 
 SIZE = 64
 
@@ -22,7 +24,8 @@ def test_served_embedding_is_the_heads_input(arch: str, size: int) -> None:
     net = build_model(arch, "none").eval()
     pixels = torch.randint(0, 256, (5, SIZE, SIZE, 3), dtype=torch.uint8)
     expected_embedding, expected_probs = embed(net, normalize(pixels.permute(0, 3, 1, 2)))
-    predictor = Predictor(net, torch.device("cpu"), "fp32", SIZE, jit=True)
+    predictor = Scorer(net, Compute.serving(torch.device("cpu")), serving=True, image_size=SIZE,
+                       jit=True)
     assert predictor.embeds and isinstance(predictor.net, torch.jit.ScriptModule)
     probs, embedding = predictor.outputs(pixels)
     assert embedding is not None and embedding.shape == (5, size)
@@ -44,7 +47,8 @@ def test_with_embedding_leaves_the_network_alone() -> None:
 def test_a_network_without_a_linear_head_serves_probabilities_only() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten())
-    predictor = Predictor(net, torch.device("cpu"), "fp32", SIZE, jit=False)
+    predictor = Scorer(net, Compute.serving(torch.device("cpu")), serving=True, image_size=SIZE,
+                       jit=False)
     probs, embedding = predictor.outputs(torch.zeros(3, SIZE, SIZE, 3, dtype=torch.uint8))
     assert not predictor.embeds and embedding is None and probs.shape == (3, 2)
     packed = pack_outputs(probs.numpy(), None, None)

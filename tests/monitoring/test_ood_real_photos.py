@@ -1,6 +1,6 @@
 """The out-of-distribution score on real photos, end to end: the real train stage fine-tunes
 ImageNet MobileNetV2 (the top_blocks recipe) on 300 real cat and dog photos and logs its reference
-profile and calibration; the served runtime (bentoservice.runtime.Predictor, frozen TorchScript,
+profile and calibration; the served runtime (catsdogs.inference.scorer.Scorer, frozen TorchScript,
 the model service's `pack_outputs`) then scores held-out pets, scikit-image's real non-pet photos,
 generated noise and text pictures with the calibration the run logged.
 
@@ -124,9 +124,11 @@ def _pictures() -> dict[str, list[bytes]]:
 def _served_scores(net: torch.nn.Module, detector: OodDetector,
                    sources: list[bytes | Path]) -> tuple[np.ndarray, np.ndarray]:
     """What the served model process computes: (scores, N,C probabilities)."""
-    from bentoservice.runtime import Predictor, pack_outputs, unpack_outputs
+    from bentoservice.runtime import pack_outputs, unpack_outputs
+    from catsdogs.inference.compute import Compute
+    from catsdogs.inference.scorer import Scorer
 
-    predictor = Predictor(net, torch.device("cpu"), "fp32", SIZE)
+    predictor = Scorer(net, Compute.serving(torch.device("cpu")), serving=True, image_size=SIZE)
     pixels = torch.from_numpy(np.stack([np.asarray(square_image(s, SIZE)) for s in sources]))
     probabilities, embedding = predictor.outputs(pixels)
     assert embedding is not None and embedding.shape == (len(sources), 1280)

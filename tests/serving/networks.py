@@ -1,5 +1,6 @@
 """Networks the serving tests run: untrained, but with non-trivial batch-norm statistics (batch
-norm folding and every serving variant must honour them)."""
+norm folding and every serving variant must honour them); `embed`, the tests' own way to the
+penultimate-layer embedding (a forward hook), to check the scorer's against."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ def trained_looking(arch: str) -> torch.nn.Module:
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
     return net
+
+
+def embed(net: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass of an eager `nn.Module` on N,3,H,W normalised pixels, the head's input
+    captured by a forward hook -> (N,D float32 penultimate-layer embedding, N,C float32 class
+    probabilities): independent of `catsdogs.inference.scorer.with_embedding`."""
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    captured: list[torch.Tensor] = []
+    hook = linears[-1].register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    try:
+        with torch.inference_mode():
+            logits = net(batch)
+    finally:
+        hook.remove()
+    probabilities = torch.softmax(logits.float(), dim=1)
+    return captured[0].float().cpu().numpy(), probabilities.cpu().numpy()
 
 
 def pictures(count: int, size: int, seed: int = 0) -> np.ndarray:

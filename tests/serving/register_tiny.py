@@ -39,7 +39,7 @@ def log_calibration(net: torch.nn.Module, image_size: int) -> None:
         low, high = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         pictures.append((low[:, None, None] + (high - low)[:, None, None] * ramp[None, None, :]
                          * ramp[None, :, None]).astype(np.uint8))
-    embeddings, _ = run_network(net, torch.from_numpy(np.stack(pictures)), "cpu")
+    embeddings, _ = run_network(net, torch.from_numpy(np.stack(pictures)))
     detector = ood.fit(embeddings[:32], np.arange(32) % 2, embeddings[32:], CLASSES)
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(Path(tmp))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from catsdogs.training.model import cpu_description
+from catsdogs.inference.compute import cpu_description
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

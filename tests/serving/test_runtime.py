@@ -1,5 +1,6 @@
-"""The serving network (bentoservice.runtime.Predictor) against the plain eager network: batch-norm
-folding, the frozen TorchScript graph and bf16 must not change what the model says."""
+"""The serving network (catsdogs.inference.scorer.Scorer, serving=True) against the plain eager
+network: batch-norm folding, the frozen TorchScript graph and bf16 must not change what the model
+says."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import logging
 import pytest
 import torch
 
-from bentoservice.runtime import Predictor, fold_batch_norms
-from catsdogs.training.model import cpu_supports_bf16, normalize
+from catsdogs.inference.compute import Compute, cpu_supports_bf16
+from catsdogs.inference.scorer import Scorer, fold_batch_norms, normalize
 from tests.serving.networks import trained_looking
 
 SIZE = 64
 CPU = torch.device("cpu")
+
+
+def _serving(net: torch.nn.Module, precision: str, jit: bool = True) -> Scorer:
+    """The serving scorer on the CPU, as the service builds it for a torch variant."""
+    return Scorer(net, Compute.serving(CPU, precision), serving=True, image_size=SIZE, jit=jit)
 
 
 def _pixels(batch: int, seed: int = 0) -> torch.Tensor:
@@ -33,14 +39,14 @@ def _reference(net: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("jit", [True, False])
 def test_fp32_serving_network_matches_the_eager_network(arch: str, jit: bool) -> None:
     net = trained_looking(arch)
-    predictor = Predictor(net, CPU, "fp32", SIZE, jit=jit)
+    predictor = _serving(net, "fp32", jit=jit)
     assert isinstance(predictor.net, torch.jit.ScriptModule) == jit
     pixels = _pixels(5)
     torch.testing.assert_close(predictor(pixels), _reference(net, pixels), atol=1e-4, rtol=1e-3)
 
 
 def test_each_picture_gets_the_same_answer_whatever_batch_it_is_in() -> None:
-    predictor = Predictor(trained_looking("resnet18"), CPU, "fp32", SIZE)
+    predictor = _serving(trained_looking("resnet18"), "fp32")
     predictor.warm_up(6, SIZE)
     pixels = _pixels(6, seed=1)
     together = predictor(pixels)
@@ -52,7 +58,7 @@ def test_each_picture_gets_the_same_answer_whatever_batch_it_is_in() -> None:
 def test_bf16_path_stays_close_to_fp32() -> None:
     net = trained_looking("mobilenet_v2")
     pixels = _pixels(8, seed=2)
-    bf16 = Predictor(net, CPU, "bf16", SIZE)
+    bf16 = _serving(net, "bf16")
     assert bf16.dtype == torch.bfloat16 and isinstance(bf16.net, torch.jit.ScriptModule)
     assert (bf16(pixels) - _reference(net, pixels)).abs().max() < 0.05
 
@@ -69,6 +75,6 @@ def test_untraceable_network_is_served_unfolded(caplog: pytest.LogCaptureFixture
             return (y if y.sum() > 0 else -y).mean((2, 3))
 
     net = DataDependent().eval()
-    with caplog.at_level(logging.WARNING, logger="bentoservice.runtime"):
+    with caplog.at_level(logging.WARNING, logger="catsdogs.inference.scorer"):
         assert fold_batch_norms(net) is net
     assert "without batch-norm folding" in caplog.text

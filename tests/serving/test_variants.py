@@ -1,4 +1,4 @@
-"""Serving variants (bentoservice/variants.py): the rule that adopts a variant (label agreement
+"""Serving variants (catsdogs.inference.variants): the rule that adopts a variant (label agreement
 and speed), the choice at start-up and its fallback when a runtime is missing, the OpenVINO
 graphs against the torch network (same pixels in, same probabilities and embedding out), the
 import's measurement on real photos, and a real `bentoml serve` of an OpenVINO INT8 variant.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bentoservice.variants import (
+from catsdogs.inference.variants import (
     MIN_AGREEMENT,
     REFERENCE,
     VARIANT_NAMES,
@@ -74,7 +74,7 @@ def test_missing_runtime_falls_back_with_a_log_line(tmp_path: Path,
         graph.parent.mkdir(parents=True)
         graph.write_text("<net/>")
     monkeypatch.setitem(sys.modules, "openvino", None)   # `import openvino` raises ImportError
-    with caplog.at_level(logging.WARNING, logger="bentoservice.variants"):
+    with caplog.at_level(logging.WARNING, logger="catsdogs.inference.variants"):
         picked = choose("auto", measured, tmp_path)
         forced = choose("openvino-int8", measured, tmp_path)
     assert (picked.variant, picked.fell_back) == (REFERENCE, True)

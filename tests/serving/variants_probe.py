@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bentoservice.variants import (
+from catsdogs.data.images import square_image
+from catsdogs.inference.scorer import normalize, with_embedding
+from catsdogs.inference.variants import (
     VARIANTS_FOLDER,
     OpenVinoPredictor,
     cannot_run,
     export_openvino,
     measure,
 )
-from catsdogs.data.images import square_image
-from catsdogs.monitoring.features import with_embedding
-from catsdogs.training.model import normalize
 from tests.serving.networks import pictures, trained_looking
 
 SIZE = 64

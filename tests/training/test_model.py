@@ -12,15 +12,13 @@ import torch
 from PIL import Image
 
 from catsdogs.errors import UserError
+from catsdogs.inference.scorer import IMAGENET_MEAN, IMAGENET_STD, normalize
 from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
 from catsdogs.training.loop import fit, train_mode
 from catsdogs.training.model import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     build_model,
     eval_resize,
     eval_transform,
-    normalize,
     train_transform,
 )
 from catsdogs.training.weights import MOBILENET_V2_FILE, checkpoint_dir, seed_cache

@@ -10,10 +10,11 @@ import torch
 
 from catsdogs import console
 from catsdogs.errors import UserError
-from catsdogs.training import model as model_module
+from catsdogs.inference import compute as compute_module
+from catsdogs.inference.compute import resolve_precision, uses_channels_last
 from catsdogs.training.cache import load_split
 from catsdogs.training.loading import TensorBatches
-from catsdogs.training.loop import fit, resolve_precision, uses_channels_last
+from catsdogs.training.loop import fit
 from catsdogs.training.model import build_model, train_augment
 from catsdogs.training.top_blocks import fit_top_blocks, network_blocks, pool
 from tests.training.conftest import IMAGE_SIZE, tiny_params
@@ -23,20 +24,20 @@ AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma"}
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_bfloat16(monkeypatch) -> None:
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: AVX2_ONLY)
-    assert not model_module.cpu_supports_bf16()
+    monkeypatch.setattr(compute_module, "cpu_flags", lambda: AVX2_ONLY)
+    assert not compute_module.cpu_supports_bf16()
     assert resolve_precision("auto", CPU) == "fp32"
     assert not uses_channels_last(CPU, "fp32")
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: AVX2_ONLY | {"avx512_bf16"})
+    monkeypatch.setattr(compute_module, "cpu_flags", lambda: AVX2_ONLY | {"avx512_bf16"})
     assert resolve_precision("auto", CPU) == "bf16" and uses_channels_last(CPU, "bf16")
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: AVX2_ONLY | {"amx_bf16"})
+    monkeypatch.setattr(compute_module, "cpu_flags", lambda: AVX2_ONLY | {"amx_bf16"})
     assert resolve_precision("auto", CPU) == "bf16"
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", CPU)
 
 
 def test_cpu_flags_are_read_from_the_flags_line() -> None:
-    flags = model_module.cpu_flags()
+    flags = compute_module.cpu_flags()
     assert not flags or "fpu" in flags or "neon" in flags or "fp" in flags
 
 
@@ -110,7 +111,7 @@ def test_the_measured_choice_is_fp32_without_bfloat16_and_survives_a_damaged_sto
     bfloat16; a kept choice is reused; a damaged store is measured again, not a traceback."""
     from catsdogs.training.loop import candidates, choose
 
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: AVX2_ONLY)
+    monkeypatch.setattr(compute_module, "cpu_flags", lambda: AVX2_ONLY)
     assert {precision for precision, _ in candidates("auto", CPU)} == {"fp32"}
     speeds = {(False,): 10.0, (True,): 12.0}
     probed: list[tuple[str, bool]] = []

@@ -77,9 +77,9 @@ def test_run_network_embedding_is_the_heads_input(trained: dict, tracking_uri: s
         rebuilt.load_state_dict(net.state_dict())
         net = rebuilt
     pixels = torch.randint(0, 256, (3, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    emb, probs = run_network(net.eval(), pixels, "cpu")
-    from catsdogs.monitoring.features import embed
-    from catsdogs.training.model import normalize
+    emb, probs = run_network(net.eval(), pixels)
+    from catsdogs.inference.scorer import normalize
+    from tests.serving.networks import embed
 
     hooked, expected = embed(net.eval(), normalize(pixels))
     np.testing.assert_allclose(emb, hooked, rtol=1e-4, atol=1e-5)

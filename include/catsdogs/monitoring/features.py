@@ -2,14 +2,13 @@
 time (the prediction log), so the two can be compared column by column.
 
 - `image_statistics`: brightness, contrast and saturation of the model's input pixels.
-- `embed`: the network's penultimate-layer embedding (the input of its last `Linear` layer, the
-  classifier head) together with the class probabilities, from one forward pass.
+- the embedding: the network's penultimate-layer embedding (the input of its last `Linear`
+  layer, the classifier head), given with the class probabilities by the one forward pass,
+  `catsdogs.inference.scorer.Scorer`.
 - `PREDICTION_COLUMNS` / `embedding_columns`: the column names both tables share.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -42,51 +41,3 @@ def image_statistics(pixels: np.ndarray) -> dict[str, float]:
     saturation = np.divide(spread, high, out=np.zeros_like(spread), where=high > 0)
     return {"brightness": float(luma.mean()), "contrast": float(luma.std()),
             "saturation": float(saturation.mean())}
-
-
-def _head(net: Any) -> Any:
-    """The network's last `torch.nn.Linear` (the classifier head of ResNet / MobileNetV2)."""
-    import torch
-
-    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(net).__name__} has no Linear layer to take an embedding from")
-    return linears[-1]
-
-
-def embed(net: Any, batch: Any) -> tuple[np.ndarray, np.ndarray]:
-    """One forward pass of an eager `nn.Module` on N,3,H,W normalised pixels ->
-    (N,D float32 penultimate-layer embedding, N,C float32 class probabilities)."""
-    import torch
-
-    captured: list[torch.Tensor] = []
-    hook = _head(net).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
-    try:
-        with torch.inference_mode():
-            logits = net(batch)
-    finally:
-        hook.remove()
-    probabilities = torch.softmax(logits.float(), dim=1)
-    return captured[0].float().cpu().numpy(), probabilities.cpu().numpy()
-
-
-def with_embedding(net: Any) -> Any:
-    """A copy of `net` whose forward returns (N,C logits, N,D embedding) from ONE pass: the last
-    `Linear` (the head) is taken out of the body and applied to the body's output, which is the
-    head's input. Holds for networks whose head is the last operation of `forward` (ResNet's
-    `fc`, MobileNetV2's `classifier[-1]`: what `build_model` makes). ValueError when `net` has no
-    Linear layer (e.g. an exported graph)."""
-    import copy
-
-    import torch
-
-    from catsdogs.monitoring.embedding_net import WithEmbedding
-
-    head = _head(net)
-    body = copy.deepcopy(net)
-    name = next(n for n, m in net.named_modules() if m is head)
-    parent_name, _, attribute = name.rpartition(".")
-    parent = body.get_submodule(parent_name) if parent_name else body
-    setattr(parent, attribute, torch.nn.Identity())
-    return WithEmbedding(body, copy.deepcopy(head)).eval()
-

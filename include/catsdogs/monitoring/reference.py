@@ -3,9 +3,9 @@ trained model version so that whichever version is served has its own reference.
 
 The train stage calls `log_reference` inside its MLflow run, after the best weights are loaded. It
 is inference only, over the tensor cache the training already read (`catsdogs.training.cache`):
-one forward pass per picture of the train and val splits through `features.with_embedding` (the
-same (logits, embedding) module the service runs), on the training device with the precision
-and memory layout the run chose.
+one forward pass per picture of the train and val splits through `catsdogs.inference.scorer.Scorer`
+(the same (probabilities, embedding) pass the service runs), on the training device with the
+precision and memory layout the run chose.
 
 Artifacts of the training run (the served version's `run_id` finds them):
 
@@ -30,12 +30,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from catsdogs.monitoring.features import embedding_columns, image_statistics
 from catsdogs.paths import DataPaths
+
+if TYPE_CHECKING:
+    from catsdogs.inference.compute import Compute
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +50,23 @@ REFERENCE_SPLITS = ("train", "val")
 PROFILE_BATCH = 64
 
 
-def run_network(net: Any, pixels: Any, device: Any, precision: str = "fp32",
-                channels_last: bool = False, batch_size: int = PROFILE_BATCH
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """N,3,S,S uint8 pixels through `features.with_embedding(net)` -> (N,D float32 embedding,
-    N,C float32 probabilities). `precision`/`channels_last`: as the training run measured best
-    on this machine (bf16 autocast: 1.7x faster than fp32 for MobileNetV2 at 128 px on an
-    AVX512-BF16 Xeon)."""
+def run_network(net: Any, pixels: Any, compute: Compute | None = None,
+                batch_size: int = PROFILE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """N,3,S,S uint8 pixels through `catsdogs.inference.scorer.Scorer` -> (N,D float32
+    embedding, N,C float32 probabilities). `compute`: as the training run measured best on this
+    machine (bf16 autocast: 1.7x faster than fp32 for MobileNetV2 at 128 px on an AVX512-BF16
+    Xeon); None: fp32 on the CPU."""
     import torch
 
-    from catsdogs.monitoring.features import with_embedding
-    from catsdogs.training.model import autocast, normalize
+    from catsdogs.inference.compute import Compute
+    from catsdogs.inference.scorer import Scorer
 
-    device = torch.device(device)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = with_embedding(net).to(device).float().eval().to(memory_format=memory)
-    embeddings, probabilities = [], []
-    with torch.inference_mode():
-        for start in range(0, len(pixels), batch_size):
-            batch = normalize(torch.as_tensor(pixels[start:start + batch_size]).to(device))
-            with autocast(device, precision):
-                logits, embedding = model(batch.contiguous(memory_format=memory))
-            probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-            embeddings.append(embedding.float().cpu().numpy())
-    return np.concatenate(embeddings), np.concatenate(probabilities)
+    scorer = Scorer(net, compute or Compute())
+    pixels = torch.as_tensor(pixels)
+    probabilities, embeddings = scorer.score_all(
+        pixels[start:start + batch_size].permute(0, 2, 3, 1)       # N,H,W,3 views
+        for start in range(0, len(pixels), batch_size))
+    return embeddings, probabilities
 
 
 def picture_headers(paths: DataPaths, split: str, files: Sequence[Path]
@@ -134,6 +130,7 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
     import mlflow
     import pandas as pd
 
+    from catsdogs.inference.compute import Compute
     from catsdogs.monitoring import ood
     from catsdogs.training.loading import list_images
 
@@ -141,7 +138,7 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
     frames, embeddings, labels = [], {}, {}
     for split in REFERENCE_SPLITS:
         tensors = data[split]
-        emb, probs = run_network(net, tensors.pixels, device, precision, channels_last)
+        emb, probs = run_network(net, tensors.pixels, Compute(device, precision, channels_last))
         files = [path for path, _ in list_images(paths.split_dir(split))]
         labels[split] = tensors.labels.numpy()
         embeddings[split] = emb

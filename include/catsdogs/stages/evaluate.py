@@ -30,8 +30,9 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     """Score `model` on `images`: metrics, confusion matrix and per-image predictions."""
     from catsdogs import tracking
     from catsdogs.config import CLASSES
+    from catsdogs.inference.compute import pick_device, resolve_precision
     from catsdogs.training.loading import ImageFolderDataset, list_images, make_loader
-    from catsdogs.training.loop import pick_device, predict, resolve_precision
+    from catsdogs.training.loop import predict
     from catsdogs.training.metrics import classification_metrics, confusion
     from catsdogs.training.model import eval_transform
 

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 def score(ref: Any, paths: DataPaths, metric: str, params: Params) -> float:
     """`metric` of a registered model version on transformed/test (preprocessed at its own size)."""
     from catsdogs import tracking
+    from catsdogs.inference.compute import pick_device, resolve_precision
     from catsdogs.training.loading import ImageFolderDataset, make_loader
-    from catsdogs.training.loop import pick_device, predict, resolve_precision
+    from catsdogs.training.loop import predict
     from catsdogs.training.metrics import classification_metrics
     from catsdogs.training.model import eval_transform
 

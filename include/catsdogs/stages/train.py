@@ -88,7 +88,7 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
     tracking.connect(paths)
     experiment = tracking.experiment_id(params.mlflow.experiment_name, paths)
 
-    from catsdogs.training.loop import pick_device
+    from catsdogs.inference.compute import pick_device
 
     device = pick_device()
     data = _load_data(paths, params)
@@ -146,9 +146,10 @@ def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
 
     import torch
 
+    from catsdogs.inference.compute import cpu_flags
     from catsdogs.training.loading import TensorBatches
     from catsdogs.training.loop import choose, probe_step
-    from catsdogs.training.model import build_model, cpu_flags
+    from catsdogs.training.model import build_model
 
     def probe(precision: str, channels_last: bool) -> float:
         net = build_model(params.model.arch, "none")

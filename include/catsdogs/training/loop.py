@@ -1,4 +1,5 @@
-"""The training loop: device and precision choice, epochs with validation, best-by-F1 weights."""
+"""The training loop: the measured precision and layout choice, epochs with validation,
+best-by-F1 weights. The device and precision rules are `catsdogs.inference.compute`'s."""
 
 from __future__ import annotations
 
@@ -15,35 +16,19 @@ from typing import Any
 import torch
 
 from catsdogs.console import Progress
-from catsdogs.errors import UserError
+from catsdogs.inference.compute import (
+    Compute,
+    autocast,
+    cpu_supports_bf16,
+    resolve_precision,
+    uses_channels_last,
+)
+from catsdogs.inference.scorer import Scorer
 from catsdogs.training.metrics import classification_metrics
-from catsdogs.training.model import autocast, cpu_supports_bf16
 
 log = logging.getLogger(__name__)
 
 BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-# `train.precision: auto` on a CPU with native bfloat16 (AVX512-BF16/AMX): measured by
-# benchmarks/train_quality.py on the real sample (see docs/training.md for the figures).
-CPU_AUTO_PRECISION_BF16 = True
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """`auto`: fp16 AMP on CUDA, bf16 on CPUs with native bfloat16, else fp32."""
-    if requested == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        return "bf16" if CPU_AUTO_PRECISION_BF16 and cpu_supports_bf16() else "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise UserError("train.precision=fp16 needs a CUDA GPU; on a CPU use auto, bf16 or fp32")
-    return requested
-
-
-def uses_channels_last(device: torch.device, precision: str) -> bool:
-    return device.type == "cuda" or precision == "bf16"
 
 
 @dataclass(frozen=True)
@@ -154,21 +139,15 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 def predict(model: torch.nn.Module, loader: Batches, device: torch.device,
             precision: str, channels_last: bool | None = None) -> tuple[list[int], list[float]]:
-    """True labels and P(dog) for every image of `loader` (`channels_last`: None = the rule
-    of `uses_channels_last`)."""
-    model.eval()
+    """True labels and P(dog) for every image of `loader` (float32 N,3,H,W normalised images,
+    N labels), through `catsdogs.inference.scorer.Scorer` (`channels_last`: None = the rule of
+    `uses_channels_last`)."""
+    scorer = Scorer(model, Compute.resolve(precision, device, channels_last))
     labels: list[int] = []
     probs: list[float] = []
-    if channels_last is None:
-        channels_last = uses_channels_last(device, precision)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    with torch.inference_mode():
-        for images, targets in loader:
-            images = images.to(device, non_blocking=True, memory_format=memory)
-            with autocast(device, precision):
-                logits = model(images)
-            probs += torch.softmax(logits.float(), dim=1)[:, 1].tolist()
-            labels += targets.tolist()
+    for images, targets in loader:
+        probs += scorer(images)[:, 1].tolist()
+        labels += targets.tolist()
     return labels, probs
 
 

@@ -35,10 +35,11 @@ from torch import nn
 
 from catsdogs.config import TrainParams
 from catsdogs.console import Progress
+from catsdogs.inference.compute import Compute
+from catsdogs.inference.scorer import Scorer
 from catsdogs.training.loading import TensorBatches, TensorSplit, batch_bounds
-from catsdogs.training.loop import FitResult, uses_channels_last
+from catsdogs.training.loop import FitResult
 from catsdogs.training.metrics import classification_metrics
-from catsdogs.training.model import autocast
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,14 @@ def pool(features: torch.Tensor) -> torch.Tensor:
     return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
 
 
-def _encode(module: nn.Module, batches: Iterable[torch.Tensor], total: int,
-            device: torch.device, precision: str, memory: torch.memory_format,
+def _encode(module: nn.Module, batches: Iterable[torch.Tensor], total: int, compute: Compute,
             desc: str) -> torch.Tensor:
     """`module`'s output (float32, on the CPU) for every batch of inputs, concatenated."""
     outputs: list[torch.Tensor] = []
     with Progress(desc, total) as counter, torch.inference_mode():
         for batch in batches:
-            inputs = batch.to(device)
-            if inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=memory)
-            with autocast(device, precision):
-                outputs.append(module(inputs).float().contiguous().cpu())
+            with compute.autocast():
+                outputs.append(module(compute.inputs(batch)).float().contiguous().cpu())
             counter.update(len(batch))
     return torch.cat(outputs)
 
@@ -86,23 +83,18 @@ def _chunks(inputs: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield inputs[start:stop]
 
 
-def _val_metrics(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                 labels: torch.Tensor, batch_size: int, device: torch.device,
-                 precision: str) -> dict[str, float]:
-    probs: list[float] = []
-    with torch.inference_mode():
-        for start, stop in batch_bounds(len(inputs), batch_size * 4, merge_single=False):
-            with autocast(device, precision):
-                logits = forward(inputs[start:stop].to(device))
-            probs += torch.softmax(logits.float(), dim=1)[:, 1].tolist()
-    return {f"val_{name}": value
-            for name, value in classification_metrics(labels.tolist(), probs).items()}
+def _val_metrics(network: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int, compute: Compute) -> dict[str, float]:
+    """Validation metrics of `network` (cached activations -> logits, ending in the head) on
+    `inputs`, scored by `Scorer` (a copy of `network`: its training goes on unchanged)."""
+    probabilities, _ = Scorer(network, compute).score_all(_chunks(inputs, batch_size * 4))
+    return {f"val_{name}": value for name, value
+            in classification_metrics(labels.tolist(), probabilities[:, 1].tolist()).items()}
 
 
 def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
            inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-           generator: torch.Generator, device: torch.device, precision: str,
-           desc: str) -> float:
+           generator: torch.Generator, compute: Compute, desc: str) -> float:
     """One pass over one random view of each picture; mean training loss."""
     count = inputs.shape[1]
     order = torch.randperm(count, generator=generator)
@@ -113,9 +105,9 @@ def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.opt
         bounds = batch_bounds(count, batch_size, merge_single=True)
         for number, (start, stop) in enumerate(bounds, 1):
             index = order[start:stop]
-            batch = inputs[view[index], index].to(device)
-            with autocast(device, precision):
-                loss = loss_fn(forward(batch), labels[index].to(device))
+            batch = inputs[view[index], index].to(compute.device)
+            with compute.autocast():
+                loss = loss_fn(forward(batch), labels[index].to(compute.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -136,40 +128,38 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
     (config), which always leaves a frozen bottom (ResNet18: stem + 8 blocks; MobileNetV2: 19)."""
     blocks, head = network_blocks(model, arch)
     top_count = settings.top_blocks
-    if channels_last is None:
-        channels_last = uses_channels_last(device, precision)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
+    compute = Compute.resolve(precision, device, channels_last)
+    memory = compute.memory_format
     model.to(device, memory_format=memory).eval()
     for parameter in model.parameters():
         parameter.requires_grad = False
     bottom, top = nn.Sequential(*blocks[:-top_count]), nn.Sequential(*blocks[-top_count:])
     started = time.perf_counter()
     size = settings.batch_size
-    cached = torch.stack([_encode(bottom, _pictures(train, size, mirrored), len(train), device,
-                                  precision, memory, f"encode train{' mirrored' if mirrored else ''}")
+    cached = torch.stack([_encode(bottom, _pictures(train, size, mirrored), len(train), compute,
+                                  f"encode train{' mirrored' if mirrored else ''}")
                           for mirrored in ((False, True) if settings.mirror else (False,))])
-    cached_val = _encode(bottom, _pictures(val, size, False), len(val), device, precision,
-                         memory, "encode val")
+    cached_val = _encode(bottom, _pictures(val, size, False), len(val), compute, "encode val")
     generator = torch.Generator().manual_seed(settings.seed)
     result = FitResult(best_state={}, best_epoch=0)
 
     if settings.head_epochs:
         top_pool = nn.Sequential(top, _Pool())
-        pooled = torch.stack([_encode(top_pool, _chunks(view, size), len(view), device,
-                                      precision, memory, "pool train") for view in cached])
-        pooled_val = _encode(top_pool, _chunks(cached_val, size), len(cached_val), device,
-                             precision, memory, "pool val")
+        pooled = torch.stack([_encode(top_pool, _chunks(view, size), len(view), compute,
+                                      "pool train") for view in cached])
+        pooled_val = _encode(top_pool, _chunks(cached_val, size), len(cached_val), compute,
+                             "pool val")
         for parameter in head.parameters():
             parameter.requires_grad = True
         optimizer = torch.optim.Adam(head.parameters(), lr=settings.head_lr)
         best_f1, best_head = -1.0, copy.deepcopy(head.state_dict())
         for epoch in range(1, settings.head_epochs + 1):
             head.train()
-            loss = _epoch(head, optimizer, pooled, train.labels, size, generator, device,
-                          precision, f"head epoch {epoch}/{settings.head_epochs}")
+            loss = _epoch(head, optimizer, pooled, train.labels, size, generator, compute,
+                          f"head epoch {epoch}/{settings.head_epochs}")
             head.eval()
-            metrics = {"train_loss": loss} | _val_metrics(head, pooled_val, val.labels, size,
-                                                          device, precision)
+            metrics = {"train_loss": loss} | _val_metrics(nn.Sequential(head), pooled_val,
+                                                          val.labels, size, compute)
             if on_head_epoch is not None:
                 on_head_epoch(epoch, metrics)
             if metrics["val_f1"] > best_f1:
@@ -190,11 +180,11 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
     best_f1 = -1.0
     for epoch in range(1, settings.epochs + 1):
         head.train()            # dropout in the head; batch-norm stays in eval mode
-        loss = _epoch(step_forward, optimizer, cached, train.labels, size, generator, device,
-                      precision, f"epoch {epoch}/{settings.epochs}")
+        loss = _epoch(step_forward, optimizer, cached, train.labels, size, generator, compute,
+                      f"epoch {epoch}/{settings.epochs}")
         head.eval()
-        metrics = {"train_loss": loss} | _val_metrics(forward, cached_val, val.labels, size,
-                                                      device, precision)
+        metrics = {"train_loss": loss} | _val_metrics(nn.Sequential(top, _Pool(), head),
+                                                      cached_val, val.labels, size, compute)
         result.history.append(metrics)
         log.info("epoch %d/%d: %s", epoch, settings.epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

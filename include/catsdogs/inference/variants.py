@@ -3,7 +3,7 @@ rule that picks the one a CPU serves.
 
 | variant         | runtime                                         | can run where                    |
 |-----------------|-------------------------------------------------|----------------------------------|
-| `torch-fp32`    | frozen TorchScript graph (`runtime.Predictor`)  | everywhere: the reference        |
+| `torch-fp32`    | frozen TorchScript graph (`scorer.Scorer`)      | everywhere: the reference        |
 | `torch-bf16`    | the same graph in bfloat16                      | CPUs with avx512_bf16 or AMX     |
 | `openvino-fp32` | OpenVINO's CPU plugin, fp32 inference precision | `openvino` installed             |
 | `openvino-int8` | OpenVINO, INT8 by NNCF post-training static     | `openvino` installed             |
@@ -47,6 +47,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from catsdogs.inference.compute import Compute, cpu_supports_bf16
+from catsdogs.inference.scorer import Scorer, normalize, with_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +147,6 @@ def cannot_run(variant: str, model_folder: Path | None = None) -> str | None:
     if variant not in VARIANT_NAMES:
         return f"unknown variant {variant!r} (one of {', '.join(VARIANT_NAMES)})"
     if variant == "torch-bf16":
-        from catsdogs.training.model import cpu_supports_bf16
-
         return None if cpu_supports_bf16() else "this CPU has no native bfloat16 (avx512_bf16/AMX)"
     if variant.startswith("openvino-"):
         try:
@@ -194,14 +195,10 @@ class ServingGraph(torch.nn.Module):
     probabilities, N,D embedding), the service's whole arithmetic in one graph."""
 
     def __init__(self, net: torch.nn.Module) -> None:
-        from catsdogs.monitoring.features import with_embedding
-
         super().__init__()
         self.inner = with_embedding(net.eval())
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from catsdogs.training.model import normalize
-
         logits, embedding = self.inner(normalize(pixels.permute(0, 3, 1, 2)))
         return torch.softmax(logits, dim=1), embedding
 
@@ -258,7 +255,7 @@ class OpenVinoPredictor:
     of a batch at once: more pictures a core-second than every thread on one picture, which
     MobileNetV2's depthwise convolutions parallelise poorly) for batches of at least as many
     pictures as streams, and in latency mode (one stream, every thread) for smaller ones, so a
-    lone request is not left to one core. Same interface as `runtime.Predictor`."""
+    lone request is not left to one core. Same interface as a serving `Scorer`."""
 
     embeds = True
 
@@ -310,19 +307,18 @@ class OpenVinoPredictor:
             self(torch.zeros(batch, image_size, image_size, 3, dtype=torch.uint8))
 
 
-Predicting = Any  # runtime.Predictor or OpenVinoPredictor: .outputs, .warm_up, .embeds
+Predicting = Scorer | OpenVinoPredictor  # .outputs, .warm_up, .embeds
 
 
 def build_predictor(variant: str, load_net: Callable[[], torch.nn.Module], model_folder: Path,
                     device: torch.device, image_size: int, jit: bool = True) -> Predicting:
-    """The prepared network for `variant` (`load_net` gives the eager fp32 network)."""
-    from bentoservice.runtime import Predictor
-
+    """The prepared network for `variant` (`load_net` gives the eager fp32 network): a serving
+    `Scorer` for the torch variants, an `OpenVinoPredictor` for the OpenVINO ones."""
     if variant.startswith("openvino-"):
         return OpenVinoPredictor(model_folder / VARIANTS_FOLDER / variant / OPENVINO_FILE,
                                  torch.get_num_threads())
-    precision = "bf16" if variant == "torch-bf16" else "fp32"
-    return Predictor(load_net(), device, precision, image_size, jit=jit)
+    compute = Compute.serving(device, "bf16" if variant == "torch-bf16" else "fp32")
+    return Scorer(load_net(), compute, serving=True, image_size=image_size, jit=jit)
 
 
 def measure(net: torch.nn.Module, model_folder: Path, pixels: np.ndarray,
@@ -333,8 +329,6 @@ def measure(net: torch.nn.Module, model_folder: Path, pixels: np.ndarray,
     calibrated on `pixels`), label agreement with the eager fp32 network, ms a picture at each
     of `batches` (interleaved rounds, median), judged by the rule."""
     import copy
-
-    from bentoservice.runtime import Predictor
 
     device, size = torch.device("cpu"), int(pixels.shape[1])
     if any(v.startswith("openvino-") for v in variants):
@@ -353,7 +347,8 @@ def measure(net: torch.nn.Module, model_folder: Path, pixels: np.ndarray,
             failed.append(Measurement(variant, None, len(pixels),
                                       reason=f"did not build: {type(exc).__name__}: {exc}"))
     chunks = [torch.from_numpy(pixels[i:i + 32]) for i in range(0, len(pixels), 32)]
-    eager = Predictor(copy.deepcopy(net), device, "fp32", size, jit=False)
+    eager = Scorer(copy.deepcopy(net), Compute.serving(device), serving=True, image_size=size,
+                   jit=False)
     with torch.inference_mode():
         reference = torch.cat([eager(c).argmax(1) for c in chunks])
         agreement = {v: float((torch.cat([p(c).argmax(1) for c in chunks]) == reference)
