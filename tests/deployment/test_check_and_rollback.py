@@ -12,17 +12,16 @@ from mlflow import MlflowClient
 
 from catsdogs.config import load_params
 from catsdogs.deployment.check import CheckResult, labelled_pictures, verdict
-from catsdogs.deployment.history import (
+from catsdogs.deployment.rollout import rollback
+from catsdogs.errors import UserError
+from catsdogs.paths import DataPaths
+from catsdogs.registry.history import champion_history, move_champion
+from catsdogs.registry.names import (
     BY_PROMOTE,
     BY_ROLLBACK,
     DEPLOY_STATUS_TAG,
     ROLLED_BACK,
-    champion_history,
-    move_champion,
 )
-from catsdogs.deployment.rollout import rollback
-from catsdogs.errors import UserError
-from catsdogs.paths import DataPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
