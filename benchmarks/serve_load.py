@@ -156,7 +156,8 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str,
     from catsdogs.data.images import square_image
     from catsdogs.monitoring import ood
     from catsdogs.monitoring.reference import ARTIFACT_DIR, run_network
-    from catsdogs.tracking import CHAMPION, log_and_register, version_tags
+    from catsdogs.registry.names import CHAMPION
+    from catsdogs.registry.record import register, version_tags
 
     mlflow.set_tracking_uri(tracking_uri)
     # artifacts beside the tracking database (the default, ./mlruns, is the caller's directory)
@@ -171,8 +172,7 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str,
     fit = np.arange(len(files)) % 5 != 0
     detector = ood.fit(embeddings[fit], labels[fit], embeddings[~fit], CLASSES)
     with mlflow.start_run():
-        version = log_and_register(net, "CatsDogsBench", example,
-                                   version_tags(image_size, CLASSES, arch))
+        version = register(net, "CatsDogsBench", example, version_tags(image_size, CLASSES, arch))
         with tempfile.TemporaryDirectory() as folder:
             detector.save(Path(folder))
             mlflow.log_artifacts(folder, ARTIFACT_DIR)

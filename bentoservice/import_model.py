@@ -3,16 +3,19 @@ store, so `bentoml build` packages it and the served image needs no MLflow serve
 
     python -m bentoservice.import_model [--model-uri models:/CatsDogsCNN@champion]
 
-The Bento model carries the registry name, version, run id, architecture, image size, classes and
-the training data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in
-its metadata. With calibration photos the import also builds the serving variants (OpenVINO fp32
-and INT8, calibrated on those photos; catsdogs.inference.variants) into the Bento model's
-`variants/` folder and measures every variant that runs on this CPU: label agreement with fp32
-and milliseconds a picture at the service's batch sizes. The measurements go into the metadata
+The model URI is resolved once (`catsdogs.registry.record.resolve`) to a version number; the
+import downloads that number (`models:/NAME/N`), never the alias again, so a promotion during the
+import cannot store one version's weights under another's number. The Bento model carries that
+version's registry name, version, run id, architecture, image size, classes and the training
+data's source (`data_source`, `data_synthetic`: from the version's `data.*` tags) in its
+metadata, all derived from the same record. With calibration photos the import also builds the
+serving variants (OpenVINO fp32 and INT8, calibrated on those photos; catsdogs.inference.variants)
+into the Bento model's `variants/` folder and measures every variant that runs on this CPU: label
+agreement with fp32 and milliseconds a picture at the service's batch sizes. The measurements go into the metadata
 (`serving_variants`: the service serves the fastest adopted one its CPU can run) and onto the
 registry version (`serving.variants` tag), so its model card shows them.
 
-The version's model card (`catsdogs.training.model_card`) is refreshed and stored in the Bento
+The version's model card (`catsdogs.registry.model_card`) is refreshed and stored in the Bento
 model as `model_card.md`; the service serves it at `/model/card`. Re-importing the same registry
 version imports nothing again; it only brings the stored card up to date (the card's history
 changes as the version is promoted, deployed or rolled back) and measures the serving variants
@@ -32,7 +35,7 @@ import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catsdogs.config import Params, load_params
 from catsdogs.console import setup_logging
@@ -40,32 +43,31 @@ from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.summary import Summary
 
+if TYPE_CHECKING:
+    from catsdogs.registry.record import VersionRecord
+
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = "catsdogs_cnn"
 OOD_FOLDER_NAME = "ood"  # the training run's ood.json + ood.npz inside the Bento model
 
 
-def resolve_metadata(model_uri: str, params: Params) -> dict[str, Any]:
-    """Registry facts about the model version: name, version, run id, arch, image size, classes,
-    and the training data's source (`data_source`, `data_synthetic`; absent when unknown)."""
-    from mlflow import MlflowClient
-
-    from catsdogs.tracking import resolve_model
-
-    ref = resolve_model(model_uri)
-    tags = MlflowClient().get_model_version(ref.name, ref.version).tags
-    data = {"data_source": ref.data.source, "data_synthetic": ref.data.synthetic} if ref.data else {}
+def bento_metadata(record: VersionRecord, model_uri: str, params: Params) -> dict[str, Any]:
+    """The Bento model's metadata, from the version `model_uri` was resolved to (`record`):
+    registry name, version, run id, the alias it was reached by ('' for a numbered URI), the URI
+    as given, arch (`params.model.arch` for a version without the tag), image size, classes, and
+    the training data's source (`data_source`, `data_synthetic`; absent when unknown)."""
+    data = record.data
     return {
-        "registered_model": ref.name,
-        "version": ref.version,
+        "registered_model": record.name,
+        "version": record.version,
         "alias": model_uri.split("@", 1)[1] if "@" in model_uri else "",
-        "run_id": ref.run_id,
+        "run_id": record.run_id,
         "source_uri": model_uri,
-        "arch": tags.get("arch") or params.model.arch,
-        "image_size": ref.image_size,
-        "classes": list(ref.classes),
-        **data,
+        "arch": record.arch or params.model.arch,
+        "image_size": record.image_size,
+        "classes": list(record.classes),
+        **({"data_source": data.source, "data_synthetic": data.synthetic} if data else {}),
     }
 
 
@@ -133,7 +135,7 @@ def _tag_variants(metadata: dict[str, Any], variants: dict[str, Any]) -> None:
     """Record the measurement on the registry version (`serving.variants` tag, JSON)."""
     from mlflow import MlflowClient
 
-    from catsdogs.training.model_card import SERVING_VARIANTS_TAG
+    from catsdogs.registry.names import SERVING_VARIANTS_TAG
 
     MlflowClient().set_model_version_tag(metadata["registered_model"], metadata["version"],
                                          SERVING_VARIANTS_TAG, json.dumps(variants))
@@ -147,8 +149,8 @@ def _store_card(stored: Any, metadata: dict[str, Any]) -> bool:
     from mlflow.exceptions import MlflowException
 
     from bentoservice.web import CARD_FILE
+    from catsdogs.registry.model_card import refresh_card
     from catsdogs.storage import atomic_file
-    from catsdogs.training.model_card import refresh_card
 
     name, version = metadata["registered_model"], metadata["version"]
     try:
@@ -178,18 +180,26 @@ def import_ood(run_id: str, folder: Path) -> bool:
 def run(params: Params, paths: DataPaths, model_uri: str | None = None,
         bento_model: str = BENTO_MODEL_NAME, calibration_dir: Path | None = None,
         calibration_images: int = 400) -> Summary:
-    """Import the model into the Bento store; skip when that registry version is already there."""
+    """Import the model into the Bento store; skip when that registry version is already there.
+
+    `model_uri` (default `models:/<registered name>@champion`) is resolved once; the weights
+    downloaded, the metadata, labels, variants tag and card all concern that version. Raises
+    UserError when the registry does not have it."""
     import bentoml
+    from mlflow import MlflowClient
 
     from bentoservice.runtime import VARIANTS_KEY
-    from catsdogs.tracking import CHAMPION, connect
+    from catsdogs.registry.names import CHAMPION
+    from catsdogs.registry.record import resolve
+    from catsdogs.tracking import connect
 
     model_uri = model_uri or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
     connect(paths, create=False)
-    metadata = resolve_metadata(model_uri, params)
-    labels = {"mlflow_model": metadata["registered_model"], "mlflow_version": metadata["version"],
-              "mlflow_run_id": metadata["run_id"]}
-    found = _existing(bento_model, metadata["version"], metadata["run_id"])
+    record = resolve(MlflowClient(), model_uri)
+    metadata = bento_metadata(record, model_uri, params)
+    labels = {"mlflow_model": record.name, "mlflow_version": record.version,
+              "mlflow_run_id": record.run_id}
+    found = _existing(bento_model, record.version, record.run_id)
     files = calibration_files(calibration_dir, calibration_images)
     if found:
         stored = bentoml.models.get(found)
@@ -201,10 +211,11 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
                        + ("; its serving variants were measured" if measured else "")
                        + ("; its model card was updated" if card else ""),
                        skipped=True, details={"tag": found, **metadata})
-    imported = bentoml.mlflow.import_model(bento_model, model_uri, labels=labels,
+    # the resolved number, not `model_uri`: an alias may point elsewhere by now
+    imported = bentoml.mlflow.import_model(bento_model, record.uri, labels=labels,
                                            metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
-    import_ood(metadata["run_id"], Path(stored.path_of(OOD_FOLDER_NAME)))
+    import_ood(record.run_id, Path(stored.path_of(OOD_FOLDER_NAME)))
     _add_variants(stored, metadata, files)
     _store_card(stored, metadata)
     logger.info("imported %s (version %s, run %s) as %s", model_uri, metadata["version"],

@@ -189,10 +189,14 @@ def summary_lines(record: dict[str, Any], login: str, mlflow_ui: str, service: s
 
 def _champion_data() -> Provenance | None:
     """What the served champion was trained on (its registry tags), None when not recorded."""
-    from catsdogs import tracking
+    from mlflow import MlflowClient
 
-    return tracking.champion_data(load_params(PROJECT_DIR / "params.yaml").mlflow
-                                  .registered_model_name)
+    from catsdogs.registry.names import CHAMPION
+    from catsdogs.registry.record import find
+
+    champion = find(MlflowClient(), load_params(PROJECT_DIR / "params.yaml").mlflow
+                    .registered_model_name, CHAMPION)
+    return champion.data if champion is not None else None
 
 
 def summary(demo_dir: Path) -> int:

@@ -1,4 +1,6 @@
-"""Everything MLflow: where the tracking server is, experiment, model logging, registry, aliases.
+"""MLflow tracking: where the tracking server is, the experiment, logging runs, the UI's links.
+
+The model registry (versions, aliases, their tags, the model card) is `catsdogs.registry`.
 
 `MLFLOW_TRACKING_URI` decides the server; unset, an embedded SQLite store in `<data dir>/mlflow/`
 is used so a lone CLI run needs no server. A remote server is probed before any work starts, so a
@@ -35,11 +37,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DATA_DIR_ENV, DataPaths
 from catsdogs.storage import is_stamp
@@ -48,9 +47,6 @@ log = logging.getLogger(__name__)
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 PROBE_TIMEOUT_S = 5.0
-MODEL_NAME = "model"                     # artifact name of the logged model inside its run
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 UI_URL_ENV = "CATSDOGS_MLFLOW_UI_URL"   # the MLflow UI as people reach it, when not the tracking URI
 # MLflow 3.17's UI shows every page in its global "GenAI" mode (a traces overview for an
 # experiment) unless the URL says `workflowType=machine_learning` (or the browser remembers the
@@ -66,19 +62,6 @@ ARTIFACTS = "artifacts"
 LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
                     ("model_versions", "source"), ("model_versions", "storage_location"),
                     ("logged_models", "artifact_location"))
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A registered model version and what is needed to preprocess for it."""
-
-    uri: str
-    name: str
-    version: str
-    run_id: str
-    image_size: int
-    classes: tuple[str, ...]
-    data: Provenance | None = None   # the training data's source; None for versions without tags
 
 
 def tracking_uri(paths: DataPaths) -> str:
@@ -292,102 +275,3 @@ def log_folder(folder: Path, artifact_path: str) -> int:
         mlflow.log_artifact(str(path), artifact_path if parent == "." else
                             f"{artifact_path}/{parent}")
     return len(files)
-
-
-def alias_version(name: str, alias: str) -> Any | None:
-    """The ModelVersion an alias points at, or None when the alias (or model) does not exist."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def resolve_model(uri: str) -> ModelRef:
-    """`models:/NAME@alias` or `models:/NAME/VERSION` -> version, run id, image size, classes.
-
-    The serving image import and `catsdogs evaluate` call this (after `connect`).
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    if not uri.startswith("models:/"):
-        raise UserError(f"model {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    ref = uri[len("models:/"):]
-    client = MlflowClient()
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = ref.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-    except (MlflowException, ValueError) as exc:
-        raise UserError(f"model {uri!r} not found in the registry ({exc}); train and promote "
-                        "one first (`catsdogs train`, `catsdogs promote`)") from None
-    tags = version.tags
-    return ModelRef(uri=uri, name=name, version=str(version.version), run_id=version.run_id,
-                    image_size=int(tags["image_size"]),
-                    classes=tuple(json.loads(tags["classes"])),
-                    data=Provenance.from_tags(tags))
-
-
-def champion_data(registered_name: str) -> Provenance | None:
-    """What the `@champion` version of `registered_name` was trained on (after `connect`).
-
-    `.synthetic` is True for a generated stand-in set, `.note()` a plain warning for people
-    ('' for real data). None when there is no champion or it predates the `data.*` tags.
-    """
-    version = alias_version(registered_name, CHAMPION)
-    return Provenance.from_tags(version.tags) if version is not None else None
-
-
-def load_model(ref: ModelRef, device: Any) -> Any:
-    """The registered torch module of `ref`, in eval mode on `device`."""
-    import mlflow.pytorch
-
-    model = mlflow.pytorch.load_model(f"models:/{ref.name}/{ref.version}", map_location=device)
-    return model.eval()
-
-
-def version_tags(image_size: int, classes: tuple[str, ...], arch: str,
-                 data: Provenance | None = None) -> dict[str, str]:
-    """The tags a registered version carries for its consumers (service, evaluate, promote,
-    the demo summary): image size, classes, arch and, when known, `data.source`/`data.synthetic`."""
-    return ({"image_size": str(image_size), "classes": json.dumps(list(classes)), "arch": arch}
-            | (data.tags() if data is not None else {}))
-
-
-def _requirements() -> list[str]:
-    """The model's runtime requirements, stated (MLflow's inference of them takes ~20 s)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "cloudpickle")]
-
-
-def log_and_register(model: Any, registered_name: str, example: Any, tags: dict[str, str]) -> Any:
-    """Log `model` once in the active run (pickle format, dynamic batch), register it, tag the
-    new version and point `challenger` at it. Returns the ModelVersion."""
-    import mlflow.pytorch
-    import torch
-    from mlflow import MlflowClient
-    from mlflow.models import infer_signature
-
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, logits)
-    info = mlflow.pytorch.log_model(
-        model, name=MODEL_NAME, signature=signature, input_example=example,
-        serialization_format="pickle", registered_model_name=registered_name,
-        pip_requirements=_requirements(),
-        metadata={"image_size": int(tags["image_size"]), "classes": json.loads(tags["classes"])},
-    )
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, version, key, value)
-    client.set_registered_model_alias(registered_name, CHALLENGER, version)
-    log.info("registered %s version %s as @%s", registered_name, version, CHALLENGER)
-    return client.get_model_version(registered_name, version)

@@ -1,28 +1,31 @@
-"""The post-deploy check's pieces and `catsdogs rollback` on a real MLflow server (no target:
-`deploy.target=none`, so only the registry moves; the rollout itself is in test_local_rollout)."""
+"""The post-deploy check's pieces, `catsdogs rollback` on a real MLflow server (no target:
+`deploy.target=none`, so only the registry moves; the rollout itself is in test_local_rollout),
+and the rollout's one resolution of `@champion` (a stand-in target that moves the alias)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 from catsdogs.config import load_params
 from catsdogs.deployment.check import CheckResult, labelled_pictures, verdict
-from catsdogs.deployment.history import (
+from catsdogs.deployment.release import Release, Skipped
+from catsdogs.deployment.rollout import deploy_champion, rollback
+from catsdogs.errors import UserError
+from catsdogs.paths import DataPaths
+from catsdogs.registry.history import champion_history, move_champion
+from catsdogs.registry.names import (
     BY_PROMOTE,
     BY_ROLLBACK,
     DEPLOY_STATUS_TAG,
     ROLLED_BACK,
-    champion_history,
-    move_champion,
 )
-from catsdogs.deployment.rollout import rollback
-from catsdogs.errors import UserError
-from catsdogs.paths import DataPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +103,54 @@ def test_rollback_command_errors_are_one_line(tmp_path: Path, tracking_uri: str)
         timeout=120)
     assert done.returncode != 0
     assert "catsdogs rollback: error:" in done.stderr and "Traceback" not in done.stderr
+
+
+@dataclass
+class PromotedDuringPreflight:
+    """A stand-in deployment target: the thing under test is the rollout's resolution of
+    `@champion`, not a target. Its preflight moves `@champion` to `promote_to`, as a promotion
+    landing at that moment would; `deploy` records the release it was given, then says the
+    target is not available here."""
+
+    client: MlflowClient
+    model: str
+    promote_to: str
+    name: str = "stand-in"
+    released: list[Release] = field(default_factory=list)
+
+    def preflight(self) -> None:
+        move_champion(self.client, self.model, self.promote_to, reason="promoted meanwhile",
+                      by=BY_PROMOTE)
+
+    def endpoint(self) -> str:
+        return "http://127.0.0.1:9"
+
+    def serving(self) -> str | None:
+        return None
+
+    def deploy(self, release: Release) -> dict[str, Any]:
+        self.released.append(release)
+        raise Skipped("a stand-in target deploys nothing")
+
+
+def test_deploy_resolves_the_champion_once(tmp_path: Path, tracking_uri: str) -> None:
+    """A promotion between the rollout's resolution of @champion and its deployment cannot
+    change what it deploys: the release and the summary are the version resolved first."""
+    client = MlflowClient(tracking_uri)
+    name = f"CatsDogsDeployOnce{tmp_path.name[-6:].replace('_', '')}"
+    client.create_registered_model(name)
+    experiment = client.create_experiment(f"deploy-once-{tmp_path.name}")
+    versions = []
+    for _ in range(2):
+        run = client.create_run(experiment).info.run_id
+        versions.append(client.create_model_version(name, f"runs:/{run}/model", run_id=run).version)
+    move_champion(client, name, versions[0], reason="test", by=BY_PROMOTE)
+    params = load_params(REPO_ROOT / "params.yaml", [f"mlflow.registered_model_name={name}"])
+    paths = DataPaths.resolve(tmp_path)
+    _pictures(paths.split_dir("test"), cats=30, dogs=30)
+    target = PromotedDuringPreflight(client, name, versions[1])
+
+    summary = deploy_champion(params, paths, target, client)
+    assert client.get_model_version_by_alias(name, "champion").version == versions[1]  # moved
+    assert target.released == [Release(name, versions[0])]
+    assert summary.skipped and summary.details["version"] == versions[0]

@@ -22,18 +22,17 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs.config import load_params
-from catsdogs.deployment.history import (
-    BY_POST_DEPLOY_CHECK,
-    BY_PROMOTE,
-    DEPLOY_STATUS_TAG,
-    ROLLED_BACK,
-    champion_history,
-    move_champion,
-)
 from catsdogs.deployment.rollout import deploy_champion
 from catsdogs.deployment.targets.local import LocalTarget
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from catsdogs.registry.history import champion_history, move_champion
+from catsdogs.registry.names import (
+    BY_POST_DEPLOY_CHECK,
+    BY_PROMOTE,
+    DEPLOY_STATUS_TAG,
+    ROLLED_BACK,
+)
 from tests.deployment.load import Load
 from tests.servers import free_port
 

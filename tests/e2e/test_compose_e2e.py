@@ -39,9 +39,9 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.deployment.history import DEPLOY_STATUS_TAG, ROLLED_BACK
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
+from catsdogs.registry.names import DEPLOY_STATUS_TAG, ROLLED_BACK
 from tests.deployment.load import Load
 from tests.e2e.compose import (
     COMPOSE_FILE,

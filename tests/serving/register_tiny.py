@@ -23,10 +23,11 @@ from mlflow import MlflowClient
 
 from catsdogs.config import CLASSES
 from catsdogs.data.provenance import Provenance
-from catsdogs.deployment.history import BY_PROMOTE, move_champion
 from catsdogs.monitoring import ood
 from catsdogs.monitoring.reference import ARTIFACT_DIR, run_network
-from catsdogs.tracking import log_and_register, version_tags
+from catsdogs.registry.history import move_champion
+from catsdogs.registry.names import BY_PROMOTE
+from catsdogs.registry.record import register, version_tags
 from catsdogs.training.model import build_model
 
 
@@ -55,8 +56,7 @@ def main(url: str, name: str, image_size: int, data: Provenance | None = None) -
     example = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
     mlflow.set_experiment("catsdogs serving tests")
     with mlflow.start_run():
-        version = log_and_register(net, name, example,
-                                   version_tags(image_size, CLASSES, "resnet18", data))
+        version = register(net, name, example, version_tags(image_size, CLASSES, "resnet18", data))
         log_calibration(net, image_size)
     move_champion(MlflowClient(), name, version.version, reason="registered by the serving tests",
                   by=BY_PROMOTE)

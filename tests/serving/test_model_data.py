@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from mlflow import MlflowClient
 
 from catsdogs import tracking
 from catsdogs.data.provenance import Provenance
 from catsdogs.paths import DataPaths
+from catsdogs.registry.names import CHAMPION
+from catsdogs.registry.record import find
 from tests.browser import chromium_page
 from tests.serving.conftest import DATA_SOURCE, MODEL_NAME, BentoServer
 
@@ -32,8 +35,9 @@ def test_model_endpoint_and_log_say_generated_data(bento_server: BentoServer) ->
 def test_champion_data_helper_reads_the_registry(bento_server: BentoServer, tracking_uri: str,
                                                  tmp_path: Path) -> None:
     tracking.connect(DataPaths(tmp_path))
-    assert tracking.champion_data(MODEL_NAME) == Provenance(DATA_SOURCE, True)
-    assert tracking.champion_data("NoSuchModel") is None
+    client = MlflowClient()
+    assert find(client, MODEL_NAME, CHAMPION).data == Provenance(DATA_SOURCE, True)
+    assert find(client, "NoSuchModel", CHAMPION) is None
 
 
 @pytest.mark.browser

@@ -16,22 +16,23 @@ from mlflow import MlflowClient
 
 from catsdogs import cli, tracking
 from catsdogs.data import lineage
-from catsdogs.deployment.history import (
+from catsdogs.paths import DataPaths
+from catsdogs.registry import model_card
+from catsdogs.registry.history import champion_history, move_champion, previous_champion
+from catsdogs.registry.names import (
     BY_POST_DEPLOY_CHECK,
     BY_PROMOTE,
     BY_ROLLBACK,
+    CARD_ARTIFACT,
+    CONFUSION_TAG,
     DEPLOY_REASON_TAG,
     DEPLOY_STATUS_TAG,
     DEPLOY_TARGET_TAG,
     ROLLED_BACK,
-    AliasMove,
-    champion_history,
-    move_champion,
-    previous_champion,
+    SERVING_VARIANTS_TAG,
 )
-from catsdogs.paths import DataPaths
+from catsdogs.registry.record import AliasMove, register, version_tags
 from catsdogs.stages.train import SPLITS, data_hash
-from catsdogs.training import model_card
 from tests.training.conftest import IMAGE_SIZE
 from tests.training.crafted import ColourRule
 
@@ -65,7 +66,7 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
     # the card: the version's description and an artifact of its run, the same facts
     version = client.get_model_version(name, trained["version"])
     card = version.description
-    local = client.download_artifacts(trained["run_id"], model_card.CARD_ARTIFACT, str(tmp_path))
+    local = client.download_artifacts(trained["run_id"], CARD_ARTIFACT, str(tmp_path))
     assert Path(local).read_text() == card
     assert card.startswith(f"# Model card: {name} v{trained['version']}")
     assert f"digest `{data_hash(tiny_data)}`" in card
@@ -73,7 +74,7 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
     for split in SPLITS:
         cat, dog = on_disk[(split, "cat")], on_disk[(split, "dog")]
         assert f"| {split} | {cat} | {dog} | {cat + dog} |" in card
-    matrix = json.loads(run.data.tags[model_card.CONFUSION_TAG])["rows_true_cols_predicted"]
+    matrix = json.loads(run.data.tags[CONFUSION_TAG])["rows_true_cols_predicted"]
     assert sum(map(sum, matrix)) == on_disk[("test", "cat")] + on_disk[("test", "dog")]
     for label, row in zip(("cat", "dog"), matrix, strict=True):
         assert f"| {label} | {row[0]} | {row[1]} |" in card
@@ -94,7 +95,7 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
                      "ms_per_image": {"1": 5.39, "8": 4.28}, "adopted": True, "reason": "ref"},
                     {"variant": "openvino-int8", "agreement": 0.9975, "images": 400,
                      "ms_per_image": {"1": 3.11, "8": 2.67}, "adopted": True, "reason": "ok"}]}
-    client.set_model_version_tag(name, trained["version"], model_card.SERVING_VARIANTS_TAG,
+    client.set_model_version_tag(name, trained["version"], SERVING_VARIANTS_TAG,
                                  json.dumps(measured))
     card = model_card.refresh_card(client, name, trained["version"])[trained["version"]]
     assert "at least 99.5% of the photos" in card and "the measured choice was `openvino-int8`" in card
@@ -108,9 +109,8 @@ def _register(paths: DataPaths, weight: float, bias: float) -> str:
     experiment = tracking.experiment_id("Cats vs Dogs CNN", paths)
     example = np.random.default_rng(0).normal(size=(2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32")
     with mlflow.start_run(experiment_id=experiment):
-        version = tracking.log_and_register(
-            ColourRule(weight, bias), NAME, example,
-            tracking.version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
+        version = register(ColourRule(weight, bias), NAME, example,
+                           version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
     return version.version
 
 
@@ -191,4 +191,4 @@ def test_description_fits_the_registry_with_a_long_history() -> None:
     assert len(full) > model_card.DESCRIPTION_LIMIT >= len(short)
     assert full.count("| rollback |") == 80
     assert short.count("| rollback |") == model_card.SHORT_HISTORY
-    assert "75 earlier moves" in short and model_card.CARD_ARTIFACT in short
+    assert "75 earlier moves" in short and CARD_ARTIFACT in short

@@ -12,6 +12,8 @@ from sklearn import metrics as sk
 
 from catsdogs import cli, tracking
 from catsdogs.paths import DataPaths
+from catsdogs.registry.names import CHAMPION
+from catsdogs.registry.record import find, register, version_tags
 from catsdogs.stages import evaluate, promote
 from tests.training.conftest import IMAGE_SIZE, tiny_params
 from tests.training.crafted import ColourRule
@@ -25,13 +27,12 @@ def _register(model: ColourRule, paths: DataPaths) -> str:
     experiment = tracking.experiment_id("Cats vs Dogs CNN", paths)
     example = np.random.default_rng(0).normal(size=(2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32")
     with mlflow.start_run(experiment_id=experiment):
-        version = tracking.log_and_register(
-            model, NAME, example, tracking.version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
+        version = register(model, NAME, example, version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
     return version.version
 
 
 def _champion() -> str | None:
-    found = tracking.alias_version(NAME, tracking.CHAMPION)
+    found = find(MlflowClient(), NAME, CHAMPION)
     return None if found is None else found.version
 
 

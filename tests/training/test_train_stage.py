@@ -59,12 +59,12 @@ def test_run_logs_params_metrics_tags_and_artefacts(trained: dict, tiny_data,
 
 def test_registered_version_has_challenger_alias_and_metadata(trained: dict,
                                                               tracking_uri: str) -> None:
-    from catsdogs.tracking import resolve_model
+    from catsdogs.registry.record import resolve
 
     version = MlflowClient().get_model_version_by_alias("CatsDogsCNN", "challenger")
     assert version.version == trained["version"]
     assert version.run_id == trained["run_id"]
-    ref = resolve_model("models:/CatsDogsCNN@challenger")
+    ref = resolve(MlflowClient(), "models:/CatsDogsCNN@challenger")
     assert (ref.version, ref.run_id, ref.image_size, ref.classes) == (
         trained["version"], trained["run_id"], IMAGE_SIZE, ("cat", "dog"))
     run_tags = MlflowClient().get_run(trained["run_id"]).data.tags

@@ -9,8 +9,8 @@
 A CLI command only (not a task of the training DAG): it reads the registry and changes no alias;
 it never creates a store (`tracking.connect(create=False)`), and says which store it read (the
 message and the summary's `store`, credentials left out).
-The moves are the `champion.move.*` tags `catsdogs.deployment.history.move_champion` writes; the
-card is `catsdogs.training.model_card`.
+The moves are the `champion.move.*` tags `catsdogs.registry.history.move_champion` writes; the
+card is `catsdogs.registry.model_card`.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ def history(name: str, store: str) -> Summary:
     """The moves of `name@champion` (after `tracking.connect`) in `store` (as shown)."""
     from mlflow import MlflowClient
 
-    from catsdogs import tracking
-    from catsdogs.deployment.history import champion_history
+    from catsdogs.registry.history import champion_history
+    from catsdogs.registry.names import CHAMPION
+    from catsdogs.registry.record import find
 
-    moves = champion_history(MlflowClient(), name)
-    current = tracking.alias_version(name, tracking.CHAMPION)
+    client = MlflowClient()
+    moves = champion_history(client, name)
+    current = find(client, name, CHAMPION)
     now = f"v{current.version}" if current is not None else "not set"
     if not moves:
         message = f"{name}@champion is {now} in {store}; no move of it is recorded yet"
@@ -62,17 +64,19 @@ def card(name: str, version: str | None, store: str) -> Summary:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from catsdogs import tracking
-    from catsdogs.training.model_card import CARD_ARTIFACT, refresh_card
+    from catsdogs.registry.model_card import refresh_card
+    from catsdogs.registry.names import CARD_ARTIFACT, CHAMPION
+    from catsdogs.registry.record import find
 
+    client = MlflowClient()
     if version is None:
-        current = tracking.alias_version(name, tracking.CHAMPION)
+        current = find(client, name, CHAMPION)
         if current is None:
             raise UserError(f"{name} has no @champion in {store}: give --version N (or run "
                             "`catsdogs promote` first)")
-        version = str(current.version)
+        version = current.version
     try:
-        text = refresh_card(MlflowClient(), name, version)[version]
+        text = refresh_card(client, name, version)[version]
     except MlflowException as exc:
         raise UserError(f"{name} v{version} in {store}: {exc.message}; list the versions in the MLflow UI "
                         "or with `catsdogs champion history`") from None

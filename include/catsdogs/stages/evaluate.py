@@ -27,10 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) -> dict[str, Any]:
-    """Score `model` on `images`: metrics, confusion matrix and per-image predictions."""
+    """Score `model` (a models:/ URI, resolved once; default `@champion`) on `images`: metrics,
+    confusion matrix and per-image predictions."""
+    from mlflow import MlflowClient
+
     from catsdogs import tracking
     from catsdogs.config import CLASSES
     from catsdogs.inference.compute import pick_device, resolve_precision
+    from catsdogs.registry.names import CHAMPION
+    from catsdogs.registry.record import load_model, resolve
     from catsdogs.training.loading import ImageFolderDataset, list_images, make_loader
     from catsdogs.training.loop import predict
     from catsdogs.training.metrics import classification_metrics, confusion
@@ -41,16 +46,17 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
                         f"{' and '.join(f'{c}/' for c in CLASSES)} sub-folders")
     list_images(images)                      # a folder without cat/ and dog/ fails before MLflow
     store = tracking.shown_uri(tracking.connect(paths, create=False))
-    ref = tracking.resolve_model(model or f"models:/{params.mlflow.registered_model_name}@champion")
+    uri = model or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
+    record = resolve(MlflowClient(), uri)
     device = pick_device()
     precision = resolve_precision(params.train.precision, device)
-    dataset = ImageFolderDataset(images, eval_transform(ref.image_size))
+    dataset = ImageFolderDataset(images, eval_transform(record.image_size))
     loader = make_loader(dataset, params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
-    labels, probs = predict(tracking.load_model(ref, device), loader, device, precision)
+    labels, probs = predict(load_model(record, device), loader, device, precision)
     metrics = classification_metrics(labels, probs)
     return {
-        "store": store, "model": ref.uri, "version": ref.version, "run_id": ref.run_id, "images": str(images),
+        "store": store, "model": uri, "version": record.version, "run_id": record.run_id, "images": str(images),
         "count": len(labels), "precision_mode": precision,
         "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
         "confusion_matrix": {"labels": list(CLASSES), "rows_true_cols_predicted":

@@ -9,20 +9,37 @@ version and its run, and its model card shows them. A worse model is never promo
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from catsdogs.config import Params
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from catsdogs.registry.names import (
+    BY_PROMOTE,
+    CHALLENGER,
+    CHAMPION,
+    PROMOTED,
+    PROMOTION_CHALLENGER_SCORE_TAG,
+    PROMOTION_CHAMPION_SCORE_TAG,
+    PROMOTION_CHAMPION_VERSION_TAG,
+    PROMOTION_DECISION_TAG,
+    PROMOTION_METRIC_TAG,
+    PROMOTION_MIN_DELTA_TAG,
+    PROMOTION_REASON_TAG,
+    REJECTED,
+)
 from catsdogs.summary import Summary
+
+if TYPE_CHECKING:
+    from catsdogs.registry.record import VersionRecord
 
 log = logging.getLogger(__name__)
 
 
-def score(ref: Any, paths: DataPaths, metric: str, params: Params) -> float:
+def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) -> float:
     """`metric` of a registered model version on transformed/test (preprocessed at its own size)."""
-    from catsdogs import tracking
     from catsdogs.inference.compute import pick_device, resolve_precision
+    from catsdogs.registry.record import load_model
     from catsdogs.training.loading import ImageFolderDataset, make_loader
     from catsdogs.training.loop import predict
     from catsdogs.training.metrics import classification_metrics
@@ -30,8 +47,9 @@ def score(ref: Any, paths: DataPaths, metric: str, params: Params) -> float:
 
     device = pick_device()
     precision = resolve_precision(params.train.precision, device)
-    model = tracking.load_model(ref, device)
-    loader = make_loader(ImageFolderDataset(paths.split_dir("test"), eval_transform(ref.image_size)),
+    model = load_model(record, device)
+    loader = make_loader(ImageFolderDataset(paths.split_dir("test"),
+                                            eval_transform(record.image_size)),
                          params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
     labels, probs = predict(model, loader, device, precision)
@@ -50,7 +68,8 @@ def decide(challenger: float, champion: float | None, min_delta: float,
                    f"{champion:.4f} by more than {min_delta}")
 
 
-def _earlier_decision(challenger: Any, champion: Any, params: Params) -> str | None:
+def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
+                      params: Params) -> str | None:
     """Why there is nothing to decide (the stage is up to date), or None: the challenger is the
     champion, or it was already rejected against this champion with this metric and margin (a
     version's training data are fixed, so the same comparison gives the same answer)."""
@@ -59,58 +78,57 @@ def _earlier_decision(challenger: Any, champion: Any, params: Params) -> str | N
     if champion.version == challenger.version:
         return "is already the champion"
     tags = challenger.tags
-    if (tags.get("promotion.decision") == "rejected"
-            and tags.get("promotion.champion_version") == str(champion.version)
-            and tags.get("promotion.metric") == params.promote.metric
-            and tags.get("promotion.min_delta") == str(params.promote.min_delta)):
+    if (tags.get(PROMOTION_DECISION_TAG) == REJECTED
+            and tags.get(PROMOTION_CHAMPION_VERSION_TAG) == champion.version
+            and tags.get(PROMOTION_METRIC_TAG) == params.promote.metric
+            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)):
         return (f"was already rejected against champion v{champion.version}: "
-                f"{tags.get('promotion.reason', '')}")
+                f"{tags.get(PROMOTION_REASON_TAG, '')}")
     return None
 
 
 def run(params: Params, paths: DataPaths) -> Summary:
+    """Judge `@challenger` against `@champion`, each resolved once: the scores, the tags and the
+    move all concern those two versions, even when an alias moves meanwhile."""
     from mlflow import MlflowClient
 
     from catsdogs import tracking
-    from catsdogs.deployment.history import BY_PROMOTE, move_champion
-    from catsdogs.training.model_card import refresh_card
+    from catsdogs.registry.history import move_champion
+    from catsdogs.registry.model_card import refresh_card
+    from catsdogs.registry.record import find
 
     if not paths.split_dir("test").is_dir():
         raise UserError(f"test split missing at {paths.split_dir('test')}; run `catsdogs "
                         "transform` first")
     tracking.connect(paths)
-    name, metric = params.mlflow.registered_model_name, params.promote.metric
-    challenger_version = tracking.alias_version(name, tracking.CHALLENGER)
-    if challenger_version is None:
-        raise UserError(f"no {name}@{tracking.CHALLENGER} in the registry; run `catsdogs train` "
-                        "first")
-    champion_version = tracking.alias_version(name, tracking.CHAMPION)
-    judged = _earlier_decision(challenger_version, champion_version, params)
-    if judged is not None:
-        run_id = challenger_version.run_id
-        return Summary("promote", f"{name} v{challenger_version.version} {judged}",
-                       skipped=True, details={
-                           "version": challenger_version.version, "promoted": False,
-                           "champion_version": champion_version.version, "run_id": run_id,
-                           "experiment_id": MlflowClient().get_run(run_id).info.experiment_id,
-                           "reason": judged})
-    challenger = tracking.resolve_model(f"models:/{name}/{challenger_version.version}")
-    challenger_score = score(challenger, paths, metric, params)
-    champion_score = None
-    if champion_version is not None:
-        champion = tracking.resolve_model(f"models:/{name}/{champion_version.version}")
-        champion_score = score(champion, paths, metric, params)
-    promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
     client = MlflowClient()
+    name, metric = params.mlflow.registered_model_name, params.promote.metric
+    challenger = find(client, name, CHALLENGER)
+    if challenger is None:
+        raise UserError(f"no {name}@{CHALLENGER} in the registry; run `catsdogs train` first")
+    champion = find(client, name, CHAMPION)
+    judged = _earlier_decision(challenger, champion, params)
+    if judged is not None:
+        run_id = challenger.run_id
+        return Summary("promote", f"{name} v{challenger.version} {judged}",
+                       skipped=True, details={
+                           "version": challenger.version, "promoted": False,
+                           "champion_version": champion.version if champion else None,
+                           "run_id": run_id,
+                           "experiment_id": client.get_run(run_id).info.experiment_id,
+                           "reason": judged})
+    challenger_score = score(challenger, paths, metric, params)
+    champion_score = None if champion is None else score(champion, paths, metric, params)
+    promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
     tags = {
-        "promotion.decision": "promoted" if promoted else "rejected",
-        "promotion.metric": metric,
-        "promotion.min_delta": str(params.promote.min_delta),
-        "promotion.challenger_score": f"{challenger_score:.6f}",
-        "promotion.champion_score": "none" if champion_score is None else f"{champion_score:.6f}",
-        "promotion.champion_version": "none" if champion_version is None
-        else str(champion_version.version),
-        "promotion.reason": reason,
+        PROMOTION_DECISION_TAG: PROMOTED if promoted else REJECTED,
+        PROMOTION_METRIC_TAG: metric,
+        PROMOTION_MIN_DELTA_TAG: str(params.promote.min_delta),
+        PROMOTION_CHALLENGER_SCORE_TAG: f"{challenger_score:.6f}",
+        PROMOTION_CHAMPION_SCORE_TAG: "none" if champion_score is None
+        else f"{champion_score:.6f}",
+        PROMOTION_CHAMPION_VERSION_TAG: "none" if champion is None else champion.version,
+        PROMOTION_REASON_TAG: reason,
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, challenger.version, key, value)
@@ -120,8 +138,8 @@ def run(params: Params, paths: DataPaths) -> Summary:
         move_champion(client, name, challenger.version, reason=reason, by=BY_PROMOTE)
     else:
         refresh_card(client, name, challenger.version)
-    champion_now = challenger.version if promoted else champion_version.version
-    message = (f"{tags['promotion.decision']} {name} v{challenger.version}: {reason}; "
+    champion_now = challenger.version if promoted else champion.version
+    message = (f"{tags[PROMOTION_DECISION_TAG]} {name} v{challenger.version}: {reason}; "
                f"@champion is v{champion_now}")
     log.info("%s", message)
     return Summary("promote", message, details={

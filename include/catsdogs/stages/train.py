@@ -3,7 +3,7 @@ model as a new `CatsDogsCNN` version with alias `challenger` and write its model
 
 The training data set is recorded on the run with `mlflow.log_input` (`catsdogs.data.lineage`:
 source, digests of the prepared manifest and of the transformed files, pictures per split and
-class); the card (`catsdogs.training.model_card`) is rendered from the run and the version.
+class); the card (`catsdogs.registry.model_card`) is rendered from the run and the version.
 
 Besides metrics and reports, the run carries the model's reference profile and out-of-distribution
 calibration (`monitoring/reference.parquet`, `monitoring/ood.json`, `monitoring/ood.npz`:
@@ -30,6 +30,7 @@ from catsdogs.config import Params
 from catsdogs.data import lineage, provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from catsdogs.registry.names import CONFUSION_TAG, REGISTERED_VERSION_TAG
 from catsdogs.storage import fingerprint, sha256_file
 from catsdogs.summary import Summary
 
@@ -76,7 +77,7 @@ def _previous_run(experiment: str, run_fingerprint: str) -> Any | None:
     runs = mlflow.search_runs(
         [experiment], output_format="list", max_results=1,
         filter_string=f"tags.`catsdogs.fingerprint` = '{run_fingerprint}' "
-                      "and attributes.status = 'FINISHED' and tags.registered_version != ''")
+                      f"and attributes.status = 'FINISHED' and tags.{REGISTERED_VERSION_TAG} != ''")
     return runs[0] if runs else None
 
 
@@ -98,7 +99,7 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                                   device.type, choice.precision, choice.channels_last)
     previous = None if force else _previous_run(experiment, run_fingerprint)
     if previous is not None:
-        version = previous.data.tags["registered_version"]
+        version = previous.data.tags[REGISTERED_VERSION_TAG]
         return Summary("train", f"run {previous.info.run_id} already trained these data and "
                        f"params (version {version}); use --force to train again", skipped=True,
                        details={"run_id": previous.info.run_id, "experiment_id": experiment,
@@ -208,11 +209,12 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
     from catsdogs import tracking
     from catsdogs.config import CLASSES
     from catsdogs.monitoring.reference import log_reference
+    from catsdogs.registry.model_card import refresh_card
+    from catsdogs.registry.record import register, version_tags
     from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import fit, predict
     from catsdogs.training.metrics import classification_metrics
     from catsdogs.training.model import build_model, train_augment
-    from catsdogs.training.model_card import refresh_card
     from catsdogs.training.top_blocks import fit_top_blocks
 
     settings, size = params.train, params.transform.image_size
@@ -259,11 +261,10 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
                       "ood_threshold": reference["ood_threshold"]})
         example = next(iter(batches["test"]))[0][:2].numpy()
         model = model.to("cpu").float().to(memory_format=torch.contiguous_format)
-        version = tracking.log_and_register(
+        version = register(
             model.eval(), params.mlflow.registered_model_name, example,
-            tracking.version_tags(size, CLASSES, params.model.arch,
-                                  provenance.Provenance.from_tags(tags)))
-        mlflow.set_tag("registered_version", version.version)
+            version_tags(size, CLASSES, params.model.arch, provenance.Provenance.from_tags(tags)))
+        mlflow.set_tag(REGISTERED_VERSION_TAG, version.version)
     refresh_card(MlflowClient(), params.mlflow.registered_model_name, version.version)
     if (ui := tracking.ui_base_url()) is not None:
         log.info("MLflow run: %s", tracking.run_url(ui, experiment, active.info.run_id))
@@ -289,7 +290,7 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
 
     from catsdogs import tracking
     from catsdogs.config import CLASSES
-    from catsdogs.training import model_card, reports
+    from catsdogs.training import reports
     from catsdogs.training.metrics import confusion
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,7 +304,7 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
             params=params.flat(), history=result.history, best_epoch=result.best_epoch,
             test=test, labels=labels, probs=probs, images_per_second=result.images_per_second))
         mlflow.log_artifacts(str(folder), "reports")
-    mlflow.set_tag(model_card.CONFUSION_TAG, json.dumps(
+    mlflow.set_tag(CONFUSION_TAG, json.dumps(
         {"labels": list(CLASSES), "rows_true_cols_predicted": confusion(labels, probs)}))
     summary = paths.validation_reports / "summary.json"
     if summary.exists():

@@ -7,18 +7,20 @@ The card is rendered from what MLflow already holds, so it never loads the model
   check the serving import records as `serving.bf16_*`) and its aliases;
 - its run: parameters, `test_*` metrics, the training data set logged with `mlflow.log_input`
   (`catsdogs.data.lineage`) and the test confusion matrix (run tag `test.confusion_matrix`);
-- the champion history (`catsdogs.deployment.history`): the moves of `@champion` to or from it.
+- the moves of `@champion` to or from it (recorded on the version itself: `record.AliasMove`).
 
 `refresh_card` stores it twice: as the artifact `model_card.md` of the version's run and as the
 version's description (what the MLflow UI shows on the version page; the registry keeps at most
 `DESCRIPTION_LIMIT` characters, so a long history is shortened there, never in the artifact).
-The train stage writes the first card when it registers a version; `move_champion` refreshes the
-cards of both versions of a move, promote refreshes a rejected challenger's, and the deployment
-calls `refresh_card` after it tags `deploy.status`. A card changes only when those facts change
+The train stage writes the first card when it registers a version; `history.move_champion`
+refreshes the cards of both versions of a move, `history.mark_deployment` the card of the version
+it tags, promote refreshes a rejected challenger's. A card changes only when those facts change
 (no render time in it), so refreshing an unchanged card writes nothing.
 
 The card is our own format (no model-card library is installed here, and the fields are ours);
 its sections follow the usual model-card outline: intended use, limits, data, metrics, history.
+A new fact on the card: read it in `gather` (a field of `CardFacts`), show it in `render`'s
+section, and put any tag name it needs in `catsdogs.registry.names`.
 """
 
 from __future__ import annotations
@@ -31,25 +33,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catsdogs.config import CLASSES
-from catsdogs.data.lineage import DATASET_NAME, TrainingData
+from catsdogs.data.lineage import DATASET_NAME, TrainingData, from_run
 from catsdogs.data.provenance import Provenance
-from catsdogs.deployment.history import (
+from catsdogs.registry.names import (
+    ARCH_TAG,
+    CARD_ARTIFACT,
+    CHAMPION,
+    CLASSES_TAG,
+    CONFUSION_TAG,
     DEPLOY_REASON_TAG,
     DEPLOY_STATUS_TAG,
     DEPLOY_TARGET_TAG,
     DEPLOY_TIME_TAG,
+    IMAGE_SIZE_TAG,
+    PROMOTION_CHAMPION_VERSION_TAG,
+    PROMOTION_DECISION_TAG,
+    PROMOTION_METRIC_TAG,
+    PROMOTION_MIN_DELTA_TAG,
+    PROMOTION_REASON_TAG,
+    SERVING_VARIANTS_TAG,
 )
+from catsdogs.registry.record import AliasMove, VersionRecord
 from catsdogs.training.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
-CARD_ARTIFACT = "model_card.md"
-CONFUSION_TAG = "test.confusion_matrix"    # run tag: {"labels", "rows_true_cols_predicted"}
 DESCRIPTION_LIMIT = 5000          # characters: the registry's model-version description column
-# the serving import's measurement of the serving variants (bentoservice.variants), JSON:
-# {"cpu", "min_agreement", "chosen", "measured": [{"variant", "agreement", "images",
-#  "ms_per_image": {batch: ms}, "adopted", "reason"}]}
-SERVING_VARIANTS_TAG = "serving.variants"
 CARD_PARAM_SECTIONS = ("model.", "train.", "transform.", "split.")
 SPLIT_ORDER = ("train", "val", "test")
 SHORT_HISTORY = 5                 # moves kept in a description that would be too long
@@ -70,7 +79,7 @@ class CardFacts:
     metrics: dict[str, float]
     data: TrainingData | None
     confusion: list[list[int]] | None     # rows true class, columns predicted (CLASSES order)
-    moves: list[Any] = field(default_factory=list)   # history.AliasMove to or from this version
+    moves: list[AliasMove] = field(default_factory=list)   # to or from this version, oldest first
     stored_description: str | None = None   # the version's description now (not shown)
 
 
@@ -89,22 +98,18 @@ def _confusion(run_tags: dict[str, str]) -> list[list[int]] | None:
 
 
 def gather(client: Any, name: str, version: str) -> CardFacts:
-    """The facts of `name` version `version` (`client`: an `mlflow.MlflowClient`): three registry
+    """The facts of `name` version `version` (`client`: an `mlflow.MlflowClient`): two registry
     and tracking calls, no download; MlflowException when the version does not exist."""
-    from catsdogs.data import lineage
-    from catsdogs.deployment.history import champion_history
-
     found = client.get_model_version(name, str(version))
     run = client.get_run(found.run_id)
-    moves = [move for move in champion_history(client, name)
-             if str(version) in (move.to_version, move.from_version)]
     return CardFacts(
         name=name, version=str(found.version), run_id=found.run_id,
         experiment_id=run.info.experiment_id, registered=_iso(found.creation_timestamp),
         aliases=tuple(sorted(getattr(found, "aliases", None) or ())),
         tags=dict(found.tags or {}), params=dict(run.data.params),
-        metrics=dict(run.data.metrics), data=lineage.from_run(run),
-        confusion=_confusion(run.data.tags), moves=moves,
+        metrics=dict(run.data.metrics), data=from_run(run),
+        confusion=_confusion(run.data.tags),
+        moves=VersionRecord.from_model_version(found).moves,
         stored_description=found.description or None)
 
 
@@ -116,7 +121,7 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 def _classes(facts: CardFacts) -> list[str]:
     try:
-        return list(json.loads(facts.tags["classes"]))
+        return list(json.loads(facts.tags[CLASSES_TAG]))
     except (KeyError, ValueError, TypeError):
         return list(CLASSES)
 
@@ -129,7 +134,7 @@ def _provenance(facts: CardFacts) -> Provenance | None:
 
 
 def _intended_use(facts: CardFacts, classes: list[str]) -> list[str]:
-    size = facts.tags.get("image_size") or facts.params.get("transform.image_size", "?")
+    size = facts.tags.get(IMAGE_SIZE_TAG) or facts.params.get("transform.image_size", "?")
     return [
         "## Intended use", "",
         f"Tell whether a photo shows a {' or a '.join(classes)}: one animal per photo, the kind "
@@ -245,17 +250,17 @@ def _variant_lines(tags: dict[str, str]) -> list[str]:
 def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
     tags = facts.tags
     lines = ["## Promotion and deployment", ""]
-    if "champion" in facts.aliases:
+    if CHAMPION in facts.aliases:
         lines.append("- Now: **@champion** (the version the service should be serving)")
     elif facts.aliases:
         lines.append("- Now: " + ", ".join(f"@{a}" for a in facts.aliases))
-    decision = tags.get("promotion.decision")
+    decision = tags.get(PROMOTION_DECISION_TAG)
     if decision:
-        against = tags.get("promotion.champion_version", "none")
-        lines.append(f"- Promotion: {decision} by `{tags.get('promotion.metric', '?')}` "
-                     f"(min_delta {tags.get('promotion.min_delta', '?')}, "
+        against = tags.get(PROMOTION_CHAMPION_VERSION_TAG, "none")
+        lines.append(f"- Promotion: {decision} by `{tags.get(PROMOTION_METRIC_TAG, '?')}` "
+                     f"(min_delta {tags.get(PROMOTION_MIN_DELTA_TAG, '?')}, "
                      + ("no champion before" if against == "none" else f"against v{against}")
-                     + f"): {tags.get('promotion.reason', '')}")
+                     + f"): {tags.get(PROMOTION_REASON_TAG, '')}")
     else:
         lines.append("- Promotion: not judged yet")
     status = tags.get(DEPLOY_STATUS_TAG)
@@ -285,7 +290,7 @@ def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
 def render(facts: CardFacts, *, history_limit: int | None = None) -> str:
     """The card as markdown. `history_limit`: show only the latest moves (None: all)."""
     classes = _classes(facts)
-    arch = facts.tags.get("arch") or facts.params.get("model.arch", "?")
+    arch = facts.tags.get(ARCH_TAG) or facts.params.get("model.arch", "?")
     lines = [f"# Model card: {facts.name} v{facts.version}", "",
              f"A {arch} image classifier ({', '.join(classes)}), registered {facts.registered} "
              f"from MLflow run `{facts.run_id}` (experiment {facts.experiment_id}).", ""]
