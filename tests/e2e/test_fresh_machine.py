@@ -45,6 +45,17 @@ SRC = "/src/catsdogs"
 # this kind of machine's package set-up, shared read-only when it exists (see the docstring)
 MACHINE_SETUP = ("/etc/pip.conf", "/etc/xdg/pip", "/opt/wheels", "/opt/pypi", "/opt/pypi-more")
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+# PID 1 of the container: an init that reaps orphans, as a machine's init does (`docker run --init`
+# needs docker-init, which Debian's docker.io does not ship)
+INIT = r"""
+import os, signal, time
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(1)
+"""
 # the processes left in the container after `make demo-stop`: lines of `pid command`
 LEFT = r"""
 import os, psutil
@@ -132,7 +143,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> It
                CATSDOGS_BENTO_SLOT_PORTS=f"{free_port()},{free_port()}",
                DEMO_IMAGE_SIZE="96", DEMO_EPOCHS="1", BENTOML_DO_NOT_TRACK="true")
     sh(["docker", "run", "-d", "--name", name, "--network", "host", "--shm-size", "1g",
-        *mounts, IMAGE, "sleep", "infinity"], 120)
+        *mounts, IMAGE, "python3.11", "-c", INIT], 120)
     log_dir = artifacts_dir / "fresh-machine"
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -184,6 +195,8 @@ def test_make_demo_on_a_fresh_machine_recovers_from_a_killed_deploy(
 
     status, tail = machine.make("4-demo-again", "demo", 3000)
     assert status == 0, tail
+    replaced = machine.exec("grep -rl 'replacing a leftover slot' .demo/airflow/logs || true", 60)
+    assert "task_id=deploy" in replaced.stdout, "the killed deploy's slot was not replaced"
     second = answer(port)
     assert second["label"] in ("cat", "dog"), second
 

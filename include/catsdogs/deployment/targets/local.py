@@ -88,15 +88,18 @@ http {{
 
 
 def _alive(pid: int | None) -> bool:
+    """Whether process `pid` runs: a zombie (exited, not yet reaped by a parent or an init that
+    does not reap, as in some containers) counts as gone."""
+    import psutil
+
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def _stop_group(pid: int | None, timeout: float = 30.0) -> None:
