@@ -64,16 +64,23 @@ def test_verdict(result: CheckResult, recorded: float | None, floor: float,
     assert (found is None) if reason is None else (reason in (found or "")), found
 
 
+def _registered(client: MlflowClient, kind: str, tmp_path: Path,
+                count: int) -> tuple[str, list[str]]:
+    """A registered model of `count` empty versions (a run each), named for this test."""
+    name = f"CatsDogs{kind}{tmp_path.name[-6:].replace('_', '')}"
+    client.create_registered_model(name)
+    experiment = client.create_experiment(f"{kind.lower()}-{tmp_path.name}")
+    versions = []
+    for _ in range(count):
+        run = client.create_run(experiment).info.run_id
+        versions.append(client.create_model_version(name, f"runs:/{run}/model", run_id=run).version)
+    return name, versions
+
+
 def test_rollback_moves_the_champion_back_and_marks_the_version_it_left(
         tmp_path: Path, tracking_uri: str) -> None:
     client = MlflowClient(tracking_uri)
-    name = f"CatsDogsRollback{tmp_path.name[-6:].replace('_', '')}"
-    client.create_registered_model(name)
-    experiment = client.create_experiment(f"rollback-{tmp_path.name}")
-    versions = []
-    for _ in range(3):
-        run = client.create_run(experiment).info.run_id
-        versions.append(client.create_model_version(name, f"runs:/{run}/model", run_id=run).version)
+    name, versions = _registered(client, "Rollback", tmp_path, 3)
     for version in versions:
         move_champion(client, name, version, reason="test", by=BY_PROMOTE)
     params = load_params(REPO_ROOT / "params.yaml", [f"mlflow.registered_model_name={name}",
@@ -137,13 +144,7 @@ def test_deploy_resolves_the_champion_once(tmp_path: Path, tracking_uri: str) ->
     """A promotion between the rollout's resolution of @champion and its deployment cannot
     change what it deploys: the release and the summary are the version resolved first."""
     client = MlflowClient(tracking_uri)
-    name = f"CatsDogsDeployOnce{tmp_path.name[-6:].replace('_', '')}"
-    client.create_registered_model(name)
-    experiment = client.create_experiment(f"deploy-once-{tmp_path.name}")
-    versions = []
-    for _ in range(2):
-        run = client.create_run(experiment).info.run_id
-        versions.append(client.create_model_version(name, f"runs:/{run}/model", run_id=run).version)
+    name, versions = _registered(client, "DeployOnce", tmp_path, 2)
     move_champion(client, name, versions[0], reason="test", by=BY_PROMOTE)
     params = load_params(REPO_ROOT / "params.yaml", [f"mlflow.registered_model_name={name}"])
     paths = DataPaths.resolve(tmp_path)
