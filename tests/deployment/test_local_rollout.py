@@ -147,7 +147,8 @@ def _catsdogs(*args: str) -> list[str]:
 
 
 def test_a_killed_deploy_leaves_nothing_the_next_one_cannot_replace(
-        target: tuple[LocalTarget, DataPaths], mlflow_server: str, tmp_path: Path) -> None:
+        target: tuple[LocalTarget, DataPaths], mlflow_server: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """`catsdogs deploy` killed with SIGKILL while its slot starts: the slot it left is recorded
     and ours, so the next deploy replaces it (not "port taken"); a deploy that fails (its slot
     never ready) stops what it started; `stop` leaves no process on any port."""
@@ -182,6 +183,7 @@ def test_a_killed_deploy_leaves_nothing_the_next_one_cannot_replace(
     with pytest.raises(UserError, match="did not answer 200"):
         deploy_champion(params, paths, impatient, client)
     assert _gone(leftover), "the leftover slot was not replaced"
+    assert f"replacing a leftover slot a process (pid {leftover}" in caplog.text, caplog.text
     assert not _listening(local.slots[0]) and not list(local.slots_dir.glob("*.json"))
     assert not local._nginx_running()
 

@@ -80,10 +80,13 @@ def test_moved_and_copied_data_dir_keeps_working(tmp_path: Path, embedded_store:
     copy = tmp_path / "c" / "data"
     shutil.copytree(moved, copy)
     (copy / "mlflow" / STORE_MARK).unlink()
+    from mlflow import MlflowClient
+
     from catsdogs import tracking
     from catsdogs.monitoring.reference import load_reference
+    from catsdogs.registry.record import resolve
 
     tracking.connect(DataPaths(copy), create=False)
     assert not [v for v in locations(copy / "mlflow" / "mlflow.db") if str(moved) in v]
     assert len(load_reference(run_id)) > 0      # what `monitor` compares with
-    assert tracking.resolve_model(f"models:/{NAME}@challenger").run_id == run_id
+    assert resolve(MlflowClient(), f"models:/{NAME}@challenger").run_id == run_id

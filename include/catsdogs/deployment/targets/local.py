@@ -302,8 +302,16 @@ class LocalTarget:
 
     def _claim(self, slot: str, port: int) -> None:
         """Stop what of ours still holds `slot` or its port (a leftover of a deploy that did not
-        finish); UserError when a foreign process listens there."""
-        self._stop_slot(slot)
+        finish: recorded in `slots/`, or recognised on the port), saying so; UserError when a
+        foreign process listens there."""
+        for path, record in self._slot_records():
+            if record.get("slot") == slot:
+                if _alive(record.get("pid")):
+                    log.warning("local: replacing a leftover slot %s process (pid %s, v%s, "
+                                "recorded by a deploy that did not finish)", slot,
+                                record.get("pid"), record.get("version"))
+                _stop_group(record.get("pid"))
+                path.unlink(missing_ok=True)
         holder = self.holder(port)
         if holder is None:
             return
