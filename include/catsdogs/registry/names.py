@@ -50,7 +50,7 @@ BY_PROMOTE = "promote"
 BY_ROLLBACK = "rollback"
 BY_POST_DEPLOY_CHECK = "post-deploy check"
 
-# the serving import's measurement of the serving variants (bentoservice.variants), JSON:
+# the serving import's measurement of the serving variants (catsdogs.inference.variants), JSON:
 # {"cpu", "min_agreement", "chosen", "measured": [{"variant", "agreement", "images",
 #  "ms_per_image": {batch: ms}, "adopted", "reason"}]}
 SERVING_VARIANTS_TAG = "serving.variants"
