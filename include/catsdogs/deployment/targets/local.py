@@ -218,10 +218,15 @@ class LocalTarget:
     def _forget_slot(self, slot: str) -> None:
         (self.slots_dir / f"{slot}.json").unlink(missing_ok=True)
 
-    def _stop_slot(self, slot: str) -> None:
-        """Stop the slot's recorded process (if any) and forget it."""
+    def _stop_slot(self, slot: str, leftover: bool = False) -> None:
+        """Stop the slot's recorded process (if any) and forget it; `leftover`: it is what a
+        deploy that did not finish left, said in a log line when it still runs."""
         for path, record in self._slot_records():
             if record.get("slot") == slot:
+                if leftover and _alive(record.get("pid")):
+                    log.warning("local: replacing a leftover slot %s process (pid %s, v%s, "
+                                "recorded by a deploy that did not finish)", slot,
+                                record.get("pid"), record.get("version"))
                 _stop_group(record.get("pid"))
                 path.unlink(missing_ok=True)
 
@@ -304,14 +309,7 @@ class LocalTarget:
         """Stop what of ours still holds `slot` or its port (a leftover of a deploy that did not
         finish: recorded in `slots/`, or recognised on the port), saying so; UserError when a
         foreign process listens there."""
-        for path, record in self._slot_records():
-            if record.get("slot") == slot:
-                if _alive(record.get("pid")):
-                    log.warning("local: replacing a leftover slot %s process (pid %s, v%s, "
-                                "recorded by a deploy that did not finish)", slot,
-                                record.get("pid"), record.get("version"))
-                _stop_group(record.get("pid"))
-                path.unlink(missing_ok=True)
+        self._stop_slot(slot, leftover=True)
         holder = self.holder(port)
         if holder is None:
             return
