@@ -109,18 +109,14 @@ def _roll_out(params: Params, paths: DataPaths, target: Target, client: Any,
     check bring the champion before it back; see `deploy_champion`."""
     name, version = champion.name, champion.version
     live = target.serving()
-    if live != version:
-        try:
-            pictures = preflight(params, paths, target)
-        except Skipped as exc:
-            return _skipped(target, version, exc)
     if live == version:
         return Summary("deploy", f"{name} v{version} (@champion) is already serving on "
                        f"{target.name}: nothing rebuilt or restarted", skipped=True,
                        details={"deployed": False, "version": version, "target": target.name,
                                 "trigger": trigger, "endpoint": target.endpoint()})
-    started = time.monotonic()
     try:
+        pictures = preflight(params, paths, target)
+        started = time.monotonic()
         facts = target.deploy(Release(name, version))
     except Skipped as exc:
         return _skipped(target, version, exc)
