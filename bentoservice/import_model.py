@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 from collections.abc import Sequence
@@ -246,8 +245,9 @@ def default_calibration_dir(paths: DataPaths) -> Path | None:
     """Photos for the serving variants: `$CATSDOGS_SAMPLE_DIR` when set, else the data dir's test
     split (`transformed/test`); None (nothing measured, the service serves torch fp32, said in
     the log) when neither exists."""
-    sample = os.environ.get("CATSDOGS_SAMPLE_DIR", "").strip()
-    for candidate in (Path(sample) if sample else None, paths.split_dir("test")):
+    from catsdogs.settings import ServingSettings, load
+
+    for candidate in (load(ServingSettings).sample_dir, paths.split_dir("test")):
         if candidate is not None and candidate.is_dir():
             return candidate
     logger.info("no calibration photos (CATSDOGS_SAMPLE_DIR unset, no test split at %s): the "

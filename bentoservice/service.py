@@ -52,7 +52,7 @@ from bentoservice.runtime import (
     set_threads,
     unpack_outputs,
 )
-from bentoservice.settings import SETTINGS
+from bentoservice.settings import SETTINGS, prediction_log_pictures, prediction_log_target
 from bentoservice.web import CARD_FILE, read_card, web_app
 from catsdogs.data.images import ImageLimits, ImageRejected, square_image
 from catsdogs.inference.compute import serving_device
@@ -232,11 +232,11 @@ class CatsDogs:
         self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
         self.ood_threshold = ood_threshold(Path(stored.path_of(OOD_FOLDER_NAME)))
         self.prediction_log = (PredictionLog(
-            SETTINGS.prediction_log_target(), batch_rows=SETTINGS.prediction_log_batch_rows,
+            prediction_log_target(SETTINGS), batch_rows=SETTINGS.prediction_log_batch_rows,
             flush_s=SETTINGS.prediction_log_flush_s, queue_size=SETTINGS.prediction_log_queue,
             retention_days=SETTINGS.prediction_log_retention_days,
             sample_rate=SETTINGS.prediction_log_sample_rate,
-            sample_dir=SETTINGS.prediction_log_pictures(),
+            sample_dir=prediction_log_pictures(SETTINGS),
             on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(outcome=outcome).inc(n),
         ).start() if SETTINGS.prediction_log else None)
         MODEL_INFO.labels(name=self.info.name, version=self.info.version).set(1)

@@ -12,17 +12,17 @@ from typing import Any
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, task
 
-from catsdogs.orchestration.monitoring import (
-    DRIFT_ASSET,
-    cooldown_hours,
-    drift_event,
-    monitor_schedule,
-)
+from catsdogs.orchestration.monitoring import DRIFT_ASSET, cooldown_hours, drift_event
 from catsdogs.orchestration.runners import make_task, runner
-from catsdogs.orchestration.runners.common import DEFAULT_ARGS, TEMPLATE_FILTERS, TEMPLATE_MACROS
+from catsdogs.orchestration.runners.common import (
+    TEMPLATE_FILTERS,
+    TEMPLATE_MACROS,
+    default_args,
+    schedule,
+)
 from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, STAGES
 
-MODE = runner()
+SETTINGS = runner()
 MONITOR = next(stage for stage in STAGES if stage.name == "monitor")
 
 DOC_MD = """
@@ -40,12 +40,12 @@ DOC_MD = """
 with DAG(
     dag_id=MONITORING_DAG_ID,
     description="Cats vs dogs: drift of the served model's inputs; drift triggers retraining",
-    schedule=CronTriggerTimetable(monitor_schedule(), timezone="UTC"),
+    schedule=CronTriggerTimetable(schedule("monitoring", SETTINGS), timezone="UTC"),
     catchup=False,
     max_active_runs=1,
     is_paused_upon_creation=False,   # active from its first appearance: no toggle to find
     dagrun_timeout=timedelta(hours=1),
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(SETTINGS),
     params={"overrides": Param([], type="array", items={"type": "string",
                                                         "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
                                title="Overrides", description="section.key=value settings, "
@@ -53,9 +53,9 @@ with DAG(
     user_defined_macros=TEMPLATE_MACROS,
     user_defined_filters=TEMPLATE_FILTERS,
     doc_md=DOC_MD,
-    tags=["catsdogs", "ml", "monitoring", MODE],
+    tags=["catsdogs", "ml", "monitoring", SETTINGS.runner],
 ) as dag:
-    monitor = make_task(MONITOR, MODE)
+    monitor = make_task(MONITOR, SETTINGS)
 
     @task(task_id="drift_event", inlets=[DRIFT_ASSET], outlets=[DRIFT_ASSET],
           execution_timeout=timedelta(minutes=5))
@@ -63,6 +63,6 @@ with DAG(
                  outlet_events: Any = None) -> dict[str, Any]:
         """Announce the drift asset (or skip: no drift, too few rows, cool-down)."""
         return drift_event(summary, list(inlet_events[DRIFT_ASSET]),
-                           outlet_events[DRIFT_ASSET], cooldown_hours())
+                           outlet_events[DRIFT_ASSET], cooldown_hours(runner()))
 
     announce(monitor.output)

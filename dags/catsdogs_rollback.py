@@ -12,14 +12,14 @@ from airflow.sdk import DAG
 
 from catsdogs.orchestration.runners import make_task, runner
 from catsdogs.orchestration.runners.common import (
-    DEFAULT_ARGS,
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
+    default_args,
     rollback_params,
 )
 from catsdogs.orchestration.stage_table import ROLLBACK_DAG_ID, ROLLBACK_STAGE
 
-MODE = runner()
+SETTINGS = runner()
 
 with DAG(
     dag_id=ROLLBACK_DAG_ID,
@@ -28,11 +28,11 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     is_paused_upon_creation=False,   # active from its first appearance: no toggle to find
-    default_args={**DEFAULT_ARGS, "retries": 0},
+    default_args={**default_args(SETTINGS), "retries": 0},
     params=rollback_params(),
     user_defined_macros=TEMPLATE_MACROS,
     user_defined_filters=TEMPLATE_FILTERS,
     doc_md=__doc__,
-    tags=["catsdogs", "ml", "deployment", MODE],
+    tags=["catsdogs", "ml", "deployment", SETTINGS.runner],
 ) as dag:
-    make_task(ROLLBACK_STAGE, MODE)
+    make_task(ROLLBACK_STAGE, SETTINGS)

@@ -11,19 +11,21 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, chain
 
-from catsdogs.orchestration.monitoring import DRIFT_ASSET, retrain_on_drift
+from catsdogs.orchestration.monitoring import DRIFT_ASSET
 from catsdogs.orchestration.runners import make_task, runner
 from catsdogs.orchestration.runners.common import (
-    DEFAULT_ARGS,
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
     dag_params,
+    default_args,
     schedule,
 )
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 
-MODE = runner()
-NIGHTLY = CronTriggerTimetable(schedule(), timezone="UTC", run_immediately=False)
+SETTINGS = runner()
+MODE = SETTINGS.runner
+NIGHTLY = CronTriggerTimetable(schedule("training", SETTINGS), timezone="UTC",
+                               run_immediately=False)
 
 DOC_MD = f"""
 # Cats vs dogs: nightly retraining
@@ -60,17 +62,17 @@ with DAG(
     description="Cats vs dogs: ingest, validate, prepare, transform, train, promote, deploy",
     # No start date: the first run is the next 02:00 after the DAG appears (never a missed one).
     # Nightly OR on drift: the monitoring DAG's drift event starts a run at once.
-    schedule=(AssetOrTimeSchedule(timetable=NIGHTLY, assets=DRIFT_ASSET) if retrain_on_drift()
+    schedule=(AssetOrTimeSchedule(timetable=NIGHTLY, assets=DRIFT_ASSET) if SETTINGS.retrain_on_drift
               else NIGHTLY),
     catchup=False,
     max_active_runs=1,
     is_paused_upon_creation=False,   # active from its first appearance: no toggle to find
     dagrun_timeout=timedelta(hours=10),
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(SETTINGS),
     params=dag_params(),
     user_defined_macros=TEMPLATE_MACROS,
     user_defined_filters=TEMPLATE_FILTERS,
     doc_md=DOC_MD,
     tags=["catsdogs", "ml", "training", MODE],
 ) as dag:
-    chain(*(make_task(stage, MODE) for stage in PIPELINE))
+    chain(*(make_task(stage, SETTINGS) for stage in PIPELINE))

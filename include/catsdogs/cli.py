@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from catsdogs.console import setup_logging
 from catsdogs.errors import UserError
 from catsdogs.orchestration.stage_table import STAGES
 from catsdogs.paths import DataPaths
+from catsdogs.settings import StageSettings, load
 from catsdogs.summary import SUMMARY_FILE_ENV
 
 _COMMON = {"command", "module", "params", "overrides", "data_dir", "verbose", "as_json",
@@ -38,7 +38,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="as_json", action="store_true",
                         help="print the stage's summary as one JSON document")
     parser.add_argument("--summary-file", type=Path,
-                        default=os.environ.get(SUMMARY_FILE_ENV) or None,
+                        default=None,
                         help=f"also write the JSON summary to this file (${SUMMARY_FILE_ENV})")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params(args.params, args.overrides)
+        summary_file = args.summary_file or load(StageSettings).summary_file
         paths = DataPaths.resolve(args.data_dir)
         module = importlib.import_module(args.module)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}
@@ -83,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"catsdogs {args.command}: interrupted{how}; outputs were left as they were",
               file=sys.stderr)
         return 143 if str(exc) == "SIGTERM" else 130
-    if args.summary_file:
-        summary.write(Path(args.summary_file))
+    if summary_file:
+        summary.write(Path(summary_file))
     print(json.dumps(summary.to_dict(), indent=2) if args.as_json else summary.line())
     return 0
 

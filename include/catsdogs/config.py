@@ -133,7 +133,6 @@ class MonitorParams(_Section):
     reference_rows: int = Field(1000, ge=50)
     reference_split: Literal["val", "train", "all"] = "val"
     cooldown_hours: float = Field(24.0, ge=0)
-    schedule: str = "@hourly"
 
 
 class Params(_Section):

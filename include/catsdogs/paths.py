@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR_ENV = "CATSDOGS_DATA_DIR"
+DATA_DIR_ENV = "CATSDOGS_DATA_DIR"  # `catsdogs.settings.StageSettings.data_dir`
 
 
 @dataclass(frozen=True)
@@ -16,7 +15,9 @@ class DataPaths:
     @classmethod
     def resolve(cls, data_dir: str | Path | None = None) -> DataPaths:
         """`--data-dir`, else `$CATSDOGS_DATA_DIR`, else `./data`."""
-        chosen = data_dir or os.environ.get(DATA_DIR_ENV) or "data"
+        from catsdogs.settings import StageSettings, load
+
+        chosen = data_dir or load(StageSettings).data_dir or "data"
         return cls(Path(chosen).expanduser().resolve())
 
     @property

@@ -41,13 +41,13 @@ from pathlib import Path
 
 from catsdogs.errors import UserError
 from catsdogs.paths import DATA_DIR_ENV, DataPaths
+from catsdogs.settings import TrackingSettings, load
 from catsdogs.storage import is_stamp
 
 log = logging.getLogger(__name__)
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 PROBE_TIMEOUT_S = 5.0
-UI_URL_ENV = "CATSDOGS_MLFLOW_UI_URL"   # the MLflow UI as people reach it, when not the tracking URI
 # MLflow 3.17's UI shows every page in its global "GenAI" mode (a traces overview for an
 # experiment) unless the URL says `workflowType=machine_learning` (or the browser remembers the
 # "Model training" switch). The experiment kind tag is what the UI uses when that switch is off.
@@ -64,9 +64,10 @@ LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri
                     ("logged_models", "artifact_location"))
 
 
-def tracking_uri(paths: DataPaths) -> str:
+def tracking_uri(paths: DataPaths, settings: TrackingSettings | None = None) -> str:
     """`$MLFLOW_TRACKING_URI`, else the embedded SQLite store in the data dir."""
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{paths.mlflow_dir / STORE_DB}"
+    settings = settings or load(TrackingSettings)
+    return settings.mlflow_tracking_uri or f"sqlite:///{paths.mlflow_dir / STORE_DB}"
 
 
 def shown_uri(uri: str) -> str:
@@ -89,7 +90,8 @@ def connect(paths: DataPaths, create: bool = True) -> str:
     """
     import mlflow
 
-    uri = tracking_uri(paths)
+    settings = load(TrackingSettings)
+    uri = tracking_uri(paths, settings)
     # MLflow prints a "View experiment" link that opens the GenAI page; the stages log their own
     # links (`experiment_url`, `run_url`)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -97,7 +99,7 @@ def connect(paths: DataPaths, create: bool = True) -> str:
         _probe(uri)
     elif not create and uri.startswith("sqlite:///"):
         _require_file(Path(uri[len("sqlite:///"):]), paths)
-    if not os.environ.get(TRACKING_ENV):
+    if not settings.mlflow_tracking_uri:
         _open_embedded(paths, uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -213,7 +215,8 @@ def _probe(uri: str) -> None:
 def ui_base_url() -> str | None:
     """The MLflow UI's base URL: `$CATSDOGS_MLFLOW_UI_URL`, else an http(s) `$MLFLOW_TRACKING_URI`;
     None for a local store (no UI)."""
-    base = os.environ.get(UI_URL_ENV) or os.environ.get(TRACKING_ENV, "")
+    settings = load(TrackingSettings)
+    base = settings.mlflow_ui_url or settings.mlflow_tracking_uri
     return base.rstrip("/") if base.startswith(("http://", "https://")) else None
 
 
@@ -232,11 +235,12 @@ def orchestrator_tags() -> dict[str, str]:
     """Tags that link a run back to the Airflow DAG run that started it (empty outside Airflow):
     `airflow.dag_id`, `airflow.dag_run_id`, `airflow.run_url`, and the run's description
     (`mlflow.note.content`, shown as Markdown in the MLflow UI) with a link to that page."""
-    dag_id, run_id = os.environ.get("AIRFLOW_CTX_DAG_ID"), os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    settings = load(TrackingSettings)
+    dag_id, run_id = settings.airflow_ctx_dag_id, settings.airflow_ctx_dag_run_id
     if not dag_id or not run_id:
         return {}
     tags = {"airflow.dag_id": dag_id, "airflow.dag_run_id": run_id}
-    url = os.environ.get("CATSDOGS_AIRFLOW_RUN_URL")
+    url = settings.airflow_run_url
     if url:
         tags["airflow.run_url"] = url
         tags["mlflow.note.content"] = f"Started by Airflow DAG run [{dag_id} / {run_id}]({url})."

@@ -12,7 +12,7 @@ from catsdogs.config import load_params
 from catsdogs.orchestration.monitoring import DRIFT_ASSET
 from catsdogs.orchestration.runners import runner
 from catsdogs.orchestration.runners.common import (
-    DEFAULT_SCHEDULE,
+    SCHEDULES,
     MlflowRunLink,
     kaggle_credentials,
     overrides_from_params,
@@ -28,6 +28,7 @@ from catsdogs.orchestration.stage_table import (
     STAGE_NAMES,
 )
 
+DEFAULT_SCHEDULE = SCHEDULES["training"][2]
 ORDER = ["ingest", "validate", "prepare", "transform", "train", "promote", "deploy"]
 SECRET = "s3cr3t-kaggle-key-value"
 

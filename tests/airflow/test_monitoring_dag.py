@@ -47,9 +47,13 @@ def test_monitor_is_a_stage_but_not_a_training_task() -> None:
 def test_hourly_by_default_and_overridable(parse_dag) -> None:
     timetable = parse_dag("local", dag_id=MONITORING_DAG_ID).timetable
     assert isinstance(timetable, CronTriggerTimetable)
-    assert timetable.expression == "0 * * * *"  # params.yaml: @hourly
+    assert timetable.expression == "0 * * * *"  # @hourly
     other = parse_dag("local", dag_id=MONITORING_DAG_ID, CATSDOGS_MONITOR_SCHEDULE="*/10 * * * *")
     assert other.timetable.expression == "*/10 * * * *"
+    # the same rule as the training DAG's: the setting, else the Airflow Variable, else hourly
+    variable = parse_dag("local", dag_id=MONITORING_DAG_ID,
+                         AIRFLOW_VAR_CATSDOGS_MONITOR_SCHEDULE="*/20 * * * *")
+    assert variable.timetable.expression == "*/20 * * * *"
 
 
 def test_monitor_command_takes_overrides(parse_dag) -> None:

@@ -221,7 +221,7 @@ def test_service_settings_reach_the_environment(render: Renderer) -> None:
 def test_setting_names_are_the_ones_the_service_reads(render: Renderer) -> None:
     """Every CATSDOGS_* variable the chart can set is read somewhere in bentoservice/: a field of
     its settings (pydantic-settings, prefix CATSDOGS_) or a name in its source."""
-    from bentoservice.settings import Settings
+    from catsdogs.settings import ServingSettings as Settings
 
     source = "\n".join(path.read_text() for path in (REPO_ROOT / "bentoservice").glob("*.py"))
     prefix = Settings.model_config["env_prefix"]

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bentoservice.settings import Settings, load_settings
+from bentoservice.settings import load_settings
+from catsdogs.inference.variants import VARIANT_NAMES
+from catsdogs.settings import VARIANTS
+from catsdogs.settings import ServingSettings as Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 
@@ -48,3 +51,8 @@ def test_bad_values_stop_with_one_message_naming_them(monkeypatch: pytest.Monkey
     assert "CATSDOGS_DEVICE='tpu'" in message
     assert "CATSDOGS_MAX_BATCH_SIZE='0'" in message
     assert "Traceback" not in message
+
+
+def test_the_runtime_setting_names_every_serving_variant() -> None:
+    """`catsdogs.settings` imports no torch, so it spells the variants' names; they agree."""
+    assert VARIANTS == VARIANT_NAMES

@@ -53,10 +53,9 @@ def build_transformed(root: Path, per_class: int = 15) -> DataPaths:
 @pytest.fixture(scope="session", autouse=True)
 def shared_training_choices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One precision/layout measurement per image size for the whole session, not per data dir."""
-    from catsdogs.stages.train import CHOICES_ENV
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CHOICES_ENV, str(tmp_path_factory.mktemp("choices") / "choices.json"))
+        patch.setenv("CATSDOGS_TRAINING_CHOICES", str(tmp_path_factory.mktemp("choices") / "choices.json"))
         yield
 
 

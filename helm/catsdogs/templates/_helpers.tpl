@@ -60,7 +60,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* Environment of the serving container: BENTOML_HOME, the service's settings (`config`, names
-as read by bentoservice/settings.py; null or "" leaves the service's default), then `env`. */}}
+as read by catsdogs.settings.ServingSettings; null or "" leaves the service's default), then `env`. */}}
 {{- define "catsdogs.env" -}}
 {{- $names := dict
   "modelTag" "CATSDOGS_BENTO_MODEL"

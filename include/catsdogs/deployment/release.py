@@ -10,10 +10,6 @@ from typing import Any, Protocol
 
 from catsdogs.errors import UserError
 
-# CATSDOGS_SERVICE_ENV_<NAME>=value in the Airflow environment: <NAME>=value in each service
-# container a target starts (given to the rollout stage privately: it may hold a password).
-SERVICE_ENV_PREFIX = "CATSDOGS_SERVICE_ENV_"
-
 
 @dataclass(frozen=True)
 class Release:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,32 +23,19 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowSkipException
 
 from catsdogs.orchestration.runners.common import default_params
+from catsdogs.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
 
 DRIFT_ASSET = Asset(name="catsdogs_drift", uri="catsdogs://monitoring/drift",
                     group="monitoring")
-MONITOR_SCHEDULE_ENV = "CATSDOGS_MONITOR_SCHEDULE"
-COOLDOWN_ENV = "CATSDOGS_DRIFT_COOLDOWN_HOURS"
-RETRAIN_ON_DRIFT_ENV = "CATSDOGS_RETRAIN_ON_DRIFT"
 
 
-def monitor_schedule() -> str:
-    """Cron (or preset) of catsdogs_monitoring: $CATSDOGS_MONITOR_SCHEDULE, else
-    `monitor.schedule` of params.yaml (hourly)."""
-    return os.environ.get(MONITOR_SCHEDULE_ENV) or default_params().monitor.schedule
-
-
-def cooldown_hours() -> float:
+def cooldown_hours(settings: RunnerSettings) -> float:
     """$CATSDOGS_DRIFT_COOLDOWN_HOURS, else `monitor.cooldown_hours` of params.yaml."""
-    value = os.environ.get(COOLDOWN_ENV)
-    return float(value) if value else default_params().monitor.cooldown_hours
-
-
-def retrain_on_drift() -> bool:
-    """Whether catsdogs_training also runs on drift events ($CATSDOGS_RETRAIN_ON_DRIFT, on)."""
-    return os.environ.get(RETRAIN_ON_DRIFT_ENV, "1").strip().lower() not in {"0", "false", "no",
-                                                                              "off"}
+    if settings.drift_cooldown_hours is not None:
+        return settings.drift_cooldown_hours
+    return default_params().monitor.cooldown_hours
 
 
 def drift_event(summary: Mapping[str, Any] | None, earlier: Sequence[Any], outlet: Any,

@@ -23,12 +23,12 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from catsdogs.settings import MonitoringSettings, load
 from catsdogs.storage import atomic_file, fingerprint
 from catsdogs.summary import Summary
 
@@ -55,7 +55,7 @@ def prediction_log_url(paths: DataPaths, given: str | None = None) -> str:
     SQLite file in the data dir."""
     from catsdogs.monitoring.prediction_log import default_url
 
-    return given or os.environ.get(LOG_URL_ENV) or default_url(paths.root)
+    return given or load(MonitoringSettings).prediction_log_url or default_url(paths.root)
 
 
 def read_window(url: str, params: Params, now: dt.datetime, version: str | None) -> Any:
@@ -108,7 +108,7 @@ def reference_rows(run_id: str, version: str, params: Params) -> Any:
 def push_metrics(result: Any, name: str, version: str) -> bool:
     """Push the drift gauges to $CATSDOGS_PUSHGATEWAY_URL (job `catsdogs_monitor`, grouped by
     model name). False, with a log line, when unset or unreachable."""
-    url = os.environ.get(PUSHGATEWAY_ENV)
+    url = load(MonitoringSettings).pushgateway_url
     if not url:
         log.info("%s is not set: drift metrics not pushed to a Pushgateway", PUSHGATEWAY_ENV)
         return False

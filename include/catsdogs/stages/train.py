@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import subprocess
 import tempfile
 import time
@@ -37,8 +36,6 @@ from catsdogs.summary import Summary
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-GIT_COMMIT_ENV = "CATSDOGS_GIT_COMMIT"
-CHOICES_ENV = "CATSDOGS_TRAINING_CHOICES"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +58,11 @@ def data_hash(paths: DataPaths) -> str:
 
 
 def _git_commit() -> str:
-    if os.environ.get(GIT_COMMIT_ENV):
-        return os.environ[GIT_COMMIT_ENV]
+    from catsdogs.settings import StageSettings, load
+
+    known = load(StageSettings).git_commit
+    if known:
+        return known
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                               capture_output=True, text=True, timeout=10,
@@ -161,7 +161,9 @@ def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
                torch.__version__, device.type)
     key = fingerprint(machine, params.model.arch, params.transform.image_size,
                       params.train.precision)
-    store = os.environ.get(CHOICES_ENV) or paths.root / "cache" / "training-choices.json"
+    from catsdogs.settings import StageSettings, load
+
+    store = load(StageSettings).training_choices or paths.root / "cache" / "training-choices.json"
     return choose(params.train.precision, device, probe, Path(store), key)
 
 

@@ -10,25 +10,17 @@
 
 from __future__ import annotations
 
-import os
-
 from catsdogs.config import Params
 from catsdogs.deployment.release import Target
-from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
-
-TARGET_ENV = "CATSDOGS_DEPLOY_TARGET"
-TARGETS = ("local", "compose", "kubernetes", "none")
+from catsdogs.settings import DeploySettings, load
 
 
 def target_name(params: Params) -> str:
-    """`deploy.target`, or for `auto` $CATSDOGS_DEPLOY_TARGET (default local)."""
+    """`deploy.target`, or for `auto` $CATSDOGS_DEPLOY_TARGET (default local); SettingsError
+    (a UserError) for an unknown one."""
     chosen = params.deploy.target
-    if chosen == "auto":
-        chosen = os.environ.get(TARGET_ENV, "").strip().lower() or "local"
-    if chosen not in TARGETS:
-        raise UserError(f"{TARGET_ENV}={chosen!r}: expected one of {', '.join(TARGETS)}")
-    return chosen
+    return load(DeploySettings).deploy_target if chosen == "auto" else chosen
 
 
 def choose(params: Params, paths: DataPaths) -> Target | None:

@@ -21,7 +21,6 @@ MODEL_IMAGE (with `{version}`), SERVICE_URL (the proxy as the stage reaches it),
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import urllib.request
@@ -31,13 +30,19 @@ from typing import Any
 from catsdogs.config import Params
 from catsdogs.deployment.images import model_image
 from catsdogs.deployment.release import (
-    SERVICE_ENV_PREFIX,
     Release,
     Skipped,
     http_status,
     wait_ready,
 )
 from catsdogs.errors import UserError
+from catsdogs.settings import (
+    SERVICE_ENV_PREFIX,
+    ComposeTargetSettings,
+    DockerSettings,
+    load,
+    prefixed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,24 +91,20 @@ class ComposeTarget:
 
     @classmethod
     def from_env(cls, params: Params) -> ComposeTarget:
-        env = os.environ
-        project = env.get("CATSDOGS_COMPOSE_PROJECT", "")
-        if not project:
+        """The target from `ComposeTargetSettings` and `DockerSettings` (docs/rollout.md).
+        Raises UserError without CATSDOGS_COMPOSE_PROJECT, SettingsError for bad values."""
+        settings, docker = load(ComposeTargetSettings), load(DockerSettings)
+        if not settings.compose_project:
             raise UserError("CATSDOGS_COMPOSE_PROJECT is not set: the compose target needs the "
                             "compose project's name (docker-compose.yaml sets it)")
         return cls(
-            project=project,
-            network=env.get("CATSDOGS_DOCKER_NETWORK", "catsdogs"),
-            runtime_image=env.get("CATSDOGS_SERVICE_RUNTIME_IMAGE",
-                                  "catsdogs-service-runtime:latest"),
-            image_template=env.get("CATSDOGS_MODEL_IMAGE", "catsdogs-service:v{version}"),
-            service_url=env.get("CATSDOGS_SERVICE_URL", "http://bento-proxy:8080"),
-            data_volume=env.get("CATSDOGS_DATA_VOLUME") or None,
-            proxy_service=env.get("CATSDOGS_PROXY_SERVICE", "bento-proxy"),
+            project=settings.compose_project, network=docker.docker_network,
+            runtime_image=settings.service_runtime_image, image_template=settings.model_image,
+            service_url=settings.service_url, data_volume=docker.data_volume,
+            proxy_service=settings.proxy_service,
             ready_timeout_s=params.deploy.ready_timeout_s, drain_s=params.deploy.drain_s,
-            mlflow_uri=env.get("MLFLOW_TRACKING_URI", "http://mlflow:5000"),
-            service_env={k.removeprefix(SERVICE_ENV_PREFIX): v for k, v in env.items()
-                         if k.startswith(SERVICE_ENV_PREFIX)})
+            mlflow_uri=settings.mlflow_tracking_uri,
+            service_env=prefixed(SERVICE_ENV_PREFIX))
 
     # --- Docker -------------------------------------------------------------------------------
     @property

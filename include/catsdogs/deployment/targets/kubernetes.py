@@ -30,6 +30,7 @@ from catsdogs.config import Params
 from catsdogs.deployment.release import Release, Skipped, http_status
 from catsdogs.deployment.service_entry import project_dir
 from catsdogs.errors import UserError
+from catsdogs.settings import KubernetesTargetSettings, load
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,14 @@ class KubernetesTarget:
 
     @classmethod
     def from_env(cls, params: Params) -> KubernetesTarget:
-        env = os.environ
-        return cls(release=env.get("CATSDOGS_KUBE_RELEASE", "catsdogs"),
-                   namespace=env.get("CATSDOGS_KUBE_NAMESPACE", "catsdogs"),
-                   chart=env.get("CATSDOGS_KUBE_CHART", ""),
-                   repository=env.get("CATSDOGS_KUBE_IMAGE_REPOSITORY",
-                                      "registry.example.com/catsdogs"),
-                   tag_template=env.get("CATSDOGS_KUBE_IMAGE_TAG", "v{version}"),
-                   service_url=env.get("CATSDOGS_KUBE_ENDPOINT", ""),
-                   helm=env.get("CATSDOGS_HELM", "helm"),
-                   kubectl=env.get("CATSDOGS_KUBECTL", "kubectl"),
-                   timeout=f"{int(params.deploy.ready_timeout_s)}s")
+        """The target from `KubernetesTargetSettings` (`CATSDOGS_K8S_RELEASE*`, docs/rollout.md);
+        SettingsError for bad values."""
+        settings = load(KubernetesTargetSettings)
+        return cls(release=settings.k8s_release, namespace=settings.k8s_release_namespace,
+                   chart=settings.k8s_release_chart, repository=settings.k8s_release_image,
+                   tag_template=settings.k8s_release_tag,
+                   service_url=settings.k8s_release_endpoint, helm=settings.helm,
+                   kubectl=settings.kubectl, timeout=f"{int(params.deploy.ready_timeout_s)}s")
 
     def context(self) -> str | None:
         """The configured kube context, or None (no kubectl, no config)."""
@@ -117,7 +115,7 @@ class KubernetesTarget:
         if helm is None:
             raise Skipped(f"{self.helm} is not installed here: the Kubernetes rollout was not run")
         if not self.service_url:
-            raise UserError("CATSDOGS_KUBE_ENDPOINT is not set: the post-deploy check needs the "
+            raise UserError("CATSDOGS_K8S_RELEASE_ENDPOINT is not set: the post-deploy check needs the "
                             "Service's URL as this task reaches it")
         return context, helm
 

@@ -48,6 +48,7 @@ from catsdogs.deployment.release import Release, http_status, wait_ready
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE, project_dir
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
+from catsdogs.settings import LocalTargetSettings, load
 
 log = logging.getLogger(__name__)
 
@@ -172,19 +173,14 @@ class LocalTarget:
 
     @classmethod
     def from_env(cls, paths: DataPaths, params: Params) -> LocalTarget:
-        """BENTO_HOST, BENTO_PORT (public), CATSDOGS_BENTO_SLOT_PORTS ("3010,3011"),
-        CATSDOGS_SERVE_DIR (default <data dir>/serving), CATSDOGS_NGINX (the binary)."""
-        slots = tuple(int(p) for p in
-                      os.environ.get("CATSDOGS_BENTO_SLOT_PORTS", "3010,3011").split(","))
-        if len(slots) != 2 or len(set(slots)) != 2:
-            raise UserError(f"CATSDOGS_BENTO_SLOT_PORTS={slots}: expected two different ports")
-        run_dir = Path(os.environ.get("CATSDOGS_SERVE_DIR") or paths.root / "serving")
-        return cls(run_dir=run_dir.resolve(), data_dir=paths.root,
-                   host=os.environ.get("BENTO_HOST", "127.0.0.1"),
-                   public_port=int(os.environ.get("BENTO_PORT", "3000")),
-                   slots=(slots[0], slots[1]), ready_timeout_s=params.deploy.ready_timeout_s,
-                   drain_s=params.deploy.drain_s,
-                   nginx=os.environ.get("CATSDOGS_NGINX", "nginx"))
+        """The target from `LocalTargetSettings` (BENTO_HOST, BENTO_PORT, the slots' ports, the
+        serve dir, the nginx binary; docs/rollout.md); SettingsError for bad values."""
+        settings = load(LocalTargetSettings)
+        run_dir = settings.serve_dir or paths.root / "serving"
+        return cls(run_dir=run_dir.resolve(), data_dir=paths.root, host=settings.bento_host,
+                   public_port=settings.bento_port, slots=settings.bento_slot_ports,
+                   ready_timeout_s=params.deploy.ready_timeout_s,
+                   drain_s=params.deploy.drain_s, nginx=settings.nginx)
 
     # --- state ----------------------------------------------------------------------------------
     @property

@@ -20,7 +20,6 @@ Only imported by `dags/` and `plugins/`; nothing heavy is imported here.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -29,23 +28,21 @@ from airflow.sdk import Asset, BaseOperator
 from catsdogs.orchestration.runners.docker import StageDockerOperator, docker_settings
 from catsdogs.orchestration.runners.local import StageBashOperator
 from catsdogs.orchestration.stage_table import Stage
-
-RUNNER_ENV = "CATSDOGS_RUNNER"
-RUNNERS = ("docker", "local", "kubernetes")
+from catsdogs.settings import RunnerSettings, load
 
 
-def runner() -> str:
-    """`docker`, `local` or `kubernetes`, from $CATSDOGS_RUNNER (default docker); ValueError for
-    anything else."""
-    chosen = os.environ.get(RUNNER_ENV, "docker").strip().lower()
-    if chosen not in RUNNERS:
-        raise ValueError(f"{RUNNER_ENV}={chosen!r}: expected one of {', '.join(RUNNERS)}")
-    return chosen
+def runner() -> RunnerSettings:
+    """The DAG's runner settings, read once while the DAG file is parsed (`.runner`: `docker`,
+    `local` or `kubernetes`). Raises `catsdogs.settings.SettingsError` (a ValueError) naming
+    every bad variable."""
+    return load(RunnerSettings)
 
 
-def make_task(stage: Stage, mode: str) -> BaseOperator:
-    """One task for one stage, on the stage's Celery queue; retries with exponential backoff, a
-    timeout, its assets, and the MLflow link where the stage logs to MLflow."""
+def make_task(stage: Stage, settings: RunnerSettings) -> BaseOperator:
+    """One task for one stage in `settings.runner`'s mode, on the stage's Celery queue; retries
+    with exponential backoff, a timeout, its assets, and the MLflow link where the stage logs to
+    MLflow."""
+    mode = settings.runner
     common: dict[str, Any] = {
         "task_id": stage.name,
         "stage": stage,
@@ -63,5 +60,5 @@ def make_task(stage: Stage, mode: str) -> BaseOperator:
             kubernetes_settings,
         )
 
-        return StageKubernetesPodOperator(**common, settings=kubernetes_settings())
-    return StageDockerOperator(**common, **docker_settings())
+        return StageKubernetesPodOperator(**common, settings=kubernetes_settings(settings))
+    return StageDockerOperator(**common, **docker_settings(settings))

@@ -4,7 +4,7 @@
 - the trigger forms (`dag_params`, `rollback_params`) with defaults from params.yaml, and the
   rendering of a run's params into `catsdogs <stage> --set section.key=value ...`
   (`command_template`, `TEMPLATE_MACROS`, `TEMPLATE_FILTERS`);
-- retries with exponential backoff (`DEFAULT_ARGS`), the nightly schedule (`schedule`);
+- retries with exponential backoff (`default_args`), the DAGs' schedules (`schedule`);
 - `StageMixin`: a gate refusal (or any failure of a non-retryable stage) fails the task at once;
   the stage's JSON summary becomes the task's XCom `return_value` and feeds the "MLflow run" link
   (`MlflowRunLink`, registered by plugins/);
@@ -29,18 +29,30 @@ from airflow.sdk import BaseHook, BaseOperatorLink, Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from catsdogs.config import ModelParams, Params, PromoteParams, load_params
-from catsdogs.deployment.release import SERVICE_ENV_PREFIX
 from catsdogs.deployment.service_entry import project_dir
 from catsdogs.errors import GateFailed, UserError
 from catsdogs.orchestration.airflow_client import dag_run_url
 from catsdogs.orchestration.stage_table import Stage
+from catsdogs.settings import (
+    DEPLOY_CLASSES,
+    PREFIX,
+    SERVICE_ENV_PREFIX,
+    DockerSettings,
+    RunnerSettings,
+    StageSettings,
+    load,
+    set_variables,
+)
 from catsdogs.summary import SUMMARY_FILE_ENV
 from catsdogs.tracking import run_url, ui_base_url
 
 log = logging.getLogger(__name__)
 
-KAGGLE_CONN_ID = os.environ.get("CATSDOGS_KAGGLE_CONN_ID", "kaggle_default")
-DEFAULT_SCHEDULE = "0 2 * * *"
+# DAG -> (its RunnerSettings field, the Airflow Variable, the default schedule)
+SCHEDULES: dict[str, tuple[str, str, str]] = {
+    "training": ("schedule", "catsdogs_schedule", "0 2 * * *"),
+    "monitoring": ("monitor_schedule", "catsdogs_monitor_schedule", "@hourly"),
+}
 
 # DAG param -> the params.yaml key it overrides (the UI form shows these; see dag_params()).
 PARAM_KEYS: dict[str, str] = {
@@ -54,33 +66,29 @@ PARAM_KEYS: dict[str, str] = {
 }
 
 
-# Every task: retries with exponential backoff (gate refusals are final, see _final_exit_codes).
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "catsdogs",
-    "retries": int(os.environ.get("CATSDOGS_TASK_RETRIES", "2")),
-    "retry_delay": timedelta(seconds=int(os.environ.get("CATSDOGS_RETRY_DELAY_S", "60"))),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-}
+def default_args(settings: RunnerSettings) -> dict[str, Any]:
+    """Every task's: retries with exponential backoff (gate refusals are final, see
+    `final_exit_codes`)."""
+    return {"owner": "catsdogs", "retries": settings.task_retries,
+            "retry_delay": timedelta(seconds=settings.retry_delay_s),
+            "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=30)}
 
 
-def schedule() -> str:
-    """Cron: $CATSDOGS_SCHEDULE, else Variable `catsdogs_schedule` (also read from
-    $AIRFLOW_VAR_CATSDOGS_SCHEDULE), else nightly at 02:00 UTC."""
-    if os.environ.get("CATSDOGS_SCHEDULE"):
-        return os.environ["CATSDOGS_SCHEDULE"]
+def schedule(dag: str, settings: RunnerSettings) -> str:
+    """The cron (or preset) of the `training` or `monitoring` DAG, by one rule for both: the
+    setting ($CATSDOGS_SCHEDULE, $CATSDOGS_MONITOR_SCHEDULE), else the Airflow Variable
+    (`catsdogs_schedule`, `catsdogs_monitor_schedule`; also $AIRFLOW_VAR_<NAME>), else the
+    default (nightly at 02:00 UTC; hourly)."""
+    field, variable, default = SCHEDULES[dag]
+    if getattr(settings, field):
+        return str(getattr(settings, field))
     from airflow.sdk import Variable
 
     try:
-        return Variable.get("catsdogs_schedule", default=None) or DEFAULT_SCHEDULE
+        return Variable.get(variable, default=None) or default
     except Exception as exc:  # no metadata DB / API reachable while parsing: keep the default
-        log.warning("Variable catsdogs_schedule unreadable (%s); using %s", exc, DEFAULT_SCHEDULE)
-        return DEFAULT_SCHEDULE
-
-
-def _env_flag(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+        log.warning("Variable %s unreadable (%s); using %s", variable, exc, default)
+        return default
 
 
 def checkout_dir() -> Path | None:
@@ -96,9 +104,8 @@ def checkout_dir() -> Path | None:
 def default_params() -> Params:
     """The project's params.yaml (what a stage run without overrides would use):
     $CATSDOGS_PARAMS, else the checkout's; the defaults when there is none."""
-    if os.environ.get("CATSDOGS_PARAMS"):
-        path: Path | None = Path(os.environ["CATSDOGS_PARAMS"])
-    else:
+    path: Path | None = load(StageSettings).params
+    if path is None:
         checkout = checkout_dir()
         path = checkout / "params.yaml" if checkout else None
     return load_params(path) if path is not None and path.is_file() else Params()
@@ -127,7 +134,7 @@ def dag_params() -> dict[str, Param]:
         "promote_min_delta": Param(p.promote.min_delta, type="number", minimum=0, maximum=1,
                                    title="Promotion margin",
                                    description="The challenger must beat the champion by this."),
-        "gpu": Param(_env_flag("CATSDOGS_GPU"), type="boolean", title="Use GPUs",
+        "gpu": Param(load(RunnerSettings).gpu, type="boolean", title="Use GPUs",
                      description="Docker mode: all the host's GPUs for train and promote; "
                                  "kubernetes mode: their nvidia.com/gpu limit, GPU node "
                                  "selector and tolerations."),
@@ -176,7 +183,7 @@ def kaggle_credentials() -> dict[str, str]:
     """KAGGLE_USERNAME/KAGGLE_KEY from the Airflow connection, else the environment; masked."""
     found: dict[str, str] = {}
     try:
-        conn = BaseHook.get_connection(KAGGLE_CONN_ID)
+        conn = BaseHook.get_connection(load(RunnerSettings).kaggle_conn_id)
         if conn.login and conn.password:
             found = {"KAGGLE_USERNAME": conn.login, "KAGGLE_KEY": conn.password}
     except AirflowNotFoundException:
@@ -211,7 +218,7 @@ def airflow_context_env(context: Any) -> dict[str, str]:
     """What a stage needs to link its MLflow run back to this task's DAG run: the ids, and the
     DAG run's page in the Airflow UI (base URL from [api] base_url)."""
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
-    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080")
+    base = load(RunnerSettings).airflow_base_url
     return {"AIRFLOW_CTX_DAG_ID": dag_id, "AIRFLOW_CTX_DAG_RUN_ID": run_id,
             "CATSDOGS_AIRFLOW_RUN_URL": dag_run_url(base, dag_id, run_id)}
 
@@ -249,40 +256,22 @@ class StageMixin:
             "retrying would not change it. Fix the data or params and trigger a new run.")
 
 
-def worker_mlflow_uri() -> str:
-    """The MLflow server as the stage containers/pods reach it: $CATSDOGS_WORKER_MLFLOW_URI, else
-    $MLFLOW_TRACKING_URI, else http://mlflow:5000."""
-    return (os.environ.get("CATSDOGS_WORKER_MLFLOW_URI")
-            or os.environ.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000")
-
-
-def worker_image() -> str:
-    """The stage runner image: $CATSDOGS_WORKER_IMAGE, else catsdogs-worker:latest."""
-    return os.environ.get("CATSDOGS_WORKER_IMAGE", "catsdogs-worker:latest")
-
-
-def shm_bytes() -> int:
-    """Shared memory for the stage's PyTorch data loading: $CATSDOGS_SHM_BYTES, else 2 GiB."""
-    return int(os.environ.get("CATSDOGS_SHM_BYTES", str(2 * 1024**3)))
-
-
-def stage_environment(summary_file: str) -> dict[str, str]:
+def stage_environment(summary_file: str, mlflow_uri: str) -> dict[str, str]:
     """What every stage container or pod gets: the data dir, the MLflow server as workers reach
-    it, unbuffered output, and where to write its JSON summary."""
-    return {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": worker_mlflow_uri(),
+    it (`RunnerSettings.worker_mlflow_uri`), unbuffered output, and where to write its JSON
+    summary."""
+    return {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": mlflow_uri,
             "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: summary_file}
 
 
-# What a rollout stage (deploy, rollback) gets from the Airflow environment: the target and
-# where it lives (catsdogs.deployment.targets).
-DEPLOY_ENV_PREFIXES = ("CATSDOGS_DEPLOY_", "CATSDOGS_COMPOSE_", "CATSDOGS_KUBE_",
-                       "CATSDOGS_SERVICE_", "CATSDOGS_MODEL_IMAGE", "CATSDOGS_PROXY_")
-DEPLOY_ENV_NAMES = ("CATSDOGS_DATA_VOLUME", "CATSDOGS_DOCKER_NETWORK")
-
-
 def deploy_environment() -> dict[str, str]:
-    """The deployment settings of this Airflow environment, for the rollout stages (without
-    the service's own settings, see `service_environment`)."""
-    return {k: v for k, v in os.environ.items()
-            if (k.startswith(DEPLOY_ENV_PREFIXES) or k in DEPLOY_ENV_NAMES)
-            and not k.startswith(SERVICE_ENV_PREFIX)}
+    """The deployment settings of this Airflow environment for the rollout stages (deploy,
+    rollback): the set `CATSDOGS_*` variables of `settings.DEPLOY_CLASSES` (renamed ones under
+    their new names) and the compose network and data volume; never the service's own settings
+    (`SERVICE_ENV_PREFIX`, private) nor standard names such as MLFLOW_TRACKING_URI."""
+    found = set_variables(DEPLOY_CLASSES)
+    docker = set_variables([DockerSettings])
+    found.update({name: docker[name] for name in ("CATSDOGS_DOCKER_NETWORK",
+                                                  "CATSDOGS_DATA_VOLUME") if name in docker})
+    return {name: value for name, value in found.items()
+            if name.startswith(PREFIX) and not name.startswith(SERVICE_ENV_PREFIX)}

@@ -21,7 +21,6 @@ from airflow.providers.docker.exceptions import DockerContainerFailedSkipExcepti
 from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import DeviceRequest, Mount
 
-from catsdogs.deployment.release import SERVICE_ENV_PREFIX
 from catsdogs.orchestration.runners.common import (
     StageMixin,
     airflow_context_env,
@@ -29,11 +28,10 @@ from catsdogs.orchestration.runners.common import (
     deploy_environment,
     final_exit_codes,
     kaggle_credentials,
-    shm_bytes,
     stage_environment,
-    worker_image,
 )
 from catsdogs.orchestration.stage_table import Stage
+from catsdogs.settings import SERVICE_ENV_PREFIX, DockerSettings, RunnerSettings, load, prefixed
 
 log = logging.getLogger(__name__)
 
@@ -127,39 +125,39 @@ class StageDockerOperator(StageMixin, DockerOperator):
         return self._finish(summary)
 
 
-def docker_settings() -> dict[str, Any]:
-    """DockerOperator settings shared by every stage (all from the environment)."""
+def docker_settings(settings: RunnerSettings) -> dict[str, Any]:
+    """DockerOperator settings shared by every stage (`settings` and `DockerSettings`)."""
+    docker = load(DockerSettings)
     return {
-        "image": worker_image(),
-        "docker_url": os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
-        "network_mode": os.environ.get("CATSDOGS_DOCKER_NETWORK", "catsdogs"),
-        "mounts": [Mount(target="/data", type="volume",
-                         source=os.environ.get("CATSDOGS_DATA_VOLUME", "catsdogs-data"))],
+        "image": settings.worker_image,
+        "docker_url": docker.docker_host,
+        "network_mode": docker.docker_network,
+        "mounts": [Mount(target="/data", type="volume", source=docker.data_volume)],
         "mount_tmp_dir": False,
         "auto_remove": "success",
-        "shm_size": shm_bytes(),
-        "environment": stage_environment(CONTAINER_SUMMARY_FILE),
+        "shm_size": settings.shm_bytes,
+        "environment": stage_environment(CONTAINER_SUMMARY_FILE, settings.worker_mlflow_uri),
     }
 
 
 def service_environment() -> dict[str, str]:
     """CATSDOGS_SERVICE_ENV_<NAME> settings: what the compose target gives each Bento container
     as <NAME>."""
-    return {k: v for k, v in os.environ.items() if k.startswith(SERVICE_ENV_PREFIX)}
+    return {SERVICE_ENV_PREFIX + name: value
+            for name, value in prefixed(SERVICE_ENV_PREFIX).items()}
 
 
 def docker_engine_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Docker mode, rollout stages only: the engine's socket mounted, the socket's group
     ($CATSDOGS_DOCKER_GID) as the container's group, the deployment settings in its environment.
     The stage starts the service's containers; the training stages never see the socket."""
-    socket = os.environ.get("CATSDOGS_DOCKER_SOCKET", "/var/run/docker.sock")
+    docker = load(DockerSettings)
     mounts = [*settings.get("mounts", []),
-              Mount(target="/var/run/docker.sock", source=socket, type="bind")]
+              Mount(target="/var/run/docker.sock", source=docker.docker_socket, type="bind")]
     extra: dict[str, Any] = {"mounts": mounts, "environment": {
         **settings.get("environment", {}), **deploy_environment()}}
     extra["private_environment"] = {**settings.get("private_environment", {}),
                                     **service_environment()}
-    gid = os.environ.get("CATSDOGS_DOCKER_GID", "").strip()
-    if gid:
-        extra["user"] = f"50000:{gid}"
+    if docker.docker_gid is not None:
+        extra["user"] = f"50000:{docker.docker_gid}"
     return extra

@@ -15,15 +15,14 @@ worker image, with:
   reads back: it becomes the task's `return_value` and feeds the "MLflow run" link.
 
 Imported by `catsdogs.orchestration.runners.make_task` only in kubernetes mode, so the other
-modes never load the Kubernetes client. Settings come from the environment (`kubernetes_settings`).
+modes never load the Kubernetes client. Settings come from the environment (`kubernetes_settings`,
+`catsdogs.settings.KubernetesSettings`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,12 +37,10 @@ from catsdogs.orchestration.runners.common import (
     command_template,
     deploy_environment,
     final_exit_codes,
-    shm_bytes,
     stage_environment,
-    worker_image,
-    worker_mlflow_uri,
 )
 from catsdogs.orchestration.stage_table import Stage
+from catsdogs.settings import KubernetesSettings, RunnerSettings, load
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +50,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The worker image's user (docker/worker/Dockerfile): uid 50000, group 0 owns /data.
 WORKER_UID = 50000
 WORKER_GID = 0
-DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
-DEFAULT_GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
 @dataclass(frozen=True)
-class KubernetesSettings:
-    """Where and how the stage pods run (see `kubernetes_settings` for the variables)."""
+class PodSettings:
+    """Where and how the stage pods run (`pod_settings` reads them)."""
 
     namespace: str = "catsdogs"
     image: str = "catsdogs-worker:latest"
@@ -70,67 +65,27 @@ class KubernetesSettings:
     service_account: str | None = None
     gpu_count: int = 1
     gpu_node_selector: Mapping[str, str] = field(
-        default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
-    gpu_tolerations: tuple[k8s.V1Toleration, ...] = field(
-        default_factory=lambda: tuple(k8s.V1Toleration(**t) for t in DEFAULT_GPU_TOLERATIONS))
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    gpu_tolerations: tuple[k8s.V1Toleration, ...] = field(default_factory=lambda: (
+        k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"),))
     shm_bytes: int = 2 * 1024**3
     startup_timeout_s: int = 900
 
 
-def _json_env(name: str, default: Any) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be JSON ({exc}): {raw!r}") from None
-
-
-def kubernetes_settings() -> KubernetesSettings:
-    """Settings shared by every stage pod, all from the environment:
-
-    | variable | default |
-    |---|---|
-    | CATSDOGS_K8S_NAMESPACE | `catsdogs` |
-    | CATSDOGS_WORKER_IMAGE | `catsdogs-worker:latest` |
-    | CATSDOGS_K8S_IMAGE_PULL_POLICY | `IfNotPresent` |
-    | CATSDOGS_K8S_DATA_CLAIM (PVC name, mounted at /data) | `catsdogs-data` |
-    | CATSDOGS_WORKER_MLFLOW_URI, else MLFLOW_TRACKING_URI | `http://mlflow:5000` |
-    | CATSDOGS_K8S_KAGGLE_SECRET (keys `username`, `key`) | `catsdogs-kaggle` |
-    | CATSDOGS_K8S_SERVICE_ACCOUNT | the namespace's default |
-    | CATSDOGS_K8S_GPUS (`nvidia.com/gpu` per GPU pod) | 1 |
-    | CATSDOGS_K8S_GPU_NODE_SELECTOR (JSON object) | `{"nvidia.com/gpu.present": "true"}` |
-    | CATSDOGS_K8S_GPU_TOLERATIONS (JSON list of tolerations) | `nvidia.com/gpu` Exists NoSchedule |
-    | CATSDOGS_SHM_BYTES (/dev/shm size) | 2 GiB |
-    | CATSDOGS_K8S_STARTUP_TIMEOUT_S (scheduling + image pull) | 900 |
-
-    Raises ValueError when a JSON variable does not parse or has the wrong shape.
-    """
-    selector = _json_env("CATSDOGS_K8S_GPU_NODE_SELECTOR", DEFAULT_GPU_NODE_SELECTOR)
-    tolerations = _json_env("CATSDOGS_K8S_GPU_TOLERATIONS", DEFAULT_GPU_TOLERATIONS)
-    if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
-        raise ValueError("CATSDOGS_K8S_GPU_NODE_SELECTOR must be a JSON object of strings")
-    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
-        raise ValueError("CATSDOGS_K8S_GPU_TOLERATIONS must be a JSON list of objects")
-    try:
-        gpu_tolerations = tuple(k8s.V1Toleration(**_snake(t)) for t in tolerations)
-    except TypeError as exc:  # a field V1Toleration does not have
-        raise ValueError(f"CATSDOGS_K8S_GPU_TOLERATIONS: {exc}") from None
-    return KubernetesSettings(
-        namespace=os.environ.get("CATSDOGS_K8S_NAMESPACE", "catsdogs"),
-        image=worker_image(),
-        image_pull_policy=os.environ.get("CATSDOGS_K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
-        data_claim=os.environ.get("CATSDOGS_K8S_DATA_CLAIM", "catsdogs-data"),
-        mlflow_uri=worker_mlflow_uri(),
-        kaggle_secret=os.environ.get("CATSDOGS_K8S_KAGGLE_SECRET", "catsdogs-kaggle"),
-        service_account=os.environ.get("CATSDOGS_K8S_SERVICE_ACCOUNT") or None,
-        gpu_count=int(os.environ.get("CATSDOGS_K8S_GPUS", "1")),
-        gpu_node_selector=selector,
-        gpu_tolerations=gpu_tolerations,
-        shm_bytes=shm_bytes(),
-        startup_timeout_s=int(os.environ.get("CATSDOGS_K8S_STARTUP_TIMEOUT_S", "900")),
-    )
+def kubernetes_settings(settings: RunnerSettings | None = None) -> PodSettings:
+    """The stage pods' settings: `catsdogs.settings.KubernetesSettings` (`CATSDOGS_K8S_*`) with
+    the worker image, MLflow URI and /dev/shm size of `settings` (default: read now). Raises
+    `catsdogs.settings.SettingsError` (a ValueError) naming every bad variable."""
+    settings = settings or load(RunnerSettings)
+    kube = load(KubernetesSettings)
+    return PodSettings(
+        namespace=kube.k8s_namespace, image=settings.worker_image,
+        image_pull_policy=kube.k8s_image_pull_policy, data_claim=kube.k8s_data_claim,
+        mlflow_uri=settings.worker_mlflow_uri, kaggle_secret=kube.k8s_kaggle_secret,
+        service_account=kube.k8s_service_account or None, gpu_count=kube.k8s_gpus,
+        gpu_node_selector=kube.k8s_gpu_node_selector,
+        gpu_tolerations=tuple(k8s.V1Toleration(**_snake(t)) for t in kube.k8s_gpu_tolerations),
+        shm_bytes=settings.shm_bytes, startup_timeout_s=kube.k8s_startup_timeout_s)
 
 
 def _restricted_container() -> k8s.V1SecurityContext:
@@ -151,13 +106,13 @@ class StageKubernetesPodOperator(StageMixin, KubernetesPodOperator):
     refusal (exit code 3; any failure of a non-retryable stage) fails the task at once, without
     retries; failures to schedule or start the pod retry."""
 
-    def __init__(self, *, stage: Stage, settings: KubernetesSettings, **kwargs: Any) -> None:
+    def __init__(self, *, stage: Stage, settings: PodSettings, **kwargs: Any) -> None:
         # OMP_NUM_THREADS: torch would otherwise size its thread pool by the node's cores, not by
         # what the pod asked for.
-        env = {**stage_environment(POD_SUMMARY_FILE), "MLFLOW_TRACKING_URI": settings.mlflow_uri,
+        env = {**stage_environment(POD_SUMMARY_FILE, settings.mlflow_uri),
                "OMP_NUM_THREADS": str(cpu_threads(stage.cpu))}
         if stage.needs_docker:
-            # the rollout stages: the Kubernetes target (helm upgrade) and its CATSDOGS_KUBE_*
+            # the rollout stages: the Kubernetes target (helm upgrade) and its CATSDOGS_K8S_*
             # settings; without a kube context in the pod the rollout says it was skipped
             env = {"CATSDOGS_DEPLOY_TARGET": "kubernetes", **env, **deploy_environment()}
         env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
