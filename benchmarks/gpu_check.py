@@ -76,8 +76,9 @@ def gpu_augment(pixels: Any, size: int, generator: Any) -> Any:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def check_arch(arch: str, data: dict[str, Any], args: argparse.Namespace, device: Any,
-               precision: str) -> dict[str, Any]:
+def check_arch(arch: str, data: dict[str, Any], args: argparse.Namespace,
+               compute: Any) -> dict[str, Any]:
+    """`arch`, full recipe, one epoch as `compute` (device, precision, channels_last) says."""
     import torch
 
     from catsdogs.inference.scorer import IMAGENET_MEAN, IMAGENET_STD
@@ -86,11 +87,12 @@ def check_arch(arch: str, data: dict[str, Any], args: argparse.Namespace, device
     from catsdogs.training.metrics import classification_metrics
     from catsdogs.training.model import build_model, train_augment
 
+    device = compute.device
     seed_everything(42)
     weights = _weights(arch)
     model = build_model(arch, weights)
     train_mode(model)
-    step = make_step(model, 1e-4, device, precision, channels_last=True)
+    step = make_step(model, 1e-4, compute)
     size = args.size
     cpu_batches = TensorBatches(data["train"], args.batch, shuffle=True, seed=1,
                                 augment=train_augment(size))
@@ -144,7 +146,7 @@ def check_arch(arch: str, data: dict[str, Any], args: argparse.Namespace, device
     loop_img_s = seen / (time.perf_counter() - started)
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     test = TensorBatches(data["test"], args.batch, shuffle=False)
-    labels, probs = predict(model, test, device, precision, True)
+    labels, probs = predict(model, test, compute)
     metrics = classification_metrics(labels, probs)
     return {"run": f"{arch} full, 1 epoch ({weights} weights)", "loader": "GPU" if on_gpu else "CPU",
             "cpu_loader_img_s": loader_img_s, "loop_img_s": loop_img_s,
@@ -152,8 +154,9 @@ def check_arch(arch: str, data: dict[str, Any], args: argparse.Namespace, device
             "gpu_gib": memory, "accuracy": metrics["accuracy"], "f1": metrics["f1"]}
 
 
-def check_top_blocks(data: dict[str, Any], args: argparse.Namespace, device: Any,
-                     precision: str) -> dict[str, Any]:
+def check_top_blocks(data: dict[str, Any], args: argparse.Namespace,
+                     compute: Any) -> dict[str, Any]:
+    """MobileNetV2 by the default top_blocks recipe as `compute` says."""
     import torch
 
     from catsdogs.config import load_params
@@ -163,6 +166,7 @@ def check_top_blocks(data: dict[str, Any], args: argparse.Namespace, device: Any
     from catsdogs.training.model import build_model
     from catsdogs.training.top_blocks import fit_top_blocks
 
+    device = compute.device
     seed_everything(42)
     settings = load_params(REPO / "params.yaml", [f"train.batch_size={args.batch}"]).train
     weights = _weights("mobilenet_v2")
@@ -171,11 +175,11 @@ def check_top_blocks(data: dict[str, Any], args: argparse.Namespace, device: Any
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = fit_top_blocks(model, "mobilenet_v2", data["train"], data["val"], settings=settings,
-                            device=device, precision=precision, channels_last=True)
+                            compute=compute)
     wall = time.perf_counter() - started
     model.load_state_dict(result.best_state)
     labels, probs = predict(model, TensorBatches(data["test"], args.batch, shuffle=False),
-                            device, precision, True)
+                            compute)
     metrics = classification_metrics(labels, probs)
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     return {"run": f"mobilenet_v2 top_blocks, default params ({weights} weights)",
@@ -208,6 +212,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
+    from catsdogs.inference.compute import Compute
     from catsdogs.training.cache import load_split
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -215,7 +220,7 @@ def main() -> int:
                   "the script on a CPU", torch.__version__)
         return 2
     device = torch.device(args.device)
-    precision = "fp16" if device.type == "cuda" else "fp32"
+    compute = Compute(device, "fp16" if device.type == "cuda" else "fp32", channels_last=True)
     args.size, per_class = (64, 40) if args.smoke else (224, None)
     if args.smoke:
         args.batch, args.steps = 16, 2
@@ -225,10 +230,10 @@ def main() -> int:
     data = {split: load_split(paths, split, args.size) for split in ("train", "val", "test")}
     prep_s = time.perf_counter() - started
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (smoke)"
-    results = [check_arch(arch, data, args, device, precision) for arch in args.archs.split(",")]
+    results = [check_arch(arch, data, args, compute) for arch in args.archs.split(",")]
     if "mobilenet_v2" in args.archs:
-        results.append(check_top_blocks(data, args, device, precision))
-    print(f"\n{name}; torch {torch.__version__}; {precision} AMP + channels_last; batch "
+        results.append(check_top_blocks(data, args, compute))
+    print(f"\n{name}; torch {torch.__version__}; {compute.precision} AMP + channels_last; batch "
           f"{args.batch}; {len(data['train'])}/{len(data['val'])}/{len(data['test'])} pictures; "
           f"split + tensor cache {prep_s:.0f} s\n")
     print("| run | loader | CPU loader alone | training loop | compute-only ceiling | "

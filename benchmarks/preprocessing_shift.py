@@ -33,6 +33,7 @@ def main() -> int:
 
     from catsdogs.config import load_params
     from catsdogs.data.images import decode_image, square_image
+    from catsdogs.inference.compute import Compute
     from catsdogs.inference.scorer import normalize
     from catsdogs.paths import DataPaths
     from catsdogs.training.cache import load_split
@@ -53,7 +54,7 @@ def main() -> int:
             square_image(p, 224))).permute(2, 0, 1) for p in originals]),
     }
     evaluate = torch.stack([eval_transform(224)(decode_image(p)) for p in originals])
-    cpu = torch.device("cpu")
+    bf16 = Compute(torch.device("cpu"), "bf16", channels_last=True)
     print("\n| model | path | mean logit(dog) - logit(cat), shift vs trained | cats called dog | "
           "dogs called cat |\n|---|---|---|---|---|")
     for recipe in ("full", "top_blocks"):
@@ -64,12 +65,11 @@ def main() -> int:
         if recipe == "full":
             fit(model, TensorBatches(data["train"], 32, shuffle=True, seed=42,
                                      augment=train_augment(224)),
-                TensorBatches(data["val"], 32, shuffle=False), epochs=1, lr=1e-4, device=cpu,
-                precision="bf16", channels_last=True)
+                TensorBatches(data["val"], 32, shuffle=False), epochs=1, lr=1e-4,
+                compute=bf16)
         else:
             result = fit_top_blocks(model, "mobilenet_v2", data["train"], data["val"],
-                                    settings=params.train, device=cpu, precision="bf16",
-                                    channels_last=True)
+                                    settings=params.train, compute=bf16)
             model.load_state_dict(result.best_state)
         model.eval()
         margins = {}

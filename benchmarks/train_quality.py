@@ -58,6 +58,7 @@ def train_speed(data: Path, configs: list[tuple[str, bool]], rounds: int = 3,
     """
     import torch
 
+    from catsdogs.inference.compute import Compute
     from catsdogs.training.loading import ImageFolderDataset
     from catsdogs.training.loop import make_step
     from catsdogs.training.model import build_model, train_transform
@@ -72,7 +73,7 @@ def train_speed(data: Path, configs: list[tuple[str, bool]], rounds: int = 3,
         steps = {}
         for precision in ("fp32", "bf16"):
             model = build_model(arch, "none", freeze_backbone=frozen).train()
-            steps[precision] = make_step(model, 1e-4, cpu, precision)
+            steps[precision] = make_step(model, 1e-4, Compute.resolve(precision, cpu))
             steps[precision](images, targets)                       # warm-up
         best = dict.fromkeys(steps, float("inf"))
         for _ in range(rounds):

@@ -77,9 +77,10 @@ def load(paths: Any, size: int) -> tuple[dict[str, Any], float]:
     return data, time.perf_counter() - started
 
 
-def loader_efficiency(data: dict[str, Any], params: Any, device: Any, choice: Any,
+def loader_efficiency(data: dict[str, Any], params: Any, compute: Any,
                       steps: int) -> dict[str, float]:
-    """Loop vs compute-only ceiling (interleaved), and the loader alone, for the full recipe."""
+    """Loop vs compute-only ceiling (interleaved), and the loader alone, for the full recipe
+    trained as `compute` (the chosen device, precision and layout) says."""
     import torch
 
     from catsdogs.training.loading import TensorBatches
@@ -95,7 +96,7 @@ def loader_efficiency(data: dict[str, Any], params: Any, device: Any, choice: An
     loader = count / (time.perf_counter() - started)
     model = build_model("mobilenet_v2", "imagenet")
     train_mode(model)
-    step = make_step(model, 1e-4, device, choice.precision, channels_last=choice.channels_last)
+    step = make_step(model, 1e-4, compute)
     stream = iter(batches)
     held = [next(stream) for _ in range(steps + 1)]
     step(*held[-1])                                        # warm-up
@@ -109,7 +110,7 @@ def loader_efficiency(data: dict[str, Any], params: Any, device: Any, choice: An
         started = time.perf_counter()
         step(*held[index])
         ceiling_s.append(time.perf_counter() - started)
-    if device.type == "cuda":
+    if compute.device.type == "cuda":
         torch.cuda.synchronize()
     loop, ceiling = statistics.median(loop_s), statistics.median(ceiling_s)
     return {"loader_img_s": loader, "loop_img_s": batch / loop, "ceiling_img_s": batch / ceiling,
@@ -117,9 +118,9 @@ def loader_efficiency(data: dict[str, Any], params: Any, device: Any, choice: An
             "bound": 1 / (1 + (batch / ceiling) / loader)}   # if loading never overlapped compute
 
 
-def compile_speed(data: dict[str, Any], params: Any, device: Any, choice: Any,
+def compile_speed(data: dict[str, Any], params: Any, compute: Any,
                   steps: int) -> dict[str, float]:
-    """The chosen configuration eager vs torch.compile (first step = compile time), interleaved."""
+    """The chosen `compute` eager vs torch.compile (first step = compile time), interleaved."""
     from catsdogs.training.loading import TensorBatches
     from catsdogs.training.loop import make_step, train_mode
     from catsdogs.training.model import build_model
@@ -130,8 +131,7 @@ def compile_speed(data: dict[str, Any], params: Any, device: Any, choice: Any,
     for compiled in (False, True):
         model = build_model("mobilenet_v2", "imagenet")
         train_mode(model)
-        stepper[compiled] = make_step(model, 1e-4, device, choice.precision, compiled,
-                                      choice.channels_last)
+        stepper[compiled] = make_step(model, 1e-4, compute, compiled)
         started = time.perf_counter()
         stepper[compiled](inputs, labels)
         first[compiled] = time.perf_counter() - started
@@ -146,9 +146,9 @@ def compile_speed(data: dict[str, Any], params: Any, device: Any, choice: Any,
             "compile_first_step_s": first[True], "eager_first_step_s": first[False]}
 
 
-def run_recipe(name: str, params: Any, data: dict[str, Any], device: Any,
-               choice: Any) -> dict[str, Any]:
-    """Train by `params.train.recipe`; test accuracy after each epoch, wall without it."""
+def run_recipe(name: str, params: Any, data: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """Train by `params.train.recipe` as `compute` says; test accuracy after each epoch, wall
+    without it."""
     from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import fit, predict
     from catsdogs.training.metrics import classification_metrics, confusion
@@ -156,7 +156,6 @@ def run_recipe(name: str, params: Any, data: dict[str, Any], device: Any,
     from catsdogs.training.top_blocks import fit_top_blocks
 
     settings, size = params.train, params.transform.image_size
-    precision, layout = choice.precision, choice.channels_last
     seed_everything(settings.seed)
     test = TensorBatches(data["test"], settings.batch_size, shuffle=False)
     val = TensorBatches(data["val"], settings.batch_size, shuffle=False)
@@ -173,7 +172,7 @@ def run_recipe(name: str, params: Any, data: dict[str, Any], device: Any,
     def score(label: str) -> None:
         at, at_cpu = elapsed(), cpu()
         started, started_cpu = time.perf_counter(), time.process_time()
-        labels, probs = predict(model, test, device, precision, layout)
+        labels, probs = predict(model, test, compute)
         accuracy = classification_metrics(labels, probs)["accuracy"]
         points.append((label, at, at_cpu, accuracy))
         log.info("%s %s: %.1f s (CPU %.1f s), test accuracy %.4f", name, label, at, at_cpu,
@@ -185,20 +184,18 @@ def run_recipe(name: str, params: Any, data: dict[str, Any], device: Any,
     if settings.recipe == "full":
         train = TensorBatches(data["train"], settings.batch_size, shuffle=True,
                               seed=settings.seed, augment=train_augment(size))
-        result = fit(model, train, val, epochs=settings.epochs, lr=settings.lr, device=device,
-                     precision=precision, compile_model=settings.compile, channels_last=layout,
-                     on_epoch=lambda epoch, _m: score(f"epoch {epoch}"))
+        result = fit(model, train, val, epochs=settings.epochs, lr=settings.lr, compute=compute,
+                     compile_model=settings.compile, on_epoch=lambda epoch, _m: score(f"epoch {epoch}"))
     else:
         result = fit_top_blocks(
             model, params.model.arch, data["train"], data["val"], settings=settings,
-            device=device, precision=precision, channels_last=layout,
-            on_epoch=lambda epoch, _m: score(f"epoch {epoch}"),
+            compute=compute, on_epoch=lambda epoch, _m: score(f"epoch {epoch}"),
             on_head_epoch=lambda epoch, _m: (score("head") if epoch == settings.head_epochs
                                              else None))
     wall, cpu_s = elapsed(), cpu()
     model.load_state_dict(result.best_state)
-    labels, probs = predict(model, test, device, precision, layout)
-    val_labels, val_probs = predict(model, val, device, precision, layout)
+    labels, probs = predict(model, test, compute)
+    val_labels, val_probs = predict(model, val, compute)
     reached = next(((at, at_cpu) for _label, at, at_cpu, accuracy in points
                     if accuracy >= TARGET), (None, None))
     return {"recipe": name, "wall_s": wall, "cpu_s": cpu_s, "time_to_target_s": reached[0],
@@ -259,20 +256,21 @@ def main() -> int:
     images, labels = next(iter(TensorBatches(data["train"], params.train.batch_size,
                                              shuffle=True)))
     choice = choose(params.train.precision, device, probe_step(
-        build_model("mobilenet_v2", "imagenet"), images, labels, device, steps=args.steps // 2))
+        build_model("mobilenet_v2", "imagenet"), images, labels, steps=args.steps // 2))
     report["choice"] = choice
+    compute = choice.compute(device)
     if not args.skip_speed:
-        report["loader"] = loader_efficiency(data, params, device, choice, args.steps)
+        report["loader"] = loader_efficiency(data, params, compute, args.steps)
         if args.compile:
-            report["compile"] = compile_speed(data, params, device, choice, args.steps // 2)
+            report["compile"] = compile_speed(data, params, compute, args.steps // 2)
     if not args.skip_recipes:
         seed = load_params(REPO / "params.yaml", [*base, "train.recipe=full",
                                                   f"train.epochs={args.seed_epochs}"])
         mirrored = load_params(REPO / "params.yaml", [*base, "train.mirror=true"])
-        report["recipes"] = [run_recipe("top_blocks (default)", params, data, device, choice),
+        report["recipes"] = [run_recipe("top_blocks (default)", params, data, compute),
                              run_recipe(f"full (seed, {args.seed_epochs} epochs)", seed, data,
-                                        device, choice),
-                             run_recipe("top_blocks + mirror", mirrored, data, device, choice)]
+                                        compute),
+                             run_recipe("top_blocks + mirror", mirrored, data, compute)]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     print(f"\n{report['machine']}\ndevice {device}, chosen {choice.precision}"

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from catsdogs.errors import UserError
+from catsdogs.inference.compute import Compute
 from catsdogs.inference.scorer import IMAGENET_MEAN, IMAGENET_STD, normalize
 from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
 from catsdogs.training.loop import fit, train_mode
@@ -120,7 +121,8 @@ def _fit_once(paths, epochs: int = 2):
                         8, shuffle=True, seed=7, num_workers=1, device=cpu)
     val = make_loader(ImageFolderDataset(paths.split_dir("val"), eval_transform(IMAGE_SIZE)),
                       8, shuffle=False, seed=7, num_workers=0, device=cpu)
-    return model, fit(model, train, val, epochs=epochs, lr=1e-3, device=cpu, precision="fp32")
+    return model, fit(model, train, val, epochs=epochs, lr=1e-3,
+                      compute=Compute.resolve("fp32", cpu))
 
 
 def test_training_is_reproducible_and_keeps_a_deep_copy_of_the_best(tiny_data) -> None:

@@ -11,7 +11,7 @@ import torch
 from catsdogs import console
 from catsdogs.errors import UserError
 from catsdogs.inference import compute as compute_module
-from catsdogs.inference.compute import resolve_precision, uses_channels_last
+from catsdogs.inference.compute import Compute, resolve_precision, uses_channels_last
 from catsdogs.training.cache import load_split
 from catsdogs.training.loading import TensorBatches
 from catsdogs.training.loop import fit
@@ -59,8 +59,9 @@ def test_top_blocks_recipe_trains_only_the_top_blocks(tiny_data) -> None:
     before = {k: v.clone() for k, v in net.state_dict().items()}
     settings = tiny_params("train.epochs=2", "train.head_epochs=3", "train.top_blocks=2").train
     heads: list[int] = []
-    result = fit_top_blocks(net, "mobilenet_v2", train, val, settings=settings, device=CPU,
-                            precision="fp32", on_head_epoch=lambda epoch, _m: heads.append(epoch))
+    result = fit_top_blocks(net, "mobilenet_v2", train, val, settings=settings,
+                            compute=Compute.resolve("fp32", CPU),
+                            on_head_epoch=lambda epoch, _m: heads.append(epoch))
     assert heads == [1, 2, 3] and len(result.history) == 2 and result.best_epoch in (1, 2)
     changed = {k for k, v in result.best_state.items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("features.17.", "features.18.", "classifier."))
@@ -75,8 +76,8 @@ def test_training_logs_progress_within_an_epoch_in_a_log(tiny_data, monkeypatch,
     with caplog.at_level(logging.INFO, logger="catsdogs.progress"):
         fit(build_model("mobilenet_v2", "none"),
             TensorBatches(train, 8, shuffle=True, augment=train_augment(IMAGE_SIZE)),
-            TensorBatches(val, 8, shuffle=False), epochs=1, lr=1e-3, device=CPU,
-            precision="fp32")
+            TensorBatches(val, 8, shuffle=False), epochs=1, lr=1e-3,
+            compute=Compute.resolve("fp32", CPU))
     lines = [r.getMessage() for r in caplog.records if r.name == "catsdogs.progress"]
     assert any(line.startswith("epoch 1/1: 8/18 img") for line in lines), lines
     first = next(line for line in lines if line.startswith("epoch 1/1:"))
@@ -116,13 +117,15 @@ def test_the_measured_choice_is_fp32_without_bfloat16_and_survives_a_damaged_sto
     speeds = {(False,): 10.0, (True,): 12.0}
     probed: list[tuple[str, bool]] = []
 
-    def probe(precision: str, channels_last: bool) -> float:
-        probed.append((precision, channels_last))
-        return speeds[(channels_last,)]
+    def probe(compute: Compute) -> float:
+        assert compute.device == CPU
+        probed.append((compute.precision, compute.channels_last))
+        return speeds[(compute.channels_last,)]
 
     store = tmp_path / "choices.json"
     first = choose("auto", CPU, probe, store, key="k")
     assert (first.precision, first.channels_last) == ("fp32", True) and len(probed) == 2
+    assert first.compute(CPU) == Compute(CPU, "fp32", channels_last=True)
     assert choose("auto", CPU, probe, store, key="k").channels_last and len(probed) == 2
     store.write_text("{not json")
     assert choose("auto", CPU, probe, store, key="k").precision == "fp32" and len(probed) == 4

@@ -4,8 +4,8 @@ trained model version so that whichever version is served has its own reference.
 The train stage calls `log_reference` inside its MLflow run, after the best weights are loaded. It
 is inference only, over the tensor cache the training already read (`catsdogs.training.cache`):
 one forward pass per picture of the train and val splits through `catsdogs.inference.scorer.Scorer`
-(the same (probabilities, embedding) pass the service runs), on the training device with the
-precision and memory layout the run chose.
+(the same (probabilities, embedding) pass the service runs), with the run's `Compute`: the
+training device, precision and memory layout the run chose.
 
 Artifacts of the training run (the served version's `run_id` finds them):
 
@@ -122,15 +122,15 @@ def profile_frame(split: str, labels: np.ndarray, probabilities: np.ndarray,
 
 
 def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Sequence[str],
-                  device: Any, quantile: float, precision: str = "fp32",
-                  channels_last: bool = False) -> dict[str, Any]:
+                  compute: Compute, quantile: float) -> dict[str, Any]:
     """Profile the train and val splits, fit and calibrate the out-of-distribution detector, log
     `REFERENCE_ARTIFACT` and `OOD_ARTIFACTS` to the active MLflow run. `data`: split name ->
-    `TensorSplit`. Returns what it measured (pictures, seconds, val in-distribution rate)."""
+    `TensorSplit` (uint8 N,3,S,S pictures, N labels); `compute`: the run's device, precision and
+    layout (`run_network`); `quantile`: the OOD threshold's quantile of the val scores, in (0, 1).
+    Returns what it measured (pictures, seconds, val in-distribution rate)."""
     import mlflow
     import pandas as pd
 
-    from catsdogs.inference.compute import Compute
     from catsdogs.monitoring import ood
     from catsdogs.training.loading import list_images
 
@@ -138,7 +138,7 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
     frames, embeddings, labels = [], {}, {}
     for split in REFERENCE_SPLITS:
         tensors = data[split]
-        emb, probs = run_network(net, tensors.pixels, Compute(device, precision, channels_last))
+        emb, probs = run_network(net, tensors.pixels, compute)
         files = [path for path, _ in list_images(paths.split_dir(split))]
         labels[split] = tensors.labels.numpy()
         embeddings[split] = emb

@@ -33,7 +33,7 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
 
     from catsdogs import tracking
     from catsdogs.config import CLASSES
-    from catsdogs.inference.compute import pick_device, resolve_precision
+    from catsdogs.inference.compute import Compute, pick_device
     from catsdogs.registry.names import CHAMPION
     from catsdogs.registry.record import load_model, resolve
     from catsdogs.training.loading import ImageFolderDataset, list_images, make_loader
@@ -49,15 +49,15 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     uri = model or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
     record = resolve(MlflowClient(), uri)
     device = pick_device()
-    precision = resolve_precision(params.train.precision, device)
+    compute = Compute.resolve(params.train.precision, device)
     dataset = ImageFolderDataset(images, eval_transform(record.image_size))
     loader = make_loader(dataset, params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
-    labels, probs = predict(load_model(record, device), loader, device, precision)
+    labels, probs = predict(load_model(record, device), loader, compute)
     metrics = classification_metrics(labels, probs)
     return {
         "store": store, "model": uri, "version": record.version, "run_id": record.run_id, "images": str(images),
-        "count": len(labels), "precision_mode": precision,
+        "count": len(labels), "precision_mode": compute.precision,
         "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
         "confusion_matrix": {"labels": list(CLASSES), "rows_true_cols_predicted":
                              confusion(labels, probs)},

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) -> float:
     """`metric` of a registered model version on transformed/test (preprocessed at its own size)."""
-    from catsdogs.inference.compute import pick_device, resolve_precision
+    from catsdogs.inference.compute import Compute, pick_device
     from catsdogs.registry.record import load_model
     from catsdogs.training.loading import ImageFolderDataset, make_loader
     from catsdogs.training.loop import predict
@@ -46,13 +46,13 @@ def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) 
     from catsdogs.training.model import eval_transform
 
     device = pick_device()
-    precision = resolve_precision(params.train.precision, device)
+    compute = Compute.resolve(params.train.precision, device)
     model = load_model(record, device)
     loader = make_loader(ImageFolderDataset(paths.split_dir("test"),
                                             eval_transform(record.image_size)),
                          params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
-    labels, probs = predict(model, loader, device, precision)
+    labels, probs = predict(model, loader, compute)
     return classification_metrics(labels, probs)[metric]
 
 

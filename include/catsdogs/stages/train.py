@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catsdogs.config import Params
 from catsdogs.data import lineage, provenance
@@ -32,6 +32,9 @@ from catsdogs.paths import DataPaths
 from catsdogs.registry.names import CONFUSION_TAG, REGISTERED_VERSION_TAG
 from catsdogs.storage import fingerprint, sha256_file
 from catsdogs.summary import Summary
+
+if TYPE_CHECKING:
+    from catsdogs.inference.compute import Compute
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +97,10 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
     device = pick_device()
     data = _load_data(paths, params)
     choice = _choose(params, paths, device, data["train"])
+    compute = choice.compute(device)
     hashed = data_hash(paths)
     run_fingerprint = fingerprint(hashed, params.fingerprint("transform", "train", "model"),
-                                  device.type, choice.precision, choice.channels_last)
+                                  compute.device.type, compute.precision, compute.channels_last)
     previous = None if force else _previous_run(experiment, run_fingerprint)
     if previous is not None:
         version = previous.data.tags[REGISTERED_VERSION_TAG]
@@ -115,9 +119,9 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                     provenance.REAL_DATA_HINT)
     manifest_sha256 = _manifest_hash(paths)
     training_data = lineage.describe(paths.transformed, SPLITS, trained_on, manifest_sha256, hashed)
-    return _train(params, paths, experiment, device, choice, data, training_data,
-                  tags={"device": str(device), "precision": choice.precision,
-                        "channels_last": str(choice.channels_last).lower(),
+    return _train(params, paths, experiment, compute, choice.measured, data, training_data,
+                  tags={"device": str(compute.device), "precision": compute.precision,
+                        "channels_last": str(compute.channels_last).lower(),
                         "compile": str(params.train.compile).lower(),
                         "recipe": params.train.recipe,
                         "data.transformed_sha256": hashed,
@@ -140,9 +144,10 @@ def _warn_about_recipe(params: Params) -> None:
 
 
 def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
-    """Precision and memory layout by measurement on this machine, kept per machine, network and
-    image size in <data>/cache/training-choices.json (or `$CATSDOGS_TRAINING_CHOICES`) so a
-    re-run gets the same choice and fingerprint."""
+    """Precision and memory layout on `device` by measurement on this machine (a
+    `catsdogs.training.loop.Choice`; `.compute(device)` is the `Compute` to train with), kept per
+    machine, network and image size in <data>/cache/training-choices.json (or
+    `$CATSDOGS_TRAINING_CHOICES`) so a re-run gets the same choice and fingerprint."""
     import platform
 
     import torch
@@ -152,10 +157,10 @@ def _choose(params: Params, paths: DataPaths, device: Any, train: Any) -> Any:
     from catsdogs.training.loop import choose, probe_step
     from catsdogs.training.model import build_model
 
-    def probe(precision: str, channels_last: bool) -> float:
+    def probe(compute: Compute) -> float:
         net = build_model(params.model.arch, "none")
         images, labels = next(iter(TensorBatches(train, params.train.batch_size, shuffle=True)))
-        return probe_step(net, images, labels, device)(precision, channels_last)
+        return probe_step(net, images, labels)(compute)
 
     machine = (platform.processor() or platform.machine(), sorted(cpu_flags()),
                torch.__version__, device.type)
@@ -201,9 +206,11 @@ def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
     return data
 
 
-def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choice: Any,
-           data: dict[str, Any], training_data: lineage.TrainingData,
-           tags: dict[str, str]) -> Summary:
+def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
+           measured: dict[str, float], data: dict[str, Any],
+           training_data: lineage.TrainingData, tags: dict[str, str]) -> Summary:
+    """Train on `compute` (device, precision, layout: the measured choice, whose training
+    images/s per candidate are `measured`), test, profile, log and register."""
     import mlflow
     import torch
     from mlflow import MlflowClient
@@ -220,7 +227,6 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
     from catsdogs.training.top_blocks import fit_top_blocks
 
     settings, size = params.train, params.transform.image_size
-    precision, channels_last = choice.precision, choice.channels_last
     seed_everything(settings.seed)
     model = build_model(params.model.arch, params.model.weights, len(CLASSES),
                         params.model.freeze_backbone)
@@ -232,33 +238,30 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
         mlflow.set_tags(tags | tracking.orchestrator_tags())
         lineage.log_input(training_data)
         log.info("training %s by the %s recipe on %s (%s), %d train images, run %s",
-                 params.model.arch, settings.recipe, device, precision, len(data["train"]),
+                 params.model.arch, settings.recipe, compute.device, compute.precision,
+                 len(data["train"]),
                  active.info.run_id)
         if settings.recipe == "full":
             train = TensorBatches(data["train"], settings.batch_size, shuffle=True,
                                   seed=settings.seed, augment=train_augment(size))
             result = fit(model, train, batches["val"], epochs=settings.epochs,
-                         lr=settings.lr, device=device, precision=precision,
-                         compile_model=settings.compile, channels_last=channels_last,
+                         lr=settings.lr, compute=compute, compile_model=settings.compile,
                          on_epoch=lambda e, v: _log_metrics(v, e))
         else:
             result = fit_top_blocks(
                 model, params.model.arch, data["train"], data["val"], settings=settings,
-                device=device, precision=precision, channels_last=channels_last,
-                on_epoch=lambda e, v: _log_metrics(v, e),
+                compute=compute, on_epoch=lambda e, v: _log_metrics(v, e),
                 on_head_epoch=lambda e, v: _log_metrics({f"head_{k}": x for k, x in v.items()}, e))
         model.load_state_dict(result.best_state)
-        labels, probs = predict(model, batches["test"], device, precision, channels_last)
-        mlflow.set_tag("choice.measured_img_s", json.dumps(choice.measured))
+        labels, probs = predict(model, batches["test"], compute)
+        mlflow.set_tag("choice.measured_img_s", json.dumps(measured))
         test = classification_metrics(labels, probs)
         _log_metrics({f"test_{k}": v for k, v in test.items()}
                      | {"best_epoch": result.best_epoch,
                         "train_images_per_second": result.images_per_second,
                         "train_seconds": result.train_seconds})
-        _log_reports(paths, params, active.info.run_id, device, precision, result, test,
-                     labels, probs)
-        reference = log_reference(model, data, paths, CLASSES, device, settings.ood_quantile,
-                                  precision, channels_last)
+        _log_reports(paths, params, active.info.run_id, compute, result, test, labels, probs)
+        reference = log_reference(model, data, paths, CLASSES, compute, settings.ood_quantile)
         _log_metrics({"reference_seconds": reference["seconds"],
                       "ood_threshold": reference["ood_threshold"]})
         example = next(iter(batches["test"]))[0][:2].numpy()
@@ -278,13 +281,13 @@ def _train(params: Params, paths: DataPaths, experiment: str, device: Any, choic
     return Summary("train", message, details={
         "run_id": active.info.run_id, "experiment_id": experiment, "version": version.version,
         "test": _finite(test),
-        "best_epoch": result.best_epoch, "device": str(device), "precision": precision,
+        "best_epoch": result.best_epoch, "device": str(compute.device),
+        "precision": compute.precision,
         "train_images_per_second": result.images_per_second})
 
 
-def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, precision: str,
-                 result: Any, test: dict[str, float], labels: list[int],
-                 probs: list[float]) -> None:
+def _log_reports(paths: DataPaths, params: Params, run_id: str, compute: Compute, result: Any,
+                 test: dict[str, float], labels: list[int], probs: list[float]) -> None:
     """Plots, classification report, performance report, the confusion matrix as a JSON run tag
     (for the model card), plus the validation summary and EDA (without the stages' internal
     stamp files)."""
@@ -302,7 +305,8 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, device: Any, pre
         (folder / "classification_report.txt").write_text(
             reports.classification_report(labels, probs))
         (folder / "model_performance_report.md").write_text(reports.performance_report(
-            run_id=run_id, arch=params.model.arch, device=str(device), precision=precision,
+            run_id=run_id, arch=params.model.arch, device=str(compute.device),
+            precision=compute.precision,
             params=params.flat(), history=result.history, best_epoch=result.best_epoch,
             test=test, labels=labels, probs=probs, images_per_second=result.images_per_second))
         mlflow.log_artifacts(str(folder), "reports")

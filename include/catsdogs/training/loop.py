@@ -1,5 +1,7 @@
 """The training loop: the measured precision and layout choice, epochs with validation,
-best-by-F1 weights. The device and precision rules are `catsdogs.inference.compute`'s."""
+best-by-F1 weights. The device and precision rules are `catsdogs.inference.compute`'s; every
+function here takes where and how the network runs as one `Compute` (device, precision,
+channels_last)."""
 
 from __future__ import annotations
 
@@ -16,13 +18,7 @@ from typing import Any
 import torch
 
 from catsdogs.console import Progress
-from catsdogs.inference.compute import (
-    Compute,
-    autocast,
-    cpu_supports_bf16,
-    resolve_precision,
-    uses_channels_last,
-)
+from catsdogs.inference.compute import Compute, cpu_supports_bf16, resolve_precision
 from catsdogs.inference.scorer import Scorer
 from catsdogs.training.metrics import classification_metrics
 
@@ -39,6 +35,10 @@ class Choice:
     precision: str
     channels_last: bool
     measured: dict[str, float] = field(default_factory=dict)
+
+    def compute(self, device: torch.device) -> Compute:
+        """This choice on `device` (the device `choose` measured on)."""
+        return Compute(device, self.precision, self.channels_last)
 
 
 def _label(precision: str, channels_last: bool) -> str:
@@ -73,11 +73,12 @@ def _known_choices(store: Path | None) -> dict[str, Any]:
     return known
 
 
-def choose(requested: str, device: torch.device, probe: Callable[[str, bool], float],
+def choose(requested: str, device: torch.device, probe: Callable[[Compute], float],
            store: Path | None = None, key: str = "") -> Choice:
-    """The fastest candidate by `probe(precision, channels_last) -> images/s`. With `store`, a
-    choice made before for the same `key` (machine, network, sizes) is reused, so a noisy
-    re-measurement cannot change a run's fingerprint."""
+    """The fastest `candidates` pair by `probe(Compute(device, precision, channels_last)) ->
+    training images/s`. With `store`, a choice made before for the same `key` (machine, network,
+    sizes) is reused, so a noisy re-measurement cannot change a run's fingerprint.
+    `Choice.compute(device)` gives the `Compute` to train with."""
     options = candidates(requested, device)
     if len(options) == 1:
         return Choice(*options[0])
@@ -88,7 +89,7 @@ def choose(requested: str, device: torch.device, probe: Callable[[str, bool], fl
                           known[key]["measured"])
     except (KeyError, TypeError):
         log.warning("%s: the entry for this machine is damaged; measuring again", store)
-    measured = {_label(*option): probe(*option) for option in options}
+    measured = {_label(*option): probe(Compute(device, *option)) for option in options}
     best = max(options, key=lambda option: measured[_label(*option)])
     log.info("training speed (img/s): %s; chosen %s",
              ", ".join(f"{k} {v:.1f}" for k, v in measured.items()), _label(*best))
@@ -102,14 +103,15 @@ def choose(requested: str, device: torch.device, probe: Callable[[str, bool], fl
 
 
 def probe_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               device: torch.device, steps: int = 2) -> Callable[[str, bool], float]:
-    """A `probe` for `choose`: training images/s of a copy of `model` on one batch (one warm-up
-    step, then the median of `steps`)."""
+               steps: int = 2) -> Callable[[Compute], float]:
+    """A `probe` for `choose`: training images/s of a copy of `model` on one batch (`images`
+    float32 N,3,S,S normalised, `targets` N labels) run as the probe's `Compute` says (one
+    warm-up step, then the median of `steps`)."""
 
-    def probe(precision: str, channels_last: bool) -> float:
+    def probe(compute: Compute) -> float:
         copy_ = copy.deepcopy(model)
         train_mode(copy_)
-        step = make_step(copy_, 1e-4, device, precision, channels_last=channels_last)
+        step = make_step(copy_, 1e-4, compute)
         step(images, targets)
         times = []
         for _ in range(steps):
@@ -137,12 +139,12 @@ class FitResult:
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def predict(model: torch.nn.Module, loader: Batches, device: torch.device,
-            precision: str, channels_last: bool | None = None) -> tuple[list[int], list[float]]:
-    """True labels and P(dog) for every image of `loader` (float32 N,3,H,W normalised images,
-    N labels), through `catsdogs.inference.scorer.Scorer` (`channels_last`: None = the rule of
-    `uses_channels_last`)."""
-    scorer = Scorer(model, Compute.resolve(precision, device, channels_last))
+def predict(model: torch.nn.Module, loader: Batches, compute: Compute
+            ) -> tuple[list[int], list[float]]:
+    """True labels and P(dog) in [0, 1] for every image of `loader` (float32 N,3,H,W normalised
+    images, N labels), through `catsdogs.inference.scorer.Scorer` on `compute`'s device, in its
+    precision (autocast) and memory layout (`Compute.resolve` gives the default layout)."""
+    scorer = Scorer(model, compute)
     labels: list[int] = []
     probs: list[float] = []
     for images, targets in loader:
@@ -161,24 +163,23 @@ def train_mode(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def make_step(model: torch.nn.Module, lr: float, device: torch.device, precision: str,
-              compile_model: bool = False, channels_last: bool | None = None
+def make_step(model: torch.nn.Module, lr: float, compute: Compute, compile_model: bool = False
               ) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """Move `model` to `device` and return one optimisation step (Adam, cross-entropy, AMP;
-    `compile_model`: through `torch.compile`; `channels_last`: None = `uses_channels_last`)."""
-    if channels_last is None:
-        channels_last = uses_channels_last(device, precision)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
+    """Move `model` to `compute.device` in its memory layout and return one optimisation step
+    `step(images float32 N,3,S,S, targets N) -> loss` (Adam at learning rate `lr`,
+    cross-entropy, autocast in `compute.precision`, a GradScaler for fp16; `compile_model`:
+    through `torch.compile`)."""
+    device, memory = compute.device, compute.memory_format
     model.to(device, memory_format=memory)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=compute.precision == "fp16")
     loss_fn = torch.nn.CrossEntropyLoss()
     forward = torch.compile(model) if compile_model else model
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> float:
         images = images.to(device, non_blocking=True, memory_format=memory)
         targets = targets.to(device, non_blocking=True)
-        with autocast(device, precision):
+        with compute.autocast():
             loss = loss_fn(forward(images), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -190,13 +191,13 @@ def make_step(model: torch.nn.Module, lr: float, device: torch.device, precision
 
 
 def fit(model: torch.nn.Module, train_loader: Batches, val_loader: Batches, *,
-        epochs: int, lr: float, device: torch.device, precision: str,
-        compile_model: bool = False, channels_last: bool | None = None,
+        epochs: int, lr: float, compute: Compute, compile_model: bool = False,
         on_epoch: Callable[[int, dict[str, float]], Any] | None = None) -> FitResult:
-    """The `full` recipe: Adam + cross-entropy on every layer for `epochs`; keeps a deep copy of
-    the best weights by val F1. `train_loader` is a DataLoader or `TensorBatches` (any iterable
-    of (images N,3,S,S, labels N) with `len()` in batches and a `dataset`)."""
-    step = make_step(model, lr, device, precision, compile_model, channels_last)
+    """The `full` recipe: Adam + cross-entropy on every layer for `epochs`, trained and
+    validated as `compute` says (device, precision, layout); keeps a deep copy of the best
+    weights by val F1. `train_loader` is a DataLoader or `TensorBatches` (any iterable of
+    (images N,3,S,S, labels N) with `len()` in batches and a `dataset`)."""
+    step = make_step(model, lr, compute, compile_model)
     result = FitResult(best_state={}, best_epoch=0)
     best_f1 = -1.0
     batches, images = len(train_loader), len(train_loader.dataset)
@@ -212,7 +213,7 @@ def fit(model: torch.nn.Module, train_loader: Batches, val_loader: Batches, *,
                 counter.update(len(targets), f"batch {number}/{batches}, loss {loss:.4f}")
         result.train_seconds += time.perf_counter() - started
         result.train_images += seen
-        labels, probs = predict(model, val_loader, device, precision, channels_last)
+        labels, probs = predict(model, val_loader, compute)
         metrics = {"train_loss": total_loss / seen} | {
             f"val_{name}": value for name, value in classification_metrics(labels, probs).items()}
         result.history.append(metrics)

@@ -118,19 +118,19 @@ def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.opt
 
 
 def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorSplit, *,
-                   settings: TrainParams, device: torch.device, precision: str,
-                   channels_last: bool | None = None,
+                   settings: TrainParams, compute: Compute,
                    on_epoch: Callable[[int, dict[str, float]], Any] | None = None,
                    on_head_epoch: Callable[[int, dict[str, float]], Any] | None = None
                    ) -> FitResult:
-    """Train `model` (a `build_model` network) by the recipe above; the best fine-tune epoch by
-    validation F1 is kept (a deep copy of the whole state dict). `train.top_blocks` is at most 8
-    (config), which always leaves a frozen bottom (ResNet18: stem + 8 blocks; MobileNetV2: 19)."""
+    """Train `model` (a `build_model` network) by the recipe above on `train` and `val` (uint8
+    N,3,S,S pictures + N labels), encoding and training as `compute` says (device, autocast
+    precision, memory layout); the best fine-tune epoch by validation F1 is kept (a deep copy of
+    the whole state dict). `train.top_blocks` is at most 8 (config), which always leaves a frozen
+    bottom (ResNet18: stem + 8 blocks; MobileNetV2: 19)."""
     blocks, head = network_blocks(model, arch)
     top_count = settings.top_blocks
-    compute = Compute.resolve(precision, device, channels_last)
     memory = compute.memory_format
-    model.to(device, memory_format=memory).eval()
+    model.to(compute.device, memory_format=memory).eval()
     for parameter in model.parameters():
         parameter.requires_grad = False
     bottom, top = nn.Sequential(*blocks[:-top_count]), nn.Sequential(*blocks[-top_count:])
