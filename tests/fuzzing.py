@@ -2,10 +2,12 @@
 
 Seeds are real encodings of one picture in JPEG (with EXIF orientation and resolution tags and an
 ICC profile), PNG (with eXIf and iCCP chunks), WebP (with EXIF and ICC), animated GIF and
-multi-page TIFF, plus the broken-EXIF JPEG of issue 15. A hypothesis strategy picks a seed and 1-4
-mutations: byte overwrites anywhere, inside the first 512 bytes (headers), inside the EXIF block or
-the ICC profile; 16/32-bit length or offset fields set to 0, small, huge or random values; slices
-deleted, duplicated or inserted; the file truncated.
+multi-page TIFF, plus the broken-EXIF JPEG of issue 15, and (issue 28) AVIF (with EXIF and ICC, and
+the odd-EXIF one), HEIC (with EXIF, and with the broken EXIF) and a PNG whose XMP packet inflates
+past Pillow's default 1 MB text-chunk limit. A hypothesis strategy picks a seed and 1-4
+mutations: byte overwrites anywhere, inside the first 512 bytes (headers), inside the EXIF block,
+the ICC profile or a PNG text chunk; 16/32-bit length or offset fields set to 0, small, huge or
+random values; slices deleted, duplicated or inserted; the file truncated.
 
 Bounded by default; `CATSDOGS_FUZZ_EXAMPLES=N` runs N cases per fuzz test instead.
 """
@@ -15,12 +17,15 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 from functools import cache
 
 import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
+
+import catsdogs.data.images  # noqa: F401 - registers pillow-heif (HEIC/HEIF read and write)
 
 FUZZ_EXAMPLES = int(os.environ.get("CATSDOGS_FUZZ_EXAMPLES", "0") or 0)
 FUZZ_SETTINGS = settings(deadline=None, database=None, print_blob=True,
@@ -40,6 +45,73 @@ def broken_exif() -> bytes:
                struct.pack(">HHI", 0x011A, 2, 3) + b"72\x00\x00"]
     ifd = struct.pack(">H", len(entries)) + b"".join(entries) + struct.pack(">I", 0)
     return b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", 8) + ifd
+
+
+def _exif(entries: list[tuple[int, int, bytes]]) -> bytes:
+    """A big-endian EXIF block of (tag, TIFF type, 4-byte value) entries, count 1 (ASCII: 3)."""
+    body = [struct.pack(">HHI", tag, kind, 3 if kind == 2 else 1) + value
+            for tag, kind, value in entries]
+    ifd = struct.pack(">H", len(body)) + b"".join(body) + struct.pack(">I", 0)
+    return b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", 8) + ifd
+
+
+def _short(value: int) -> bytes:
+    return struct.pack(">HH", value, 0)
+
+
+def odd_exif_avif(image: Image.Image, orientation_in_exif_only: bool = False) -> tuple[bytes, bytes]:
+    """(the odd AVIF, its well-formed twin) of issue 28: an AVIF whose EXIF block carries an
+    Orientation tag and an XResolution stored as ASCII text "72" (a RATIONAL in the standard).
+
+    Pillow cannot write such EXIF (it re-serialises the block and raises), so the twin is written
+    with two stand-in tags of the same sizes, Compression (SHORT) and Make (ASCII "72"), and the
+    odd file is the twin with those two tag numbers changed in place. Default: the container
+    rotates by 90 degrees (irot, from an Orientation=6 Pillow moves there) and the EXIF block says
+    Orientation=1, as libavif's tools leave it; `orientation_in_exif_only`: no irot, the EXIF
+    block says Orientation=6 (AVIF viewers and Pillow follow the container: not turned)."""
+    entries = [(0x0103, 3, _short(6 if orientation_in_exif_only else 1)),
+               (0x010F, 2, b"72\x00\x00")]
+    if not orientation_in_exif_only:
+        entries.append((0x0112, 3, _short(6)))
+    twin = _save(image, "AVIF", quality=90, exif=_exif(entries))
+    stand_ins = (b"\x01\x03\x00\x03", b"\x01\x0f\x00\x02")
+    assert all(twin.count(tag) == 1 for tag in stand_ins)
+    odd = twin.replace(stand_ins[0], b"\x01\x12\x00\x03").replace(stand_ins[1],
+                                                                    b"\x01\x1a\x00\x02")
+    return odd, twin
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_with_chunks(image: Image.Image, chunks: list[bytes], after_pixels: bool = False) -> bytes:
+    """A PNG of `image` with extra chunks (`png_text_chunk`, `png_iccp_chunk`) before its image
+    data, or after it."""
+    data = _save(image, "PNG")
+    at = data.find(b"IEND" if after_pixels else b"IDAT") - 4
+    return data[:at] + b"".join(chunks) + data[at:]
+
+
+def png_text_chunk(text: bytes, key: bytes = b"XML:com.adobe.xmp", compressed: str = "iTXt"
+                   ) -> bytes:
+    """A compressed text chunk: iTXt (how XMP is stored) or zTXt."""
+    if compressed == "zTXt":
+        return _png_chunk(b"zTXt", key + b"\x00\x00" + zlib.compress(text, 9))
+    return _png_chunk(b"iTXt", key + b"\x00\x01\x00\x00\x00" + zlib.compress(text, 9))
+
+
+def png_iccp_chunk(profile: bytes) -> bytes:
+    return _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile, 9))
+
+
+def xmp_packet(size: int) -> bytes:
+    """An XMP packet of about `size` bytes (keywords repeated, as big Lightroom exports are)."""
+    item = b"<rdf:li>cat, pet, whiskers</rdf:li>"
+    head = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            b"<rdf:RDF><rdf:Description><dc:subject><rdf:Bag>")
+    tail = b"</rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end=\"w\"?>"
+    return head + item * max(1, (size - len(head) - len(tail)) // len(item)) + tail
 
 
 def _picture(size: tuple[int, int] = (72, 48)) -> Image.Image:
@@ -78,18 +150,35 @@ def seeds() -> dict[str, bytes]:
         "pages.tiff": _save(picture, "TIFF", save_all=True, exif=exif,
                             append_images=[picture.rotate(180)]),
         "sixteen-bit.tiff": _save(Image.fromarray(np.full((30, 40), 40000, np.uint16)), "TIFF"),
+        "exif-icc.avif": _save(picture, "AVIF", quality=80, exif=exif.tobytes(), icc_profile=icc),
+        "odd-exif.avif": odd_exif_avif(picture)[0],
+        "exif.heic": _save(picture, "HEIF", quality=80, exif=exif.tobytes()),
+        "broken-exif.heic": _save(picture, "HEIF", quality=80, exif=broken_exif()),
+        "big-xmp.png": png_with_chunks(picture, [png_text_chunk(xmp_packet(1_500_000))]),
     }
 
 
-def _region(data: bytes, marker: bytes) -> tuple[int, int]:
-    start = data.find(marker)
-    return (0, len(data)) if start < 0 else (start, min(len(data), start + 2048))
+def _region(data: bytes, *markers: bytes) -> tuple[int, int]:
+    """2 KB from the first of `markers` found (in that order of preference), else all of `data`."""
+    for marker in markers:
+        start = data.find(marker)
+        if start >= 0:
+            return start, min(len(data), start + 2048)
+    return 0, len(data)
+
+
+_WHERE = {"exif": (b"Exif", b"MM\x00\x2a", b"II\x2a\x00"),
+          "icc": (b"ICC_PROFILE", b"iCCP", b"colr"),  # JPEG/WebP, PNG, AVIF/HEIC
+          "text": (b"iTXt", b"zTXt", b"iloc")}  # PNG text chunks; AVIF/HEIC item locations
 
 
 def _mutate(data: bytes, kind: str, where: str, at: float, value: int, span: int) -> bytes:
-    low, high = {"anywhere": (0, len(data)), "header": (0, min(len(data), 512)),
-                 "exif": _region(data, b"Exif"), "icc": _region(data, b"ICC_PROFILE")
-                 if b"ICC_PROFILE" in data else _region(data, b"iCCP")}[where]
+    if where == "anywhere":
+        low, high = 0, len(data)
+    elif where == "header":
+        low, high = 0, min(len(data), 512)
+    else:
+        low, high = _region(data, *_WHERE[where])
     pos = low + int(at * max(0, high - low - 1))
     if kind == "byte":
         return data[:pos] + bytes([value & 0xFF]) + data[pos + 1:]
@@ -110,7 +199,7 @@ def _mutate(data: bytes, kind: str, where: str, at: float, value: int, span: int
 mutation = st.tuples(
     st.sampled_from(["byte", "byte", "u16", "u32", "delete", "duplicate", "insert",
                      "truncate"]),
-    st.sampled_from(["anywhere", "header", "exif", "exif", "icc"]),
+    st.sampled_from(["anywhere", "header", "exif", "exif", "icc", "text"]),
     st.floats(0, 1, allow_nan=False),
     st.integers(0, 2**32),
     st.integers(1, 64))

@@ -7,7 +7,9 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
+
+import catsdogs.data.images  # noqa: F401 - registers pillow-heif: HEIC/HEIF read and write
 
 
 def picture(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
@@ -65,7 +67,27 @@ def odd_formats(base: Image.Image) -> dict[str, tuple[bytes, Image.Image]]:
         "16bit.png": (encode(sixteen, "PNG"), gray.convert("RGB")),
         "image.webp": (encode(base, "WEBP", lossless=True), base),
         "exif-rotated.jpg": (exif_rotated_jpeg(base), as_decoded(exif_rotated_jpeg(base))),
+        **issue_28_formats(base),
     }
+
+
+def issue_28_formats(base: Image.Image) -> dict[str, tuple[bytes, Image.Image]]:
+    """HEIC (an iPhone's default, here with EXIF Orientation=6), a PNG whose XMP packet inflates to
+    3 MB (past Pillow's default 1 MB) and an AVIF whose EXIF holds an XResolution stored as text:
+    name -> (encoded file, the RGB picture the service should see)."""
+    from tests.fuzzing import odd_exif_avif, png_text_chunk, png_with_chunks, xmp_packet
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    heic = encode(base.transpose(Image.Transpose.ROTATE_90), "HEIF", quality=90,
+                  exif=exif.tobytes())
+    formats = {"iphone.heic": (heic, as_decoded(heic)),
+               "big-xmp.png": (png_with_chunks(base, [png_text_chunk(xmp_packet(3_000_000))]),
+                               base)}
+    if features.check("avif"):
+        odd, twin = odd_exif_avif(base)
+        formats["odd-exif.avif"] = (odd, as_decoded(twin))
+    return formats
 
 
 def animated_gif() -> bytes:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fuzzing import png_text_chunk, png_with_chunks
 from tests.serving.conftest import MODEL_NAME, BentoServer
 from tests.serving.images import (
     animated_gif,
@@ -141,6 +142,8 @@ BAD_UPLOADS = {
     "truncated-jpeg": (TRUNCATED_JPEG[: len(TRUNCATED_JPEG) // 2], "truncated", 400),
     "zero-bytes": (b"", "empty", 400),
     "decompression-bomb": (png_header_only(30000, 30000), "too_many_pixels", 400),
+    "png-metadata-bomb": (png_with_chunks(picture(1), [png_text_chunk(b"\0" * (20 << 20))]),
+                          "metadata_too_large", 400),
     "one-pixel": (encode(picture(1, (1, 1)), "PNG"), "bad_dimensions", 400),
     "20000x10": (encode(picture(1, (20000, 10)), "PNG"), "bad_dimensions", 400),
     "over-10MB": (b"\xff\xd8\xff" + bytes(10 * 1024 * 1024), "too_large", 413),

@@ -5,7 +5,23 @@ a machine-readable reason: no other exception escapes it, whatever the bytes (a 
 to that). It checks the size limits from the header before decoding any pixels, applies the EXIF
 orientation (read from the Orientation tag alone: a broken EXIF block is ignored, never rewritten),
 composites transparency on white, scales 16-bit and float images to 8 bits and, for multi-frame
-files (animated GIF/WebP, multi-page TIFF), keeps the first frame.
+files (animated GIF/WebP, multi-page TIFF), keeps the first frame (HEIF: the primary image).
+
+Formats: everything Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF, ...) plus HEIC/HEIF (iPhone
+photos) through `pillow-heif`. Pillow's settings are process-wide, so importing this module sets
+three things once, for every user of Pillow in the process, each only widening what opens:
+- HEIC/HEIF: pillow-heif's opener is registered (libheif turns the picture as its container says
+  and resets the EXIF Orientation to 1, so `_upright` does not turn it twice).
+- PNG metadata: Pillow refuses any iCCP/zTXt/iTXt chunk that inflates past 1 MB, so real photos
+  with a large ICC profile or XMP packet were `not_an_image`. The limits become
+  `PNG_TEXT_CHUNK_LIMIT` (16 MiB inflated per chunk) and `PNG_TEXT_MEMORY_LIMIT` (64 MiB of text
+  in one file, Pillow's own total), never lowered below what the process had already set; past
+  them a file is refused as `metadata_too_large` (a decompression bomb in a metadata chunk).
+- AVIF: Pillow re-writes the EXIF block when the container's rotation (irot/imir) and the EXIF
+  Orientation differ, and a tag it cannot re-serialise (XResolution stored as text) made the whole
+  file unidentifiable. `_TolerantAvifFile`, registered in place of Pillow's reader, keeps the
+  container's orientation and drops only that EXIF block (the tolerance the JPEG path has in
+  `_upright`).
 `square_image` adds THE geometric preprocessing (the square resize): the transform stage stores its
 output for training and the Bento service applies it to every upload.
 """
@@ -15,19 +31,24 @@ from __future__ import annotations
 import io
 import logging
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import pillow_heif
+from PIL import AvifImagePlugin, Image, PngImagePlugin, UnidentifiedImageError
 
 from catsdogs.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_large", "too_many_pixels",
-           "bad_dimensions", "unsupported_mode")
+           "metadata_too_large", "bad_dimensions", "unsupported_mode")
+
+PNG_TEXT_CHUNK_LIMIT = 16 * 1024 * 1024  # one iCCP/zTXt/iTXt chunk, inflated (Pillow: 1 MB)
+PNG_TEXT_MEMORY_LIMIT = 64 * 1024 * 1024  # all text chunks of one PNG, inflated (Pillow: 64 MB)
 
 DRAFT_GAP = 2  # JPEG draft keeps >= 2x the output size, so the final resample still antialiases
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
@@ -39,6 +60,56 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+_PNG_TEXT_LIMIT = "MAX_TEXT_"  # in Pillow's ValueError for a chunk past MAX_TEXT_CHUNK/_MEMORY
+
+
+def _raise_png_text_limits() -> None:
+    """Pillow keeps these limits as module attributes (there is no per-file setting), so they are
+    set once, at import, for the process. Only raised: an application that already allows more
+    keeps its values, one that allows less gets ours (still bounded, so a zlib bomb in a text or
+    ICC chunk is still refused; what it costs stays proportional to the bytes sent)."""
+    PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, PNG_TEXT_CHUNK_LIMIT)
+    PngImagePlugin.MAX_TEXT_MEMORY = max(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_MEMORY_LIMIT)
+
+
+class _TolerantAvifFile(AvifImagePlugin.AvifImageFile):
+    """Pillow's AVIF reader (libavif), except for one failure: when the container's rotation
+    (irot/imir, which Pillow reports as the EXIF Orientation) differs from the EXIF block's own
+    Orientation, Pillow re-serialises the EXIF block, which raises on a tag of an unexpected type
+    (XResolution stored as text, as some cameras and editors write it) or on a damaged block;
+    `Image.open` then called the file unidentifiable. Here that block is replaced by one holding only the
+    container's orientation: the picture opens, turned as the file says."""
+
+    def _open(self) -> None:
+        try:
+            super()._open()
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError, struct.error,
+                SyntaxError, UnicodeError):
+            decoder = getattr(self, "_decoder", None)
+            if decoder is None or not AvifImagePlugin.SUPPORTED:
+                raise  # not past libavif's parse: not an EXIF problem
+            orientation = decoder.get_info()[5]
+            logger.debug("AVIF: EXIF block unreadable or not re-writable; keeping orientation %s",
+                         orientation)
+            self.info.pop("exif", None)
+            if orientation != 1:
+                exif = Image.Exif()
+                exif[_ORIENTATION_TAG] = orientation
+                self.info["exif"] = exif.tobytes()
+            self.seek(0)
+
+
+def _register_formats() -> None:
+    """See the module docstring. Other users of Pillow in the process only see more files open:
+    the tolerant AVIF reader is Pillow's class underneath, and Pillow imports each plugin module
+    once (here, before registering ours), so its own registration does not come back later."""
+    _raise_png_text_limits()
+    pillow_heif.register_heif_opener()
+    Image.register_open(AvifImagePlugin.AvifImageFile.format, _TolerantAvifFile,
+                        AvifImagePlugin._accept)
+
+
+_register_formats()
 
 
 class ImageRejected(UserError):
@@ -89,6 +160,15 @@ def _read(source: bytes | Path, limits: ImageLimits) -> bytes:
 def _too_many_pixels(pixels: str | None, limits: ImageLimits) -> ImageRejected:
     return ImageRejected("too_many_pixels", f"image has {pixels or 'too many'} pixels; the limit "
                          f"is {limits.limit('max_pixels')} (a possible decompression bomb)")
+
+
+def _metadata_too_large(exc: ValueError) -> ImageRejected:
+    if "MAX_TEXT_MEMORY" in str(exc):
+        what = f"the PNG's text chunks inflate past {PngImagePlugin.MAX_TEXT_MEMORY} bytes in all"
+    else:
+        what = (f"a PNG metadata chunk (ICC profile, text or XMP) inflates past "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK} bytes")
+    return ImageRejected("metadata_too_large", f"{what} (a possible decompression bomb)")
 
 
 def _check_header(image: Image.Image, limits: ImageLimits) -> None:
@@ -181,6 +261,8 @@ def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.I
         raise ImageRejected("not_an_image", "not a recognised image file; send a JPEG or PNG "
                             "image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, ValueError) and _PNG_TEXT_LIMIT in str(exc):
+            raise _metadata_too_large(exc) from exc
         reason = "truncated" if "runcated" in str(exc) else "not_an_image"
         raise ImageRejected(reason, f"unreadable image header: {exc}") from exc
     _check_header(image, limits)
@@ -189,10 +271,13 @@ def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image.seek(0)
+            if image.format != "HEIF":  # HEIF opens at its primary image, not always item 0
+                image.seek(0)
             image.load()
             image = _upright(image)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, ValueError) and _PNG_TEXT_LIMIT in str(exc):  # a chunk after IDAT
+            raise _metadata_too_large(exc) from exc
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {exc}") from exc
     return to_rgb(image)
 
