@@ -51,7 +51,7 @@ def test_hourly_by_default_and_overridable(parse_dag) -> None:
     other = parse_dag("local", dag_id=MONITORING_DAG_ID, CATSDOGS_MONITOR_SCHEDULE="*/10 * * * *")
     assert other.timetable.expression == "*/10 * * * *"
     # the same rule as the training DAG's: the setting, else the Airflow Variable, else hourly
-    variable = parse_dag("local", dag_id=MONITORING_DAG_ID,
+    variable = parse_dag("local", dag_id=MONITORING_DAG_ID, CATSDOGS_MONITOR_SCHEDULE="",
                          AIRFLOW_VAR_CATSDOGS_MONITOR_SCHEDULE="*/20 * * * *")
     assert variable.timetable.expression == "*/20 * * * *"
 
