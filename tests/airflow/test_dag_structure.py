@@ -14,6 +14,7 @@ from catsdogs.orchestration.runners import runner
 from catsdogs.orchestration.runners.common import (
     SCHEDULES,
     MlflowRunLink,
+    deploy_environment,
     kaggle_credentials,
     overrides_from_params,
 )
@@ -250,3 +251,21 @@ def test_rollback_dag_takes_the_version_from_its_trigger_form(parse_dag, runner:
     with pytest.raises(ParamValidationError):
         dag.params["rollback_to"] = "7; rm -rf /"
         dag.params.validate()
+
+
+def test_rollout_stages_get_the_deploy_settings_and_nothing_else(monkeypatch) -> None:
+    """What deploy/rollback containers and pods get from the Airflow environment: the target's
+    settings (a renamed variable under its new name), the compose network and volume; never the
+    service's private settings, the Airflow environment's MLflow URI or unrelated settings."""
+    for name, value in {"CATSDOGS_DEPLOY_TARGET": "compose", "CATSDOGS_COMPOSE_PROJECT": "cd",
+                        "CATSDOGS_MODEL_IMAGE": "reg/cd:v{version}",
+                        "CATSDOGS_KUBE_ENDPOINT": "http://svc:3000",
+                        "CATSDOGS_DOCKER_NETWORK": "net", "CATSDOGS_DATA_VOLUME": "vol",
+                        "CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL": "postgresql://u:p@db/m",
+                        "MLFLOW_TRACKING_URI": "http://localhost:5000",
+                        "CATSDOGS_WORKER_IMAGE": "w:1", "CATSDOGS_DOCKER_GID": "999"}.items():
+        monkeypatch.setenv(name, value)
+    assert deploy_environment() == {
+        "CATSDOGS_DEPLOY_TARGET": "compose", "CATSDOGS_COMPOSE_PROJECT": "cd",
+        "CATSDOGS_MODEL_IMAGE": "reg/cd:v{version}", "CATSDOGS_K8S_RELEASE_ENDPOINT": "http://svc:3000",
+        "CATSDOGS_DOCKER_NETWORK": "net", "CATSDOGS_DATA_VOLUME": "vol"}
