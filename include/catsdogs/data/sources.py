@@ -76,6 +76,11 @@ def _is_junk(relative: Path) -> bool:
             or any(part.startswith(".") or part == "__MACOSX" for part in relative.parts))
 
 
+def is_clutter(relative: Path) -> bool:
+    """OS clutter or a hidden file or folder (left out of every scan of pictures)."""
+    return _is_junk(relative)
+
+
 def scan(root: Path, classes: list[str]) -> Scan:
     """Every labelled regular file under `root`, in a stable (sorted) order."""
     found = Scan()

@@ -80,6 +80,9 @@ STAGES: tuple[Stage, ...] = (
           dag_task=False, needs_docker=True),
     Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
           dag_task=False),
+    Stage("score", "Label every picture of a folder or archive with a registered model "
+          "(Parquet + CSV report, resumable)", outputs=("reports/scoring",), dag_task=False,
+          timeout_minutes=240, cpu="4", memory="4Gi"),
     Stage("champion", "The @champion alias: `history` lists its moves, `card` shows a version's "
           "model card", dag_task=False),
     # The catsdogs_monitoring DAG's task (not the training DAG's): its drift decision becomes the
