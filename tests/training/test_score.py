@@ -111,6 +111,7 @@ def test_score_folder_rows_rejections_and_rerun_skipped(
 KILLABLE = """
 import sys, time
 from catsdogs import cli
+from catsdogs.stages import score
 write = score.write_chunk
 def slow(frame, target):
     write(frame, target)
