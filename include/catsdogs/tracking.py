@@ -360,16 +360,20 @@ def outage_cause(exc: BaseException) -> str | None:
             requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     except ImportError:  # pragma: no cover - MLflow depends on requests
         connection_errors = ()
+    # only failures reaching this server: the Docker SDK's requests to its socket, say, are not
+    host = urllib.parse.urlsplit(_server).netloc.rsplit("@", 1)[-1]
     for current in _chain(exc):
         if isinstance(current, MlflowUnavailable):
             return None
+        text = str(current)
+        request = getattr(current, "request", None)
+        if host not in text + str(getattr(request, "url", "") or ""):
+            continue
         if connection_errors and isinstance(current, connection_errors):
-            return _short_cause(str(current))
-        if type(current).__name__ == "MlflowException" or any(
-                c.__name__ == "MlflowException" for c in type(current).__mro__):
-            text = str(current)
-            if any(marker in text for marker in OUTAGE_MARKERS):
-                return _short_cause(text)
+            return _short_cause(text)
+        if any(c.__name__ == "MlflowException" for c in type(current).__mro__) and any(
+                marker in text for marker in OUTAGE_MARKERS):
+            return _short_cause(text)
     return None
 
 
