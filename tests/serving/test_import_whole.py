@@ -45,7 +45,7 @@ def _stored(bento_home: Path) -> list[dict]:
     probe = ("import json, bentoml; from pathlib import Path;"
              "from bentoservice.runtime import missing_parts;"
              "print(json.dumps([{'tag': str(m.tag), 'missing': missing_parts(Path(m.path), "
-             "dict(m.info.metadata))} for m in bentoml.models.list('catsdogs_cnn')]))")
+             "dict(m.info.metadata))} for m in bentoml.models.list() if m.tag.name == 'catsdogs_cnn']))")
     done = subprocess.run([sys.executable, "-c", probe], env=_env("", bento_home), cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
