@@ -22,7 +22,15 @@ changes as the version is promoted, deployed or rolled back) and measures the se
 of a model imported before they existed.
 
 The training run's out-of-distribution calibration is copied into the Bento model's `ood/`
-folder.
+folder; a run without one is refused (retrain): the service would answer `in_distribution: null`.
+
+Whole or nothing: the Bento model gets its completion mark (`import_complete` in its metadata,
+`bentoservice.runtime.missing_parts`) only after the weights, the calibration, the serving
+variants and the metadata are all stored; any failure (an MLflow server that stops answering,
+one line naming it and the step: `catsdogs.tracking.talking_to_mlflow`) removes the model it was
+storing. A stored model of the same version without the mark (left by a killed import) is
+removed and imported again ("repaired"), never "skipped (up to date)"; the service refuses to
+serve a model that lacks a part (`service.py`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from catsdogs.console import setup_logging
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.summary import Summary
+from catsdogs.tracking import talking_to_mlflow
 
 if TYPE_CHECKING:
     from catsdogs.registry.record import VersionRecord
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BENTO_MODEL_NAME = "catsdogs_cnn"
-OOD_FOLDER_NAME = "ood"  # the training run's ood.json + ood.npz inside the Bento model
+OOD_FOLDER_NAME = "ood"  # the training run's ood.json + ood.npz inside the Bento model (runtime.OOD_FOLDER)
 
 
 def bento_metadata(record: VersionRecord, model_uri: str, params: Params) -> dict[str, Any]:
@@ -70,20 +79,32 @@ def bento_metadata(record: VersionRecord, model_uri: str, params: Params) -> dic
     }
 
 
-def _existing(bento_model: str, version: str, run_id: str) -> str | None:
-    """Tag of a stored Bento model imported from the same registry version, if any."""
+def _existing(bento_model: str, version: str, run_id: str) -> tuple[str | None, list[str]]:
+    """(tag of a whole stored Bento model imported from the same registry version or None, the
+    tags of incomplete ones of that version, removed now: `runtime.missing_parts`)."""
     import bentoml
     from bentoml.exceptions import NotFound
+
+    from bentoservice.runtime import missing_parts
 
     try:
         stored = bentoml.models.list(bento_model)
     except NotFound:
-        return None
+        return None, []
+    found, removed = None, []
     for model in stored:
         labels = model.info.labels
-        if labels.get("mlflow_version") == version and labels.get("mlflow_run_id") == run_id:
-            return str(model.tag)
-    return None
+        if labels.get("mlflow_version") != version or labels.get("mlflow_run_id") != run_id:
+            continue
+        missing = missing_parts(Path(model.path), dict(model.info.metadata))
+        if not missing:
+            found = found or str(model.tag)
+            continue
+        logger.warning("removing the incomplete Bento model %s (missing %s): importing it again",
+                       model.tag, ", ".join(missing))
+        bentoml.models.delete(model.tag)
+        removed.append(str(model.tag))
+    return found, removed
 
 
 def calibration_files(folder: Path | None, limit: int, seed: int = 0) -> list[Path]:
@@ -150,11 +171,13 @@ def _store_card(stored: Any, metadata: dict[str, Any]) -> bool:
     from bentoservice.web import CARD_FILE
     from catsdogs.registry.model_card import refresh_card
     from catsdogs.storage import atomic_file
+    from catsdogs.tracking import raise_if_outage
 
     name, version = metadata["registered_model"], metadata["version"]
     try:
         card = refresh_card(MlflowClient(), name, version)[version]
     except MlflowException as exc:
+        raise_if_outage(exc, f"refreshing the model card of {name} v{version}")
         logger.warning("the model card of %s v%s could not be rendered (%s): the service will "
                        "say it has none", name, version, exc)
         return False
@@ -170,7 +193,7 @@ def _store_card(stored: Any, metadata: dict[str, Any]) -> bool:
 def import_ood(run_id: str, folder: Path) -> bool:
     """Copy the training run's out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`:
     catsdogs.monitoring.reference) into the Bento model; False (and a warning) when the run has
-    none, so the service answers `in_distribution: null`."""
+    none (the import then refuses the model)."""
     from catsdogs.monitoring.reference import download_ood
 
     return download_ood(run_id, folder) is not None
@@ -190,37 +213,73 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     from bentoservice.runtime import VARIANTS_KEY
     from catsdogs.registry.names import CHAMPION
     from catsdogs.registry.record import resolve
-    from catsdogs.tracking import connect
+    from catsdogs.tracking import connect, talking_to_mlflow
 
     model_uri = model_uri or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
     connect(paths, create=False)
-    record = resolve(MlflowClient(), model_uri)
+    with talking_to_mlflow(f"resolving {model_uri}"):
+        record = resolve(MlflowClient(), model_uri)
     metadata = bento_metadata(record, model_uri, params)
     labels = {"mlflow_model": record.name, "mlflow_version": record.version,
               "mlflow_run_id": record.run_id}
-    found = _existing(bento_model, record.version, record.run_id)
+    found, removed = _existing(bento_model, record.version, record.run_id)
     files = calibration_files(calibration_dir, calibration_images)
     if found:
         stored = bentoml.models.get(found)
-        measured = VARIANTS_KEY not in stored.info.metadata and _add_variants(stored, metadata,
-                                                                               files)
-        card = _store_card(stored, metadata)
+        with talking_to_mlflow(f"updating the stored {found} (variants, model card)"):
+            measured = VARIANTS_KEY not in stored.info.metadata and _add_variants(
+                stored, metadata, files)
+            card = _store_card(stored, metadata)
         return Summary("bento-import", f"{model_uri} (version {metadata['version']}) already "
                        f"imported as {found}"
                        + ("; its serving variants were measured" if measured else "")
                        + ("; its model card was updated" if card else ""),
                        skipped=True, details={"tag": found, **metadata})
     # the resolved number, not `model_uri`: an alias may point elsewhere by now
-    imported = bentoml.mlflow.import_model(bento_model, record.uri, labels=labels,
-                                           metadata=metadata)
+    with talking_to_mlflow(f"downloading the weights of {record.name} v{record.version}"):
+        imported = bentoml.mlflow.import_model(bento_model, record.uri, labels=labels,
+                                               metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
-    import_ood(record.run_id, Path(stored.path_of(OOD_FOLDER_NAME)))
-    _add_variants(stored, metadata, files)
-    _store_card(stored, metadata)
+    try:
+        _complete(stored, record, metadata, files)
+    except BaseException:
+        bentoml.models.delete(stored.tag)
+        logger.warning("the import of %s stopped before the Bento model was whole: %s removed "
+                       "(nothing partial is left; run the import again)", model_uri, stored.tag)
+        raise
     logger.info("imported %s (version %s, run %s) as %s", model_uri, metadata["version"],
                 metadata["run_id"], stored.tag)
-    return Summary("bento-import", f"{model_uri} (version {metadata['version']}) -> {stored.tag}",
-                   details={"tag": str(stored.tag), **metadata})
+    repaired = f" (repaired: the incomplete {', '.join(removed)} removed)" if removed else ""
+    return Summary("bento-import", f"{model_uri} (version {metadata['version']}) -> "
+                   f"{stored.tag}{repaired}",
+                   details={"tag": str(stored.tag), "repaired": removed, **metadata})
+
+
+def _complete(stored: Any, record: VersionRecord, metadata: dict[str, Any],
+              files: Sequence[Path]) -> None:
+    """Store every part of the freshly imported model beside its weights, check them
+    (`runtime.missing_parts`), then write the completion mark: the last write of an import."""
+    from bentoservice.runtime import IMPORT_COMPLETE_KEY, missing_parts
+    from catsdogs.tracking import talking_to_mlflow
+
+    with talking_to_mlflow(f"downloading the out-of-distribution calibration of run "
+                           f"{record.run_id}"):
+        if not import_ood(record.run_id, Path(stored.path_of(OOD_FOLDER_NAME))):
+            raise UserError(f"{record.name} v{record.version} (run {record.run_id}) has no "
+                            "out-of-distribution calibration (monitoring/ood.json, ood.npz): it "
+                            "was trained before calibrations were logged; retrain it "
+                            "(`catsdogs train`) to serve a model that scores every answer")
+    with talking_to_mlflow(f"building and tagging the serving variants of v{record.version}"):
+        _add_variants(stored, metadata, files)
+    with talking_to_mlflow(f"refreshing the model card of v{record.version}"):
+        _store_card(stored, metadata)
+    missing = [m for m in missing_parts(Path(stored.path), {**stored.info.metadata, **metadata,
+                                                            IMPORT_COMPLETE_KEY: True})]
+    if missing:
+        raise UserError(f"the imported Bento model {stored.tag} is incomplete (missing "
+                        f"{', '.join(missing)}); run the import again")
+    stored.info.metadata.update({**metadata, IMPORT_COMPLETE_KEY: True})
+    stored.flush()
 
 
 def _add_variants(stored: Any, metadata: dict[str, Any], files: Sequence[Path]) -> bool:
@@ -279,10 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         paths = DataPaths.resolve(args.data_dir)
-        summary = run(params, paths, args.model_uri, args.bento_model,
-                      args.calibration_dir or (default_calibration_dir(paths)
-                                               if args.calibration_images > 0 else None),
-                      args.calibration_images)
+        with talking_to_mlflow("importing the model into the Bento store"):
+            summary = run(params, paths, args.model_uri, args.bento_model,
+                          args.calibration_dir or (default_calibration_dir(paths)
+                                                   if args.calibration_images > 0 else None),
+                          args.calibration_images)
     except UserError as exc:
         print(f"bento-import: error: {exc}", file=sys.stderr)
         return exc.exit_code

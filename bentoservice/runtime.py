@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MLFLOW_MODEL_FOLDER = "mlflow_model"
+IMPORT_COMPLETE_KEY = "import_complete"  # Bento metadata: true once every part was stored
+OOD_FOLDER = "ood"                       # the training run's ood.json + ood.npz
+OOD_FILES = ("ood.json", "ood.npz")
+REQUIRED_METADATA = ("registered_model", "version", "run_id", "arch", "image_size", "classes")
 VARIANTS_KEY = "serving_variants"  # Bento metadata: {"cpu": ..., "measured": [Measurement...]}
 
 
@@ -139,3 +143,27 @@ def freeze_startup_heap() -> None:
 def set_threads(torch_threads: int) -> None:
     threads = torch_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, threads))
+
+
+def missing_parts(folder: Path, metadata: dict[str, Any]) -> list[str]:
+    """What a stored Bento model (its folder and metadata) lacks to be served: the MLflow model
+    (weights), the out-of-distribution calibration, a measured serving variant's files, a
+    metadata key, or the import's completion mark (`IMPORT_COMPLETE_KEY`, written by the import
+    after every other part: a model without it was left by an interrupted import). Empty when
+    the model is whole."""
+    from catsdogs.inference.variants import OPENVINO_FILE, VARIANTS_FOLDER
+
+    missing = []
+    if not (folder / MLFLOW_MODEL_FOLDER / "MLmodel").is_file():
+        missing.append(f"the weights ({MLFLOW_MODEL_FOLDER}/MLmodel)")
+    missing += [f"the out-of-distribution calibration ({OOD_FOLDER}/{name})"
+                for name in OOD_FILES if not (folder / OOD_FOLDER / name).is_file()]
+    missing += [f"the metadata `{key}`" for key in REQUIRED_METADATA if key not in metadata]
+    measured = (metadata.get(VARIANTS_KEY) or {}).get("measured") or []
+    missing += [f"the serving variant {VARIANTS_FOLDER}/{m['variant']}/{OPENVINO_FILE}"
+                for m in measured if str(m.get("variant", "")).startswith("openvino-")
+                and m.get("adopted")
+                and not (folder / VARIANTS_FOLDER / m["variant"] / OPENVINO_FILE).is_file()]
+    if not metadata.get(IMPORT_COMPLETE_KEY):
+        missing.append("the import's completion mark (the import was interrupted)")
+    return missing

@@ -47,6 +47,7 @@ from bentoservice.runtime import (
     freeze_startup_heap,
     load_network,
     load_ood,
+    missing_parts,
     ood_threshold,
     pack_outputs,
     set_threads,
@@ -135,6 +136,15 @@ class CatsDogsModel:
         self.choice: Choice | None = None
         self.ood = None
         self.loaded = threading.Event()
+        missing = missing_parts(self.folder, dict(stored.info.metadata))
+        # a model an interrupted import left (no calibration: answers would say
+        # `in_distribution: null`) is never served: /readyz stays not ready and says why
+        self.broken = (f"the Bento model {stored.tag} is incomplete (missing {', '.join(missing)});"
+                       " re-import it (`python -m bentoservice.import_model`) and rebuild"
+                       if missing else None)
+        if self.broken:
+            logger.error("%s: refusing to serve it", self.broken)
+            return
         threading.Thread(target=self._load, name="model-load", daemon=True).start()
 
     def _load(self) -> None:
@@ -166,6 +176,8 @@ class CatsDogsModel:
         return predictor
 
     def __is_ready__(self) -> bool:
+        if self.broken:
+            logger.error("not ready: %s", self.broken)
         return self.loaded.is_set()
 
     @bentoml.api
@@ -184,6 +196,8 @@ class CatsDogsModel:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """N,H,W,3 uint8 pictures (`square_image` pixels) -> N x (C + 1 + D) float32: class
         probabilities | out-of-distribution score | embedding (runtime.pack_outputs)."""
+        if self.broken:
+            raise bentoml.exceptions.ServiceUnavailable(self.broken)
         if not self.loaded.wait(timeout=120):
             raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
         assert self.predictor is not None

@@ -4,6 +4,10 @@
 A stage module exposes `run(params, paths, **options) -> Summary` and, optionally,
 `add_arguments(parser)` for its own options. Stage modules import heavy libraries (torch, mlflow,
 great_expectations) inside their functions, so `catsdogs --help` stays fast.
+
+Errors: a `UserError` is one line on stderr and exit code `exc.exit_code`; an MLflow server that
+stops answering anywhere in a stage is one too (`catsdogs.tracking.talking_to_mlflow` around the
+whole stage: "MLflow server <uri> stopped answering while ...", exit code 4), never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from catsdogs.orchestration.stage_table import STAGES
 from catsdogs.paths import DataPaths
 from catsdogs.settings import StageSettings, load
 from catsdogs.summary import SUMMARY_FILE_ENV
+from catsdogs.tracking import talking_to_mlflow
 
 _COMMON = {"command", "module", "params", "overrides", "data_dir", "verbose", "as_json",
            "summary_file"}
@@ -75,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = DataPaths.resolve(args.data_dir)
         module = importlib.import_module(args.module)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}
-        summary = module.run(params, paths, **options)
+        with talking_to_mlflow(f"running `catsdogs {args.command}`"):
+            summary = module.run(params, paths, **options)
     except UserError as exc:
         print(f"catsdogs {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

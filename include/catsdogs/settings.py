@@ -132,6 +132,10 @@ class TrackingSettings(Settings):
         "`sqlite:///<data dir>/mlflow/mlflow.db` (artifacts beside it)")
     mlflow_ui_url: str = Field("", description="the MLflow UI as a browser reaches it, for "
                                "printed links; unset: the tracking URI")
+    mlflow_timeout_s: int = Field(
+        60, ge=5, le=3600, description="how long a command waits for an MLflow server that "
+        "stopped answering (s) before it fails with one line naming the server; MLflow's own "
+        "`MLFLOW_HTTP_REQUEST_*` retries and timeouts are set from it")
     airflow_run_url: str = Field("", description="the Airflow DAG run a stage belongs to (the "
                                  "runners set it), tagged on the MLflow run")
     airflow_ctx_dag_id: str = _env("AIRFLOW_CTX_DAG_ID", "", description="set by Airflow "

@@ -6,6 +6,18 @@ The model registry (versions, aliases, their tags, the model card) is `catsdogs.
 is used so a lone CLI run needs no server. A remote server is probed before any work starts, so a
 down server fails the stage in seconds (Airflow retries it) instead of after training.
 
+A server that stops answering later, in the middle of an operation, is bounded by
+`CATSDOGS_MLFLOW_TIMEOUT_S` (`TrackingSettings.mlflow_timeout_s`, default 60 s): `connect` sets
+MLflow's own HTTP retry and timeout variables from it (`http_budget`), so no request waits
+longer, and `talking_to_mlflow(what)` turns the connection failure MLflow then raises (an
+`MlflowException` wrapping a requests/urllib3 error, or that error itself) into one line,
+`MlflowUnavailable` (a UserError): "MLflow server <uri> stopped answering while <what> (<cause>)".
+The stages wrap their MLflow steps in it; the CLI and the Bento import wrap the whole command as a
+fallback (then <what> is the command). Code that reads "not found" from an `MlflowException`
+(`registry.record.find`, `resolve`, ...) calls `raise_if_outage` first, so a down server is never
+diagnosed as a missing model. Once an outage was seen, the process's later MLflow calls (MLflow's
+run clean-up on the way out) fail fast instead of waiting out the bound again.
+
 The embedded store (`<data dir>/mlflow/`: `mlflow.db`, `artifacts/`, `store.json`, `.lock`):
 
 - Commands that only read it (or need what an earlier stage wrote: `evaluate`, `champion`, the
@@ -39,12 +51,22 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from catsdogs.errors import UserError
+from catsdogs.errors import MlflowUnavailable, UserError
 from catsdogs.paths import DATA_DIR_ENV, DataPaths
 from catsdogs.settings import TrackingSettings, load
 from catsdogs.storage import is_stamp
 
 log = logging.getLogger(__name__)
+
+HTTP_RETRIES = 2          # MLflow's retries of one request (3 tries) within the bound
+HTTP_BACKOFF_S = 1        # urllib3 sleeps 0, then 2 * this between the tries
+HTTP_JITTER_S = 0.5       # plus up to this at random
+# what MLflow's messages say when the server does not answer (its own wrapping of requests'
+# errors carries no `__cause__`, and artefact downloads join several failures into one message)
+OUTAGE_MARKERS = ("Max retries exceeded", "Failed to establish a new connection",
+                  "Connection refused", "Connection aborted", "RemoteDisconnected",
+                  "Read timed out", "failed with timeout exception", "Connection reset")
+_server: str | None = None   # the http(s) tracking URI `connect` pointed MLflow at
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 PROBE_TIMEOUT_S = 5.0
@@ -95,9 +117,14 @@ def connect(paths: DataPaths, create: bool = True) -> str:
     # MLflow prints a "View experiment" link that opens the GenAI page; the stages log their own
     # links (`experiment_url`, `run_url`)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    global _server
     if uri.startswith(("http://", "https://")):
         _probe(uri)
-    elif not create and uri.startswith("sqlite:///"):
+        os.environ.update(http_budget(settings.mlflow_timeout_s))
+        _server = uri
+    else:
+        _server = None
+    if not create and uri.startswith("sqlite:///"):
         _require_file(Path(uri[len("sqlite:///"):]), paths)
     if not settings.mlflow_tracking_uri:
         _open_embedded(paths, uri)
@@ -279,3 +306,113 @@ def log_folder(folder: Path, artifact_path: str) -> int:
         mlflow.log_artifact(str(path), artifact_path if parent == "." else
                             f"{artifact_path}/{parent}")
     return len(files)
+
+
+def http_budget(timeout_s: float) -> dict[str, str]:
+    """MLflow's HTTP variables for a server that stops answering to cost at most `timeout_s`
+    seconds a call: `HTTP_RETRIES + 1` tries of at most MLFLOW_HTTP_REQUEST_TIMEOUT each (the
+    time to connect, or between bytes of the answer), and urllib3's backoff between them
+    (0, then 2 * `HTTP_BACKOFF_S`, plus up to `HTTP_JITTER_S`). They replace any such variables
+    in the environment: `CATSDOGS_MLFLOW_TIMEOUT_S` is the one setting."""
+    tries = HTTP_RETRIES + 1
+    sleeps = sum(HTTP_BACKOFF_S * 2 ** n for n in range(1, HTTP_RETRIES)) + HTTP_JITTER_S
+    per_try = max(1, int((timeout_s - sleeps) // tries))
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_RETRIES),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(HTTP_BACKOFF_S),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(HTTP_JITTER_S),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(per_try)}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+def _short_cause(text: str) -> str:
+    import re
+
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip().lower()
+    for marker in ("Read timed out", "timed out", "RemoteDisconnected", "Connection aborted",
+                   "Connection reset", "Max retries exceeded"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text.splitlines()[0][:120] if text else "no answer"
+
+
+def outage_cause(exc: BaseException) -> str | None:
+    """Why the MLflow server `connect` pointed at did not answer, when `exc` (or an exception it
+    was raised from) is a connection failure or timeout talking to it; None for anything else
+    (and always for the embedded store)."""
+    if _server is None:
+        return None
+    try:
+        import requests
+        connection_errors: tuple[type[BaseException], ...] = (
+            requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    except ImportError:  # pragma: no cover - MLflow depends on requests
+        connection_errors = ()
+    # only failures reaching this server: the Docker SDK's requests to its socket, say, are not
+    host = urllib.parse.urlsplit(_server).netloc.rsplit("@", 1)[-1]
+    for current in _chain(exc):
+        if isinstance(current, MlflowUnavailable):
+            return None
+        text = str(current)
+        request = getattr(current, "request", None)
+        if host not in text + str(getattr(request, "url", "") or ""):
+            continue
+        if connection_errors and isinstance(current, connection_errors):
+            return _short_cause(text)
+        if any(c.__name__ == "MlflowException" for c in type(current).__mro__) and any(
+                marker in text for marker in OUTAGE_MARKERS):
+            return _short_cause(text)
+    return None
+
+
+def outage(exc: BaseException, what: str) -> MlflowUnavailable | None:
+    """The one-line error for `exc` when it is an MLflow outage (`outage_cause`), or the
+    `MlflowUnavailable` already in its chain; None otherwise. Seeing an outage makes this
+    process's later MLflow calls fail fast (one try, 2 s): the clean-up MLflow does on the way
+    out (ending the active run) must not wait out the bound again."""
+    for current in _chain(exc):
+        if isinstance(current, MlflowUnavailable):
+            return current
+    cause = outage_cause(exc)
+    if cause is None or _server is None:
+        return None
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
+    return MlflowUnavailable(
+        f"MLflow server {shown_uri(_server)} stopped answering while {what} ({cause}); "
+        f"start it again (or point {TRACKING_ENV} at a running one) and re-run the command: "
+        "what it left unfinished is redone or repaired then")
+
+
+def raise_if_outage(exc: BaseException, what: str) -> None:
+    """Raise the one-line `MlflowUnavailable` when `exc` is an MLflow outage; for the code that
+    reads any other `MlflowException` as "not found"."""
+    found = outage(exc, what)
+    if found is not None:
+        raise found from None
+
+
+@contextlib.contextmanager
+def talking_to_mlflow(what: str) -> Iterator[None]:
+    """Run the block; an MLflow outage in it (`outage`) becomes one `MlflowUnavailable` line
+    saying the server stopped answering while `what` ("scoring v3", "tagging the decision on
+    v3"). The innermost such block names the step; other exceptions pass unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        found = outage(exc, what)
+        if found is None or found is exc:
+            raise
+        raise found from None

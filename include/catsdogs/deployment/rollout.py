@@ -28,7 +28,7 @@ from typing import Any
 from catsdogs.config import Params
 from catsdogs.deployment.check import labelled_pictures, run_check, verdict
 from catsdogs.deployment.release import Release, Skipped, Target
-from catsdogs.errors import UserError
+from catsdogs.errors import MlflowUnavailable, UserError
 from catsdogs.paths import DataPaths
 from catsdogs.registry.history import mark_deployment, move_champion, previous_champion
 from catsdogs.registry.names import (
@@ -166,6 +166,8 @@ def rollback(params: Params, paths: DataPaths, target: Target | None, client: An
                         "--to VERSION")
     try:
         chosen = resolve(client, f"models:/{name}/{target_version}")
+    except MlflowUnavailable:
+        raise
     except UserError:
         raise UserError(f"{name} has no version {target_version}; `catsdogs champion history` "
                         "lists the champions") from None

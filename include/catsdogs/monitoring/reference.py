@@ -187,6 +187,8 @@ def download_ood(run_id: str, folder: Path) -> Path | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from catsdogs.tracking import raise_if_outage
+
     folder.mkdir(parents=True, exist_ok=True)
     try:
         for artifact in OOD_ARTIFACTS:
@@ -194,6 +196,7 @@ def download_ood(run_id: str, folder: Path) -> Path | None:
                                                         dst_path=str(folder / ".download"))
             Path(local).replace(folder / Path(artifact).name)
     except (MlflowException, OSError) as exc:
+        raise_if_outage(exc, f"downloading the out-of-distribution calibration of run {run_id}")
         log.warning("run %s has no out-of-distribution calibration (%s): trained before "
                     "reference profiles existed?", run_id, exc)
         return None

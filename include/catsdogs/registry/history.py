@@ -31,6 +31,7 @@ from catsdogs.registry.names import (
     ROLLED_BACK,
 )
 from catsdogs.registry.record import AliasMove, recorded_moves
+from catsdogs.tracking import raise_if_outage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 def _current(client: Any, name: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except Exception:  # noqa: BLE001 - MlflowException when the alias (or model) does not exist
+    except Exception as exc:  # noqa: BLE001 - MlflowException when the alias (or model) does not exist
+        raise_if_outage(exc, f"looking up {name}@{CHAMPION}")
         return None
 
 
@@ -49,6 +51,10 @@ def move_champion(client: Any, name: str, to_version: str, *, reason: str, by: s
     `client` is an `mlflow.MlflowClient`; `by` one of `names.BY_*`. Returns the recorded move.
     Raises MlflowException when the version does not exist. A card that cannot be refreshed (the
     move itself succeeded) is a warning naming the command that refreshes it.
+
+    The alias moves first, then the move is tagged; a server lost in between leaves a move
+    without its record, which `record_missing_move` (called by promote when it finds the
+    challenger already champion) writes the next time.
     """
     now_ms = int(time.time() * 1000)
     move = AliasMove(time=datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds"),
@@ -64,18 +70,39 @@ def move_champion(client: Any, name: str, to_version: str, *, reason: str, by: s
     return move
 
 
+def record_missing_move(client: Any, name: str, version: str, from_version: str | None, *,
+                        reason: str, by: str) -> AliasMove | None:
+    """Record the move of `@champion` to `version` when the version's tags have no move to it
+    (its `move_champion` lost the server after the alias moved); None when one is recorded."""
+    found = client.get_model_version(name, version)
+    if any(move.to_version == str(version) for move in recorded_moves(found.tags or {}).values()):
+        return None
+    now_ms = int(time.time() * 1000)
+    move = AliasMove(time=datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+                     from_version=from_version, to_version=str(version), reason=reason, by=by)
+    value = json.dumps(asdict(move), sort_keys=True)
+    for each in {move.to_version, move.from_version} - {None}:
+        client.set_model_version_tag(name, each, f"{MOVE_TAG_PREFIX}{now_ms}", value)
+    log.info("%s@%s: the move to v%s had no record (the server was lost after the alias "
+             "moved); recorded now", name, CHAMPION, version)
+    refresh_cards(client, name, move.to_version, move.from_version)
+    return move
+
+
 def mark_deployment(client: Any, name: str, version: str, status: str, target: str,
                     reason: str = "") -> None:
     """Tag `name` version `version` with the rollout's outcome: `deploy.status` (`names.DEPLOYED`
     or `names.ROLLED_BACK`), `deploy.time` (now, ISO-8601 UTC), `deploy.target` (the target's
     name) and, when given, `deploy.reason`; then refresh its model card. Raises MlflowException
-    when the registry refuses a tag."""
-    client.set_model_version_tag(name, version, DEPLOY_STATUS_TAG, status)
+    when the registry refuses a tag. `deploy.status`, the tag the rollout and rollback read, is
+    written last: a server lost half-way leaves the old status with new details at worst, and
+    the next rollout writes all four again."""
     client.set_model_version_tag(name, version, DEPLOY_TIME_TAG,
                                  datetime.now(UTC).isoformat(timespec="seconds"))
     client.set_model_version_tag(name, version, DEPLOY_TARGET_TAG, target)
     if reason:
         client.set_model_version_tag(name, version, DEPLOY_REASON_TAG, reason)
+    client.set_model_version_tag(name, version, DEPLOY_STATUS_TAG, status)
     refresh_cards(client, name, version)   # the card shows the deployment
 
 
@@ -87,6 +114,7 @@ def refresh_cards(client: Any, name: str, *versions: str | None) -> None:
     try:
         refresh_card(client, name, *versions)
     except MlflowException as exc:
+        raise_if_outage(exc, f"refreshing the model cards of {name}")
         log.warning("the model cards of %s %s were not refreshed (%s); run `catsdogs champion "
                     "card --version N` to refresh one", name,
                     ", ".join(f"v{v}" for v in versions if v), exc)

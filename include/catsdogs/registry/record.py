@@ -25,6 +25,7 @@ from catsdogs.registry.names import (
     MODEL_ARTIFACT,
     MOVE_TAG_PREFIX,
 )
+from catsdogs.tracking import raise_if_outage
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -120,7 +121,8 @@ class VersionRecord:
 def resolve(client: MlflowClient, uri: str) -> VersionRecord:
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> the record of that version, asking the
     registry once. Raises UserError for another URI form or a model, alias or version the
-    registry does not have."""
+    registry does not have, and `MlflowUnavailable` (never "not found") when the server does not
+    answer."""
     from mlflow.exceptions import MlflowException
 
     if not uri.startswith(URI_PREFIX):
@@ -134,6 +136,7 @@ def resolve(client: MlflowClient, uri: str) -> VersionRecord:
             name, number = ref.rsplit("/", 1)
             found = client.get_model_version(name, number)
     except (MlflowException, ValueError) as exc:
+        raise_if_outage(exc, f"resolving {uri}")
         raise UserError(f"model {uri!r} not found in the registry ({exc}); train and promote "
                         "one first (`catsdogs train`, `catsdogs promote`)") from None
     return VersionRecord.from_model_version(found)
@@ -141,12 +144,13 @@ def resolve(client: MlflowClient, uri: str) -> VersionRecord:
 
 def find(client: MlflowClient, name: str, alias: str) -> VersionRecord | None:
     """The record of the version `name@alias` points at, or None when the alias (or the model)
-    does not exist."""
+    does not exist; `MlflowUnavailable` when the server does not answer."""
     from mlflow.exceptions import MlflowException
 
     try:
         return VersionRecord.from_model_version(client.get_model_version_by_alias(name, alias))
-    except MlflowException:
+    except MlflowException as exc:
+        raise_if_outage(exc, f"looking up {name}@{alias}")
         return None
 
 

@@ -64,6 +64,7 @@ def card(name: str, version: str | None, store: str) -> Summary:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from catsdogs import tracking
     from catsdogs.registry.model_card import refresh_card
     from catsdogs.registry.names import CARD_ARTIFACT, CHAMPION
     from catsdogs.registry.record import find
@@ -78,6 +79,7 @@ def card(name: str, version: str | None, store: str) -> Summary:
     try:
         text = refresh_card(client, name, version)[version]
     except MlflowException as exc:
+        tracking.raise_if_outage(exc, f"refreshing the model card of {name} v{version}")
         raise UserError(f"{name} v{version} in {store}: {exc.message}; list the versions in the MLflow UI "
                         "or with `catsdogs champion history`") from None
     return Summary("champion", f"model card of {name} v{version} in {store} (also the "

@@ -48,12 +48,14 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     store = tracking.shown_uri(tracking.connect(paths, create=False))
     uri = model or f"models:/{params.mlflow.registered_model_name}@{CHAMPION}"
     record = resolve(MlflowClient(), uri)
+    with tracking.talking_to_mlflow(f"downloading {record.uri}"):
+        network = load_model(record, pick_device())
     device = pick_device()
     compute = Compute.resolve(params.train.precision, device)
     dataset = ImageFolderDataset(images, eval_transform(record.image_size))
     loader = make_loader(dataset, params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
-    labels, probs = predict(load_model(record, device), loader, compute)
+    labels, probs = predict(network.to(device), loader, compute)
     metrics = classification_metrics(labels, probs)
     return {
         "store": store, "model": uri, "version": record.version, "run_id": record.run_id, "images": str(images),

@@ -85,11 +85,13 @@ def reference_rows(run_id: str, version: str, params: Params) -> Any:
     split has fewer than `monitor.min_rows` rows)."""
     from mlflow.exceptions import MlflowException
 
+    from catsdogs import tracking
     from catsdogs.monitoring.reference import REFERENCE_ARTIFACT, load_reference
 
     try:
         frame = load_reference(run_id)
     except (MlflowException, OSError) as exc:
+        tracking.raise_if_outage(exc, f"downloading the reference profile of run {run_id}")
         raise UserError(f"model version {version} (run {run_id}) has no reference profile "
                         f"{REFERENCE_ARTIFACT} ({str(exc).splitlines()[0][:200]}): it was "
                         "trained before reference profiles were logged; run `catsdogs train` "
@@ -204,7 +206,8 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
     tracking.connect(paths, create=False)   # the version's training run must be there
     try:
         run_id = MlflowClient().get_model_version(name, version).run_id
-    except MlflowException:
+    except MlflowException as exc:
+        tracking.raise_if_outage(exc, f"looking up {name} v{version}")
         raise UserError(f"the prediction log names {name} v{version}, which the registry does "
                         "not have; check --model-version or the MLflow server the stage uses") from None
     result = compare(reference_rows(run_id, version, params), frame, settings)

@@ -4,12 +4,19 @@ Both models are scored by the same code on the same current test split (the cham
 re-evaluated there), by `promote.metric`; the challenger must beat the champion by more than
 `promote.min_delta`. The decision, both scores and the reason become tags on the challenger's model
 version and its run, and its model card shows them. A worse model is never promoted.
+
+An MLflow server lost mid-way (`catsdogs.tracking.talking_to_mlflow`) ends the stage with one
+line naming the step; the next run repairs what was left: the decision tag on the version is
+written last (the other tags first, then the run's decision), so a version without it is judged
+again from scratch and all tags rewritten; a promoted challenger whose alias did not move yet is
+judged again too (only a *rejected* decision is final); an alias that moved without its move
+record gets the record (`history.record_missing_move`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from catsdogs.config import Params
 from catsdogs.errors import UserError
@@ -87,13 +94,26 @@ def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
     return None
 
 
+def _write_decision(client: Any, name: str, challenger: VersionRecord,
+                    tags: dict[str, str]) -> None:
+    """The decision's tags on the run, then on the version, the version's decision tag last: it
+    is what `_earlier_decision` reads, so it exists only when every other tag was written."""
+    others = {k: v for k, v in tags.items() if k != PROMOTION_DECISION_TAG}
+    for key, value in {**others, PROMOTION_DECISION_TAG: tags[PROMOTION_DECISION_TAG]}.items():
+        client.set_tag(challenger.run_id, key, value)
+    for key, value in others.items():
+        client.set_model_version_tag(name, challenger.version, key, value)
+    client.set_model_version_tag(name, challenger.version,
+                                 PROMOTION_DECISION_TAG, tags[PROMOTION_DECISION_TAG])
+
+
 def run(params: Params, paths: DataPaths) -> Summary:
     """Judge `@challenger` against `@champion`, each resolved once: the scores, the tags and the
     move all concern those two versions, even when an alias moves meanwhile."""
     from mlflow import MlflowClient
 
     from catsdogs import tracking
-    from catsdogs.registry.history import move_champion
+    from catsdogs.registry.history import move_champion, record_missing_move
     from catsdogs.registry.model_card import refresh_card
     from catsdogs.registry.record import find
 
@@ -103,13 +123,21 @@ def run(params: Params, paths: DataPaths) -> Summary:
     tracking.connect(paths)
     client = MlflowClient()
     name, metric = params.mlflow.registered_model_name, params.promote.metric
-    challenger = find(client, name, CHALLENGER)
-    if challenger is None:
-        raise UserError(f"no {name}@{CHALLENGER} in the registry; run `catsdogs train` first")
-    champion = find(client, name, CHAMPION)
+    with tracking.talking_to_mlflow(f"reading {name}@{CHALLENGER} and @{CHAMPION}"):
+        challenger = find(client, name, CHALLENGER)
+        if challenger is None:
+            raise UserError(f"no {name}@{CHALLENGER} in the registry; run `catsdogs train` first")
+        champion = find(client, name, CHAMPION)
     judged = _earlier_decision(challenger, champion, params)
     if judged is not None:
         run_id = challenger.run_id
+        if champion is not None and champion.version == challenger.version:
+            with tracking.talking_to_mlflow(f"recording the move to v{challenger.version}"):
+                earlier = challenger.tags.get(PROMOTION_CHAMPION_VERSION_TAG)
+                record_missing_move(client, name, challenger.version,
+                                    None if earlier in (None, "none") else earlier,
+                                    reason=challenger.tags.get(PROMOTION_REASON_TAG, "promoted"),
+                                    by=BY_PROMOTE)
         return Summary("promote", f"{name} v{challenger.version} {judged}",
                        skipped=True, details={
                            "version": challenger.version, "promoted": False,
@@ -117,8 +145,10 @@ def run(params: Params, paths: DataPaths) -> Summary:
                            "run_id": run_id,
                            "experiment_id": client.get_run(run_id).info.experiment_id,
                            "reason": judged})
-    challenger_score = score(challenger, paths, metric, params)
-    champion_score = None if champion is None else score(champion, paths, metric, params)
+    with tracking.talking_to_mlflow(f"scoring challenger v{challenger.version}"):
+        challenger_score = score(challenger, paths, metric, params)
+    with tracking.talking_to_mlflow(f"scoring champion v{champion.version if champion else ''}"):
+        champion_score = None if champion is None else score(champion, paths, metric, params)
     promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
     tags = {
         PROMOTION_DECISION_TAG: PROMOTED if promoted else REJECTED,
@@ -130,14 +160,15 @@ def run(params: Params, paths: DataPaths) -> Summary:
         PROMOTION_CHAMPION_VERSION_TAG: "none" if champion is None else champion.version,
         PROMOTION_REASON_TAG: reason,
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, challenger.version, key, value)
-        client.set_tag(challenger.run_id, key, value)
+    with tracking.talking_to_mlflow(f"tagging the decision on v{challenger.version}"):
+        _write_decision(client, name, challenger, tags)
     # the decision is tagged first, so the model cards the move refreshes show it
-    if promoted:
-        move_champion(client, name, challenger.version, reason=reason, by=BY_PROMOTE)
-    else:
-        refresh_card(client, name, challenger.version)
+    with tracking.talking_to_mlflow(f"moving @{CHAMPION} to v{challenger.version}" if promoted
+                                    else f"refreshing the model card of v{challenger.version}"):
+        if promoted:
+            move_champion(client, name, challenger.version, reason=reason, by=BY_PROMOTE)
+        else:
+            refresh_card(client, name, challenger.version)
     champion_now = challenger.version if promoted else champion.version
     message = (f"{tags[PROMOTION_DECISION_TAG]} {name} v{challenger.version}: {reason}; "
                f"@champion is v{champion_now}")

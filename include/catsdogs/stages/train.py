@@ -19,6 +19,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -84,13 +86,64 @@ def _previous_run(experiment: str, run_fingerprint: str) -> Any | None:
     return runs[0] if runs else None
 
 
+PROCESS_TAG = "catsdogs.process"    # "<host>:<pid>:<process start ticks>" of the training process
+ABANDONED_AFTER_S = 24 * 3600       # a RUNNING run of another host (or untagged) this old is dead
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), '' when
+    there is no such process (or no /proc): with the pid it names one process, not a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _abandoned(tag: str | None, start_ms: int, now_s: float) -> bool:
+    """Whether a RUNNING run's process is gone: tagged on this host, its pid no longer names the
+    process that started it; tagged on another host (another container) or untagged, the run
+    started more than `ABANDONED_AFTER_S` ago (this process cannot see the other's)."""
+    host, _, rest = (tag or "").partition(":")
+    pid, _, ticks = rest.partition(":")
+    if tag and host == socket.gethostname() and pid.isdigit():
+        return not ticks or _start_ticks(int(pid)) != ticks
+    return now_s - start_ms / 1000 > ABANDONED_AFTER_S
+
+
+def fail_abandoned_runs(experiment: str) -> list[str]:
+    """Mark FAILED the experiment's RUNNING runs whose training process is gone (`_abandoned`):
+    a `catsdogs train` killed with SIGKILL (or a lost machine) cannot end its run itself, so the
+    next train start does. Runs of live processes, here or elsewhere, are left alone. Returns
+    the run ids marked."""
+    from mlflow import MlflowClient
+
+    client, now, marked = MlflowClient(), time.time(), []
+    for found in client.search_runs([experiment], "attributes.status = 'RUNNING'",
+                                    max_results=200):
+        if _abandoned(found.data.tags.get(PROCESS_TAG), found.info.start_time or 0, now):
+            client.set_tag(found.info.run_id, "catsdogs.abandoned",
+                           "its training process was gone; marked FAILED by the next train")
+            client.set_terminated(found.info.run_id, "FAILED")
+            marked.append(found.info.run_id)
+            log.warning("run %s was left RUNNING by a training process that is gone (killed?): "
+                        "marked FAILED", found.info.run_id)
+    return marked
+
+
 def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
     """Train, evaluate on the test split with the best-by-val-F1 weights, log and register."""
     from catsdogs import tracking
 
     _check_inputs(paths)
     tracking.connect(paths)
-    experiment = tracking.experiment_id(params.mlflow.experiment_name, paths)
+    with tracking.talking_to_mlflow("opening the experiment"):
+        experiment = tracking.experiment_id(params.mlflow.experiment_name, paths)
+        fail_abandoned_runs(experiment)
 
     from catsdogs.inference.compute import pick_device
 
@@ -127,6 +180,7 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                         "data.transformed_sha256": hashed,
                         "data.manifest_sha256": manifest_sha256,
                         "git.commit": _git_commit(), "catsdogs.fingerprint": run_fingerprint,
+                        PROCESS_TAG: _this_process(),
                         **(trained_on.tags() if trained_on is not None else {})})
 
 
@@ -233,7 +287,11 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
     batches = {split: TensorBatches(data[split], settings.batch_size, shuffle=False)
                for split in ("val", "test")}
     run_name = f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with mlflow.start_run(experiment_id=experiment, run_name=run_name) as active:
+    # the process tag from the run's first moment (`fail_abandoned_runs`); an outage inside is
+    # one line, and makes MLflow's clean-up (ending the run) fail fast
+    with (mlflow.start_run(experiment_id=experiment, run_name=run_name,
+                           tags={PROCESS_TAG: tags[PROCESS_TAG]}) as active,
+          tracking.talking_to_mlflow(f"logging the training run {run_name}")):
         mlflow.log_params(params.flat())
         mlflow.set_tags(tags | tracking.orchestrator_tags())
         lineage.log_input(training_data)
