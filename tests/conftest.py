@@ -3,6 +3,7 @@ MLflow tracking server. Area-specific fixtures live in the area's own conftest.p
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,24 @@ from tests.servers import start_mlflow_server, stop_process
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
+# What `catsdogs.tracking.connect` leaves in the environment of the process that calls it: MLflow
+# copies the URIs it is pointed at into these, and connect sets MLflow's HTTP bounds.
+MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                      "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                      "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_process_env() -> Iterator[None]:
+    """Each test ends with the MLflow variables it started with, so a later test's subprocesses
+    (which copy os.environ) never inherit an earlier test's server or bounds."""
+    before = {name: os.environ.get(name) for name in MLFLOW_PROCESS_ENV}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
