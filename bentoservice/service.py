@@ -176,8 +176,7 @@ class CatsDogsModel:
         return predictor
 
     def __is_ready__(self) -> bool:
-        if self.broken:
-            logger.error("not ready: %s", self.broken)
+        """Ready once the model is loaded; never for an incomplete model (said once at start)."""
         return self.loaded.is_set()
 
     @bentoml.api

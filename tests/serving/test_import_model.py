@@ -49,7 +49,10 @@ def _register_tiny(mlflow_server: str, name: str) -> str:
 
 
 def _env(mlflow_server: str, **extra: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "BENTOML_DO_NOT_TRACK": "true",
+    # the registry too: MLflow copies a URI it was pointed at in this process into
+    # MLFLOW_REGISTRY_URI, and a subprocess would register on that server instead
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+            "MLFLOW_REGISTRY_URI": mlflow_server, "BENTOML_DO_NOT_TRACK": "true",
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)]),
             **extra}
 

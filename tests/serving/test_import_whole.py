@@ -24,7 +24,8 @@ HOOK = "bentoservice.import_model:import_ood"   # runs right after the weights a
 
 
 def _env(url: str, bento_home: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": url, "BENTOML_DO_NOT_TRACK": "true",
+    return {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_REGISTRY_URI": url,
+            "BENTOML_DO_NOT_TRACK": "true",
             "BENTOML_HOME": str(bento_home), "CATSDOGS_MLFLOW_TIMEOUT_S": "10",
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
 
