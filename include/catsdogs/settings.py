@@ -430,14 +430,19 @@ def variables(classes: Iterable[type[Settings]] = CLASSES) -> dict[str, tuple[ty
     return found
 
 
+_warned: set[str] = set()  # renamed variables already warned about in this process
+
+
 def _renamed(cls: type[Settings], environ: Mapping[str, str]) -> dict[str, str]:
-    """Field values from renamed variables set where their new name is not (warned)."""
+    """Field values from renamed variables set where their new name is not (warned once)."""
     values = {}
     for old, new in RENAMED.items():
         if environ.get(old, "").strip() and not environ.get(new, "").strip():
             for name in cls.model_fields:
                 if new in env_names(cls, name):
-                    log.warning("%s is deprecated: set %s instead", old, new)
+                    if old not in _warned:
+                        log.warning("%s is deprecated: set %s instead", old, new)
+                        _warned.add(old)
                     values[name] = environ[old]
     return values
 
