@@ -79,6 +79,7 @@ def any_image() -> str:
 def test_a_retry_removes_the_containers_its_earlier_tries_left(any_image: str) -> None:
     """A try whose Celery worker was stopped leaves its stage container on the engine; the next
     try of the same task instance removes it (running or exited), and nothing else."""
+    from catsdogs.orchestration.runners import runner
     from catsdogs.orchestration.runners.docker import (
         StageDockerOperator,
         docker_settings,
@@ -102,7 +103,7 @@ def test_a_retry_removes_the_containers_its_earlier_tries_left(any_image: str) -
     try:
         _docker("wait", stale_exited)
         train = next(stage for stage in PIPELINE if stage.name == "train")
-        operator = StageDockerOperator(task_id="train", stage=train, **docker_settings())
+        operator = StageDockerOperator(task_id="train", stage=train, **docker_settings(runner()))
         removed = operator.remove_stale_containers(
             stage_labels("catsdogs_training", run_id, "train", 2))
         assert sorted(removed) == sorted([stale_running, stale_exited])
