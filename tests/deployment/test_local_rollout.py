@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs.config import load_params
+from catsdogs.deployment.check import predict
+from catsdogs.deployment.release import wait_ready
 from catsdogs.deployment.rollout import deploy_champion
-from catsdogs.deployment.targets.local import LocalTarget
+from catsdogs.deployment.targets.local import LocalTarget, _stop_group
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.registry.history import champion_history, move_champion
@@ -98,6 +101,7 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
 
     again = deploy_champion(params, paths, local, client)
     assert again.skipped and "nothing rebuilt or restarted" in again.message
+    _metrics_survive_the_other_slot(local, sorted((sample_dir / "cat").glob("*.jpg"))[-1])
 
     v2 = register(mlflow_server, test_accuracy=1.0)   # no untrained model reaches 1.0 - 0.05
     client.set_registered_model_alias(MODEL, "champion", v1)
@@ -123,6 +127,36 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
     (artifacts_dir / "local-rollout.json").write_text(json.dumps(
         {"requests": load.sent, "failures": len(load.failures), "versions": load.versions,
          "switch_and_rollback_s": round(seconds, 1)}, indent=2))
+
+
+def _predictions(port: int) -> float:
+    """The slot's `catsdogs_predictions_total`, summed over labels, read from its own /metrics."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("catsdogs_predictions_total{"))
+
+
+def _metrics_survive_the_other_slot(local: LocalTarget, photo: Path) -> None:
+    """The live slot's counters neither reset nor mix when the idle slot starts and stops: each
+    slot has its own Prometheus multiprocess directory (its own BENTOML_HOME)."""
+    live = local.active()
+    assert live is not None
+    for _ in range(3):
+        predict(local.endpoint(), photo, timeout=60)
+    before = _predictions(int(live["port"]))
+    assert before >= 3
+    slot, port, _ = local._next_slot()
+    process = local._start_slot(port, str(live["model_tag"]), slot)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", 300, alive=lambda: process.poll() is None,
+                   what=f"a second slot ({slot})")
+        assert _predictions(int(live["port"])) >= before, "the starting slot reset the live one"
+        assert _predictions(port) == 0, "the idle slot reports the live slot's predictions"
+    finally:
+        _stop_group(process.pid)
+    assert _predictions(int(live["port"])) >= before, "the stopped slot reset the live one"
 
 
 def _listening(port: int) -> bool:

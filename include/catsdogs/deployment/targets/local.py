@@ -12,6 +12,11 @@ it is built for (Debian package `nginx`, see scripts/ensure-system-deps.sh).
 State lives in $CATSDOGS_SERVE_DIR (default `<data dir>/serving`): nginx.conf and nginx.pid,
 active.json (the live slot: slot, port, pid, version, Bento model tag), `slots/<slot>.json` (every
 slot process, written the moment it starts, before it is ready) and one log per slot.
+
+Each slot runs with its own BENTOML_HOME (`slots/<slot>-home`, its `models` a link to the shared
+Bento model store): `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` when it
+starts, so with one home a starting slot would reset the live slot's counters and each slot's
+/metrics would report the union of both slots' requests.
 `python -m catsdogs.deployment.targets.local stop` stops all of it.
 
 Nothing is left behind, and nothing of ours is mistaken for a stranger:
@@ -346,9 +351,21 @@ class LocalTarget:
             raise UserError(f"importing {release.model_uri} into the Bento store failed: "
                             f"{(done.stderr or done.stdout).strip()[-800:]}") from None
 
+    def _slot_home(self, slot: str) -> Path:
+        """The slot's own BENTOML_HOME (see the module docstring), its `models` a link to the
+        shared model store ($BENTOML_HOME, BentoML's default ~/bentoml), made afresh."""
+        store = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
+        store.mkdir(parents=True, exist_ok=True)
+        home = self.slots_dir / f"{slot}-home"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        (home / "models").symlink_to(store.resolve(), target_is_directory=True)
+        return home
+
     def _start_slot(self, port: int, model_tag: str, slot: str) -> subprocess.Popen:
         project = project_dir()
         env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag,
+               "BENTOML_HOME": str(self._slot_home(slot)),
                SERVING_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
             [str(project / "include"), str(project), os.environ.get("PYTHONPATH", "")])}
         bentoml_bin = Path(sys.executable).parent / "bentoml"
