@@ -26,7 +26,7 @@ from catsdogs.console import setup_logging
 from catsdogs.errors import UserError
 from catsdogs.orchestration.stage_table import STAGES
 from catsdogs.paths import DataPaths
-from catsdogs.settings import StageSettings, load
+from catsdogs.settings import StageSettings, TrackingSettings, load
 from catsdogs.summary import SUMMARY_FILE_ENV
 from catsdogs.tracking import talking_to_mlflow
 
@@ -72,9 +72,13 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        # every line of the stage names it and the Airflow run it belongs to (JSON fields in
+        # CATSDOGS_LOG_FORMAT=json; docs/logs.md)
+        airflow = load(TrackingSettings)
+        setup_logging(args.verbose, stage=args.command, dag_id=airflow.airflow_ctx_dag_id,
+                      run_id=airflow.airflow_ctx_dag_run_id)
         params = load_params(args.params, args.overrides)
         summary_file = args.summary_file or load(StageSettings).summary_file
         paths = DataPaths.resolve(args.data_dir)
