@@ -45,7 +45,7 @@ SECRET_PATTERNS: tuple[str, ...] = (
     r"://[^:/@\s]*:([^@/\s]+)@",
     # key=value, key: value, "key": "value" for secret-named keys (KAGGLE_KEY=..., "password": ...)
     # (also JSON-escaped inside a JSON line's message: \"password\": \"...\")
-    r"(?i)(?:password|passwd|secret|token|api_key|kaggle_key)[\w.-]*\\?\"?\s*[:=]\s*\\?\"?"
+    r"(?i)(?:password|passwd|secret|token|api_key|kaggle_key)[\w.-]*\\?\"?\s*[:=]\s*\\?[\"']?"
     r"([^\s\\\"',;&]+)",
     # an HTTP Authorization header's credentials
     r"(?i)\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})",
