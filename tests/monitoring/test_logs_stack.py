@@ -130,6 +130,7 @@ STAGES = {
     "stage.structured_metadata": {"values", "regex"},
     "stage.replace": {"expression", "replace", "source"},
     "stage.static_labels": {"values"},
+    "stage.template": {"source", "template"},
     "stage.timestamp": {"format", "source", "action_on_failure", "fallback_formats", "location"},
     "stage.match": {"selector", "action", "drop_counter_reason", "pipeline_name"},
     "stage.drop": {"drop_counter_reason", "expression", "longer_than", "older_than",
