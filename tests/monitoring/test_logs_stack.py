@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import threading
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +216,7 @@ def test_alloy_reads_task_logs_and_the_engine_read_only(profile: dict) -> None:
     assert mounts["/var/run/docker.sock"]["read_only"]
     assert alloy["group_add"], "Alloy joins the socket's group"
     assert "/etc/alloy/config.alloy" in alloy["command"]
+    assert "--server.http.listen-addr=0.0.0.0:12345" in alloy["command"]  # the healthcheck's port
     assert alloy["environment"]["COMPOSE_PROJECT"] == profile["name"]
     assert alloy["healthcheck"]["test"]
 
@@ -474,3 +478,33 @@ def test_dashboard_links_panels_to_the_matching_logs() -> None:
     assert "refused a request" in urllib.parse.unquote(refused)  # the service's refusal line
     service_source = (REPO_ROOT / "bentoservice" / "guard.py").read_text()
     assert '"refused a request: %s (%d)"' in service_source
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_alloys_healthcheck_reads_the_readiness_answer(profile: dict, status: int,
+                                                       healthy: bool) -> None:
+    """The healthcheck's bash (the image has no HTTP client) against a loopback stand-in that
+    answers `/-/ready` as Alloy's HTTP service does."""
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(status if self.path == "/-/ready" else 404)
+            self.end_headers()
+            self.wfile.write(b"Alloy is ready.\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        test = profile["services"]["alloy"]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "bash", "-c"]
+        script = test[3].replace("$$", "$")
+        assert "/dev/tcp/127.0.0.1/12345" in script  # --server.http.listen-addr's port
+        script = script.replace("/12345", f"/{server.server_port}")
+        result = subprocess.run(["bash", "-c", script], capture_output=True, timeout=10,
+                                check=False)
+        assert (result.returncode == 0) is healthy, result
+    finally:
+        server.shutdown()
+        server.server_close()
