@@ -55,11 +55,10 @@ SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|_key)$")
 MIN_SECRET_CHARS = 8  # shorter values ("admin") would mask ordinary words
 
 
-def secret_values(environ: dict[str, str] | os._Environ[str] | None = None) -> tuple[str, ...]:
+def secret_values() -> tuple[str, ...]:
     """Values (at least `MIN_SECRET_CHARS` long) of the environment variables whose names end like
     a secret (`..._PASSWORD`, `..._SECRET`, `..._TOKEN`, `..._KEY`), longest first."""
-    env = os.environ if environ is None else environ
-    found = {value for name, value in env.items()
+    found = {value for name, value in os.environ.items()
              if SECRET_NAME.search(name) and len(value) >= MIN_SECRET_CHARS}
     return tuple(sorted(found, key=len, reverse=True))
 
