@@ -73,7 +73,7 @@ up:
 	bash scripts/docker-up.sh
 
 down:
-	docker compose --profile serving down
+	docker compose --profile serving --profile logs down
 
 logs:
 	docker compose --profile serving logs -f --tail=100

@@ -20,6 +20,7 @@ in `catsdogs_rejected_requests_total{reason}`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,8 @@ from urllib.parse import parse_qs
 import bentoml
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+
+logger = logging.getLogger("bentoservice.guard")
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
 API_PATHS = ("/predict", "/predict_batch", "/predict_base64")
@@ -388,6 +391,9 @@ class RequestGuard:
     @staticmethod
     async def _refuse(send: Send, refusal: Refusal) -> None:
         REJECTED.labels(reason=refusal.reason).inc()
+        # the reason and status only: the refused content (a URL, a text) stays out of the log
+        logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
+                    extra={"reason": refusal.reason, "status": refusal.status})
         body = json.dumps({"error": str(refusal), "reason": refusal.reason}).encode()
         await send({"type": "http.response.start", "status": refusal.status,
                     "headers": [(b"content-type", b"application/json"),

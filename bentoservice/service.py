@@ -53,8 +53,14 @@ from bentoservice.runtime import (
     set_threads,
     unpack_outputs,
 )
-from bentoservice.settings import SETTINGS, prediction_log_pictures, prediction_log_target
+from bentoservice.settings import (
+    LOG_FORMAT,
+    SETTINGS,
+    prediction_log_pictures,
+    prediction_log_target,
+)
 from bentoservice.web import CARD_FILE, read_card, web_app
+from catsdogs.console import bind_log_fields, log_handler
 from catsdogs.data.images import ImageLimits, ImageRejected, square_image
 from catsdogs.inference.compute import serving_device
 from catsdogs.inference.variants import REFERENCE, Choice, Predicting, build_predictor, choose
@@ -62,6 +68,11 @@ from catsdogs.monitoring.prediction_log import PredictionLog, PredictionRecord
 
 logger = logging.getLogger("bentoservice")
 logger.setLevel(logging.INFO)  # BentoML's server logging passes the root logger's WARNING on only
+if LOG_FORMAT == "json":
+    # the service's own lines (bentoservice.*) as JSON with the model's fields (docs/logs.md);
+    # BentoML's own lines keep BentoML's format
+    logger.addHandler(log_handler("json"))
+    logger.propagate = False
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="catsdogs_predictions", documentation="Predictions served, by label",
@@ -129,6 +140,8 @@ class CatsDogsModel:
     def __init__(self) -> None:
         stored = self.bento_model
         self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
+        bind_log_fields(model=self.info.name, model_version=self.info.version,
+                        model_run_id=self.info.run_id)
         self.model_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
         self.ood_dir = Path(stored.path_of(OOD_FOLDER_NAME))
         self.folder = Path(stored.path)
@@ -216,6 +229,9 @@ class Upload:
 
 
 def _error(status: int, reason: str, message: str) -> JSONResponse:
+    """The refusal answer; logged with its reason and status (not the request's content)."""
+    logger.info("refused a request: %s (%d)", reason, status,
+                extra={"reason": reason, "status": status})
     return JSONResponse({"error": message, "reason": reason}, status_code=status,
                         headers={REJECT_HEADER: reason})
 
@@ -232,6 +248,8 @@ class CatsDogs:
     def __init__(self) -> None:
         stored = self.bento_model
         self.info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
+        bind_log_fields(model=self.info.name, model_version=self.info.version,
+                        model_run_id=self.info.run_id)
         self.limits = ImageLimits(max_bytes=SETTINGS.max_upload_bytes,
                                   max_pixels=SETTINGS.max_pixels, min_side=SETTINGS.min_side,
                                   max_aspect_ratio=SETTINGS.max_aspect_ratio,

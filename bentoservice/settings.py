@@ -6,15 +6,18 @@ and what it takes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from catsdogs.paths import DataPaths
-from catsdogs.settings import ServingSettings, SettingsError, load
+from catsdogs.settings import LoggingSettings, ServingSettings, SettingsError, load
 
 
-def load_settings() -> ServingSettings:
-    """`ServingSettings` from the environment; SystemExit naming every bad variable."""
+def load_settings(cls: type[ServingSettings] | type[LoggingSettings] = ServingSettings
+                  ) -> Any:
+    """`cls` (`ServingSettings`, or `LoggingSettings`) from the environment; SystemExit naming
+    every bad variable."""
     try:
-        return load(ServingSettings)
+        return load(cls)
     except SettingsError as exc:
         raise SystemExit(f"bad service setting: {str(exc).removeprefix('bad setting: ')}"
                          ) from None
@@ -32,4 +35,5 @@ def prediction_log_pictures(settings: ServingSettings) -> Path:
     return settings.prediction_log_sample_dir or DataPaths.resolve().root / "monitoring" / "pictures"
 
 
-SETTINGS = load_settings()
+SETTINGS: ServingSettings = load_settings()
+LOG_FORMAT: str = load_settings(LoggingSettings).log_format

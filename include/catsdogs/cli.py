@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from catsdogs.console import setup_logging
 from catsdogs.errors import UserError
 from catsdogs.orchestration.stage_table import STAGES
 from catsdogs.paths import DataPaths
-from catsdogs.settings import StageSettings, load
+from catsdogs.settings import LoggingSettings, StageSettings, TrackingSettings, load
 from catsdogs.summary import SUMMARY_FILE_ENV
 from catsdogs.tracking import talking_to_mlflow
 
@@ -70,11 +71,26 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _say_error(line: str, log_format: str) -> None:
+    """The one line a failed stage ends with: on stderr as it is (text), or as an ERROR record
+    with the stage's fields (json: what Loki gets, docs/logs.md)."""
+    if log_format == "json":
+        logging.getLogger("catsdogs.cli").error("%s", line)
+    else:
+        print(line, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, _interrupt)
+    log_format = "text"  # until the settings are read
     try:
+        # every line of the stage names it and the Airflow run it belongs to (JSON fields in
+        # CATSDOGS_LOG_FORMAT=json; docs/logs.md)
+        airflow = load(TrackingSettings)
+        log_format = load(LoggingSettings).log_format
+        setup_logging(args.verbose, log_format, stage=args.command,
+                      dag_id=airflow.airflow_ctx_dag_id, run_id=airflow.airflow_ctx_dag_run_id)
         params = load_params(args.params, args.overrides)
         summary_file = args.summary_file or load(StageSettings).summary_file
         paths = DataPaths.resolve(args.data_dir)
@@ -83,12 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with talking_to_mlflow(f"running `catsdogs {args.command}`"):
             summary = module.run(params, paths, **options)
     except UserError as exc:
-        print(f"catsdogs {args.command}: error: {exc}", file=sys.stderr)
+        _say_error(f"catsdogs {args.command}: error: {exc}", log_format)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         how = f" by {exc}" if str(exc) else ""
-        print(f"catsdogs {args.command}: interrupted{how}; outputs were left as they were",
-              file=sys.stderr)
+        _say_error(f"catsdogs {args.command}: interrupted{how}; outputs were left as they were",
+                   log_format)
         return 143 if str(exc) == "SIGTERM" else 130
     if summary_file:
         summary.write(Path(summary_file))

@@ -15,6 +15,7 @@ a variable is named `CATSDOGS_<FIELD NAME>` unless its field gives a standard na
 | `DeploySettings`, `LocalTargetSettings`, `ComposeTargetSettings`, `KubernetesTargetSettings` | `catsdogs.deployment.targets` | docs/rollout.md |
 | `MonitoringSettings` | the monitor stage and the monitoring DAG | docs/monitoring.md |
 | `ServingSettings` | the Bento service (`bentoservice/`) and its model import | docs/serving.md |
+| `LoggingSettings` | `catsdogs.console` (every stage's and the service's log lines) | docs/logs.md |
 
 `load(cls)` reads one class from the environment once: an operation loads what it needs at its
 start and keeps the object. Every bad variable of the class is named in one `SettingsError` (a
@@ -401,10 +402,24 @@ class ServingSettings(Settings):
     _lower_choices = field_validator("runtime", "device", mode="before")(_lower)
 
 
+# --- logging -------------------------------------------------------------------------------------
+class LoggingSettings(Settings):
+    """How log lines are written (`catsdogs.console.setup_logging`)."""
+
+    DOCS: ClassVar[str] = "docs/logs.md"
+
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text`: one readable line per record (interactive use); `json`: one "
+        "JSON object per line with the stage, Airflow run and model version as fields (compose "
+        "sets it; Alloy ships the lines to Loki, docs/logs.md)")
+
+    _lower_format = field_validator("log_format", mode="before")(_lower)
+
+
 CLASSES: tuple[type[Settings], ...] = (
     StageSettings, TrackingSettings, RunnerSettings, DockerSettings, KubernetesSettings,
     DeploySettings, LocalTargetSettings, ComposeTargetSettings, KubernetesTargetSettings,
-    MonitoringSettings, ServingSettings)
+    MonitoringSettings, ServingSettings, LoggingSettings)
 DEPLOY_CLASSES: tuple[type[Settings], ...] = (DeploySettings, ComposeTargetSettings,
                                               KubernetesTargetSettings)
 """What a rollout stage (deploy, rollback) needs from the Airflow environment."""

@@ -146,7 +146,8 @@ def test_docker_mode_operators(parse_dag) -> None:
                     MLFLOW_TRACKING_URI="http://mlflow:5000", KAGGLE_KEY=SECRET,
                     KAGGLE_USERNAME="someone", CATSDOGS_DOCKER_GID="998",
                     CATSDOGS_DEPLOY_TARGET="compose", CATSDOGS_COMPOSE_PROJECT="cd",
-                    CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL=f"postgresql://u:{SECRET}@db/x")
+                    CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL=f"postgresql://u:{SECRET}@db/x",
+                    CATSDOGS_LOG_FORMAT="json")
     for task in dag.tasks:
         assert task.image == "registry.local/catsdogs-worker:1.2"
         mount, *engine = task.mounts
@@ -172,6 +173,7 @@ def test_docker_mode_operators(parse_dag) -> None:
         assert task.network_mode == "catsdogs"
         assert task.environment["CATSDOGS_DATA_DIR"] == "/data"
         assert task.environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert task.environment["CATSDOGS_LOG_FORMAT"] == "json"  # Airflow's, handed on
         assert not any("KAGGLE" in key or SECRET in str(value)
                        for key, value in task.environment.items())
         assert task.command.startswith(f"catsdogs {task.task_id}")

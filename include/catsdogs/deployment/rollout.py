@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
+from catsdogs.console import bind_log_fields
 from catsdogs.deployment.check import labelled_pictures, run_check, verdict
 from catsdogs.deployment.release import Release, Skipped, Target
 from catsdogs.errors import MlflowUnavailable, UserError
@@ -108,6 +109,7 @@ def _roll_out(params: Params, paths: DataPaths, target: Target, client: Any,
     """Deploy `champion` (resolved by the caller) to `target`, check it live, and on a failed
     check bring the champion before it back; see `deploy_champion`."""
     name, version = champion.name, champion.version
+    bind_log_fields(model=name, model_version=version)  # every later line names the version
     live = target.serving()
     if live == version:
         return Summary("deploy", f"{name} v{version} (@champion) is already serving on "

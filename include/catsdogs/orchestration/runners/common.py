@@ -38,6 +38,7 @@ from catsdogs.settings import (
     PREFIX,
     SERVICE_ENV_PREFIX,
     DockerSettings,
+    LoggingSettings,
     RunnerSettings,
     StageSettings,
     load,
@@ -258,10 +259,11 @@ class StageMixin:
 
 def stage_environment(summary_file: str, mlflow_uri: str) -> dict[str, str]:
     """What every stage container or pod gets: the data dir, the MLflow server as workers reach
-    it (`RunnerSettings.worker_mlflow_uri`), unbuffered output, and where to write its JSON
-    summary."""
+    it (`RunnerSettings.worker_mlflow_uri`), unbuffered output, where to write its JSON
+    summary, and this environment's log format (`LoggingSettings`: JSON lines in compose)."""
     return {"CATSDOGS_DATA_DIR": "/data", "MLFLOW_TRACKING_URI": mlflow_uri,
-            "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: summary_file}
+            "PYTHONUNBUFFERED": "1", SUMMARY_FILE_ENV: summary_file,
+            "CATSDOGS_LOG_FORMAT": load(LoggingSettings).log_format}
 
 
 def deploy_environment() -> dict[str, str]:
