@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 # Debian packages, checked (installed as root) in the first seconds, before the venv's minutes:
-# the tests drive chromium, promtool, nginx... for real; the demo needs nginx, curl, python3.11-venv.
+# the tests drive chromium, promtool, haproxy... for real; the demo needs haproxy, curl, python3.11-venv.
 system-deps:
 	bash scripts/ensure-system-deps.sh test
 
@@ -50,7 +50,7 @@ demo:
 	bash scripts/demo.sh
 
 # Stop what `make demo` left running (MLflow, the Airflow services, the Bento service).
-# Airflow first (no task starts a slot after), then nginx and every slot recorded or recognised.
+# Airflow first (no task starts a slot after), then HAProxy and every slot recorded or recognised.
 demo-stop:
 	bash scripts/airflow-services.sh stop
 	CATSDOGS_DATA_DIR="$${DEMO_DIR:-$(CURDIR)/.demo}/data" bash scripts/serve.sh stop

@@ -82,7 +82,7 @@ def environment(home: Path, data_dir: Path, mlflow_uri: str, *, host: str = "127
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "CATSDOGS_RUNNER": "local",
-        # The deploy task: two `bentoml serve` slots behind a local nginx on BENTO_PORT.
+        # The deploy task: two `bentoml serve` slots behind a local HAProxy on BENTO_PORT.
         "CATSDOGS_DEPLOY_TARGET": os.environ.get("CATSDOGS_DEPLOY_TARGET", "local"),
         "BENTO_PORT": os.environ.get("BENTO_PORT", "3000"),
         "CATSDOGS_DATA_DIR": str(data_dir),

@@ -4,7 +4,7 @@
 #   2. `python -m demo.steps run`: data (Kaggle when credentials exist, else a
 #      generated stand-in set, said loudly; DEMO_SOURCE=dir:PATH|archive:PATH|kaggle:OWNER/DATASET
 #      picks one), then the catsdogs_training DAG triggered through the REST API v2 and followed
-#   3. the champion served: the run's deploy task already rolled it out behind a local nginx
+#   3. the champion served: the run's deploy task already rolled it out behind a local HAProxy
 #      (two `bentoml serve` slots; scripts/serve.sh leaves it as is), then the summary
 # The services keep running for you to explore; `make demo-stop` stops them.
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a command needs, when missing, before any long work starts:
 #   scripts/ensure-system-deps.sh demo    `make demo`: python3.11-venv (the venv), curl (service
-#                                         health waits), nginx (the local rollout's switch)
+#                                         health waits), haproxy (the local rollout's switch)
 #   scripts/ensure-system-deps.sh test    `make test`: the demo's, plus chromium (web page),
 #                                         promtool, Alertmanager and Pushgateway (monitoring tests)
 # As root (or with sudo) it installs them; otherwise it names every missing one with the command
@@ -12,7 +12,7 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3.11-venv)
 have curl || need+=(curl)
-have nginx || need+=(nginx-light)               # the local rollout switches traffic with it
+have haproxy || need+=(haproxy)                 # the local rollout switches traffic with it
 if [ "$profile" = test ]; then
   have chromium || need+=(chromium)
   have promtool || need+=(prometheus)           # promtool: alert rule tests

@@ -256,16 +256,16 @@ class DeploySettings(Settings):
 
 
 class LocalTargetSettings(Settings):
-    """The local target: two `bentoml serve` slots behind a local nginx."""
+    """The local target: two `bentoml serve` slots behind a local HAProxy."""
 
     DOCS: ClassVar[str] = "docs/rollout.md"
 
     bento_slot_ports: Annotated[tuple[int, int], NoDecode] = Field((3010, 3011), description="the two slots' "
                                               "ports (comma-separated)")
-    serve_dir: Path | None = Field(None, description="nginx config, slot records and logs",
+    serve_dir: Path | None = Field(None, description="HAProxy config, slot records and logs",
                                    json_schema_extra={"shown": "`<data dir>/serving`"})
-    nginx: str = Field("nginx", min_length=1, description="the nginx binary")
-    bento_host: str = _env("BENTO_HOST", "127.0.0.1", description="the public address nginx "
+    haproxy: str = Field("haproxy", min_length=1, description="the HAProxy binary")
+    bento_host: str = _env("BENTO_HOST", "127.0.0.1", description="the public address HAProxy "
                            "listens on")
     bento_port: int = _env("BENTO_PORT", 3000, ge=1, le=65535, description="the public port")
 

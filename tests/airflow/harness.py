@@ -37,7 +37,7 @@ def airflow_env(home: Path, data_dir: Path, tracking_uri: str, port: int | None 
         "TORCH_NUM_THREADS": "2",
         "OMP_NUM_THREADS": "2",
         # The deploy task runs, with nothing to deploy to: the rollout itself is tested for real
-        # in tests/deployment (bentoml serve + nginx); the tiny generated set has too few test
+        # in tests/deployment (bentoml serve + HAProxy); the tiny generated set has too few test
         # pictures for the post-deploy check.
         "CATSDOGS_DEPLOY_TARGET": "none",
     })

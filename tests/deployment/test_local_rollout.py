@@ -1,11 +1,13 @@
-"""The local rollout for real: a real MLflow server, real `bentoml serve` slots, a real nginx.
+"""The local rollout for real: a real MLflow server, real `bentoml serve` slots, a real HAProxy.
 
 One scenario (each `bentoml serve` costs seconds): v1 deployed and checked; the same champion again
 is left alone; v2 promoted and switched to while a load generator calls the public endpoint the
 whole time; v2's post-deploy check fails (its recorded test accuracy is set above anything the
 untrained tiny model reaches), so @champion goes back to v1, v2 is tagged rolled_back with the
 reason, v1 serves again, and the stage's error says why. The load generator must see no failed
-request through both switches, and answers from v1, then v2, then v1 again."""
+request through both switches (its clients keep their connections open), and answers from v1,
+then v2, then v1 again. Between the first deploy and the second, the idle slot is started beside
+the live one: metrics stay per slot, and 60 switches under keep-alive clients lose no request."""
 
 from __future__ import annotations
 
@@ -42,9 +44,11 @@ from tests.servers import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "CatsDogsDeployTest"
 PER_CLASS = 30
+SWITCHES = 60
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin") is None,
-                                reason="nginx is not installed (scripts/ensure-system-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy", path="/usr/sbin:/usr/bin:/sbin") is None,
+    reason="haproxy is not installed (scripts/ensure-system-deps.sh)")
 
 
 def register(mlflow_url: str, test_accuracy: float) -> str:
@@ -101,14 +105,16 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
 
     again = deploy_champion(params, paths, local, client)
     assert again.skipped and "nothing rebuilt or restarted" in again.message
-    _metrics_survive_the_other_slot(local, sorted((sample_dir / "cat").glob("*.jpg"))[-1])
+    _metrics_survive_the_other_slot(local, sorted((sample_dir / "cat").glob("*.jpg"))[-1],
+                                    artifacts_dir)
 
     v2 = register(mlflow_server, test_accuracy=1.0)   # no untrained model reaches 1.0 - 0.05
     client.set_registered_model_alias(MODEL, "champion", v1)
     move_champion(client, MODEL, v2, reason="test: promoted", by=BY_PROMOTE)
     photo = sorted((sample_dir / "dog").glob("*.jpg"))[-1]
     started = time.monotonic()
-    with Load(local.endpoint(), photo) as load, pytest.raises(UserError) as failed:
+    with Load(local.endpoint(), photo, keep_alive=True) as load, \
+            pytest.raises(UserError) as failed:
         deploy_champion(params, paths, local, client)
     seconds = time.monotonic() - started
 
@@ -116,7 +122,7 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
     assert f"v{v2} failed" in message and "recorded test accuracy" in message, message
     assert f"@champion is v{v1} again" in message
     assert load.failures == [], load.failures[:5]
-    # old and new nginx workers overlap for a moment at each reload: answers may alternate there
+    # a request in flight on the old slot at a switch is answered by it: answers may alternate there
     assert load.versions[0] == v1 and v2 in load.versions and load.versions[-1] == v1, load.versions
     assert local.serving() == v1
     assert client.get_model_version_by_alias(MODEL, "champion").version == v1
@@ -138,9 +144,11 @@ def _predictions(port: int) -> float:
                if line.startswith("catsdogs_predictions_total{"))
 
 
-def _metrics_survive_the_other_slot(local: LocalTarget, photo: Path) -> None:
+def _metrics_survive_the_other_slot(local: LocalTarget, photo: Path, artifacts_dir: Path) -> None:
     """The live slot's counters neither reset nor mix when the idle slot starts and stops: each
-    slot has its own Prometheus multiprocess directory (its own BENTOML_HOME)."""
+    slot has its own Prometheus multiprocess directory (its own BENTOML_HOME). With both slots
+    up, traffic is moved between them SWITCHES times under keep-alive clients: none of their
+    requests fails (HAProxy's runtime API closes no connection)."""
     live = local.active()
     assert live is not None
     for _ in range(3):
@@ -154,7 +162,17 @@ def _metrics_survive_the_other_slot(local: LocalTarget, photo: Path) -> None:
                    what=f"a second slot ({slot})")
         assert _predictions(int(live["port"])) >= before, "the starting slot reset the live one"
         assert _predictions(port) == 0, "the idle slot reports the live slot's predictions"
+        with Load(local.endpoint(), photo, threads=4, pause_s=0.01, keep_alive=True) as load:
+            for i in range(SWITCHES):
+                local._route(slot if i % 2 == 0 else str(live["slot"]), str(live["version"]))
+                time.sleep(0.2)
+        assert load.failures == [], load.failures[:5]
+        assert load.sent > SWITCHES, load.sent
+        (artifacts_dir / "local-keepalive-switches.json").write_text(json.dumps(
+            {"switches": SWITCHES, "clients": 4, "requests": load.sent,
+             "failures": len(load.failures)}, indent=2))
     finally:
+        local._route(str(live["slot"]), str(live["version"]))
         _stop_group(process.pid)
     assert _predictions(int(live["port"])) >= before, "the stopped slot reset the live one"
 
@@ -219,7 +237,7 @@ def test_a_killed_deploy_leaves_nothing_the_next_one_cannot_replace(
     assert _gone(leftover), "the leftover slot was not replaced"
     assert f"replacing a leftover slot a process (pid {leftover}" in caplog.text, caplog.text
     assert not _listening(local.slots[0]) and not list(local.slots_dir.glob("*.json"))
-    assert not local._nginx_running()
+    assert not local._proxy_running()
 
     done = deploy_champion(params, paths, local, client)
     assert done.details["deployed"] is True and local.serving() == v1, done.to_dict()
@@ -233,7 +251,7 @@ def test_a_killed_deploy_leaves_nothing_the_next_one_cannot_replace(
 
 def test_preconditions_are_checked_before_any_work(
         target: tuple[LocalTarget, DataPaths], mlflow_server: str, tmp_path: Path) -> None:
-    """Missing nginx, a foreign process on a slot or public port, or too few test pictures for
+    """Missing HAProxy, a foreign process on a slot or public port, or too few test pictures for
     the post-deploy check: a one-line UserError before the import, nothing started."""
     local, paths = target
     client = MlflowClient(mlflow_server)
@@ -251,11 +269,11 @@ def test_preconditions_are_checked_before_any_work(
         deploy_champion(too_many, paths, local, client)
     nothing_started()
 
-    no_nginx = LocalTarget(run_dir=local.run_dir, data_dir=local.data_dir,
+    no_proxy = LocalTarget(run_dir=local.run_dir, data_dir=local.data_dir,
                            public_port=local.public_port, slots=local.slots,
-                           nginx=str(tmp_path / "no-such-nginx"))
-    with pytest.raises(UserError, match="nginx is not installed"):
-        deploy_champion(params, paths, no_nginx, client)
+                           haproxy=str(tmp_path / "no-such-haproxy"))
+    with pytest.raises(UserError, match="haproxy is not installed"):
+        deploy_champion(params, paths, no_proxy, client)
     nothing_started()
 
     for port, what in ((local.slots[0], "slot a"), (local.public_port, "the public endpoint")):

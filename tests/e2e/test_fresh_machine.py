@@ -178,7 +178,7 @@ def test_make_demo_on_a_fresh_machine_recovers_from_a_killed_deploy(
     log = (machine.log_dir / "1-demo.log").read_text()
     installed = log.find("installing Debian packages for 'make demo'")   # before the venv's work
     assert 0 <= installed < log.find("python3.11 -m venv"), log[:3000]
-    assert "nginx-light" in log[installed:installed + 200], log[installed:installed + 200]
+    assert "haproxy" in log[installed:installed + 200], log[installed:installed + 200]
     first = answer(port)
     assert first["label"] in ("cat", "dog"), first
 

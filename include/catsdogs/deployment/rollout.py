@@ -2,7 +2,7 @@
 
     deploy_champion:  @champion resolved ONCE to its version N; everything below works on N
                       N already live? -> nothing rebuilt or restarted (summary says so)
-                      preflight: the target's needs (nginx, ports, engine, helm) and the
+                      preflight: the target's needs (HAProxy, ports, engine, helm) and the
                                  check's labelled pictures, before any work or traffic change
                       target.deploy(N)               start new, /readyz, switch, drain, stop old
                       post-deploy check (check.py)   >= 50 labelled test pictures, live endpoint

@@ -1,6 +1,6 @@
 """Where a model version is rolled out: one module per target, each a `Target`.
 
-- `local`: two `bentoml serve` slots behind a local nginx (`make demo`, scripts/serve.sh);
+- `local`: two `bentoml serve` slots behind a local HAProxy (`make demo`, scripts/serve.sh);
 - `compose`: a blue/green pair of Bento containers behind compose's nginx proxy;
 - `kubernetes`: `helm upgrade` of the helm/catsdogs chart with the version's image tag.
 

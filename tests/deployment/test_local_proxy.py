@@ -1,0 +1,84 @@
+"""The local target's HAProxy on its own (no slot up): its limits answer in the service's
+`{"error", "reason"}` JSON, a stalled upload is cut at the request timeout, the runtime API
+switches and refuses what it does not know, and `stop` leaves nothing listening. The switch under
+real slots and keep-alive clients is in test_local_rollout.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from catsdogs.deployment.targets.local import (
+    HEADER_LIMIT,
+    REQUEST_TIMEOUT_S,
+    LocalTarget,
+    _listener,
+)
+from catsdogs.errors import UserError
+from tests.servers import free_port
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy", path="/usr/sbin:/usr/bin:/sbin") is None,
+    reason="haproxy is not installed (scripts/ensure-system-deps.sh)")
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[LocalTarget]:
+    target = LocalTarget(run_dir=tmp_path / "serving", data_dir=tmp_path,
+                         public_port=free_port(), slots=(free_port(), free_port()))
+    target.run_dir.mkdir()
+    target._route("a", "1")
+    yield target
+    target.stop()
+
+
+def _exchange(port: int, request: bytes, timeout: float = 60.0) -> tuple[int, dict, float]:
+    """Send raw `request` bytes; (status, JSON body, seconds until the answer came)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    took = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body), took
+
+
+def test_the_proxy_answers_its_limits_in_json(proxy: LocalTarget) -> None:
+    port = proxy.public_port
+    status, body, _ = _exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, body["reason"]) == (503, "unavailable"), body      # no slot is up
+
+    big = b"X-Big: " + b"a" * (HEADER_LIMIT + 1) + b"\r\n"
+    status, body, took = _exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+    assert (status, body["reason"]) == (431, "headers_too_large"), body
+    assert took < 5
+
+    stalled = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+               b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" * 10)
+    status, body, took = _exchange(port, stalled)
+    assert (status, body["reason"]) == (408, "request_timeout"), body
+    assert REQUEST_TIMEOUT_S - 1 < took < REQUEST_TIMEOUT_S + 10, took
+
+
+def test_the_runtime_api_switches_and_refuses_unknown_servers(proxy: LocalTarget) -> None:
+    proxy._route("b", "2")                                   # the running HAProxy, no restart
+    config = (proxy.run_dir / "haproxy.cfg").read_text()
+    assert f"server a 127.0.0.1:{proxy.slots[0]} disabled" in config
+    assert f"server b 127.0.0.1:{proxy.slots[1]}\n" in config
+    with pytest.raises(UserError, match="haproxy refused"):
+        proxy._admin("set server catsdogs/c state ready")
+    assert (proxy.run_dir / "haproxy.sock").stat().st_mode & 0o077 == 0   # only this user
+    pid = proxy._proxy_pid()
+    proxy.stop()
+    assert _listener(proxy.public_port) is None and not proxy._proxy_running(), pid
