@@ -1,4 +1,5 @@
-"""The local target's HAProxy on its own (no slot up): its limits answer in the service's
+"""The local target's HAProxy on its own (no slot up): its limits (header size, connections per
+client, request time) answer in the service's
 `{"error", "reason"}` JSON, a stalled upload is cut at the request timeout, the runtime API
 switches and refuses what it does not know, and `stop` leaves nothing listening. The switch under
 real slots and keep-alive clients is in test_local_rollout.py."""
@@ -16,6 +17,7 @@ import pytest
 
 from catsdogs.deployment.targets.local import (
     HEADER_LIMIT,
+    PER_CLIENT_CONNECTIONS,
     REQUEST_TIMEOUT_S,
     LocalTarget,
     _listener,
@@ -63,6 +65,17 @@ def test_the_proxy_answers_its_limits_in_json(proxy: LocalTarget) -> None:
     status, body, took = _exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
     assert (status, body["reason"]) == (431, "headers_too_large"), body
     assert took < 5
+
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(PER_CLIENT_CONNECTIONS)]
+    try:
+        status, body, took = _exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body["reason"]) == (429, "too_many_connections"), body
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)
+    status, body, _ = _exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 503, body                   # the address's connections closed: let in again
 
     stalled = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" * 10)

@@ -16,9 +16,9 @@ Debian package `haproxy` (scripts/ensure-system-deps.sh).
 
 The proxy also bounds what a client may hold (docs/serving.md, "Limits"): request headers over
 `HEADER_LIMIT` bytes get 431, a request whose headers and body's first buffer do not arrive
-within `REQUEST_TIMEOUT_S` gets 408 (so a stalled upload never reaches a slot), at most
-`PER_CLIENT_CONNECTIONS` connections per client address; its own answers are `{"error", "reason"}`
-JSON like the service's. Body sizes are left to the service, which knows each route's limit.
+within `REQUEST_TIMEOUT_S` gets 408 (so a stalled upload never reaches a slot), a client address
+with more than `PER_CLIENT_CONNECTIONS` connections open gets 429; its own answers are
+`{"error", "reason"}` JSON with the reason in `x-catsdogs-reject-reason`, like the service's. Body sizes are left to the service, which knows each route's limit.
 
 State lives in $CATSDOGS_SERVE_DIR (default `<data dir>/serving`): haproxy.cfg (rewritten at each
 switch, so a restarted HAProxy comes back on the live slot), haproxy.pid and its admin socket,
@@ -76,7 +76,7 @@ SERVING_MARKER_ENV = "CATSDOGS_SERVING_OF"
 
 HEADER_LIMIT = 16384            # bytes of request headers; more: 431
 REQUEST_TIMEOUT_S = 15          # headers and the body's first buffer; slower: 408
-PER_CLIENT_CONNECTIONS = 256    # open connections per client address; more: refused
+PER_CLIENT_CONNECTIONS = 64     # open connections per client address; more: 429
 PROXY_CONF = """\
 # written by catsdogs.deployment.targets.local: live slot {slot} (v{version})
 global
@@ -95,10 +95,10 @@ frontend public
   bind {host}:{public_port}
   stick-table type ip size 100k expire 60s store conn_cur
   tcp-request connection track-sc0 src
-  tcp-request connection reject if {{ sc_conn_cur(0) gt {per_client} }}
-  http-request return status 431 content-type application/json string '{{"error": "request headers larger than {header_limit} bytes", "reason": "headers_too_large"}}' if {{ req.hdrs,length gt {header_limit} }}
-  http-error status 400 content-type application/json string '{{"error": "malformed request", "reason": "bad_request"}}'
-  http-error status 408 content-type application/json string '{{"error": "the request did not arrive within {timeout_s} s", "reason": "request_timeout"}}'
+  http-request return status 429 content-type application/json string '{{"error": "more than {per_client} connections open from this address, the proxy limit; retry shortly", "reason": "too_many_connections"}}' hdr x-catsdogs-reject-reason too_many_connections hdr retry-after 1 if {{ sc_conn_cur(0) gt {per_client} }}
+  http-request return status 431 content-type application/json string '{{"error": "request headers larger than {header_limit} bytes, the proxy limit", "reason": "headers_too_large"}}' hdr x-catsdogs-reject-reason headers_too_large if {{ req.hdrs,length gt {header_limit} }}
+  http-error status 400 content-type application/json string '{{"error": "malformed request (or headers past the proxy buffer)", "reason": "bad_request"}}' hdr x-catsdogs-reject-reason bad_request
+  http-error status 408 content-type application/json string '{{"error": "the request did not arrive within {timeout_s} s, the proxy limit", "reason": "request_timeout"}}' hdr x-catsdogs-reject-reason request_timeout
   http-error status 503 content-type application/json string '{{"error": "no model is being served here", "reason": "unavailable"}}'
   default_backend catsdogs
 backend catsdogs
@@ -410,10 +410,11 @@ class LocalTarget:
         session like the slots; UserError when it does not come up."""
         binary = self._haproxy_binary()
         conf = self.run_dir / "haproxy.cfg"
-        checked = subprocess.run([binary, "-c", "-q", "-f", str(conf)], capture_output=True,
+        checked = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True,
                                  text=True, check=False)
         if checked.returncode != 0:
-            raise UserError(f"haproxy refused {conf}: {checked.stderr.strip()[-800:]}")
+            said = (checked.stderr + checked.stdout).strip()
+            raise UserError(f"haproxy refused {conf}: {said[-800:]}")
         (self.run_dir / "haproxy.sock").unlink(missing_ok=True)
         log_file = (self.run_dir / "haproxy.log").open("ab")
         process = subprocess.Popen(
