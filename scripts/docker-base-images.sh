@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Base images for the project's Dockerfiles and for compose's Postgres, Prometheus, Redis,
-# Alertmanager, Pushgateway and the nginx proxy.
+# Alertmanager, Pushgateway and the HAProxy proxy.
 # Uses the official images (python:3.11-slim, postgres:16, prom/prometheus, redis,
-# prom/alertmanager, prom/pushgateway, nginx) when present or
-# pullable; otherwise (no Docker Hub) builds stand-ins from Debian packages on a debootstrap
-# root file system. Prints KEY=VALUE lines for compose/.env on stdout; logs go to stderr.
+# prom/alertmanager, prom/pushgateway) when present or pullable; otherwise (no Docker Hub) builds
+# stand-ins from Debian packages on a debootstrap root file system. The proxy is built here either
+# way (Debian's haproxy with socat, on debian:bookworm-slim or the debootstrap root). Prints KEY=VALUE lines for compose/.env on stdout; logs go to stderr.
 #   CATSDOGS_BASE=auto|official|local   (default auto)
 #   CATSDOGS_BASE_REBUILD=1              rebuild the local stand-ins even when they exist
 #   scripts/docker-base-images.sh debian only the bare Debian root file system (the fresh-machine
@@ -24,7 +24,7 @@ OFFICIAL_PROMETHEUS=prom/prometheus:v2.55.1
 OFFICIAL_REDIS=redis:7.2
 OFFICIAL_ALERTMANAGER=prom/alertmanager:v0.27.0
 OFFICIAL_PUSHGATEWAY=prom/pushgateway:v1.9.0
-OFFICIAL_NGINX=nginx:1.27
+OFFICIAL_DEBIAN=debian:bookworm-slim
 LOCAL_DEBIAN=catsdogs-base/debian:bookworm
 LOCAL_PYTHON=catsdogs-base/python:3.11
 LOCAL_POSTGRES=catsdogs-base/postgres:15
@@ -32,13 +32,13 @@ LOCAL_PROMETHEUS=catsdogs-base/prometheus:2
 LOCAL_REDIS=catsdogs-base/redis:7
 LOCAL_ALERTMANAGER=catsdogs-base/alertmanager:0
 LOCAL_PUSHGATEWAY=catsdogs-base/pushgateway:1
-LOCAL_NGINX=catsdogs-base/nginx:1.22
+PROXY=catsdogs-base/haproxy:2.6
 
 ONLY="${1:-all}"
 if [ "$ONLY" != debian ] && { [ "$MODE" = official ] || { [ "$MODE" = auto ] && pullable "$OFFICIAL_PYTHON" \
      && pullable "$OFFICIAL_POSTGRES" && pullable "$OFFICIAL_PROMETHEUS" \
      && pullable "$OFFICIAL_REDIS" && pullable "$OFFICIAL_ALERTMANAGER" \
-     && pullable "$OFFICIAL_PUSHGATEWAY" && pullable "$OFFICIAL_NGINX"; }; }; then
+     && pullable "$OFFICIAL_PUSHGATEWAY" && pullable "$OFFICIAL_DEBIAN"; }; }; then
   log "using the official base images"
   echo "BASE_IMAGE=$OFFICIAL_PYTHON"
   echo "POSTGRES_IMAGE=$OFFICIAL_POSTGRES"
@@ -46,7 +46,13 @@ if [ "$ONLY" != debian ] && { [ "$MODE" = official ] || { [ "$MODE" = auto ] && 
   echo "REDIS_IMAGE=$OFFICIAL_REDIS"
   echo "ALERTMANAGER_IMAGE=$OFFICIAL_ALERTMANAGER"
   echo "PUSHGATEWAY_IMAGE=$OFFICIAL_PUSHGATEWAY"
-  echo "PROXY_IMAGE=$OFFICIAL_NGINX"
+  if [ "${CATSDOGS_BASE_REBUILD:-0}" = 1 ] || ! have "$PROXY"; then
+    mkdir -p build
+    docker build --network host --build-arg "DEBIAN_IMAGE=$OFFICIAL_DEBIAN" \
+      -f docker/base/haproxy.Dockerfile -t "$PROXY" . >build/docker-build-base-haproxy.log 2>&1 \
+      || { log "$PROXY FAILED:"; tail -30 build/docker-build-base-haproxy.log >&2; exit 1; }
+  fi
+  echo "PROXY_IMAGE=$PROXY"
   exit 0
 fi
 
@@ -83,7 +89,7 @@ build "$LOCAL_PROMETHEUS" docker/base/prometheus.Dockerfile
 build "$LOCAL_REDIS" docker/base/redis.Dockerfile
 build "$LOCAL_ALERTMANAGER" docker/base/alertmanager.Dockerfile
 build "$LOCAL_PUSHGATEWAY" docker/base/pushgateway.Dockerfile
-build "$LOCAL_NGINX" docker/base/nginx.Dockerfile
+build "$PROXY" docker/base/haproxy.Dockerfile
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 [ "$failed" = 0 ] || exit 1
@@ -93,4 +99,4 @@ echo "PROMETHEUS_IMAGE=$LOCAL_PROMETHEUS"
 echo "REDIS_IMAGE=$LOCAL_REDIS"
 echo "ALERTMANAGER_IMAGE=$LOCAL_ALERTMANAGER"
 echo "PUSHGATEWAY_IMAGE=$LOCAL_PUSHGATEWAY"
-echo "PROXY_IMAGE=$LOCAL_NGINX"
+echo "PROXY_IMAGE=$PROXY"

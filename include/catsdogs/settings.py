@@ -281,7 +281,7 @@ class LocalTargetSettings(Settings):
 
 
 class ComposeTargetSettings(Settings):
-    """The compose target: a blue/green pair of Bento containers behind compose's nginx."""
+    """The compose target: a blue/green pair of Bento containers behind compose's HAProxy."""
 
     DOCS: ClassVar[str] = "docs/rollout.md"
 

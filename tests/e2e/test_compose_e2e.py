@@ -3,13 +3,13 @@
 Builds the images (local Debian-based stand-ins for the base images when Docker Hub is
 unreachable), starts Postgres, Redis, Airflow (api-server, scheduler, dag-processor, triggerer and
 two Celery workers: `default` and `gpu` queues), MLflow, Prometheus, Alertmanager, the Pushgateway
-and the service's nginx proxy, triggers `catsdogs_training` through Airflow's REST API for a short
+and the service's HAProxy proxy, triggers `catsdogs_training` through Airflow's REST API for a short
 CPU run on a few hundred real photos, stops the GPU worker while it runs `train` and starts it
 again, checks that the run still finishes (the lost try retried, its stage container removed, no
 half-written output), that the data stages ran on the CPU worker and train/promote on the GPU
 worker, that every stage ran as its own DockerOperator container on the shared volume, that
 MLflow's registry has `CatsDogsCNN@champion` and that the run's deploy task rolled it out behind
-compose's nginx (`bento-proxy`, blue/green pair). A second run (more epochs) is rolled out while a
+compose's HAProxy (`bento-proxy`, blue/green pair). A second run (more epochs) is rolled out while a
 load generator calls the proxy the whole time: every answer 2xx, the served `model.version`
 changing from the old to the new version; its image is one model layer on the runtime image
 (build time and bytes added measured). A third run promotes a deliberately bad challenger

@@ -243,5 +243,5 @@ def test_the_deploy_task_gets_the_compose_target(config: dict) -> None:
     assert "{version}" in env["CATSDOGS_MODEL_IMAGE"]
     assert env["CATSDOGS_COMPOSE_PROJECT"] == config["name"]
     proxy = config["services"]["bento-proxy"]
-    assert {m["target"] for m in proxy["volumes"]} >= {"/etc/nginx/nginx.conf",
-                                                       "/etc/nginx/catsdogs"}
+    assert {m["target"] for m in proxy["volumes"]} >= {"/usr/local/etc/haproxy/haproxy.cfg",
+                                                       "/var/lib/haproxy/routes"}

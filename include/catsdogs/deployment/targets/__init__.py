@@ -1,7 +1,7 @@
 """Where a model version is rolled out: one module per target, each a `Target`.
 
 - `local`: two `bentoml serve` slots behind a local HAProxy (`make demo`, scripts/serve.sh);
-- `compose`: a blue/green pair of Bento containers behind compose's nginx proxy;
+- `compose`: a blue/green pair of Bento containers behind compose's HAProxy;
 - `kubernetes`: `helm upgrade` of the helm/catsdogs chart with the version's image tag.
 
 `choose` picks one from `deploy.target` (params.yaml) and, for `auto`, $CATSDOGS_DEPLOY_TARGET

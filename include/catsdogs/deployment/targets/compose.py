@@ -1,15 +1,18 @@
-"""Compose target: a blue/green pair of Bento containers behind compose's nginx (`bento-proxy`).
+"""Compose target: a blue/green pair of Bento containers behind compose's HAProxy (`bento-proxy`).
 
-    callers -> :BENTO_PORT -> bento-proxy (nginx) -> bento-blue | bento-green  (one live)
+    callers -> :BENTO_PORT -> bento-proxy (HAProxy) -> bento-blue | bento-green  (one live)
 
 A rollout (run by the deploy stage's container, which gets the Docker engine's socket):
 1. the version's image: the runtime image + one model layer (catsdogs.deployment.images);
 2. the idle colour's container starts from it on the compose network (alias `bento-<colour>`),
    labelled as part of the compose project so `docker compose down` removes it too;
 3. its /readyz must answer 200 (deploy.ready_timeout_s), else it is removed and traffic stays;
-4. the proxy's route (/etc/nginx/catsdogs/route.conf, a named volume) is rewritten to the new
-   colour and nginx reloaded (`nginx -s reload`: no connection refused, old workers finish their
-   requests); the switch is confirmed by the `X-Catsdogs-Slot` header on a request through it;
+4. once HAProxy has resolved the new colour's container (its runtime API's `show servers
+   state`), the route map (/var/lib/haproxy/routes/route.map, a named volume: what a restarted
+   proxy comes back to) is rewritten and its `live` entry set at run time (`set map`): no reload,
+   no client connection closed (catsdogs.deployment.proxy says why); the switch is confirmed by
+   the `X-Catsdogs-Slot` header on a request through it. The runtime API is reached with
+   `docker exec` and socat in the proxy container: its admin socket is published nowhere;
 5. after deploy.drain_s the old colour is stopped (SIGTERM, BentoML finishes in-flight requests)
    and removed.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catsdogs.config import Params
+from catsdogs.deployment import proxy
 from catsdogs.deployment.images import model_image
 from catsdogs.deployment.release import (
     Release,
@@ -47,26 +51,22 @@ from catsdogs.settings import (
 log = logging.getLogger(__name__)
 
 COLORS = ("blue", "green")
-ROUTE_FILE = "/etc/nginx/catsdogs/route.conf"
-SLOT_HEADER = "X-Catsdogs-Slot"
-ROUTE = """\
-# catsdogs: color={color} version={version}
-set $catsdogs_backend {color};
-proxy_pass http://bento-$catsdogs_backend:3000;
-add_header {header} {color} always;
-"""
-_ROUTE_RE = re.compile(r"^# catsdogs: color=(\S+) version=(\S+)", re.MULTILINE)
+ROUTE_FILE = "/var/lib/haproxy/routes/route.map"   # docker/proxy/haproxy.cfg's route map
+ADMIN_SOCKET = "/run/haproxy/admin.sock"
+SLOT_HEADER = proxy.SLOT_HEADER
+ROUTE = "live {color}\nversion {version}\n"
+_ROUTE_RE = re.compile(r"^live (\S+)\nversion (\S+)$", re.MULTILINE)
 # Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
 # docker runner hands them to the deploy container privately (runners.docker.service_environment).
 
 
 def route(color: str, version: str) -> str:
-    """The proxy's route file for `color` serving `version`."""
-    return ROUTE.format(color=color, version=version, header=SLOT_HEADER)
+    """The proxy's route map for `color` serving `version`."""
+    return ROUTE.format(color=color, version=version)
 
 
 def parse_route(text: str) -> tuple[str, str] | None:
-    """(colour, version) the route file points at; None for the no-model route."""
+    """(colour, version) the route map points at; None for the no-model route."""
     found = _ROUTE_RE.search(text)
     if not found or found.group(1) not in COLORS:
         return None
@@ -160,15 +160,44 @@ class ComposeTarget:
             return None
         return live[1] if http_status(self.service_url + "/readyz") == 200 else None
 
+    def _admin(self, container: Any, command: str) -> str:
+        """One command on the proxy's HAProxy runtime API (socat in its container); its answer.
+        UserError when it cannot be run or HAProxy refuses it."""
+        done = container.exec_run(
+            ["sh", "-c", f'printf "%s\\n" "$COMMAND" | socat -t 10 stdio unix-connect:{ADMIN_SOCKET}'],
+            environment={"COMMAND": command})
+        answer = done.output.decode(errors="replace").strip()
+        if done.exit_code != 0 or (command.startswith("set ") and answer):
+            raise UserError(f"the proxy's runtime API refused {command!r}: {answer[-800:]}")
+        return answer
+
+    def _wait_resolved(self, container: Any, color: str, timeout_s: float = 30.0) -> None:
+        """Until HAProxy has resolved bento-<color> and counts it up (`show servers state`:
+        an address, operational state 2), so the switch never lands on an unresolved server."""
+        deadline = time.monotonic() + timeout_s
+        state = ""
+        while time.monotonic() < deadline:
+            state = self._admin(container, f"show servers state bento-{color}")
+            for line in state.splitlines():
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == f"bento-{color}" and fields[4] != "-" \
+                        and fields[5] == "2":
+                    return
+            time.sleep(0.5)
+        raise UserError(f"the proxy did not resolve bento-{color} within {timeout_s:.0f} s: "
+                        f"{state[-400:]}")
+
     def _switch(self, color: str, version: str) -> None:
-        proxy = self._proxy()
-        done = proxy.exec_run(
+        proxy_container = self._proxy()
+        self._wait_resolved(proxy_container, color)
+        done = proxy_container.exec_run(
             ["sh", "-c", f'printf "%s" "$ROUTE" > {ROUTE_FILE}.new && mv {ROUTE_FILE}.new '
-                         f'{ROUTE_FILE} && nginx -t -q && nginx -s reload'],
-            environment={"ROUTE": route(color, version)})
+                         f'{ROUTE_FILE}'], environment={"ROUTE": route(color, version)})
         if done.exit_code != 0:
-            raise UserError(f"the proxy refused the new route: "
+            raise UserError(f"the proxy's route map could not be written: "
                             f"{done.output.decode(errors='replace')[-800:]}")
+        self._admin(proxy_container, f"set map {ROUTE_FILE} version {version}")
+        self._admin(proxy_container, f"set map {ROUTE_FILE} live {color}")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

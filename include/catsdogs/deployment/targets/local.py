@@ -4,21 +4,11 @@
 
 A rollout imports the version into the Bento model store, starts `bentoml serve` for it on the
 idle slot, waits for its /readyz, then moves traffic with HAProxy's runtime API on its admin
-socket (`set server catsdogs/<new> state ready`, then `... <old> state maint`): no reload and no
-process change, so no client connection is closed; HAProxy routes every request on its own, so the
-next request on a kept-alive connection goes to the new slot, and requests in flight on the old
-slot finish there. It waits `deploy.drain_s`, then stops the old slot. HAProxy rather than nginx:
-`nginx -s reload` closes its idle keep-alive connections, and a client that sends its next POST at
-that moment gets a reset it does not retry (benchmarks/switch_keepalive.py: nginx lost 1 request in
-9,032 over 200 switches, HAProxy none in 34,202). The runtime API is a line of text on a Unix
-socket (mode 600: only this user can switch traffic), spoken here in a few lines (`_admin`).
-Debian package `haproxy` (scripts/ensure-system-deps.sh).
-
-The proxy also bounds what a client may hold (docs/serving.md, "Limits"): request headers over
-`HEADER_LIMIT` bytes get 431, a request whose headers and body's first buffer do not arrive
-within `REQUEST_TIMEOUT_S` gets 408 (so a stalled upload never reaches a slot), a client address
-with more than `PER_CLIENT_CONNECTIONS` connections open gets 429; its own answers are
-`{"error", "reason"}` JSON with the reason in `x-catsdogs-reject-reason`, like the service's. Body sizes are left to the service, which knows each route's limit.
+socket (`set server catsdogs/<new> state ready`, then `... <old> state maint`; why HAProxy and
+what the proxy enforces: catsdogs.deployment.proxy). The admin socket is a Unix socket of mode
+600 (only this user can switch traffic), spoken to in a few lines (`_admin`). It waits
+`deploy.drain_s`, then stops the old slot. Debian package `haproxy`
+(scripts/ensure-system-deps.sh).
 
 State lives in $CATSDOGS_SERVE_DIR (default `<data dir>/serving`): haproxy.cfg (rewritten at each
 switch, so a restarted HAProxy comes back on the live slot), haproxy.pid and its admin socket,
@@ -61,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import Params
+from catsdogs.deployment import proxy
 from catsdogs.deployment.release import Release, http_status, wait_ready
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE, project_dir
 from catsdogs.errors import UserError
@@ -69,37 +60,20 @@ from catsdogs.settings import LocalTargetSettings, load
 
 log = logging.getLogger(__name__)
 
-SLOT_HEADER = "X-Catsdogs-Slot"
+SLOT_HEADER = proxy.SLOT_HEADER
 # Set on the serving processes only (the slots and HAProxy): the serve dir they belong to. How a
 # leftover is recognised as ours, and what `make demo-stop`'s sweep of task processes leaves alone.
 SERVING_MARKER_ENV = "CATSDOGS_SERVING_OF"
 
-HEADER_LIMIT = 16384            # bytes of request headers; more: 431
-REQUEST_TIMEOUT_S = 15          # headers and the body's first buffer; slower: 408
-PER_CLIENT_CONNECTIONS = 64     # open connections per client address; more: 429
 PROXY_CONF = """\
 # written by catsdogs.deployment.targets.local: live slot {slot} (v{version})
 global
   maxconn 4096
   stats socket {dir}/haproxy.sock mode 600 level admin
   tune.bufsize 65536
-defaults
-  mode http
-  option http-buffer-request
-  timeout connect 5s
-  timeout client 60s
-  timeout http-request {timeout_s}s
-  timeout http-keep-alive 60s
-  timeout server 300s
-frontend public
+{defaults}frontend public
   bind {host}:{public_port}
-  stick-table type ip size 100k expire 60s store conn_cur
-  tcp-request connection track-sc0 src
-  http-request return status 429 content-type application/json string '{{"error": "more than {per_client} connections open from this address, the proxy limit; retry shortly", "reason": "too_many_connections"}}' hdr x-catsdogs-reject-reason too_many_connections hdr retry-after 1 if {{ sc_conn_cur(0) gt {per_client} }}
-  http-request return status 431 content-type application/json string '{{"error": "request headers larger than {header_limit} bytes, the proxy limit", "reason": "headers_too_large"}}' hdr x-catsdogs-reject-reason headers_too_large if {{ req.hdrs,length gt {header_limit} }}
-  http-error status 400 content-type application/json string '{{"error": "malformed request (or headers past the proxy buffer)", "reason": "bad_request"}}' hdr x-catsdogs-reject-reason bad_request
-  http-error status 408 content-type application/json string '{{"error": "the request did not arrive within {timeout_s} s, the proxy limit", "reason": "request_timeout"}}' hdr x-catsdogs-reject-reason request_timeout
-  http-error status 503 content-type application/json string '{{"error": "no model is being served here", "reason": "unavailable"}}'
+{limits}  http-error status 503 content-type application/json string '{{"error": "no model is being served here", "reason": "unavailable"}}'
   default_backend catsdogs
 backend catsdogs
   http-response set-header {header} %[srv_name]
@@ -398,8 +372,8 @@ class LocalTarget:
             dir=self.run_dir, slot=slot, version=version, host=self.host,
             public_port=self.public_port, header=SLOT_HEADER, port_a=self.slots[0],
             port_b=self.slots[1], disabled_a="" if slot == "a" else " disabled",
-            disabled_b="" if slot == "b" else " disabled", timeout_s=REQUEST_TIMEOUT_S,
-            per_client=PER_CLIENT_CONNECTIONS, header_limit=HEADER_LIMIT)
+            disabled_b="" if slot == "b" else " disabled", defaults=proxy.defaults(),
+            limits=proxy.limits())
         tmp = conf.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(conf)

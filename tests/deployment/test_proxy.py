@@ -1,27 +1,29 @@
-"""The local target's HAProxy on its own (no slot up): its limits (header size, connections per
-client, request time) answer in the service's
+"""The public endpoint's HAProxy (catsdogs.deployment.proxy). The local target's, on its own (no
+slot up): its limits (header size, connections per client, request time) answer in the service's
 `{"error", "reason"}` JSON, a stalled upload is cut at the request timeout, the runtime API
-switches and refuses what it does not know, and `stop` leaves nothing listening. The switch under
-real slots and keep-alive clients is in test_local_rollout.py."""
+switches and refuses what it does not know, and `stop` leaves nothing listening. Compose's
+(docker/proxy/haproxy.cfg): the same limits verbatim, accepted by HAProxy, routing by its map.
+The switch under real slots and keep-alive clients is in test_local_rollout.py; compose's, in
+tests/e2e/test_compose_e2e.py."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import socket
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from catsdogs.deployment.targets.local import (
-    HEADER_LIMIT,
-    PER_CLIENT_CONNECTIONS,
-    REQUEST_TIMEOUT_S,
-    LocalTarget,
-    _listener,
-)
+from catsdogs.deployment import proxy as proxy_module
+from catsdogs.deployment.proxy import HEADER_LIMIT, PER_CLIENT_CONNECTIONS, REQUEST_TIMEOUT_S
+from catsdogs.deployment.targets.compose import ROUTE_FILE, parse_route, route
+from catsdogs.deployment.targets.local import LocalTarget, _listener
 from catsdogs.errors import UserError
 from tests.servers import free_port
 
@@ -67,6 +69,7 @@ def test_the_proxy_answers_its_limits_in_json(proxy: LocalTarget) -> None:
     assert took < 5
 
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(PER_CLIENT_CONNECTIONS)]
+    time.sleep(1.0)                              # all of them accepted and counted
     try:
         status, body, took = _exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (status, body["reason"]) == (429, "too_many_connections"), body
@@ -95,3 +98,46 @@ def test_the_runtime_api_switches_and_refuses_unknown_servers(proxy: LocalTarget
     pid = proxy._proxy_pid()
     proxy.stop()
     assert _listener(proxy.public_port) is None and not proxy._proxy_running(), pid
+
+
+COMPOSE_CONFIG = Path(__file__).resolve().parents[2] / "docker" / "proxy" / "haproxy.cfg"
+
+
+def test_the_compose_proxy_routes_by_its_map_with_the_same_limits(tmp_path: Path) -> None:
+    text = COMPOSE_CONFIG.read_text()
+    assert proxy_module.defaults() in text and proxy_module.limits() in text
+    assert ROUTE_FILE in text
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "route.map").write_text("live none\nversion none\n")
+    port = free_port()
+    local = (text.replace(str(Path(ROUTE_FILE).parent), str(routes))
+             .replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock"))
+             .replace("bind :8080", f"bind 127.0.0.1:{port}")
+             .replace("  user haproxy\n  group haproxy\n", "")
+             .replace("127.0.0.11:53", "127.0.0.1:1"))   # no Docker DNS here
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(local)
+    binary = shutil.which("haproxy", path="/usr/sbin:/usr/bin:/sbin")
+    assert binary is not None
+    checked = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True, text=True,
+                             check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    process = subprocess.Popen([binary, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while _listener(port) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/proxy-health", timeout=10) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"http://127.0.0.1:{port}/predict", timeout=10)
+        assert refused.value.code == 503
+        assert "no model deployed yet" in json.loads(refused.value.read())["error"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert parse_route(route("green", "7")) == ("green", "7")
+    assert parse_route("live none\nversion none\n") is None
