@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from demo.compose_env import ensure_env_file
 from tests.servers import open_local
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,14 @@ def compose_command() -> list[str] | None:
             if out.returncode == 0 and not out.stdout.strip().startswith("1."):
                 return [str(candidate)]
     return None
+
+
+def env_file_with_secrets(folder: Path) -> Path:
+    """`.env.example` copied into `folder` with its secrets generated, as `make up` does."""
+    path = folder / "compose.env"
+    path.write_text((REPO_ROOT / ".env.example").read_text())
+    ensure_env_file(path)
+    return path
 
 
 def compose_config(env_file: Path, profiles: tuple[str, ...] = ("*",)) -> dict[str, Any]:

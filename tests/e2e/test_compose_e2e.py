@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -42,6 +41,7 @@ import pytest
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 from catsdogs.registry.names import DEPLOY_STATUS_TAG, ROLLED_BACK
+from demo.compose_env import generate_secrets
 from tests.deployment.load import Load
 from tests.e2e.compose import (
     COMPOSE_FILE,
@@ -125,7 +125,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
 
     ports = {name: free_port() for name in ("airflow", "mlflow", "bento", "prometheus", "grafana",
                                             "alertmanager", "pushgateway")}
-    password = secrets.token_urlsafe(12)
     settings = {
         **images,
         "COMPOSE_PROJECT_NAME": PROJECT,
@@ -139,10 +138,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         "PUSHGATEWAY_PORT": str(ports["pushgateway"]),
         "AIRFLOW_BASE_URL": f"http://localhost:{ports['airflow']}",
         "CATSDOGS_MLFLOW_UI_URL": f"http://localhost:{ports['mlflow']}",
-        "POSTGRES_PASSWORD": secrets.token_urlsafe(12), "AIRFLOW_ADMIN_PASSWORD": password,
-        "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(24),
-        "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(24),
-        "REDIS_PASSWORD": secrets.token_urlsafe(12),
+        # every secret compose requires, made as `make up` makes them (demo.compose_env)
+        **generate_secrets(),
         # One retry, soon: the try lost with its stopped worker fails after the heartbeat timeout.
         "CATSDOGS_TASK_RETRIES": "1", "CATSDOGS_RETRY_DELAY_S": "5",
         "AIRFLOW_TASK_HEARTBEAT_TIMEOUT_S": "30",
@@ -154,7 +151,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     base = [*compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "-p", PROJECT]
     s = Stack(base, {**env, **settings}, ports, figures)
-    s.env["AIRFLOW_ADMIN_PASSWORD"] = password
     try:
         s.compose_run("down", "-v", "--remove-orphans", timeout=300)
         t = time.monotonic()

