@@ -1,10 +1,11 @@
-"""No well-known secret: docker-compose.yaml has no default for any secret, compose refuses to
+"""No well-known secret and no open internal port: docker-compose.yaml has no default for any secret, compose refuses to
 start with one missing and names it, and `make up`'s generator (demo.compose_env) fills `.env`
 with strong random values, mode 600, keeping what is there. Compose itself resolves the file
 (`compose config`, no engine needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -95,3 +96,38 @@ def test_generated_fernet_key_is_accepted_by_airflow_s_cryptography() -> None:
 
     key = generate_secrets()["AIRFLOW_FERNET_KEY"]
     assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
+
+
+# What people use, each behind its own login (the Bento endpoint is the public one), and the
+# internal services that have no login: loopback only, whatever the *_BIND settings say.
+USER_FACING = {"airflow-apiserver": "AIRFLOW_BIND", "mlflow": "MLFLOW_BIND",
+               "bento-proxy": "BENTO_BIND", "grafana": "GRAFANA_BIND"}
+LOOPBACK_ONLY = {"prometheus", "alertmanager", "pushgateway"}
+NEVER_PUBLISHED = {"postgres", "redis"}
+
+
+def published(env_file: Path) -> dict[str, set[str]]:
+    """Service -> the host addresses its ports are published on."""
+    result = compose_config_run(env_file)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    return {name: {port.get("host_ip", "0.0.0.0") for port in service.get("ports", [])}
+            for name, service in services.items() if service.get("ports")}
+
+
+def test_only_the_user_facing_endpoints_are_published_and_on_loopback(tmp_path: Path) -> None:
+    ports = published(env_file_with_secrets(tmp_path))
+    assert set(ports) == set(USER_FACING) | LOOPBACK_ONLY
+    assert all(addresses == {"127.0.0.1"} for addresses in ports.values()), ports
+
+
+def test_opening_the_uis_never_opens_the_internal_services(tmp_path: Path) -> None:
+    env_file = env_file_with_secrets(tmp_path)
+    with env_file.open("a") as fh:
+        fh.writelines(f"{bind}=0.0.0.0\n" for bind in USER_FACING.values())
+    ports = published(env_file)
+    for name in USER_FACING:
+        assert ports[name] == {"0.0.0.0"}, name
+    for name in LOOPBACK_ONLY:
+        assert ports[name] == {"127.0.0.1"}, name
+    assert not NEVER_PUBLISHED & set(ports)
