@@ -46,6 +46,10 @@ SECRETS: dict[str, Callable[[], str]] = {
     "AIRFLOW_API_SECRET_KEY": _token,
     "AIRFLOW_FERNET_KEY": _fernet_key,
     "GRAFANA_ADMIN_PASSWORD": _token,
+    "MLFLOW_ADMIN_PASSWORD": _token,
+    "MLFLOW_SERVICE_PASSWORD": _token,
+    "MLFLOW_READER_PASSWORD": _token,
+    "MLFLOW_FLASK_SECRET_KEY": _token,
 }
 
 _ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                  ", ".join(written))
     else:
         log.info("every secret is set in %s (mode 600)", where)
-    log.info("the Airflow and Grafana logins are the *_USER / *_PASSWORD lines there")
+    log.info("the Airflow, Grafana and MLflow logins are the *_USER / *_PASSWORD lines there")
     return 0
 
 

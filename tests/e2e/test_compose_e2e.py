@@ -138,6 +138,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         "PUSHGATEWAY_PORT": str(ports["pushgateway"]),
         "AIRFLOW_BASE_URL": f"http://localhost:{ports['airflow']}",
         "CATSDOGS_MLFLOW_UI_URL": f"http://localhost:{ports['mlflow']}",
+        "MLFLOW_READER_USER": "reader",
         # every secret compose requires, made as `make up` makes them (demo.compose_env)
         **generate_secrets(),
         # One retry, soon: the try lost with its stopped worker fails after the heartbeat timeout.
@@ -282,11 +283,18 @@ def wait_for_run(client: AirflowClient, run_id: str, expect: str = "success") ->
     return instances
 
 
+def reader(stack: Stack) -> tuple[str, str]:
+    """MLflow's read-only account (docker/mlflow/users.py made it)."""
+    return stack.env["MLFLOW_READER_USER"], stack.env["MLFLOW_READER_PASSWORD"]
+
+
 def mlflow_champion(stack: Stack) -> tuple[dict, dict]:
     api = stack.url("mlflow", "/api/2.0/mlflow")
     query = urllib.parse.urlencode({"name": "CatsDogsCNN", "alias": "champion"})
-    version = http_json(f"{api}/registered-models/alias?{query}")["model_version"]
-    mlflow_run = http_json(f"{api}/runs/get?run_id={version['run_id']}")["run"]
+    version = http_json(f"{api}/registered-models/alias?{query}",
+                        login=reader(stack))["model_version"]
+    mlflow_run = http_json(f"{api}/runs/get?run_id={version['run_id']}",
+                           login=reader(stack))["run"]
     return version, mlflow_run
 
 
@@ -375,6 +383,9 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
 
     # 2. MLflow server (REST): the run with its metrics, a version aliased champion.
     version, mlflow_run = mlflow_champion(stack)
+    # MLflow behind its login: the same request without one is refused
+    with pytest.raises(AssertionError, match="HTTP 401"):
+        http_json(stack.url("mlflow", "/api/2.0/mlflow/registered-models/get?name=CatsDogsCNN"))
     assert version["name"] == "CatsDogsCNN" and "champion" in version.get("aliases", [])
     metrics = {m["key"]: m["value"] for m in mlflow_run["data"].get("metrics", [])}
     assert metrics, "the champion's run logged no metrics"
@@ -385,7 +396,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
         f"/runs/{version['run_id']}?workflowType=machine_learning")
     assert client.xcom(TRAINING_DAG_ID, run_id, "promote")["promoted"] is True
     experiment = http_json(stack.url("mlflow", "/api/2.0/mlflow/experiments/get?experiment_id="
-                                     + mlflow_run["info"]["experiment_id"]))["experiment"]
+                                     + mlflow_run["info"]["experiment_id"]),
+                           login=reader(stack))["experiment"]
     assert experiment["name"] == "Cats vs Dogs CNN"
     figures["champion"] = {"version": version["version"], "metrics": metrics}
 
@@ -461,7 +473,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     assert rolled["version"] == new
     api = stack.url("mlflow", "/api/2.0/mlflow")
     bad_tags = {t["key"]: t["value"] for t in http_json(
-        f"{api}/model-versions/get?name=CatsDogsCNN&version={bad}")["model_version"]["tags"]}
+        f"{api}/model-versions/get?name=CatsDogsCNN&version={bad}",
+        login=reader(stack))["model_version"]["tags"]}
     assert bad_tags[DEPLOY_STATUS_TAG] == ROLLED_BACK and "accuracy" in bad_tags["deploy.reason"]
     assert load.failures == [], load.failures[:5]
     assert load.versions[0] == new and bad in load.versions and load.versions[-1] == new, \

@@ -131,3 +131,31 @@ def test_opening_the_uis_never_opens_the_internal_services(tmp_path: Path) -> No
     for name in LOOPBACK_ONLY:
         assert ports[name] == {"127.0.0.1"}, name
     assert not NEVER_PUBLISHED & set(ports)
+
+
+def test_mlflow_requires_a_login_and_the_stages_use_the_service_account(tmp_path: Path) -> None:
+    """MLflow runs its basic-auth app with the committed configuration; the Airflow services
+    (which hand it to the stages privately) log in as the service account, which the one-shot
+    `mlflow-users` makes before any worker starts; the reader is made there too."""
+    env_file = env_file_with_secrets(tmp_path)
+    result = compose_config_run(env_file)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                  if "=" in line and not line.startswith("#"))
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    mounts = {m["target"]: m for m in mlflow["volumes"]}
+    assert Path(mounts[mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"]]["source"]) == (
+        REPO_ROOT / "docker" / "mlflow" / "basic_auth.ini")
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == values["MLFLOW_ADMIN_PASSWORD"]
+    users = services["mlflow-users"]
+    assert users["environment"]["MLFLOW_TRACKING_PASSWORD"] == values["MLFLOW_ADMIN_PASSWORD"]
+    assert users["environment"]["MLFLOW_READER_PASSWORD"] == values["MLFLOW_READER_PASSWORD"]
+    for name in ("airflow-scheduler", "airflow-worker-cpu", "airflow-worker-gpu"):
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_USERNAME"] == users["environment"]["MLFLOW_SERVICE_USER"]
+        assert env["MLFLOW_TRACKING_PASSWORD"] == values["MLFLOW_SERVICE_PASSWORD"]
+    for name in ("airflow-worker-cpu", "airflow-worker-gpu"):
+        assert services[name]["depends_on"]["mlflow-users"]["condition"] == (
+            "service_completed_successfully")

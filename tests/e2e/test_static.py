@@ -25,6 +25,7 @@ from tests.e2e.compose import (
 DOCKER_DIR = REPO_ROOT / "docker"
 GRAFANA = DOCKER_DIR / "grafana"
 WORKERS = ("airflow-worker-cpu", "airflow-worker-gpu")
+ONE_SHOT = ("airflow-init", "mlflow-users")   # run once, to completion, before their dependants
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler",
                     "airflow-dag-processor", "airflow-triggerer", *WORKERS)
 LONG_RUNNING = ("postgres", "redis", "airflow-apiserver", "airflow-scheduler",
@@ -58,7 +59,7 @@ def test_long_running_services_are_health_checked_and_wait_for_health(config: di
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     for name, service in services.items():
         for dep, spec in (service.get("depends_on") or {}).items():
-            expected = ("service_completed_successfully" if dep == "airflow-init"
+            expected = ("service_completed_successfully" if dep in ONE_SHOT
                         else "service_healthy")
             assert spec["condition"] == expected, f"{name} -> {dep}: {spec['condition']}"
     for name in AIRFLOW_SERVICES[1:]:
@@ -155,6 +156,7 @@ def test_mlflow_serves_artifacts_from_postgres_and_allows_its_service_name(confi
     command = " ".join(config["services"]["mlflow"]["command"])
     assert _env(config["services"]["mlflow"])["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
     assert "--serve-artifacts" in command and "--artifacts-destination=/mlartifacts" in command
+    assert "--app-name=basic-auth" in command, "MLflow without its login"
     allowed = re.search(r"--allowed-hosts=(\S+)", command).group(1).split(",")
     assert "mlflow:5000" in allowed
 
