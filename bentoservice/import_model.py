@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,6 +212,7 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
     from mlflow import MlflowClient
 
     from bentoservice.runtime import VARIANTS_KEY
+    from catsdogs.registry.integrity import download_verified
     from catsdogs.registry.names import CHAMPION
     from catsdogs.registry.record import resolve
     from catsdogs.tracking import connect, talking_to_mlflow
@@ -235,9 +237,13 @@ def run(params: Params, paths: DataPaths, model_uri: str | None = None,
                        + ("; its serving variants were measured" if measured else "")
                        + ("; its model card was updated" if card else ""),
                        skipped=True, details={"tag": found, **metadata})
-    # the resolved number, not `model_uri`: an alias may point elsewhere by now
-    with talking_to_mlflow(f"downloading the weights of {record.name} v{record.version}"):
-        imported = bentoml.mlflow.import_model(bento_model, record.uri, labels=labels,
+    # the resolved number, not `model_uri`: an alias may point elsewhere by now; imported from
+    # the folder whose sha256 was checked against the registration's (a tampered artifact is
+    # refused here, naming the version, before it is unpickled or reaches any image)
+    with (tempfile.TemporaryDirectory(prefix="catsdogs-import-") as folder,
+          talking_to_mlflow(f"downloading the weights of {record.name} v{record.version}")):
+        verified = download_verified(record, Path(folder))
+        imported = bentoml.mlflow.import_model(bento_model, str(verified), labels=labels,
                                                metadata=metadata)
     stored = bentoml.models.get(imported.tag)  # the copy in the store (import used a temp dir)
     try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make up`: start the platform with docker compose (engine checked, images built when missing).
-# Settings come from .env (see .env.example); build/images.env (written by docker-images.sh)
+# Settings come from .env (see .env.example; its missing secrets are generated first); build/images.env (written by docker-images.sh)
 # supplies the base/project image names, .env wins over it. Detects the Docker socket's group
 # and, with CATSDOGS_GPU=auto (default), turns GPUs on when the engine has the NVIDIA runtime.
 # The Bento service starts too once its image exists (scripts/docker-bento.sh builds it).
@@ -9,6 +9,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 log() { echo "docker-up: $*" >&2; }
 bash scripts/docker-engine.sh
+# Compose has no default for any secret: the first run writes strong random ones into .env (600).
+"${PYTHON:-python3}" -m demo.compose_env .env
 set -a
 # shellcheck disable=SC1091
 [ -f build/images.env ] && . build/images.env

@@ -75,15 +75,19 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
         pass
 
 
-def start_mlflow_server(workdir: Path, python_bin: Path) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on a free loopback port: SQLite backend, proxied artefacts."""
+def start_mlflow_server(workdir: Path, python_bin: Path, app_name: str | None = None,
+                        extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free loopback port: SQLite backend, proxied artefacts;
+    `app_name` (e.g. "basic-auth") and `extra_env` (its settings) when given."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [str(python_bin.parent / "mlflow"), "server",
             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
             "--artifacts-destination", str(workdir / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if app_name:
+        argv += ["--app-name", app_name]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(extra_env or {})}
     log_file = workdir / "server.log"
     process = start_process(argv, log_file, env=env)
     url = f"http://127.0.0.1:{port}"

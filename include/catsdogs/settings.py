@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -217,6 +217,9 @@ class KubernetesSettings(Settings):
                                 "Claim mounted at /data")
     k8s_kaggle_secret: str = Field("catsdogs-kaggle", description="Secret with keys `username` "
                                    "and `key` (optional)")
+    k8s_mlflow_secret: str = Field("catsdogs-mlflow", description="Secret with keys `username` "
+                                   "and `password`: the MLflow service account every stage pod "
+                                   "logs in with (optional: none for a server without login)")
     k8s_service_account: str = Field("", description="of the stage pods; unset: the "
                                      "namespace's default")
     k8s_gpus: int = Field(1, ge=1, description="`nvidia.com/gpu` limit of a GPU stage pod")
@@ -297,6 +300,16 @@ class ComposeTargetSettings(Settings):
                                "service")
     mlflow_tracking_uri: str = _env("MLFLOW_TRACKING_URI", "http://mlflow:5000",
                                     description="MLflow as the image build reaches it")
+    mlflow_tracking_username: str = _env("MLFLOW_TRACKING_USERNAME", "", description="the "
+                                         "MLflow account the image build logs in with")
+    mlflow_tracking_password: SecretStr = _env("MLFLOW_TRACKING_PASSWORD", SecretStr(""),
+                                               description="its password")
+
+    def mlflow_login(self) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME/PASSWORD as MLflow's client reads them (the set ones)."""
+        login = {"MLFLOW_TRACKING_USERNAME": self.mlflow_tracking_username,
+                 "MLFLOW_TRACKING_PASSWORD": self.mlflow_tracking_password.get_secret_value()}
+        return {name: value for name, value in login.items() if value}
 
 
 class KubernetesTargetSettings(Settings):

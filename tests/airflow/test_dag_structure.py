@@ -271,3 +271,39 @@ def test_rollout_stages_get_the_deploy_settings_and_nothing_else(monkeypatch) ->
         "CATSDOGS_DEPLOY_TARGET": "compose", "CATSDOGS_COMPOSE_PROJECT": "cd",
         "CATSDOGS_MODEL_IMAGE": "reg/cd:v{version}", "CATSDOGS_K8S_RELEASE_ENDPOINT": "http://svc:3000",
         "CATSDOGS_DOCKER_NETWORK": "net", "CATSDOGS_DATA_VOLUME": "vol"}
+
+
+def test_docker_stages_get_the_mlflow_login_only_privately(parse_dag, monkeypatch) -> None:
+    """Every stage container gets the MLflow service account as MLflow's client reads it, in the
+    operator's private environment (not a template field: never rendered, stored in the
+    serialised DAG or logged), and the password is masked in the task logs."""
+    import types
+
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    password = "s3cr3t-mlflow-service-password"
+    dag = parse_dag("docker", MLFLOW_TRACKING_USERNAME="catsdogs-pipeline",
+                    MLFLOW_TRACKING_PASSWORD=password)
+    started: dict[str, tuple[dict, dict]] = {}
+
+    def start_container(self, context):  # what DockerOperator.execute would hand the engine
+        started[self.task_id] = (dict(self.environment), dict(self._private_environment))
+        return {"status": "ok"}
+
+    masked: list[str] = []
+    monkeypatch.setattr(DockerOperator, "execute", start_container)
+    monkeypatch.setattr(StageDockerOperator, "remove_stale_containers", lambda self, labels: [])
+    monkeypatch.setattr("airflow.sdk.log.mask_secret", masked.append)
+    run_id = "manual__2026-12-07T04:00:00+00:00"
+    for task in dag.tasks:
+        ti = types.SimpleNamespace(dag_id=dag.dag_id, run_id=run_id, task_id=task.task_id,
+                                   try_number=1)
+        task.execute({"ti": ti, "dag": dag, "run_id": run_id, "params": {"gpu": False}})
+        environment, private = started[task.task_id]
+        assert private["MLFLOW_TRACKING_USERNAME"] == "catsdogs-pipeline", task.task_id
+        assert private["MLFLOW_TRACKING_PASSWORD"] == password, task.task_id
+        assert not any(password in str(value) for value in environment.values())
+        assert "MLFLOW_TRACKING_PASSWORD" not in environment
+    assert password in masked
+    assert not any(password in str(getattr(task, field, "")) for task in dag.tasks
+                   for field in task.template_fields)

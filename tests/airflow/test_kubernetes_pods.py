@@ -39,6 +39,7 @@ from tests.airflow.harness import REPO_ROOT
 
 KUBE_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
 SECRET = "s3cr3t-kaggle-key-value"
+MLFLOW_SECRET = "s3cr3t-mlflow-service-password"
 RUN_ID = "manual__2026-11-30T20:00:00+00:00"
 MLFLOW_URI = "http://mlflow.catsdogs.svc.cluster.local:5000"
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
@@ -54,11 +55,15 @@ SETTINGS = {
     "CATSDOGS_K8S_NAMESPACE": "ml",
     "CATSDOGS_K8S_DATA_CLAIM": "shared-photos",
     "CATSDOGS_K8S_KAGGLE_SECRET": "kaggle-api",
+    "CATSDOGS_K8S_MLFLOW_SECRET": "mlflow-login",
     "CATSDOGS_K8S_SERVICE_ACCOUNT": "catsdogs-stages",
     "CATSDOGS_WORKER_MLFLOW_URI": MLFLOW_URI,
     # The Airflow side holds Kaggle credentials too: none of them may reach a pod spec.
     "KAGGLE_USERNAME": "someone",
     "KAGGLE_KEY": SECRET,
+    # and the MLflow service account's login (compose-style): only a Secret reference may.
+    "MLFLOW_TRACKING_USERNAME": "catsdogs-pipeline",
+    "MLFLOW_TRACKING_PASSWORD": MLFLOW_SECRET,
     "AIRFLOW_CONN_KAGGLE_DEFAULT": json.dumps({"conn_type": "generic", "login": "someone",
                                                "password": SECRET}),
 }
@@ -210,6 +215,22 @@ def test_kaggle_credentials_only_as_secret_references_and_only_for_ingest(pods) 
                 "name": "kaggle-api", "key": "key", "optional": True}}},
         }
         assert not base(pod).get("envFrom")
+
+
+def test_every_stage_logs_in_to_mlflow_from_a_secret_reference(pods) -> None:
+    """The service account reaches each pod only as `secretKeyRef`s to CATSDOGS_K8S_MLFLOW_SECRET:
+    neither the password nor the username of the Airflow side is in any pod spec."""
+    for (task_id, _), pod in pods.items():
+        serialised = json.dumps(pod)
+        assert MLFLOW_SECRET not in serialised and "catsdogs-pipeline" not in serialised, task_id
+        env = env_of(pod)
+        assert {name: env[name] for name in ("MLFLOW_TRACKING_USERNAME",
+                                             "MLFLOW_TRACKING_PASSWORD")} == {
+            "MLFLOW_TRACKING_USERNAME": {"name": "MLFLOW_TRACKING_USERNAME", "valueFrom": {
+                "secretKeyRef": {"name": "mlflow-login", "key": "username", "optional": True}}},
+            "MLFLOW_TRACKING_PASSWORD": {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {
+                "secretKeyRef": {"name": "mlflow-login", "key": "password", "optional": True}}},
+        }, task_id
 
 
 def test_image_namespace_mlflow_and_settings(pods) -> None:

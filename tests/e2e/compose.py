@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from demo.compose_env import ensure_env_file
 from tests.servers import open_local
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,14 @@ def compose_command() -> list[str] | None:
     return None
 
 
+def env_file_with_secrets(folder: Path) -> Path:
+    """`.env.example` copied into `folder` with its secrets generated, as `make up` does."""
+    path = folder / "compose.env"
+    path.write_text((REPO_ROOT / ".env.example").read_text())
+    ensure_env_file(path)
+    return path
+
+
 def compose_config(env_file: Path, profiles: tuple[str, ...] = ("*",)) -> dict[str, Any]:
     """The resolved compose model (`compose config --format json`) for an env file."""
     base = compose_command()
@@ -48,13 +58,17 @@ def compose_config(env_file: Path, profiles: tuple[str, ...] = ("*",)) -> dict[s
 
 
 def http_json(url: str, method: str = "GET", body: Any = None, token: str | None = None,
-              timeout: float = 30) -> Any:
-    """One JSON request; HTTP errors raise with the response body in the message."""
+              timeout: float = 30, login: tuple[str, str] | None = None) -> Any:
+    """One JSON request (a Bearer `token` or a basic-auth `login`); HTTP errors raise with the
+    response body in the message."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if login:
+        basic = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
     try:
         with open_local(request, timeout=timeout) as response:
             raw = response.read()

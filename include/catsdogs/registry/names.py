@@ -19,6 +19,7 @@ CARD_ARTIFACT = "model_card.md"     # the version's model card
 IMAGE_SIZE_TAG = "image_size"       # side of the square input in pixels, e.g. "224"
 CLASSES_TAG = "classes"             # JSON list of class names in output order
 ARCH_TAG = "arch"                   # torchvision architecture, e.g. "resnet18"
+DIGEST_TAG = "model.sha256"         # the model artifact's tree digest (`registry.integrity`)
 
 # run tags of the training run
 REGISTERED_VERSION_TAG = "registered_version"   # the version the run registered

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from catsdogs.data.provenance import Provenance
 from catsdogs.errors import UserError
+from catsdogs.registry.integrity import download_verified, record_digest
 from catsdogs.registry.names import (
     ARCH_TAG,
     CHALLENGER,
@@ -172,7 +173,11 @@ def _requirements() -> list[str]:
 def register(model: Any, name: str, example: Any, tags: dict[str, str]) -> VersionRecord:
     """Log `model` (a torch module) once in the active run (pickle format, dynamic batch;
     `example`: a float32 array of shape (N, 3, H, W)), register it as a new version of `name`,
-    tag it with `tags` (`version_tags`) and point `challenger` at it. Returns its record."""
+    tag it with `tags` (`version_tags`) and its artifact's sha256 (`integrity.record_digest`,
+    checked before any load), and point `challenger` at it. Returns its record."""
+    import tempfile
+    from pathlib import Path
+
     import mlflow.pytorch
     import torch
     from mlflow import MlflowClient
@@ -192,6 +197,8 @@ def register(model: Any, name: str, example: Any, tags: dict[str, str]) -> Versi
     version = str(info.registered_model_version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    with tempfile.TemporaryDirectory(prefix="catsdogs-digest-") as folder:
+        record_digest(client, name, version, Path(folder))
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registered %s version %s as @%s", name, version, CHALLENGER)
     return VersionRecord.from_model_version(client.get_model_version(name, version))
@@ -199,7 +206,13 @@ def register(model: Any, name: str, example: Any, tags: dict[str, str]) -> Versi
 
 def load_model(record: VersionRecord, device: Any) -> Any:
     """The registered torch module of `record` (by its number, not an alias), in eval mode on
-    `device` (a torch.device)."""
+    `device` (a torch.device), loaded from its artifact once verified against the sha256
+    recorded at registration. Raises UserError naming the version when it does not match."""
+    import tempfile
+    from pathlib import Path
+
     import mlflow.pytorch
 
-    return mlflow.pytorch.load_model(record.uri, map_location=device).eval()
+    with tempfile.TemporaryDirectory(prefix="catsdogs-model-") as folder:
+        local = download_verified(record, Path(folder))
+        return mlflow.pytorch.load_model(str(local), map_location=device).eval()

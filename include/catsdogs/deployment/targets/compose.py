@@ -85,6 +85,8 @@ class ComposeTarget:
     ready_timeout_s: float = 300.0
     drain_s: float = 5.0
     mlflow_uri: str = "http://mlflow:5000"
+    # the MLflow login of the image build (MLFLOW_TRACKING_USERNAME/PASSWORD; never in its config)
+    mlflow_login: dict[str, str] = field(default_factory=dict, repr=False)
     service_env: dict[str, str] = field(default_factory=dict)
     name: str = "compose"
     _docker: Any = None
@@ -103,7 +105,7 @@ class ComposeTarget:
             service_url=settings.service_url, data_volume=docker.data_volume,
             proxy_service=settings.proxy_service,
             ready_timeout_s=params.deploy.ready_timeout_s, drain_s=params.deploy.drain_s,
-            mlflow_uri=settings.mlflow_tracking_uri,
+            mlflow_uri=settings.mlflow_tracking_uri, mlflow_login=settings.mlflow_login(),
             service_env=prefixed(SERVICE_ENV_PREFIX))
 
     # --- Docker -------------------------------------------------------------------------------
@@ -221,6 +223,7 @@ class ComposeTarget:
         built = model_image(self.docker, self.runtime_image, self.image_template, release,
                             network=self.network,
                             environment={"MLFLOW_TRACKING_URI": self.mlflow_uri},
+                            secret_env=self.mlflow_login,
                             data_volume=self.data_volume)
         live = self.live_route()
         old_color = live[0] if live else None

@@ -9,7 +9,8 @@
   the stage's JSON summary becomes the task's XCom `return_value` and feeds the "MLflow run" link
   (`MlflowRunLink`, registered by plugins/);
 - what every stage container or pod gets in its environment (`stage_environment`,
-  `airflow_context_env`, `deploy_environment`, `kaggle_credentials`).
+  `airflow_context_env`, `deploy_environment`, `kaggle_credentials`) and the MLflow service
+  account it logs in with (`MLFLOW_CREDENTIALS`, never rendered).
 
 Only Airflow's SDK is imported here; no runner's provider.
 """
@@ -255,6 +256,12 @@ class StageMixin:
         return AirflowFailException(
             f"catsdogs {self.stage_name} refused the run ({exc}); this failure is final, "
             "retrying would not change it. Fix the data or params and trigger a new run.")
+
+
+# The MLflow service account every stage logs in with (MLflow's client reads these variables).
+# Never in the rendered environment: docker passes them privately (masked in task logs),
+# kubernetes by reference to a Secret, local by the task's inherited environment.
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def stage_environment(summary_file: str, mlflow_uri: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import DeviceRequest, Mount
 
 from catsdogs.orchestration.runners.common import (
+    MLFLOW_CREDENTIALS,
     StageMixin,
     airflow_context_env,
     command_template,
@@ -116,8 +117,10 @@ class StageDockerOperator(StageMixin, DockerOperator):
         if self.needs_kaggle:
             # private_environment is not a template field: never rendered, stored or logged.
             self._private_environment = {**self._private_environment, **kaggle_credentials()}
+        # the stage's own private variables and the MLflow service account (MLflow's client
+        # reads MLFLOW_TRACKING_USERNAME/PASSWORD)
         self._private_environment = {**self._private_environment,
-                                     **private_values(self.private_env)}
+                                     **private_values((*self.private_env, *MLFLOW_CREDENTIALS))}
         try:
             summary = super().execute(context)
         except DockerContainerFailedSkipException as exc:

@@ -10,7 +10,8 @@ worker image, with:
 - for GPU stages, when the run's `gpu` param is on: an `nvidia.com/gpu` limit, a GPU node selector
   and tolerations;
 - for ingest: KAGGLE_USERNAME/KAGGLE_KEY from a Kubernetes Secret (`secretKeyRef`): the values
-  never appear in the pod spec, in templates, logs or XCom;
+  never appear in the pod spec, in templates, logs or XCom; likewise, for every stage, the MLflow
+  service account (MLFLOW_TRACKING_USERNAME/PASSWORD) from the Secret `CATSDOGS_K8S_MLFLOW_SECRET`;
 - the stage's JSON summary written to /airflow/xcom/return.json, which the provider's XCom sidecar
   reads back: it becomes the task's `return_value` and feeds the "MLflow run" link.
 
@@ -32,6 +33,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 
 from catsdogs.orchestration.runners.common import (
+    MLFLOW_CREDENTIALS,
     StageMixin,
     airflow_context_env,
     command_template,
@@ -62,6 +64,7 @@ class PodSettings:
     data_claim: str = "catsdogs-data"
     mlflow_uri: str = "http://mlflow:5000"
     kaggle_secret: str = "catsdogs-kaggle"
+    mlflow_secret: str = "catsdogs-mlflow"
     service_account: str | None = None
     gpu_count: int = 1
     gpu_node_selector: Mapping[str, str] = field(
@@ -82,6 +85,7 @@ def kubernetes_settings(settings: RunnerSettings | None = None) -> PodSettings:
         namespace=kube.k8s_namespace, image=settings.worker_image,
         image_pull_policy=kube.k8s_image_pull_policy, data_claim=kube.k8s_data_claim,
         mlflow_uri=settings.worker_mlflow_uri, kaggle_secret=kube.k8s_kaggle_secret,
+        mlflow_secret=kube.k8s_mlflow_secret,
         service_account=kube.k8s_service_account or None, gpu_count=kube.k8s_gpus,
         gpu_node_selector=kube.k8s_gpu_node_selector,
         gpu_tolerations=tuple(k8s.V1Toleration(**_snake(t)) for t in kube.k8s_gpu_tolerations),
@@ -95,8 +99,9 @@ def _restricted_container() -> k8s.V1SecurityContext:
 
 
 def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
-    """An environment variable read by the kubelet from a Secret (optional: the `dir:` and
-    `archive:` sources need no Kaggle account, and ingest says so when `kaggle:` lacks one)."""
+    """An environment variable read by the kubelet from a Secret, so the value is never in the
+    pod spec (optional: the `dir:` and `archive:` sources need no Kaggle account, and ingest says
+    so when `kaggle:` lacks one; an MLflow server without login needs no account)."""
     return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
         secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key, optional=True)))
 
@@ -116,6 +121,9 @@ class StageKubernetesPodOperator(StageMixin, KubernetesPodOperator):
             # settings; without a kube context in the pod the rollout says it was skipped
             env = {"CATSDOGS_DEPLOY_TARGET": "kubernetes", **env, **deploy_environment()}
         env_vars = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
+        # every stage logs in to MLflow with the service account (MLflow's client reads these)
+        env_vars += [_secret_env(MLFLOW_CREDENTIALS[0], settings.mlflow_secret, "username"),
+                     _secret_env(MLFLOW_CREDENTIALS[1], settings.mlflow_secret, "password")]
         if stage.needs_kaggle:
             env_vars += [_secret_env("KAGGLE_USERNAME", settings.kaggle_secret, "username"),
                          _secret_env("KAGGLE_KEY", settings.kaggle_secret, "key")]
