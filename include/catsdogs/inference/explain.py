@@ -23,6 +23,7 @@ undoing the squash of `catsdogs.data.images.square`. `png(image)` encodes the re
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import threading
@@ -67,11 +68,12 @@ class Explanation:
 
 
 class GradCam:
-    """Grad-CAM over `net` (put in eval mode, float32, on the CPU; left otherwise unchanged).
-    Thread-safe: one explanation at a time (the hooks keep the pass's activations)."""
+    """Grad-CAM over a copy of `net` (eval mode, float32, on the CPU: `net` itself is left alone,
+    so a network about to be registered carries no hook). Thread-safe: one explanation at a time
+    (the hooks keep the pass's activations)."""
 
     def __init__(self, net: torch.nn.Module) -> None:
-        self.net = net.eval().float().cpu()
+        self.net = copy.deepcopy(net).eval().float().cpu()
         self.layer = target_layer(self.net)
         self._lock = threading.Lock()
         self._activations: torch.Tensor | None = None
