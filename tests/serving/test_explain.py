@@ -121,3 +121,10 @@ def test_an_empty_body_and_a_get_are_refused(bento_server: BentoServer) -> None:
                           timeout=TIMEOUT)
     assert empty.status_code == 400 and empty.json()["reason"] == "empty"
     assert requests.get(f"{bento_server.url}/explain", timeout=TIMEOUT).status_code in (404, 405)
+
+
+def test_openapi_documents_explain_as_a_png(bento_server: BentoServer) -> None:
+    spec = requests.get(f"{bento_server.url}/docs.json", timeout=TIMEOUT).json()
+    operation = spec["paths"]["/explain"]["post"]
+    assert "Grad-CAM" in operation.get("description", "")
+    assert "image/png" in operation["responses"]["200"]["content"]
