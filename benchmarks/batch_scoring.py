@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,14 @@ def main() -> int:
 
     print(f"CPU: {cpu_description()}; {len(os.sched_getaffinity(0))} usable cores", flush=True)
     work = Path(tempfile.mkdtemp(prefix="batch-scoring-"))
+    try:
+        return measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path) -> int:
+    """The three measurements (module docstring), everything written under `work`."""
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
     model_uri = args.model_uri
