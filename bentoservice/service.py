@@ -14,7 +14,7 @@ to the prediction log (catsdogs.monitoring.prediction_log), whose background thr
 the store: the request only puts a record on a bounded queue.
 
 Explanations: /explain answers like /predict (the same guard, decode path and batched model call,
-so the same label and confidence), then computes the Grad-CAM heatmap of that label
+so the same label and confidence; not counted or logged as a prediction again), then computes the Grad-CAM heatmap of that label
 (catsdogs.inference.explain) with the eager float32 torch network, whatever variant the model
 service runs (OpenVINO, TorchScript bf16, ...): loaded into the API process on the first
 /explain, run on its own one-thread pool (at most `EXPLAIN_WAITING` explanations queued, then
@@ -370,7 +370,9 @@ class CatsDogs:
                 [upload for _, upload in pictures])  # type: ignore[misc]
 
     def _answer(self, outputs: np.ndarray, pixels: np.ndarray,
-                uploads: list[Upload | None]) -> list[Prediction]:
+                uploads: list[Upload | None], record: bool = True) -> list[Prediction]:
+        """The answers; `record`: counted in the prediction metrics and handed to the prediction
+        log (False for /explain: the page asks /predict and /explain for the same upload)."""
         probabilities, scores, embeddings = unpack_outputs(outputs, len(self.info.classes))
         threshold = self.ood_threshold
         now = dt.datetime.now(dt.UTC)
@@ -381,16 +383,17 @@ class CatsDogs:
             score = float(scores[index])
             score, inside = ((None, None) if math.isnan(score) or threshold is None
                              else (score, score <= threshold))
-            PREDICTIONS.labels(label=label).inc()
-            CONFIDENCE.observe(row[best])
-            if inside is False:
-                OUT_OF_DISTRIBUTION.inc()
+            if record:
+                PREDICTIONS.labels(label=label).inc()
+                CONFIDENCE.observe(row[best])
+                if inside is False:
+                    OUT_OF_DISTRIBUTION.inc()
             answers.append(Prediction(
                 label=label, confidence=row[best],
                 probabilities=dict(zip(self.info.classes, row, strict=True)),
                 model=self.model_ref, in_distribution=inside, ood_score=score))
             upload = uploads[index]
-            if self.prediction_log is not None and upload is not None:
+            if record and self.prediction_log is not None and upload is not None:
                 self.prediction_log.submit(PredictionRecord(
                     time=now, model_name=self.info.name, model_version=self.info.version,
                     label=label, confidence=row[best], width=upload.width,
@@ -403,9 +406,10 @@ class CatsDogs:
         result = await self._classify(sources)
         return result if isinstance(result, JSONResponse) else result[0]
 
-    async def _classify(self, sources: list[bytes | Path]
+    async def _classify(self, sources: list[bytes | Path], record: bool = True
                         ) -> tuple[list[Prediction], np.ndarray] | JSONResponse:
-        """The answers and the N,S,S,3 uint8 pixels they were computed from, or the refusal."""
+        """The answers and the N,S,S,3 uint8 pixels they were computed from, or the refusal
+        (`record`: see `_answer`)."""
         try:
             pixels, uploads = await self._pixels(sources)
         except ImageRejected as exc:
@@ -414,7 +418,7 @@ class CatsDogs:
         if outputs is None:
             return _error(503, "model_unavailable",
                           "the model service is overloaded or not answering; retry in a moment")
-        return self._answer(outputs, pixels, uploads), pixels
+        return self._answer(outputs, pixels, uploads, record), pixels
 
     def _explain_picture(self, source: Path, pixels: np.ndarray, label: str
                          ) -> tuple[bytes, int, int]:
@@ -509,7 +513,7 @@ class CatsDogs:
             self.explaining -= 1
 
     async def _explain(self, image: Path, ctx: bentoml.Context) -> Response:
-        result = await self._classify([image])
+        result = await self._classify([image], record=False)   # /predict counts and logs it
         if isinstance(result, JSONResponse):
             return self._status(ctx, result)
         answers, pixels = result

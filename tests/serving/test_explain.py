@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import pytest
 import requests
 from PIL import Image
 
+from catsdogs.monitoring.prediction_log import read_predictions
 from tests.serving.conftest import MODEL_NAME, BentoServer
 from tests.serving.images import encode, picture
+from tests.serving.test_service import metric
 
 pytestmark = pytest.mark.services
 TIMEOUT = 120
@@ -128,3 +131,23 @@ def test_openapi_documents_explain_as_a_png(bento_server: BentoServer) -> None:
     operation = spec["paths"]["/explain"]["post"]
     assert "Grad-CAM" in operation.get("description", "")
     assert "image/png" in operation["responses"]["200"]["content"]
+
+
+def test_an_explanation_is_not_counted_or_logged_as_a_second_prediction(
+        bento_server: BentoServer) -> None:
+    """The page asks /predict and then /explain for each upload: monitoring sees it once."""
+    def counts() -> tuple[float, float, int]:
+        time.sleep(0.5)                               # the log's writer flushes every 0.2 s
+        text = requests.get(f"{bento_server.url}/metrics", timeout=TIMEOUT).text
+        return (sum(metric(text, "catsdogs_predictions_total", label=k) for k in ("cat", "dog")),
+                metric(text, "catsdogs_explain_seconds_count"),
+                len(read_predictions(bento_server.prediction_log_url)))
+
+    before = counts()
+    assert explain(bento_server, encode(picture(8), "JPEG")).status_code == 200
+    after = counts()
+    assert (after[0], after[2]) == (before[0], before[2])
+    assert after[1] == before[1] + 1
+    predict(bento_server, encode(picture(8), "JPEG"))
+    predicted = counts()
+    assert (predicted[0], predicted[2]) == (before[0] + 1, before[2] + 1)
