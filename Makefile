@@ -61,6 +61,7 @@ bench: venv
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/decode_cost.py
+	$(BIN)/python benchmarks/batch_scoring.py
 
 clean:
 	rm -rf data .demo test-artifacts .pytest_cache

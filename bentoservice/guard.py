@@ -4,7 +4,7 @@ For the three POST endpoints it reads the body itself, counting while it streams
 the limit is refused with 413 as soon as it gets there, Content-Length or not), and hands BentoML
 only a request it can parse without surprises:
 
-- `/predict`, `/predict_batch`: a multipart form whose parts are all files under the endpoint's
+- `/predict`, `/predict_batch`, `/explain` (like `/predict`, multipart only): a multipart form whose parts are all files under the endpoint's
   field (`image`, `images`). Any other field name, a text value where the file belongs (which
   BentoML would take for a URL and download: the service never fetches what a caller names), a
   malformed form or another content type is refused here. The accepted files are passed on in a
@@ -36,7 +36,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 logger = logging.getLogger("bentoservice.guard")
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
-API_PATHS = ("/predict", "/predict_batch", "/predict_base64")
+API_PATHS = ("/predict", "/predict_batch", "/predict_base64", "/explain")
 MULTIPART_OVERHEAD = 64 * 1024
 SPOOL_BYTES = 4 * 1024 * 1024  # a form bigger than this is buffered in a temporary file
 REPLAY_CHUNK = 1024 * 1024
@@ -60,8 +60,12 @@ HOW = {
                       "images=@cat.jpg -F images=@dog.jpg URL/predict_batch)",
     "/predict_base64": "send JSON {\"image\": \"<base64 of the file>\"} with Content-Type "
                        "application/json",
+    "/explain": "send the photo as multipart file field `image` (curl -F image=@cat.jpg "
+                "URL/explain -o heatmap.png)",
 }
-FIELD = {"/predict": "image", "/predict_batch": "images"}
+FIELD = {"/predict": "image", "/predict_batch": "images", "/explain": "image"}
+ONE_FILE = {"/predict": "send one photo per /predict request, or several to /predict_batch",
+            "/explain": "send one photo per /explain request"}
 
 
 class Refusal(Exception):
@@ -159,10 +163,8 @@ class _FormCheck:
             part.data = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by close)
             if sum(p.data is not None for p in self.parts) > self.max_files:
                 raise Refusal(400, "too_many_images", f"field `{self.field}` holds more than "
-                              f"{self.max_files} file(s); " + (
-                                  "send one photo per /predict request, or several to "
-                                  "/predict_batch" if self.path == "/predict"
-                                  else "the limit is CATSDOGS_MAX_BATCH_IMAGES"))
+                              f"{self.max_files} file(s); " + ONE_FILE.get(
+                                  self.path, "the limit is CATSDOGS_MAX_BATCH_IMAGES"))
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         part = self.parts[-1]
@@ -226,9 +228,9 @@ class RequestGuard:
     def __init__(self, app: Any, max_upload_bytes: int, max_batch_images: int) -> None:
         self.app = app
         single = max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 inflates by 4/3
-        self.limits = {"/predict": single, "/predict_base64": single,
+        self.limits = {"/predict": single, "/predict_base64": single, "/explain": single,
                        "/predict_batch": single * max_batch_images}
-        self.max_files = {"/predict": 1, "/predict_batch": max_batch_images}
+        self.max_files = {"/predict": 1, "/predict_batch": max_batch_images, "/explain": 1}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

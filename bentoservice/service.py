@@ -1,5 +1,6 @@
 """The catsdogs Bento service: the champion CNN behind /predict, /predict_batch, /predict_base64,
-a web page at /, health probes and Prometheus metrics.
+/explain (a Grad-CAM heatmap of the answer), a web page at /, health probes and Prometheus
+metrics.
 
 Two services, two processes: `catsdogs` (the HTTP API) decodes and resizes pictures in a thread
 pool, joins the pixels of concurrent requests (bentoservice/coalesce.py) and calls
@@ -11,6 +12,13 @@ penultimate-layer embedding and its out-of-distribution score (bentoservice/runt
 `pack_outputs`); answers carry `in_distribution` and `ood_score`, and every prediction is handed
 to the prediction log (catsdogs.monitoring.prediction_log), whose background thread writes it to
 the store: the request only puts a record on a bounded queue.
+
+Explanations: /explain answers like /predict (the same guard, decode path and batched model call,
+so the same label and confidence; not counted or logged as a prediction again), then computes the Grad-CAM heatmap of that label
+(catsdogs.inference.explain) with the eager float32 torch network, whatever variant the model
+service runs (OpenVINO, TorchScript bf16, ...): loaded into the API process on the first
+/explain, run on its own one-thread pool (at most `EXPLAIN_WAITING` explanations queued, then
+503), so it never holds up /predict's decoding or batching.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from bentoservice.coalesce import Coalescer
 from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
@@ -61,8 +70,9 @@ from bentoservice.settings import (
 )
 from bentoservice.web import CARD_FILE, read_card, web_app
 from catsdogs.console import bind_log_fields, log_handler
-from catsdogs.data.images import ImageLimits, ImageRejected, square_image
+from catsdogs.data.images import ImageLimits, ImageRejected, decode_image, square_image
 from catsdogs.inference.compute import serving_device
+from catsdogs.inference.explain import GradCam, overlay, png
 from catsdogs.inference.variants import REFERENCE, Choice, Predicting, build_predictor, choose
 from catsdogs.monitoring.prediction_log import PredictionLog, PredictionRecord
 
@@ -93,6 +103,10 @@ DECODE_CPU = bentoml.metrics.Counter(
     documentation="CPU seconds the decode threads spent decoding and resizing uploads "
                   "(time.thread_time of each decode call; benchmarks/serve_load.py splits "
                   "the API process's CPU with it)")
+EXPLANATIONS = bentoml.metrics.Histogram(
+    name="catsdogs_explain_seconds",
+    documentation="Seconds the explain thread spent on one Grad-CAM picture (load excluded)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 MODEL_INFO = bentoml.metrics.Gauge(
     name="catsdogs_model_info", documentation="The model being served (value 1)",
     labelnames=["name", "version"], multiprocess_mode="max")
@@ -101,6 +115,15 @@ MODEL_INFO = bentoml.metrics.Gauge(
 class ModelRef(BaseModel):
     name: str = Field(description="registered model name")
     version: str = Field(description="registered model version")
+
+
+EXPLAINED_WITH = REFERENCE      # the network Grad-CAM runs: eager, float32 (needs gradients)
+EXPLAIN_WAITING = 4              # explanations queued behind the running one before 503
+EXPLAIN_SIDE = 768               # longest side of the explanation PNG (smaller pictures: as sent)
+EXPLAIN_HEADERS = {"label": "x-catsdogs-label", "confidence": "x-catsdogs-confidence",
+                   "version": "x-catsdogs-model-version",
+                   "explained_with": "x-catsdogs-explained-with",
+                   "served_variant": "x-catsdogs-served-variant"}
 
 
 class Prediction(BaseModel):
@@ -114,6 +137,20 @@ class Prediction(BaseModel):
     ood_score: float | None = Field(
         None, description="out-of-distribution score (squared Mahalanobis distance of the "
         "embedding to the nearest class; higher: less like the training pictures)")
+
+
+class Explanation(BaseModel):
+    """/explain's JSON variant (`?format=json` or `Accept: application/json`)."""
+
+    prediction: Prediction = Field(description="the answer, as /predict gives it")
+    heatmap_png: str = Field(description="base64 PNG: the picture with the Grad-CAM heatmap of "
+                             "the predicted label over it")
+    width: int = Field(description="the PNG's width in pixels")
+    height: int = Field(description="the PNG's height in pixels")
+    explained_with: str = Field(description="the network the heatmap comes from: the eager "
+                                "float32 torch network, whatever variant serves /predict")
+    served_variant: str | None = Field(description="the variant serving /predict (null: the "
+                                       "model service did not say)")
 
 
 # No thread pool may spin on the cores the API process needs for decoding. OpenMP threads sleep
@@ -236,6 +273,14 @@ def _error(status: int, reason: str, message: str) -> JSONResponse:
                         headers={REJECT_HEADER: reason})
 
 
+def _wants_json(request: Request) -> bool:
+    """/explain's JSON variant: `?format=json`, or an Accept header naming JSON but not PNG."""
+    if request.query_params.get("format", "").lower() == "json":
+        return True
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and "image/png" not in accept
+
+
 @bentoml.asgi_app(web_app, path="/")
 @bentoml.service(name="catsdogs", workers=1, envs=SERVICE_ENV,
                  traffic={"timeout": 120, "max_concurrency": 512})
@@ -260,6 +305,11 @@ class CatsDogs:
                                        thread_name_prefix="decode")
         self.coalescer = Coalescer(self._infer, SETTINGS.max_batch_size,
                                    SETTINGS.model_calls_in_flight)
+        self.model_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
+        self.explain_pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        self.explaining = 0              # /explain requests queued or running
+        self.gradcam: GradCam | None = None
+        self.served_variant: str | None = None
         self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
         self.ood_threshold = ood_threshold(Path(stored.path_of(OOD_FOLDER_NAME)))
         self.prediction_log = (PredictionLog(
@@ -338,7 +388,9 @@ class CatsDogs:
                 [upload for _, upload in pictures])  # type: ignore[misc]
 
     def _answer(self, outputs: np.ndarray, pixels: np.ndarray,
-                uploads: list[Upload | None]) -> list[Prediction]:
+                uploads: list[Upload | None], record: bool = True) -> list[Prediction]:
+        """The answers; `record`: counted in the prediction metrics and handed to the prediction
+        log (False for /explain: the page asks /predict and /explain for the same upload)."""
         probabilities, scores, embeddings = unpack_outputs(outputs, len(self.info.classes))
         threshold = self.ood_threshold
         now = dt.datetime.now(dt.UTC)
@@ -349,16 +401,17 @@ class CatsDogs:
             score = float(scores[index])
             score, inside = ((None, None) if math.isnan(score) or threshold is None
                              else (score, score <= threshold))
-            PREDICTIONS.labels(label=label).inc()
-            CONFIDENCE.observe(row[best])
-            if inside is False:
-                OUT_OF_DISTRIBUTION.inc()
+            if record:
+                PREDICTIONS.labels(label=label).inc()
+                CONFIDENCE.observe(row[best])
+                if inside is False:
+                    OUT_OF_DISTRIBUTION.inc()
             answers.append(Prediction(
                 label=label, confidence=row[best],
                 probabilities=dict(zip(self.info.classes, row, strict=True)),
                 model=self.model_ref, in_distribution=inside, ood_score=score))
             upload = uploads[index]
-            if self.prediction_log is not None and upload is not None:
+            if record and self.prediction_log is not None and upload is not None:
                 self.prediction_log.submit(PredictionRecord(
                     time=now, model_name=self.info.name, model_version=self.info.version,
                     label=label, confidence=row[best], width=upload.width,
@@ -368,6 +421,13 @@ class CatsDogs:
         return answers
 
     async def _predict(self, sources: list[bytes | Path]) -> list[Prediction] | JSONResponse:
+        result = await self._classify(sources)
+        return result if isinstance(result, JSONResponse) else result[0]
+
+    async def _classify(self, sources: list[bytes | Path], record: bool = True
+                        ) -> tuple[list[Prediction], np.ndarray] | JSONResponse:
+        """The answers and the N,S,S,3 uint8 pixels they were computed from, or the refusal
+        (`record`: see `_answer`)."""
         try:
             pixels, uploads = await self._pixels(sources)
         except ImageRejected as exc:
@@ -376,7 +436,25 @@ class CatsDogs:
         if outputs is None:
             return _error(503, "model_unavailable",
                           "the model service is overloaded or not answering; retry in a moment")
-        return self._answer(outputs, pixels, uploads)
+        return self._answer(outputs, pixels, uploads, record), pixels
+
+    def _explain_picture(self, source: Path, pixels: np.ndarray, label: str
+                         ) -> tuple[bytes, int, int]:
+        """In the explain thread: Grad-CAM of `label` on the answer's S,S,3 pixels, laid over
+        the upload (at most EXPLAIN_SIDE on its longest side) -> (PNG bytes, width, height).
+        The eager network is loaded on the first call."""
+        if self.gradcam is None:
+            started = time.perf_counter()
+            self.gradcam = GradCam(load_network(self.model_dir, self.info.arch))
+            logger.info("explanations: %s v%s's eager network loaded in %.1fs", self.info.name,
+                        self.info.version, time.perf_counter() - started)
+        started = time.perf_counter()
+        found = self.gradcam.explain(pixels, self.info.classes.index(label))
+        picture = decode_image(source, self.limits, draft_size=EXPLAIN_SIDE)
+        picture.thumbnail((EXPLAIN_SIDE, EXPLAIN_SIDE), Image.Resampling.LANCZOS)
+        blended = overlay(picture, found.heatmap)
+        EXPLANATIONS.observe(time.perf_counter() - started)
+        return png(blended), blended.width, blended.height
 
     async def _infer(self, pixels: np.ndarray, attempts: int = 3) -> np.ndarray | None:
         """Probabilities from the batched model service; None when it cannot answer (overloaded,
@@ -430,6 +508,66 @@ class CatsDogs:
             return _error(400, "bad_base64", f"`image` is not valid base64: {exc}")
         result = await self._predict([data])
         return result if isinstance(result, JSONResponse) else result[0]
+
+    @bentoml.api(route="/explain")
+    async def explain(
+        self, image: Annotated[Path, Field(description="the photo (JPEG, PNG, WebP, GIF, ...)")],
+        ctx: bentoml.Context,
+    ) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
+        """Why the model answered: the photo (multipart field `image`, the same rules as /predict)
+        with a Grad-CAM heatmap of the predicted label over it, as a PNG (at most 768 px on its
+        longest side); the answer in the `x-catsdogs-label`, `x-catsdogs-confidence` and
+        `x-catsdogs-model-version` headers. `?format=json` (or `Accept: application/json`): the
+        answer and the PNG in base64 as JSON. The heatmap comes from the eager float32 torch
+        network (`x-catsdogs-explained-with`), also when /predict is served by another variant
+        (`x-catsdogs-served-variant`, e.g. OpenVINO)."""
+        if self.explaining > EXPLAIN_WAITING:
+            return self._status(ctx, _error(503, "explain_busy", f"{self.explaining} explanations "
+                                            "are waiting; retry in a moment"))
+        self.explaining += 1
+        try:
+            return await self._explain(image, ctx)
+        finally:
+            self.explaining -= 1
+
+    async def _explain(self, image: Path, ctx: bentoml.Context) -> Response:
+        result = await self._classify([image], record=False)   # /predict counts and logs it
+        if isinstance(result, JSONResponse):
+            return self._status(ctx, result)
+        answers, pixels = result
+        answer = answers[0]
+        loop = asyncio.get_running_loop()
+        try:
+            data, width, height = await loop.run_in_executor(
+                self.explain_pool, self._explain_picture, image, pixels[0], answer.label)
+        except ImageRejected as exc:  # the temporary upload went away between the two decodes
+            return self._status(ctx, _error(400, exc.reason, str(exc)))
+        except ValueError as exc:      # a network Grad-CAM cannot hook (an exported graph)
+            logger.warning("no explanation for %s v%s: %s", self.info.name, self.info.version,
+                           exc)
+            return self._status(ctx, _error(503, "explain_unavailable", f"this model cannot be "
+                                            f"explained: {exc}"))
+        if self.served_variant is None:
+            runtime = await self._runtime()
+            self.served_variant = runtime.get("variant") if runtime else None
+        headers = {EXPLAIN_HEADERS["label"]: answer.label,
+                   EXPLAIN_HEADERS["confidence"]: f"{answer.confidence:.6f}",
+                   EXPLAIN_HEADERS["version"]: answer.model.version,
+                   EXPLAIN_HEADERS["explained_with"]: EXPLAINED_WITH,
+                   EXPLAIN_HEADERS["served_variant"]: self.served_variant or "unknown"}
+        if _wants_json(ctx.request):
+            body = Explanation(prediction=answer, heatmap_png=base64.b64encode(data).decode(),
+                               width=width, height=height, explained_with=EXPLAINED_WITH,
+                               served_variant=self.served_variant)
+            return JSONResponse(body.model_dump(mode="json"), headers=headers)
+        return Response(data, media_type="image/png", headers=headers)
+
+    @staticmethod
+    def _status(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
+        """A refusal from an API that takes the context (BentoML then sets the response's status
+        from the context's)."""
+        ctx.response.status_code = response.status_code
+        return response
 
 
 CatsDogs.add_asgi_middleware(RequestGuard, max_upload_bytes=SETTINGS.max_upload_bytes,

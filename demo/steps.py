@@ -31,6 +31,7 @@ from catsdogs.orchestration.stage_table import (
     MONITORING_DAG_ID,
     PIPELINE,
     ROLLBACK_DAG_ID,
+    SCORING_DAG_ID,
     TRAINING_DAG_ID,
 )
 from catsdogs.tracking import run_url
@@ -39,7 +40,7 @@ from demo.local_airflow import ADMIN, PROJECT_DIR, admin_password
 log = logging.getLogger("demo")
 
 RUN_RECORD = "last-run.json"
-PROJECT_DAGS = (TRAINING_DAG_ID, MONITORING_DAG_ID, ROLLBACK_DAG_ID)
+PROJECT_DAGS = (TRAINING_DAG_ID, MONITORING_DAG_ID, ROLLBACK_DAG_ID, SCORING_DAG_ID)
 BANNER = "#" * 80
 
 

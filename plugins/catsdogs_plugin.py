@@ -1,5 +1,5 @@
-"""Airflow plugin: the "MLflow run" extra link on the train and promote tasks (opens the run their
-stage summary names)."""
+"""Airflow plugin: the "MLflow run" extra link on the tasks whose stage logs to MLflow (train,
+promote, monitor, score): it opens the run their stage summary names."""
 
 from __future__ import annotations
 

@@ -25,9 +25,38 @@ function showError(text) {
   $("error").hidden = false;
 }
 
+// Why: the Grad-CAM heatmap of the answer (POST /explain, a PNG), shown under it.
+async function explain(file, label) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  $("explain-status").textContent = "Computing where the model looked…";
+  try {
+    const response = await fetch("/explain", { method: "POST", body: form });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      $("explain-status").textContent = `No explanation: ${body.error || response.statusText}`;
+      return;
+    }
+    const img = $("heatmap");
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(await response.blob());
+    const served = response.headers.get("x-catsdogs-served-variant");
+    const used = response.headers.get("x-catsdogs-explained-with");
+    $("explain-note").textContent =
+      `Where the model found “${response.headers.get("x-catsdogs-label") || label}”: red most, ` +
+      `blue least (Grad-CAM of the eager torch network, ${used}` +
+      (served && served !== used ? `; answers are served by ${served})` : ")");
+    $("explain").hidden = false;
+    $("explain-status").textContent = "";
+  } catch (err) {
+    $("explain-status").textContent = `No explanation: ${err}`;
+  }
+}
+
 async function classify(file) {
   $("error").hidden = true;
   $("result").hidden = true;
+  $("explain").hidden = true;
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
@@ -51,6 +80,7 @@ async function classify(file) {
     $("ood-note").hidden = body.in_distribution !== false;
     $("model-version").textContent = `${body.model.name} v${body.model.version}`;
     $("result").hidden = false;
+    explain(file, body.label);
   } catch (err) {
     showError(`The service did not answer: ${err}`);
   } finally {

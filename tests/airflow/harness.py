@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -55,13 +56,36 @@ def migrate(env: dict[str, str]) -> None:
                            f"{result.stderr[-3000:]}")
 
 
-def run_dag_test(env: dict[str, str], conf: dict[str, Any],
-                 mark_success: str | None = None) -> tuple[dict[str, Any], str]:
-    """`dag.test()` in a fresh process (tests/airflow/run_dag_test.py): its result and output."""
+def register_tiny(tracking_uri: str, name: str, env: dict[str, str]) -> str:
+    """A tiny resnet18 (64 px, with an out-of-distribution calibration) registered as
+    `name`@champion in `tracking_uri` (tests/serving/register_tiny.py); its version."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.serving.register_tiny", tracking_uri, name, "64"],
+        env={**env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])},
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"registering {name} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def scoring_inbox(sample_dir: Path, folder: Path) -> Path:
+    """A folder to score: 3 real photos of each class in sub-folders and a text file (7 files,
+    6 pictures, 1 rejected)."""
+    for kind in ("cat", "dog"):
+        (folder / kind).mkdir(parents=True)
+        for photo in sorted((sample_dir / kind).glob("*.jpg"))[:3]:
+            shutil.copy(photo, folder / kind / photo.name)
+    (folder / "readme.txt").write_text("not a picture\n")
+    return folder
+
+
+def run_dag_test(env: dict[str, str], conf: dict[str, Any], mark_success: str | None = None,
+                 dag_id: str = "catsdogs_training") -> tuple[dict[str, Any], str]:
+    """`dag.test()` of `dag_id` in a fresh process (tests/airflow/run_dag_test.py): its result
+    and output."""
     argv = [sys.executable, str(Path(__file__).with_name("run_dag_test.py")),
-            str(REPO_ROOT / "dags"), json.dumps(conf)]
-    done = subprocess.run(argv + ([mark_success] if mark_success else []), env=env,
-                          capture_output=True, text=True, timeout=900)
+            str(REPO_ROOT / "dags"), json.dumps(conf), mark_success or "", dag_id]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     output = (done.stdout + done.stderr)[-8000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("DAG_TEST_RESULT ")]
     if done.returncode != 0 or not lines:

@@ -25,8 +25,24 @@ def test_dagbag_parses_without_errors_or_cycles(parse_dag, runner: str) -> None:
 
 
 @pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
-def test_every_task_retries_with_backoff_and_has_a_timeout(parse_dag, runner: str) -> None:
-    for task in parse_dag(runner).tasks:
+def test_every_project_dag_parses_in_every_mode(parse_dag, runner: str) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    parse_dag(runner)
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["catsdogs_batch_scoring", "catsdogs_monitoring",
+                                   "catsdogs_rollback", "catsdogs_training"]
+    for dag in bag.dags.values():
+        dag.check_cycle()
+        assert runner in dag.tags and dag.doc_md, dag.dag_id
+
+
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
+@pytest.mark.parametrize("dag_id", ["catsdogs_training", "catsdogs_batch_scoring"])
+def test_every_task_retries_with_backoff_and_has_a_timeout(parse_dag, runner: str,
+                                                           dag_id: str) -> None:
+    for task in parse_dag(runner, dag_id=dag_id).tasks:
         assert task.retries >= 1, task.task_id
         assert task.retry_exponential_backoff > 0, task.task_id
         assert task.max_retry_delay is not None, task.task_id
@@ -41,7 +57,8 @@ def test_airflow3_lint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dag_file", ["catsdogs_training.py", "catsdogs_monitoring.py"])
+@pytest.mark.parametrize("dag_file", ["catsdogs_training.py", "catsdogs_monitoring.py",
+                                      "catsdogs_rollback.py", "catsdogs_batch_scoring.py"])
 @pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
 def test_dag_file_imports_nothing_heavy(runner: str, dag_file: str, tmp_path: Path) -> None:
     code = (

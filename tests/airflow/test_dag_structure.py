@@ -307,3 +307,37 @@ def test_docker_stages_get_the_mlflow_login_only_privately(parse_dag, monkeypatc
     assert password in masked
     assert not any(password in str(getattr(task, field, "")) for task in dag.tasks
                    for field in task.template_fields)
+
+
+
+@pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
+def test_batch_scoring_dag_takes_pictures_and_model_from_its_trigger_form(
+        parse_dag, monkeypatch, runner: str) -> None:
+    from catsdogs.orchestration.runners.common import command_template
+    from catsdogs.orchestration.stage_table import SCORE_STAGE, SCORING_DAG_ID
+
+    dag = parse_dag(runner, dag_id=SCORING_DAG_ID)
+    assert type(dag.timetable).__name__ == "NullTimetable" and dag.task_ids == ["score"]
+    task = dag.get_task("score")
+    assert task.queue == DEFAULT_QUEUE and task.retries >= 1
+    assert task.execution_timeout.total_seconds() == SCORE_STAGE.timeout_minutes * 60
+    assert dag.params["model"] == "models:/CatsDogsCNN@champion"
+    with pytest.raises(ParamValidationError):      # the pictures are required
+        dag.params.validate()
+    dag.params["images"] = "archive:/data/inbox/shelter photos.zip"
+    dag.params.validate()
+    for bad in ("", " leading-space", "models:/x@champion; rm -rf /"):
+        with pytest.raises(ParamValidationError):
+            dag.params["model" if bad.startswith("models") else "images"] = bad
+            dag.params.validate()
+    source = task.bash_command if runner == "local" else command_template(SCORE_STAGE)
+    rendered = dag.get_template_env().from_string(source).render(
+        params={"images": "archive:/data/inbox/shelter photos.zip", "model": "7"})
+    assert rendered.strip() == ("catsdogs score --images 'archive:/data/inbox/shelter photos.zip'"
+                                " --model 7")
+    # The summary is the XCom (StageMixin) and the button opens the scoring run's report.
+    assert [link.name for link in task.operator_extra_links] == ["MLflow run"]
+    monkeypatch.setenv("CATSDOGS_MLFLOW_UI_URL", "http://localhost:5000")
+    task.stage_summary = {"stage": "score", "run_id": "ab" * 16, "experiment_id": "9"}
+    assert MlflowRunLink().get_link(task, ti_key=None).startswith(
+        f"http://localhost:5000/#/experiments/9/runs/{'ab' * 16}")

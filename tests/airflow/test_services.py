@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.airflow.conftest import DAG_ID
-from tests.airflow.harness import FAKE_KAGGLE, AirflowServices
+from tests.airflow.harness import FAKE_KAGGLE, AirflowServices, register_tiny, scoring_inbox
 from tests.browser import chromium_page
 
 pytestmark = pytest.mark.services
@@ -32,10 +32,11 @@ def test_project_dags_are_active_when_they_first_appear(airflow_services: Airflo
     from catsdogs.orchestration.stage_table import (
         MONITORING_DAG_ID,
         ROLLBACK_DAG_ID,
+        SCORING_DAG_ID,
         TRAINING_DAG_ID,
     )
 
-    for dag_id in (ROLLBACK_DAG_ID, MONITORING_DAG_ID, TRAINING_DAG_ID):
+    for dag_id in (ROLLBACK_DAG_ID, MONITORING_DAG_ID, TRAINING_DAG_ID, SCORING_DAG_ID):
         assert airflow_services.wait_for_dag(dag_id)["is_paused"] is False, dag_id
 
 
@@ -169,3 +170,32 @@ def test_validation_failure_is_final_and_nothing_is_trained(
     assert tasks["validate"]["try_number"] == 1          # final: no retry on a refused data set
     assert {tasks[t]["state"] for t in STAGES[2:]} == {"upstream_failed"}
     assert _versions(mlflow_server) == before
+
+
+def test_batch_scoring_run_through_the_services(airflow_services: AirflowServices,
+                                                mlflow_server: str, sample_dir: Path,
+                                                tmp_path: Path) -> None:
+    """catsdogs_batch_scoring triggered through REST API v2 with its form's conf: the summary in
+    XCom, the report on the data volume, the "MLflow run" link to the scoring run."""
+    from catsdogs.orchestration.stage_table import SCORING_DAG_ID
+
+    name = "CatsDogsScoringServices"
+    version = register_tiny(mlflow_server, name, airflow_services.env)
+    photos = scoring_inbox(sample_dir, tmp_path / "inbox")
+    airflow_services.wait_for_dag(SCORING_DAG_ID)
+    run_id = airflow_services.trigger(SCORING_DAG_ID, {"images": str(photos),
+                                                       "model": f"models:/{name}/{version}"})
+    state = airflow_services.wait_for_run(SCORING_DAG_ID, run_id, timeout=300)
+    tasks = airflow_services.task_states(SCORING_DAG_ID, run_id)
+    assert state == "success", ({t: ti["state"] for t, ti in tasks.items()},
+                                airflow_services.log_tail())
+    summary = airflow_services.client.xcom(SCORING_DAG_ID, run_id, "score")
+    assert (summary["count"], summary["rejected"], summary["version"]) == (7, 1, version)
+    assert summary["rejections"] == {"not_an_image": 1}
+    assert (Path(summary["report"]) / "scores.parquet").is_file()
+    links = airflow_services.request(
+        "GET", f"/api/v2/dags/{SCORING_DAG_ID}/dagRuns/{urllib.parse.quote(run_id)}"
+               "/taskInstances/score/links")
+    assert links["extra_links"]["MLflow run"] == (
+        f"{mlflow_server}/#/experiments/{summary['experiment_id']}/runs/{summary['run_id']}"
+        "?workflowType=machine_learning")

@@ -134,7 +134,8 @@ def test_service_serves_the_openvino_int8_variant(mlflow_server: str, sample_dir
                                                   ) -> None:
     """A real `bentoml serve` of a model imported with real calibration photos, the INT8 variant
     forced: /model says what runs and what the import measured; answers keep the embedding's
-    out-of-distribution score; a photo alone and in a batch get the same answer."""
+    out-of-distribution score; a photo alone and in a batch get the same answer; /explain gives
+    the INT8 answer with the torch network's heatmap."""
     if importlib.util.find_spec("openvino") is None:
         pytest.skip("the openvino package is not installed")
     workdir = tmp_path_factory.mktemp("bento-openvino")
@@ -162,3 +163,13 @@ def test_service_serves_the_openvino_int8_variant(mlflow_server: str, sample_dir
             assert abs(a["confidence"] - b["confidence"]) < 1e-4
         assert "variant openvino-int8 (CATSDOGS_RUNTIME=openvino-int8)" in \
             server.log_file.read_text()
+        # /explain answers with the served (INT8) answer, its heatmap from the torch network
+        explained = requests.post(f"{server.url}/explain",
+                                  files={"image": photos[0].read_bytes()}, timeout=120)
+        assert explained.status_code == 200, explained.text
+        assert explained.headers["content-type"] == "image/png"
+        assert explained.headers["x-catsdogs-label"] == alone[0]["label"]
+        assert float(explained.headers["x-catsdogs-confidence"]) == pytest.approx(
+            alone[0]["confidence"], abs=1e-4)
+        assert explained.headers["x-catsdogs-served-variant"] == "openvino-int8"
+        assert explained.headers["x-catsdogs-explained-with"] == REFERENCE

@@ -43,6 +43,11 @@ def test_upload_photo_shows_label(page, bento_server: BentoServer, tmp_path: Pat
     assert "% confident" in page.text_content("#confidence")
     assert page.is_visible("#preview")
     assert page.is_hidden("#error")
+    # the answer's Grad-CAM heatmap (POST /explain) shows under it, for the same label
+    page.wait_for_selector("#explain:not([hidden])", timeout=60_000)
+    page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+    note = page.text_content("#explain-note")
+    assert f"“{page.text_content('#label')}”" in note and "torch-fp32" in note
     page.screenshot(path=str(artifacts_dir / "serving-web-page-photo.png"), full_page=True)
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 from catsdogs import cli, tracking
 from catsdogs.data import lineage
@@ -24,10 +26,13 @@ from catsdogs.registry.names import (
     BY_PROMOTE,
     BY_ROLLBACK,
     CARD_ARTIFACT,
+    CONFUSION_PICTURE,
     CONFUSION_TAG,
     DEPLOY_REASON_TAG,
     DEPLOY_STATUS_TAG,
     DEPLOY_TARGET_TAG,
+    MISCLASSIFIED_ARTIFACTS,
+    MISCLASSIFIED_TAG,
     ROLLED_BACK,
     SERVING_VARIANTS_TAG,
 )
@@ -79,6 +84,31 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
     for label, row in zip(("cat", "dog"), matrix, strict=True):
         assert f"| {label} | {row[0]} | {row[1]} |" in card
     assert f"{trained['test']['f1']:.4f}" in card
+    # the confusion matrix as a picture, and the misclassified test pictures with their heatmaps
+    assert f"![Test confusion matrix]({CONFUSION_PICTURE})" in card
+    assert CONFUSION_PICTURE in {a.path for a in client.list_artifacts(trained["run_id"],
+                                                                       "reports")}
+    found = json.loads(run.data.tags[MISCLASSIFIED_TAG])
+    wrong = matrix[0][1] + matrix[1][0]
+    assert found["total"] == wrong and len(found["shown"]) == min(wrong, found["limit"])
+    if not wrong:
+        assert "Misclassified test pictures: none." in card
+    stored = {a.path for a in client.list_artifacts(trained["run_id"], MISCLASSIFIED_ARTIFACTS)}
+    assert stored == {f"{MISCLASSIFIED_ARTIFACTS}/{item['image']}" for item in found["shown"]}
+    confidences = [item["confidence"] for item in found["shown"]]
+    assert confidences == sorted(confidences, reverse=True)
+    for item in found["shown"]:
+        assert item["true"] != item["predicted"] and item["confidence"] >= 0.5
+        assert (tiny_data.split_dir("test") / item["file"]).is_file()
+        assert item["file"].startswith(f"{item['true']}/")
+        assert (f"| ![{item['file']}]({MISCLASSIFIED_ARTIFACTS}/{item['image']}) | "
+                f"`{item['file']}` | {item['true']} | {item['predicted']} |") in card
+    if found["shown"]:
+        thumbnail = client.download_artifacts(
+            trained["run_id"], f"{MISCLASSIFIED_ARTIFACTS}/{found['shown'][0]['image']}",
+            str(tmp_path))
+        with Image.open(thumbnail) as image:
+            assert image.format == "PNG" and max(image.size) <= 160
     assert "`model.arch`=mobilenet_v2" in card and "`train.epochs`=1" in card
     assert "**Warning:**" in card and "generated stand-in pictures" in card
     assert "## Intended use" in card and "## Known limits" in card
@@ -192,3 +222,31 @@ def test_description_fits_the_registry_with_a_long_history() -> None:
     assert full.count("| rollback |") == 80
     assert short.count("| rollback |") == model_card.SHORT_HISTORY
     assert "75 earlier moves" in short and CARD_ARTIFACT in short
+
+
+def test_misclassified_most_confident_first_within_the_limit(tmp_path: Path) -> None:
+    from catsdogs.training.model import build_model
+    from catsdogs.training.reports import misclassified
+
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", weights="none")
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, size=(5, 3, 32, 32), dtype=np.uint8))
+    labels, probs = [0, 0, 1, 1, 0], [0.9, 0.2, 0.1, 0.6, 0.55]   # 0, 2 and 4 are wrong
+    names = ["cat/a.jpg", "cat/b.jpg", "dog/c.jpg", "dog/d.jpg", "cat/e.jpg"]
+    found = misclassified(net, pixels, labels, probs, names, tmp_path / "wrong", limit=2)
+    assert found["total"] == 3 and found["limit"] == 2
+    assert found["shown"] == [
+        {"file": "cat/a.jpg", "true": "cat", "predicted": "dog", "confidence": 0.9,
+         "image": "01-cat-as-dog.png"},
+        {"file": "dog/c.jpg", "true": "dog", "predicted": "cat", "confidence": 0.9,
+         "image": "02-dog-as-cat.png"}]
+    assert sorted(p.name for p in (tmp_path / "wrong").iterdir()) == [
+        "01-cat-as-dog.png", "02-dog-as-cat.png"]
+    with Image.open(tmp_path / "wrong" / "01-cat-as-dog.png") as image:
+        shown = np.asarray(image.convert("RGB"), dtype=np.float32)
+    assert shown.shape == (32, 32, 3)
+    assert np.abs(shown - pixels[0].numpy().transpose(1, 2, 0)).mean() > 5   # heatmap drawn
+    assert not list(net.modules())[-1]._forward_hooks          # the network itself untouched
+    none = misclassified(net, pixels, [1, 0, 0, 1, 1], probs, names, tmp_path / "none")
+    assert none == {"total": 0, "limit": 8, "shown": []}

@@ -88,10 +88,21 @@ def test_score_folder_rows_rejections_and_rerun_skipped(
     assert summary["images_per_s"] > 0
     assert Path(summary["report"]).parent == data / "reports" / "scoring"
     assert not list(Path(summary["report"]).parent.glob(".*partial"))
+    # the report is the artifacts of an MLflow run (what the Airflow task's button opens)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(summary["run_id"])
+    assert run.info.experiment_id == summary["experiment_id"] != trained["experiment_id"]
+    assert summary["model_run_id"] == trained["run_id"] != summary["run_id"]
+    assert {a.path for a in client.list_artifacts(summary["run_id"], "scoring")} == {
+        "scoring/scores.parquet", "scoring/scores.csv", "scoring/summary.json"}
+    assert run.data.metrics["rejected"] == 2 and run.data.metrics["count"] == len(frame)
 
     assert cli.main(argv) == 0                                  # same pictures, same version
     again = json.loads(capsys.readouterr().out)
     assert again["skipped"] is True and again["report"] == summary["report"]
+    assert again["run_id"] == summary["run_id"]
 
     # the same pictures as a zip: the same rows, under paths inside the archive
     archive = tmp_path / "photos.zip"

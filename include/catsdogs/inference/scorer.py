@@ -5,6 +5,8 @@ through it, so a picture gives the same numbers everywhere.
 
 - `normalize`: the arithmetic half of THE evaluation transform (uint8 -> ImageNet-normalised
   float32); `catsdogs.training.model` has the geometric half.
+- `pixels_to_inputs`: uint8 N,H,W,3 pixels to the network's inputs (also Grad-CAM's,
+  `catsdogs.inference.explain`, which needs gradients and so runs the eager network itself).
 - `with_embedding`: the network rearranged to return (logits, embedding) from one pass.
 - `Scorer`: a network prepared once for a `Compute`, then batches in, (probabilities, embedding)
   out. Eager (training, evaluation, the reference profile: autocast in the chosen precision) or
@@ -38,6 +40,13 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
     return pixels.float().div_(255).sub_(mean).div_(std)
+
+
+def pixels_to_inputs(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N,H,W,3 pixels (`catsdogs.data.images.square_image`'s) on `device` as the network's
+    N,3,H,W float32 inputs (`normalize`d): the preprocessing of every forward pass, the scorer's
+    and Grad-CAM's (`catsdogs.inference.explain`)."""
+    return normalize(batch.to(device, non_blocking=True).permute(0, 3, 1, 2))
 
 
 class WithEmbedding(torch.nn.Module):
@@ -125,7 +134,7 @@ class Scorer:
         (THE evaluation transform's) -> (N,C softmax probabilities, N,D penultimate-layer
         embedding, None when `embeds` is False), float32 on the CPU."""
         if batch.dtype == torch.uint8:
-            batch = normalize(batch.to(self.compute.device, non_blocking=True).permute(0, 3, 1, 2))
+            batch = pixels_to_inputs(batch, self.compute.device)
         inputs = self.compute.inputs(batch.to(self.dtype))
         with contextlib.nullcontext() if self.serving else self.compute.autocast():
             result = self.net(inputs)

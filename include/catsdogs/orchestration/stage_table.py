@@ -80,9 +80,10 @@ STAGES: tuple[Stage, ...] = (
           dag_task=False, needs_docker=True),
     Stage("evaluate", "Score a registered model on a folder of cat/ and dog/ images",
           dag_task=False),
+    # The catsdogs_batch_scoring DAG's task (not the training DAG's).
     Stage("score", "Label every picture of a folder or archive with a registered model "
           "(Parquet + CSV report, resumable)", outputs=("reports/scoring",), dag_task=False,
-          timeout_minutes=240, cpu="4", memory="4Gi"),
+          timeout_minutes=240, logs_mlflow=True, cpu="4", memory="4Gi"),
     Stage("champion", "The @champion alias: `history` lists its moves, `card` shows a version's "
           "model card", dag_task=False),
     # The catsdogs_monitoring DAG's task (not the training DAG's): its drift decision becomes the
@@ -102,3 +103,5 @@ QUEUES: tuple[str, ...] = tuple(dict.fromkeys(stage.queue for stage in PIPELINE)
 """The Celery queues the training DAG's tasks go to, in pipeline order (`default`, `gpu`)."""
 ROLLBACK_DAG_ID = "catsdogs_rollback"
 ROLLBACK_STAGE: Stage = next(stage for stage in STAGES if stage.name == "rollback")
+SCORING_DAG_ID = "catsdogs_batch_scoring"
+SCORE_STAGE: Stage = next(stage for stage in STAGES if stage.name == "score")

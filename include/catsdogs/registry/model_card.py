@@ -6,7 +6,11 @@ The card is rendered from what MLflow already holds, so it never loads the model
 - the version (tags: arch, image size, classes, `data.*`, `promotion.*`, `deploy.*`, the bf16
   check the serving import records as `serving.bf16_*`) and its aliases;
 - its run: parameters, `test_*` metrics, the training data set logged with `mlflow.log_input`
-  (`catsdogs.data.lineage`) and the test confusion matrix (run tag `test.confusion_matrix`);
+  (`catsdogs.data.lineage`), the test confusion matrix (run tag `test.confusion_matrix`; its
+  picture is the run's `reports/confusion_matrix.png`) and the most confident test mistakes (run
+  tag `test.misclassified`; their thumbnails with Grad-CAM heatmaps are the run's
+  `reports/misclassified/*.png`, which the card shows as images relative to itself: the card
+  artifact sits at the root of the same run's artifacts);
 - the moves of `@champion` to or from it (recorded on the version itself: `record.AliasMove`).
 
 `refresh_card` stores it twice: as the artifact `model_card.md` of the version's run and as the
@@ -40,12 +44,15 @@ from catsdogs.registry.names import (
     CARD_ARTIFACT,
     CHAMPION,
     CLASSES_TAG,
+    CONFUSION_PICTURE,
     CONFUSION_TAG,
     DEPLOY_REASON_TAG,
     DEPLOY_STATUS_TAG,
     DEPLOY_TARGET_TAG,
     DEPLOY_TIME_TAG,
     IMAGE_SIZE_TAG,
+    MISCLASSIFIED_ARTIFACTS,
+    MISCLASSIFIED_TAG,
     PROMOTION_CHAMPION_VERSION_TAG,
     PROMOTION_DECISION_TAG,
     PROMOTION_METRIC_TAG,
@@ -79,6 +86,8 @@ class CardFacts:
     metrics: dict[str, float]
     data: TrainingData | None
     confusion: list[list[int]] | None     # rows true class, columns predicted (CLASSES order)
+    # the most confident test mistakes (run tag MISCLASSIFIED_TAG; None: not recorded)
+    misclassified: dict[str, Any] | None = None
     moves: list[AliasMove] = field(default_factory=list)   # to or from this version, oldest first
     stored_description: str | None = None   # the version's description now (not shown)
 
@@ -97,6 +106,14 @@ def _confusion(run_tags: dict[str, str]) -> list[list[int]] | None:
         return None
 
 
+def _misclassified(run_tags: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        found = json.loads(run_tags[MISCLASSIFIED_TAG])
+        return found if isinstance(found, dict) and isinstance(found.get("shown"), list) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def gather(client: Any, name: str, version: str) -> CardFacts:
     """The facts of `name` version `version` (`client`: an `mlflow.MlflowClient`): two registry
     and tracking calls, no download; MlflowException when the version does not exist."""
@@ -108,7 +125,7 @@ def gather(client: Any, name: str, version: str) -> CardFacts:
         aliases=tuple(sorted(getattr(found, "aliases", None) or ())),
         tags=dict(found.tags or {}), params=dict(run.data.params),
         metrics=dict(run.data.metrics), data=from_run(run),
-        confusion=_confusion(run.data.tags),
+        confusion=_confusion(run.data.tags), misclassified=_misclassified(run.data.tags),
         moves=VersionRecord.from_model_version(found).moves,
         stored_description=found.description or None)
 
@@ -215,8 +232,29 @@ def _metrics_section(facts: CardFacts, classes: list[str]) -> list[str]:
                   "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |"
                   for label, row in zip(classes, facts.confusion, strict=False)]
-        lines.append("")
-    return lines + _variant_lines(facts.tags)
+        lines += ["", f"![Test confusion matrix]({CONFUSION_PICTURE})", ""]
+    return lines + _misclassified_lines(facts.misclassified) + _variant_lines(facts.tags)
+
+
+def _misclassified_lines(found: dict[str, Any] | None) -> list[str]:
+    """The misclassified test pictures: thumbnails with the Grad-CAM heatmap of the class each
+    was taken for (PNG artifacts beside the card, under MISCLASSIFIED_ARTIFACTS)."""
+    if found is None:
+        return []
+    total, shown = int(found.get("total", 0)), found["shown"]
+    if not total:
+        return ["Misclassified test pictures: none.", ""]
+    lines = [f"Misclassified test pictures: {total}"
+             + (f", the {len(shown)} most confident mistakes shown" if len(shown) < total else "")
+             + ". Over each, the Grad-CAM heatmap of the class the model answered (red: where "
+             f"it found it); the thumbnails are the run's artifacts `{MISCLASSIFIED_ARTIFACTS}/`.",
+             "", "| picture | file | true | predicted | confidence |", "|---|---|---|---|---|"]
+    for item in shown:
+        file = str(item.get("file", "?")).replace("|", "/")
+        lines.append(f"| ![{file}]({MISCLASSIFIED_ARTIFACTS}/{item.get('image')}) | `{file}` | "
+                     f"{item.get('true')} | {item.get('predicted')} | "
+                     f"{_number(item.get('confidence'), 3)} |")
+    return [*lines, ""]
 
 
 def _variant_lines(tags: dict[str, str]) -> list[str]:

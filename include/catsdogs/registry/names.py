@@ -24,6 +24,11 @@ DIGEST_TAG = "model.sha256"         # the model artifact's tree digest (`registr
 # run tags of the training run
 REGISTERED_VERSION_TAG = "registered_version"   # the version the run registered
 CONFUSION_TAG = "test.confusion_matrix"         # JSON {"labels", "rows_true_cols_predicted"}
+# JSON {"total", "limit", "shown": [{"file", "true", "predicted", "confidence", "image"}]}: the
+# most confident test mistakes, `image` a PNG under the run's MISCLASSIFIED_ARTIFACTS
+MISCLASSIFIED_TAG = "test.misclassified"
+MISCLASSIFIED_ARTIFACTS = "reports/misclassified"
+CONFUSION_PICTURE = "reports/confusion_matrix.png"   # the run's confusion matrix as a picture
 
 # model-version (and run) tags promote writes on the challenger it judged
 PROMOTION_DECISION_TAG = "promotion.decision"               # promoted | rejected

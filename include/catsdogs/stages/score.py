@@ -17,7 +17,9 @@
   `prob_<class>` (prob_cat, prob_dog), `in_distribution`, `ood_score`, `model_version`, and for a
   file the decoder refused `rejection` (its reason: not_an_image, truncated, corrupt, ...) and
   `rejection_message` (the label and scores then null).
-- Written as `scores.parquet`, `scores.csv` and `summary.json` under
+- Logged as the artifacts (`scoring/`) of an MLflow run in the experiment
+  `<mlflow.experiment_name> scoring` (its `run_id`/`experiment_id` in the summary: the Airflow
+  task's "MLflow run" button), and written as `scores.parquet`, `scores.csv` and `summary.json` under
   `<data dir>/reports/scoring/<run>/`, `run` = `<model name>-v<version>-<images fingerprint>`
   (paths, sizes and modification times of a folder's files; an archive's sha256), in one atomic
   rename with a stamp: a re-run with the same pictures and version is skipped.
@@ -283,6 +285,31 @@ def summarise(frame: Any, classes: Sequence[str], calibrated: bool) -> dict[str,
                                 if calibrated else None)}
 
 
+def log_report(folder: Path, details: dict[str, Any], params: Params, paths: DataPaths) -> None:
+    """One MLflow run in `<experiment> scoring` holding the report (`scoring/` artifacts: the
+    rows and summary.json) with the counts as metrics; its `run_id` and `experiment_id` go into
+    `details` (the Airflow task's "MLflow run" button opens it) and summary.json, written to
+    `folder` here."""
+    import mlflow
+
+    from catsdogs import tracking
+
+    experiment = tracking.experiment_id(f"{params.mlflow.experiment_name} scoring", paths)
+    tags = {"model_name": details["model_name"], "model_version": details["version"],
+            **tracking.orchestrator_tags()}
+    with mlflow.start_run(experiment_id=experiment, run_name=f"score {details['run']}",
+                          tags=tags) as run:
+        details["run_id"], details["experiment_id"] = run.info.run_id, experiment
+        (folder / SUMMARY_JSON).write_text(json.dumps(
+            {k: v for k, v in details.items() if k not in ("store", "model")}, indent=2))
+        mlflow.log_params({"model": details["model"], "images": details["images"],
+                           "variant": details["variant"]})
+        mlflow.log_metrics({key: float(details[key]) for key in
+                            ("count", "scored", "rejected", "images_per_s")
+                            if details.get(key) is not None})
+        tracking.log_folder(folder, "scoring")
+
+
 def score(params: Params, paths: DataPaths, images: str, model: str | None, batch_size: int,
           workers: int) -> tuple[dict[str, Any], bool]:
     """Score every picture of `images` (module docstring). Returns (summary details, skipped)."""
@@ -358,7 +385,7 @@ def score(params: Params, paths: DataPaths, images: str, model: str | None, batc
         raise AssertionError(f"{partial}: the chunks do not hold one row per picture")
     details = {
         "store": store, "model": uri, "model_name": record.name, "version": record.version,
-        "run_id": record.run_id, "variant": VARIANT, "images": pictures.given,
+        "model_run_id": record.run_id, "variant": VARIANT, "images": pictures.given,
         "run": run, "report": str(target),
         "files": {"parquet": str(target / SCORES_PARQUET), "csv": str(target / SCORES_CSV)},
         **summarise(frame, classes, calibrated),
@@ -371,8 +398,7 @@ def score(params: Params, paths: DataPaths, images: str, model: str | None, batc
     with atomic_dir(target, stamp=stamp) as tmp:
         frame.to_parquet(tmp / SCORES_PARQUET, index=False)
         frame.to_csv(tmp / SCORES_CSV, index=False)
-        (tmp / SUMMARY_JSON).write_text(json.dumps(
-            {k: v for k, v in details.items() if k not in ("store", "model")}, indent=2))
+        log_report(tmp, details, params, paths)
     shutil.rmtree(partial, ignore_errors=True)
     return details, False
 

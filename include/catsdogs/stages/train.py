@@ -24,14 +24,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from catsdogs.config import Params
 from catsdogs.data import lineage, provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
-from catsdogs.registry.names import CONFUSION_TAG, REGISTERED_VERSION_TAG
+from catsdogs.registry.names import CONFUSION_PICTURE, CONFUSION_TAG, REGISTERED_VERSION_TAG
 from catsdogs.storage import fingerprint, sha256_file
 from catsdogs.summary import Summary
 
@@ -319,6 +319,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
                         "train_images_per_second": result.images_per_second,
                         "train_seconds": result.train_seconds})
         _log_reports(paths, params, active.info.run_id, compute, result, test, labels, probs)
+        _log_misclassified(model, data["test"], paths, labels, probs)
         reference = log_reference(model, data, paths, CLASSES, compute, settings.ood_quantile)
         _log_metrics({"reference_seconds": reference["seconds"],
                       "ood_threshold": reference["ood_threshold"]})
@@ -344,6 +345,28 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
         "train_images_per_second": result.images_per_second})
 
 
+def _log_misclassified(model: Any, test: Any, paths: DataPaths, labels: list[int],
+                       probs: list[float]) -> None:
+    """The most confident mistakes on the test split as thumbnails with their Grad-CAM heatmaps
+    (artifacts `reports/misclassified/`) and their list as the run tag `test.misclassified`
+    (for the model card)."""
+    import mlflow
+
+    from catsdogs.registry.names import MISCLASSIFIED_ARTIFACTS, MISCLASSIFIED_TAG
+    from catsdogs.training import reports
+    from catsdogs.training.loading import list_images
+
+    split = paths.split_dir("test")
+    names = [path.relative_to(split).as_posix() for path, _ in list_images(split)]
+    with tempfile.TemporaryDirectory() as tmp:
+        found = reports.misclassified(model, test.pixels, labels, probs, names, Path(tmp))
+        if found["shown"]:
+            mlflow.log_artifacts(tmp, MISCLASSIFIED_ARTIFACTS)
+    mlflow.set_tag(MISCLASSIFIED_TAG, json.dumps(found))
+    log.info("test split: %d misclassified, %d shown on the model card", found["total"],
+             len(found["shown"]))
+
+
 def _log_reports(paths: DataPaths, params: Params, run_id: str, compute: Compute, result: Any,
                  test: dict[str, float], labels: list[int], probs: list[float]) -> None:
     """Plots, classification report, performance report, the confusion matrix as a JSON run tag
@@ -358,7 +381,7 @@ def _log_reports(paths: DataPaths, params: Params, run_id: str, compute: Compute
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        reports.plot_confusion(labels, probs, folder / "confusion_matrix.png")
+        reports.plot_confusion(labels, probs, folder / PurePosixPath(CONFUSION_PICTURE).name)
         reports.plot_roc(labels, probs, folder / "roc_curve.png")
         (folder / "classification_report.txt").write_text(
             reports.classification_report(labels, probs))

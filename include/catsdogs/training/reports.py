@@ -1,4 +1,5 @@
-"""Training artefacts: confusion-matrix and ROC PNGs, classification report, performance report."""
+"""Training artefacts: confusion-matrix and ROC PNGs, classification report, performance report,
+and the misclassified test pictures with their Grad-CAM heatmaps (for the model card)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,48 @@ def plot_roc(labels: Sequence[int], probs: Sequence[float], target: Path) -> Non
     figure.tight_layout()
     figure.savefig(target, dpi=100)
     plt.close(figure)
+
+
+MISCLASSIFIED_LIMIT = 8                # pictures shown: the most confident mistakes
+THUMBNAIL_SIDE = 160                   # px, longest side of a misclassified picture's thumbnail
+
+
+def misclassified(model: Any, pixels: Any, labels: Sequence[int], probs: Sequence[float],
+                  names: Sequence[str], folder: Path, limit: int = MISCLASSIFIED_LIMIT
+                  ) -> dict[str, Any]:
+    """The test pictures the model got wrong (P(dog) >= 0.5 decides, as in `confusion`), the most
+    confident mistakes first, at most `limit`: each written to `folder` as
+    `NN-<true>-as-<predicted>.png`, the picture (at most THUMBNAIL_SIDE px) with the Grad-CAM
+    heatmap of the class it was taken for (`catsdogs.inference.explain`).
+
+    `pixels`: N,3,S,S uint8 (the test split's tensor cache, in `labels`' order); `names`: the N
+    files, relative to the split folder. Returns {"total": mistakes, "limit": limit, "shown":
+    [{"file", "true", "predicted", "confidence", "image"}]}, `image` the PNG's name."""
+    import numpy as np
+    from PIL import Image
+
+    from catsdogs.inference.explain import GradCam, overlay, png
+
+    predicted = [int(p >= 0.5) for p in probs]
+    wrong = [i for i, (truth, guess) in enumerate(zip(labels, predicted, strict=True))
+             if truth != guess]
+    wrong.sort(key=lambda i: (-abs(probs[i] - 0.5), names[i]))
+    shown: list[dict[str, Any]] = []
+    cam = GradCam(model) if wrong and limit > 0 else None
+    folder.mkdir(parents=True, exist_ok=True)
+    for rank, index in enumerate(wrong[:limit], start=1):
+        assert cam is not None
+        picture = np.ascontiguousarray(pixels[index].numpy().transpose(1, 2, 0))
+        found = cam.explain(picture, predicted[index])
+        thumbnail = Image.fromarray(picture)
+        thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        true, guess = CLASSES[labels[index]], CLASSES[predicted[index]]
+        image = f"{rank:02d}-{true}-as-{guess}.png"
+        (folder / image).write_bytes(png(overlay(thumbnail, found.heatmap)))
+        confidence = probs[index] if predicted[index] == 1 else 1 - probs[index]
+        shown.append({"file": names[index][-120:], "true": true, "predicted": guess,
+                      "confidence": round(float(confidence), 4), "image": image})
+    return {"total": len(wrong), "limit": limit, "shown": shown}
 
 
 def classification_report(labels: Sequence[int], probs: Sequence[float]) -> str:

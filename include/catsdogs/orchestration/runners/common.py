@@ -34,6 +34,7 @@ from catsdogs.deployment.service_entry import project_dir
 from catsdogs.errors import GateFailed, UserError
 from catsdogs.orchestration.airflow_client import dag_run_url
 from catsdogs.orchestration.stage_table import Stage
+from catsdogs.registry.names import CHAMPION
 from catsdogs.settings import (
     DEPLOY_CLASSES,
     PREFIX,
@@ -156,7 +157,10 @@ def overrides_from_params(params: Mapping[str, Any]) -> list[str]:
 
 
 # Stage -> (DAG param, CLI option) pairs: a set param becomes the option (rollback's `--to`).
-STAGE_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {"rollback": (("rollback_to", "--to"),)}
+STAGE_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "rollback": (("rollback_to", "--to"),),
+    "score": (("images", "--images"), ("model", "--model")),
+}
 
 
 def command_template(stage: Stage) -> str:
@@ -175,6 +179,25 @@ def rollback_params() -> dict[str, Param]:
                                  title="Roll back to version",
                                  description="Registered version to bring back as @champion and "
                                              "deploy; empty: the previous champion.")}
+
+
+def scoring_params() -> dict[str, Param]:
+    """The catsdogs_batch_scoring DAG's trigger form: the pictures (required) and the model
+    (default: the registered model's @champion, from params.yaml's registered name)."""
+    name = default_params().mlflow.registered_model_name
+    return {
+        "images": Param(type="string", minLength=1, pattern=r"^(dir:|archive:)?\S.*$",
+                        title="Pictures",
+                        description="Folder of pictures (searched recursively) or archive:PATH "
+                                    "(zip/tar), as the stage sees it (docker and kubernetes "
+                                    "modes: under /data)."),
+        "model": Param(f"models:/{name}@{CHAMPION}", type="string", minLength=1,
+                       pattern=r"^(models:/[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+|/[0-9]+)|[0-9]+)$",
+                       title="Model",
+                       description="Registered model URI (models:/NAME@ALIAS or "
+                                   "models:/NAME/VERSION) or a version number; resolved once "
+                                   "when the task starts."),
+    }
 
 
 TEMPLATE_MACROS: dict[str, Any] = {"catsdogs_overrides": overrides_from_params}
@@ -201,8 +224,8 @@ def kaggle_credentials() -> dict[str, str]:
 
 
 class MlflowRunLink(BaseOperatorLink):
-    """'MLflow run' button on the tasks that log to MLflow (train, promote): opens the run that
-    the task's stage summary names (`run_id`, `experiment_id`) in the MLflow UI
+    """'MLflow run' button on the tasks that log to MLflow (train, promote, monitor, score): opens
+    the run that the task's stage summary names (`run_id`, `experiment_id`) in the MLflow UI
     ($CATSDOGS_MLFLOW_UI_URL, else the tracking server). Airflow calls `get_link` in the worker when the
     task ends and stores the URL; the UI reads it back."""
 
