@@ -38,6 +38,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
+from bentoservice.access import ApiAccess, access_options
 from bentoservice.coalesce import Coalescer
 from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
 from bentoservice.import_model import OOD_FOLDER_NAME
@@ -414,6 +415,9 @@ class CatsDogs:
         return result if isinstance(result, JSONResponse) else result[0]
 
 
+# optional API keys and per-client rate limit (bentoservice.access; off unless configured),
+# outermost: a refused client costs no body read and keeps its own answer and headers
+CatsDogs.add_asgi_middleware(ApiAccess, **access_options(SETTINGS))
 CatsDogs.add_asgi_middleware(RequestGuard, max_upload_bytes=SETTINGS.max_upload_bytes,
                              max_batch_images=SETTINGS.max_batch_images)
 
