@@ -47,6 +47,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bentoservice.access import ApiAccess, access_options
 from bentoservice.coalesce import Coalescer
 from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
 from bentoservice.import_model import OOD_FOLDER_NAME
@@ -570,6 +571,9 @@ class CatsDogs:
         return response
 
 
+# optional API keys and per-client rate limit (bentoservice.access; off unless configured),
+# outermost: a refused client costs no body read and keeps its own answer and headers
+CatsDogs.add_asgi_middleware(ApiAccess, **access_options(SETTINGS))
 CatsDogs.add_asgi_middleware(RequestGuard, max_upload_bytes=SETTINGS.max_upload_bytes,
                              max_batch_images=SETTINGS.max_batch_images)
 

@@ -408,6 +408,18 @@ class ServingSettings(Settings):
         None, description="where sampled pictures go (`<dir>/<YYYY-MM-DD>/<random>.<ext>`, "
         "linked from the row's `picture`)", json_schema_extra={"shown": "`<data dir>/monitoring"
                                                                        "/pictures`"})
+    api_keys_file: Path | None = Field(None, description="file of API keys, one a line (e.g. a "
+                                       "mounted Secret); set: the prediction endpoints answer "
+                                       "401 without one of them (`Authorization: Bearer` or "
+                                       "`X-API-Key`); unset: no key needed")
+    rate_limit_per_minute: int = Field(0, ge=0, description="requests a minute per client on "
+                                       "the prediction endpoints, past it 429 with "
+                                       "`Retry-After`; 0 = no limit")
+    rate_limit_burst: int = Field(0, ge=0, description="requests a client may send at once "
+                                  "before the rate applies; 0 = one minute's worth")
+    rate_limit_client_header: str = Field("", description="header naming the client when no "
+                                          "API key does (e.g. `x-real-ip` set by a proxy you "
+                                          "trust); unset: the connection's address")
     sample_dir: Path | None = Field(None, description="the model import's calibration photos "
                                     "for the serving variants (`--calibration-dir` wins); "
                                     "unset: the data dir's transformed test split")

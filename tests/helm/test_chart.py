@@ -366,3 +366,21 @@ def test_fetch_tools_is_idempotent(helm: Path) -> None:
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     version = run_helm(helm, "version", "--short")
     assert version.stdout.startswith("v3.17.2")
+
+
+def test_api_keys_come_from_a_secret_by_reference(render: Renderer) -> None:
+    """Off by default; with `apiKeys.secretName` the Secret's file is mounted read-only and
+    named by CATSDOGS_API_KEYS_FILE: the keys themselves are never in the values or the pod."""
+    objects = render()
+    assert "CATSDOGS_API_KEYS_FILE" not in env_of(objects)
+    assert "api-keys" not in {v["name"] for v in deployment(objects)["spec"]["template"]["spec"]
+                              ["volumes"]}
+    objects = render(sets=["apiKeys.secretName=catsdogs-api-keys"])
+    pod = deployment(objects)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["api-keys"]["secret"] == {"secretName": "catsdogs-api-keys",
+                                             "items": [{"key": "keys", "path": "keys"}]}
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["api-keys"]["readOnly"] is True
+    assert env_of(objects)["CATSDOGS_API_KEYS_FILE"] == (
+        mounts["api-keys"]["mountPath"] + "/keys")

@@ -36,6 +36,7 @@ defaults
 """
 
 _LIMITS = """\
+  http-request set-header X-Real-IP %[src]
   stick-table type ip size 100k expire 60s store conn_cur
   tcp-request connection track-sc0 src
   http-request return status 429 content-type application/json string '{{"error": "more than {per_client} connections open from this address, the proxy limit; retry shortly", "reason": "too_many_connections"}}' hdr x-catsdogs-reject-reason too_many_connections hdr retry-after 1 if {{ sc_conn_cur(0) gt {per_client} }}
@@ -52,7 +53,9 @@ def defaults() -> str:
 
 
 def limits() -> str:
-    """The public frontend's limit lines (indented): per-client connections (429 with
-    Retry-After), header size (431), and the JSON bodies of HAProxy's own 400 and 408."""
+    """The public frontend's limit lines (indented): the caller's address in `X-Real-IP` (what
+    the service's per-client rate limit reads with CATSDOGS_RATE_LIMIT_CLIENT_HEADER=x-real-ip;
+    a client's own X-Real-IP is replaced), per-client connections (429 with Retry-After), header
+    size (431), and the JSON bodies of HAProxy's own 400 and 408."""
     return _LIMITS.format(per_client=PER_CLIENT_CONNECTIONS, header_limit=HEADER_LIMIT,
                           timeout_s=REQUEST_TIMEOUT_S)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from catsdogs.errors import UserError
 from catsdogs.registry.names import DIGEST_TAG
@@ -23,11 +24,20 @@ from catsdogs.registry.names import DIGEST_TAG
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from catsdogs.registry.record import VersionRecord
-
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+
+class Version(Protocol):
+    """What the check needs of a registered version (`record.VersionRecord` is one)."""
+
+    name: str
+    version: str
+    tags: Mapping[str, str]
+
+    @property
+    def uri(self) -> str: ...
 
 
 def tree_digest(folder: Path) -> str:
@@ -61,7 +71,7 @@ def record_digest(client: MlflowClient, name: str, version: str, folder: Path) -
     return digest
 
 
-def download_verified(record: VersionRecord, folder: Path) -> Path:
+def download_verified(record: Version, folder: Path) -> Path:
     """`record`'s model artifact downloaded under `folder` and checked against the digest
     recorded at registration; the local model folder (pass it to the loader, never the URI
     again: what is loaded is what was checked). Raises UserError naming the version when the
