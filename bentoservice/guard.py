@@ -10,7 +10,8 @@ only a request it can parse without surprises:
   malformed form or another content type is refused here. The accepted files are passed on in a
   freshly written form (plain part headers and file names). `/predict` also takes the photo as
   the raw body with an `image/*` or `application/octet-stream` Content-Type.
-- `/predict_base64`: anything but a JSON object is refused with a hint.
+- `/predict_base64`: anything but a JSON object whose `image` is a string is refused with a hint
+  (BentoML would log each such request's validation error with a traceback at error level).
 
 Every 4xx answer of the API, including BentoML's own validation errors, leaves as
 `{"error", "reason"}` JSON with the reason in the `x-catsdogs-reject-reason` header, and is counted
@@ -19,6 +20,7 @@ in `catsdogs_rejected_requests_total{reason}`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,7 +28,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import bentoml
@@ -37,6 +39,8 @@ logger = logging.getLogger("bentoservice.guard")
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
 API_PATHS = ("/predict", "/predict_batch", "/predict_base64")
+EDGE_REFUSED = "catsdogs_edge_refused"  # scope["state"] key: the edge answered (and counted) it
+UNLIMITED_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})  # probes: no slot
 MULTIPART_OVERHEAD = 64 * 1024
 SPOOL_BYTES = 4 * 1024 * 1024  # a form bigger than this is buffered in a temporary file
 REPLAY_CHUNK = 1024 * 1024
@@ -48,6 +52,7 @@ REJECTED = bentoml.metrics.Counter(
     name="catsdogs_rejected_requests", documentation="Requests refused with a 4xx, by reason",
     labelnames=["reason"])
 
+_T = TypeVar("_T")
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -103,21 +108,32 @@ class _FormCheck:
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._disposition = b""
-        self.parser = MultipartParser(boundary, {
+        self._boundary = boundary
+        self.parser: MultipartParser | None = None
+
+    def start(self) -> None:
+        """Build the parser (python-multipart refuses a boundary over 256 characters here)."""
+        self.parser = self._parsing(lambda: MultipartParser(self._boundary, {
             "on_part_begin": self._begin, "on_header_field": self._header_field,
             "on_header_value": self._header_val, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_done, "on_part_data": self._data,
-            "on_part_end": self._end})
+            "on_part_end": self._end}))
 
     def write(self, chunk: bytes) -> None:
+        assert self.parser is not None, "start() first"
+        self._parsing(lambda: self.parser.write(chunk))
+
+    def _parsing(self, step: Callable[[], _T]) -> _T:
+        """`step()`, its parse errors (of any kind python-multipart raises) as a 400 refusal."""
         try:
-            self.parser.write(chunk)
+            return step()
         except (FormParserError, ValueError) as exc:
             raise Refusal(400, "bad_multipart", f"the multipart form is malformed ({exc}); "
                           f"{HOW[self.path]}") from None
 
     def finish(self) -> None:
         self.write(b"")
+        assert self.parser is not None
         if self.parser.state != MultipartState.END:
             raise Refusal(400, "bad_multipart", "the multipart form ends early (no closing "
                           f"boundary); {HOW[self.path]}")
@@ -219,12 +235,17 @@ class _Form:
 
 
 class RequestGuard:
-    """Streaming size limits, request-shape checks and `{"error", "reason"}` answers (module
-    docstring). Limits: `max_upload_bytes` per picture (plus base64 and form overhead),
-    `max_batch_images` files per /predict_batch request."""
+    """Streaming size limits, request-shape checks, request slots and `{"error", "reason"}`
+    answers (module docstring). Limits: `max_upload_bytes` per picture (plus base64 and form
+    overhead), `max_batch_images` files per /predict_batch request, `request_slots` requests
+    handled at once (an upload takes its slot once its body is read: a client that stalls half
+    way holds none; the edge, bentoservice/edge.py, bounds how long it may stall)."""
 
-    def __init__(self, app: Any, max_upload_bytes: int, max_batch_images: int) -> None:
+    def __init__(self, app: Any, max_upload_bytes: int, max_batch_images: int,
+                 request_slots: int) -> None:
         self.app = app
+        self.request_slots = request_slots
+        self.slots = asyncio.Semaphore(request_slots)
         single = max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 inflates by 4/3
         self.limits = {"/predict": single, "/predict_base64": single,
                        "/predict_batch": single * max_batch_images}
@@ -232,23 +253,38 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in API_PATHS:
+        if scope["type"] != "http" or path in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
+        if path not in API_PATHS:
+            await self._in_slot(scope, receive, send)
+            return
         if scope.get("method") != "POST":
-            await self.app(scope, receive, self._json_errors(send, path))
+            await self._in_slot(scope, receive, self._json_errors(send, path))
             return
         form: _Form | None = None
         try:
             scope, receive, form = await self._checked(scope, receive, path)
         except Refusal as refusal:
+            if refusal.reason == "disconnected" and (scope.get("state") or {}).get(EDGE_REFUSED):
+                return  # the edge closed a stalled upload: answered and counted there
             await self._refuse(send, refusal)
             return
         try:
-            await self.app(scope, receive, self._json_errors(send, path))
+            await self._in_slot(scope, receive, self._json_errors(send, path))
         finally:
             if form is not None:
                 form.close()
+
+    async def _in_slot(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app in a request slot; 429 `busy` when every slot is taken."""
+        if self.slots.locked():
+            await self._refuse(send, Refusal(
+                429, "busy", f"the service is handling {self.request_slots} requests, its limit "
+                "(CATSDOGS_REQUEST_SLOTS); retry shortly"))
+            return
+        async with self.slots:
+            await self.app(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Receive, path: str
                        ) -> tuple[Scope, Receive, _Form | None]:
@@ -275,6 +311,7 @@ class RequestGuard:
                               f"boundary; {HOW[path]}")
             check = _FormCheck(path, options[b"boundary"], self.max_files[path])
             try:
+                check.start()
                 await self._stream(receive, path, check.write)
                 check.finish()
             except BaseException:
@@ -309,7 +346,8 @@ class RequestGuard:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise Refusal(400, "empty", "the client went away before the body was sent")
+                raise Refusal(400, "disconnected", "the client went away before the body was "
+                              "sent")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limits[path]:
@@ -337,6 +375,19 @@ class RequestGuard:
                           f"{HOW[path]}, or post the raw file to /predict")
         if not body.lstrip().startswith(b"{"):
             raise Refusal(400, "invalid_request", f"the body is not a JSON object; {HOW[path]}")
+        try:
+            value = json.loads(body)
+        except RecursionError:
+            raise Refusal(400, "invalid_request", f"the JSON nests too deep; {HOW[path]}"
+                          ) from None
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise Refusal(400, "invalid_request", f"the body is not valid JSON ({exc}); "
+                          f"{HOW[path]}") from None
+        if not isinstance(value, dict) or not isinstance(value.get("image"), str):
+            found = type(value.get("image")).__name__ if isinstance(value, dict) and \
+                "image" in value else "no field `image`"
+            raise Refusal(400, "invalid_request", f"`image` must be a string of base64 (got "
+                          f"{found}); {HOW[path]}")
 
     @staticmethod
     def _refuse_other_body(body: bytes, media: str, path: str) -> None:
@@ -350,7 +401,7 @@ class RequestGuard:
         elif body.lstrip().startswith(b"{"):
             try:
                 value = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
                 value = None
             found = value.get(field_name) if isinstance(value, dict) else None
             texts = found if isinstance(found, list) else [found]

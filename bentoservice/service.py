@@ -39,6 +39,8 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from bentoservice.coalesce import Coalescer
+from bentoservice.edge import EdgeLimits
+from bentoservice.edge import install as install_edge
 from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
 from bentoservice.import_model import OOD_FOLDER_NAME
 from bentoservice.runtime import (
@@ -238,7 +240,7 @@ def _error(status: int, reason: str, message: str) -> JSONResponse:
 
 @bentoml.asgi_app(web_app, path="/")
 @bentoml.service(name="catsdogs", workers=1, envs=SERVICE_ENV,
-                 traffic={"timeout": 120, "max_concurrency": 512})
+                 traffic={"timeout": 120})  # request slots: the guard (after the body is read)
 class CatsDogs:
     """Cats vs dogs: send a photo, get the label, its confidence and the model version."""
 
@@ -417,10 +419,17 @@ class CatsDogs:
         self, image: Annotated[str, Field(description="the photo's bytes, base64-encoded")],
     ) -> Prediction:
         """Classify one photo sent as JSON `{"image": "<base64>"}` (a data: URL prefix is fine)."""
-        if looks_like_url(image) and not image.lstrip().startswith("data:"):
+        text = image.lstrip()
+        data_url = text[:5].lower() == "data:"  # URL schemes are case-insensitive (RFC 3986)
+        if looks_like_url(image) and not data_url:
             refusal = url_refusal("`image`", image, "/predict_base64")
             return _error(refusal.status, refusal.reason, str(refusal))
-        text = image.split(",", 1)[1] if image.startswith("data:") else image
+        if data_url:
+            prefix, comma, text = text.partition(",")
+            if not comma:
+                return _error(400, "bad_data_url", f"`image` is a data: URL without the comma "
+                              f"that ends its header ({prefix[:40]!r}…); send "
+                              "data:image/jpeg;base64,<base64> or the base64 alone")
         if len(text) > SETTINGS.max_upload_bytes * 4 // 3 + 4:
             return _error(413, "too_large", f"the encoded image is {len(text)} characters; the "
                           f"limit is {SETTINGS.max_upload_bytes} bytes once decoded")
@@ -433,5 +442,10 @@ class CatsDogs:
 
 
 CatsDogs.add_asgi_middleware(RequestGuard, max_upload_bytes=SETTINGS.max_upload_bytes,
-                             max_batch_images=SETTINGS.max_batch_images)
+                             max_batch_images=SETTINGS.max_batch_images,
+                             request_slots=SETTINGS.request_slots)
+install_edge(EdgeLimits(max_header_bytes=SETTINGS.max_header_bytes,
+                        header_timeout_s=SETTINGS.header_timeout_s,
+                        body_timeout_s=SETTINGS.body_timeout_s,
+                        max_connections=SETTINGS.max_connections))
 
