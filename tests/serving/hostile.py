@@ -46,29 +46,37 @@ def upload_head(path: str, length: int) -> bytes:
             f"boundary={BOUNDARY.decode()}\r\nContent-Length: {length}\r\n\r\n").encode()
 
 
-def read_answer(sock: socket.socket, started: float) -> Answer:
-    """Read one answer (headers, then Content-Length bytes) from `sock`; status 0 when the
-    connection ends or the read times out first."""
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return Answer(0, {}, data, time.perf_counter() - started)
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.partition(":") for line in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return Answer(int(lines[0].split()[1]), headers, body, time.perf_counter() - started)
-    except (TimeoutError, ConnectionError):
-        return Answer(0, {}, data, time.perf_counter() - started)
+class AnswerReader:
+    """Answers read one by one off `sock` (bytes past one answer are kept for the next: a
+    server answering pipelined requests may send several in one segment)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = b""
+
+    def _more(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.pending += chunk
+        return bool(chunk)
+
+    def read(self, started: float) -> Answer:
+        """The next answer (headers, then Content-Length bytes), timed from `started`; status 0
+        when the connection ends or the read times out first."""
+        try:
+            while b"\r\n\r\n" not in self.pending:
+                if not self._more():
+                    return Answer(0, {}, self.pending, time.perf_counter() - started)
+            head, _, self.pending = self.pending.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (line.partition(":") for line in lines[1:])}
+            length = int(headers.get("content-length", "0"))
+            while len(self.pending) < length and self._more():
+                pass
+            body, self.pending = self.pending[:length], self.pending[length:]
+            return Answer(int(lines[0].split()[1]), headers, body, time.perf_counter() - started)
+        except (TimeoutError, ConnectionError):
+            return Answer(0, {}, self.pending, time.perf_counter() - started)
 
 
 def exchange(url: str, chunks: list[bytes], timeout: float = 150.0, answers: int = 1
@@ -80,9 +88,10 @@ def exchange(url: str, chunks: list[bytes], timeout: float = 150.0, answers: int
         with contextlib.suppress(ConnectionError):
             for chunk in chunks:
                 sock.sendall(chunk)
-        found = [read_answer(sock, started)]
+        reader = AnswerReader(sock)
+        found = [reader.read(started)]
         while len(found) < answers and found[-1].status:
-            found.append(read_answer(sock, started))
+            found.append(reader.read(started))
         return found
 
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
+from tests.deployment.test_proxy_limits import compose_proxy_conf, nginx_binary
+from tests.servers import free_port, wait_http
 from tests.serving.conftest import BentoServer, serve_tiny
 from tests.serving.hostile import (
     Answer,
+    AnswerReader,
     exchange,
     form,
     half_sent_uploads,
     percentile,
-    read_answer,
     timed_uploads,
     upload_head,
 )
@@ -201,10 +204,59 @@ def test_uploads_are_served_while_600_connections_hold_half_sent_uploads(
         assert {status for status, _ in answered} == {200}
         assert max(seconds) < 3.0
         held[0].settimeout(BODY_TIMEOUT_S + 30)
-        answer = read_answer(held[0], started)
+        answer = AnswerReader(held[0]).read(started)
     _refusal(answer, 408, "body_timeout")
 
 
 def test_probes_and_page_still_answer(edge_server: BentoServer) -> None:
     for path in ("/readyz", "/", "/model"):
         assert requests.get(f"{edge_server.url}{path}", timeout=10).status_code == 200, path
+
+
+@pytest.fixture(scope="module")
+def proxy(edge_server: BentoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The compose proxy's nginx (docker/proxy/nginx.conf, limits included) in front of the
+    service; its URL."""
+    nginx = nginx_binary()
+    run_dir = tmp_path_factory.mktemp("proxy")
+    port = free_port()
+    conf = compose_proxy_conf(run_dir, f"proxy_pass {edge_server.url};\n",
+                              listen=f"127.0.0.1:{port}")
+    subprocess.run([nginx, "-c", str(conf), "-p", str(run_dir)], check=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/livez", timeout=30)
+        yield url
+    finally:
+        subprocess.run([nginx, "-c", str(conf), "-p", str(run_dir), "-s", "quit"], check=False)
+
+
+def test_the_proxy_answers_a_huge_head_431(proxy: str) -> None:
+    answer = exchange(proxy, [b"GET /livez HTTP/1.1\r\nHost: catsdogs\r\nX-Big: " + b"a" * 65536
+                              + b"\r\n\r\n"])[0]
+    _said("proxy: 64 KB header", answer)
+    _refusal(answer, 431, "headers_too_large")
+    assert answer.seconds < FAST_S
+
+
+def test_the_proxy_limits_requests_per_client_and_never_passes_half_uploads(
+        proxy: str, edge_server: BentoServer) -> None:
+    body = form(PHOTO)
+    seen = _rejected(edge_server.url, "body_timeout") + _rejected(edge_server.url, "disconnected")
+    with half_sent_uploads(proxy, 64):
+        time.sleep(0.5)
+        answer = exchange(proxy, [upload_head("/predict", len(body)) + body])[0]
+        _said("proxy: 65th request from one address", answer)
+        _refusal(answer, 429, "too_many_connections")
+    answer = exchange(proxy, [upload_head("/predict", len(body)) + body])[0]
+    assert answer.status == 200, answer
+    # the half-sent uploads stayed in the proxy: the service saw none of them
+    assert _rejected(edge_server.url, "body_timeout") + _rejected(
+        edge_server.url, "disconnected") == seen
+
+
+def test_the_proxy_closes_a_stalled_head(proxy: str) -> None:
+    answer = exchange(proxy, [b"POST /predict HTTP/1.1\r\nHost: catsdogs\r\n"], timeout=60)[0]
+    _said("proxy: stalled head", answer)
+    assert answer.status == 0 and answer.body == b""   # nginx closes; it sends no 408
+    assert 14.5 < answer.seconds < 18
