@@ -268,6 +268,7 @@ class CatsDogs:
             prediction_log_target(SETTINGS), batch_rows=SETTINGS.prediction_log_batch_rows,
             flush_s=SETTINGS.prediction_log_flush_s, queue_size=SETTINGS.prediction_log_queue,
             retention_days=SETTINGS.prediction_log_retention_days,
+            max_rows=SETTINGS.prediction_log_max_rows,
             sample_rate=SETTINGS.prediction_log_sample_rate,
             sample_dir=prediction_log_pictures(SETTINGS),
             on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(outcome=outcome).inc(n),
