@@ -45,6 +45,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 SPOOL_BYTES = 4 * 1024 * 1024  # a form bigger than this is buffered in a temporary file
 REPLAY_CHUNK = 1024 * 1024
 TEXT_KEPT = 200  # characters of a text value quoted back in the refusal
+FILENAME_STAR = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 URL_LIKE = re.compile(r"^\s*[\"']?([a-z][a-z0-9+.-]*://|data:)", re.IGNORECASE)
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*", b"BM")
 
@@ -108,6 +109,7 @@ class _FormCheck:
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._disposition = b""
+        self._part_type = b""
         self._boundary = boundary
         self.parser: MultipartParser | None = None
 
@@ -147,6 +149,7 @@ class _FormCheck:
 
     def _begin(self) -> None:
         self._disposition = b""
+        self._part_type = b""
         self.parts.append(_Part())
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -156,8 +159,11 @@ class _FormCheck:
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:
-        if bytes(self._header_name).lower() == b"content-disposition":
+        name = bytes(self._header_name).lower()
+        if name == b"content-disposition":
             self._disposition = bytes(self._header_value)
+        elif name == b"content-type":
+            self._part_type = bytes(self._header_value)
         self._header_name.clear()
         self._header_value.clear()
 
@@ -171,7 +177,7 @@ class _FormCheck:
         if part.name != self.field:
             raise Refusal(400, "invalid_request", f"field `{part.name[:TEXT_KEPT]}` is not accepted "
                           f"here; {HOW[self.path]}")
-        if b"filename" in options:
+        if self._is_file(options):
             part.data = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by close)
             if sum(p.data is not None for p in self.parts) > self.max_files:
                 raise Refusal(400, "too_many_images", f"field `{self.field}` holds more than "
@@ -179,6 +185,14 @@ class _FormCheck:
                                   "send one photo per /predict request, or several to "
                                   "/predict_batch" if self.path == "/predict"
                                   else "the limit is CATSDOGS_MAX_BATCH_IMAGES"))
+
+    def _is_file(self, options: dict[bytes, bytes]) -> bool:
+        """A file part: a `filename`, an RFC 5987 `filename*` alone (python-multipart's header
+        parser drops it), or no file name but an `image/*` part type (.NET's
+        `MultipartFormDataContent.Add(content, "image")`)."""
+        media, _ = parse_options_header(self._part_type)
+        return (b"filename" in options or FILENAME_STAR.search(self._disposition) is not None
+                or media.lower().startswith(b"image/"))
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         part = self.parts[-1]

@@ -181,6 +181,24 @@ def test_an_upper_case_data_url_is_accepted(edge_server: BentoServer) -> None:
     assert response.status_code == 200, response.text
 
 
+def _one_part(part_headers: bytes, content: bytes) -> bytes:
+    return _post("/predict", "multipart/form-data; boundary=x1x", b"--x1x\r\n" + part_headers
+                 + b"\r\n\r\n" + content + b"\r\n--x1x--\r\n")
+
+
+@pytest.mark.parametrize(("part_headers", "status"), [
+    (b"Content-Disposition: form-data; name=\"image\"; filename*=UTF-8''chat%20noir.jpg", 200),
+    (b"Content-Disposition: form-data; name=image\r\nContent-Type: image/jpeg", 200),
+    (b"Content-Disposition: form-data; name=image\r\nContent-Type: text/plain", 400),
+], ids=["filename* only", "image/* part type, no filename", "text part"])
+def test_a_file_part_is_known_by_filename_star_or_its_image_type(
+        edge_server: BentoServer, part_headers: bytes, status: int) -> None:
+    answer = exchange(edge_server.url, [_one_part(part_headers, PHOTO)])[0]
+    assert answer.status == status, answer
+    if status == 400:
+        _refusal(answer, 400, "not_a_file")
+
+
 def test_pipelined_requests_are_answered_in_order(edge_server: BentoServer) -> None:
     upload = _post("/predict", "multipart/form-data; boundary=hostileclientboundary", form(PHOTO))
     livez = b"GET /livez HTTP/1.1\r\nHost: catsdogs\r\n\r\n"
