@@ -364,9 +364,10 @@ class ServingSettings(Settings):
     header_timeout_s: float = Field(10.0, gt=0.0, description="longest a connection may take to "
                                     "send a request's line and headers (from its first byte, or "
                                     "from connecting); then 408 and the connection is closed")
-    body_timeout_s: float = Field(60.0, gt=0.0, description="longest a request may take to send "
-                                  "its whole body once its headers are in (the upload limit at "
-                                  "~175 KB/s); then 408 and the connection is closed")
+    body_timeout_s: float = Field(60.0, gt=0.0, le=110.0, description="longest a request may "
+                                  "take to send its whole body once its headers are in (the "
+                                  "upload limit at ~175 KB/s); then 408 and the connection is "
+                                  "closed. At most 110: BentoML ends any request at 120 s")
     request_slots: int = Field(512, ge=1, description="requests handled at once (API process); "
                                "an upload takes its slot only once its body is complete, so "
                                "half-sent uploads hold none; when all are taken: 429 `busy`")
