@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -23,6 +26,7 @@ from tests.serving.conftest import BentoServer, serve_tiny
 from tests.serving.hostile import (
     Answer,
     AnswerReader,
+    address,
     exchange,
     form,
     half_sent_uploads,
@@ -36,6 +40,8 @@ pytestmark = pytest.mark.services
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 5.0
 MAX_HEADER_BYTES = 16 * 1024
+REQUEST_SLOTS = 4      # few: half-sent uploads must still hold none of them
+MAX_CONNECTIONS = 700
 PHOTO = encode(picture(4), "JPEG", quality=90)
 FAST_S = 1.0   # "refused in milliseconds", with room for a loaded 2-core machine
 
@@ -43,11 +49,14 @@ FAST_S = 1.0   # "refused in milliseconds", with room for a loaded 2-core machin
 @pytest.fixture(scope="module")
 def edge_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[BentoServer]:
-    """The tiny model served with short read timeouts and a 16 KB head limit."""
+    """The tiny model served with short read timeouts, a 16 KB head limit, 4 request slots and
+    700 connections at most."""
     with serve_tiny(mlflow_server, tmp_path_factory.mktemp("edge"), extra_env={
             "CATSDOGS_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
             "CATSDOGS_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-            "CATSDOGS_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES)}) as server:
+            "CATSDOGS_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
+            "CATSDOGS_REQUEST_SLOTS": str(REQUEST_SLOTS),
+            "CATSDOGS_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}) as server:
         yield server
 
 
@@ -224,6 +233,36 @@ def test_uploads_are_served_while_600_connections_hold_half_sent_uploads(
         held[0].settimeout(BODY_TIMEOUT_S + 30)
         answer = AnswerReader(held[0]).read(started)
     _refusal(answer, 408, "body_timeout")
+
+
+def test_requests_past_the_slots_get_429_busy(edge_server: BentoServer) -> None:
+    start = threading.Barrier(32)
+
+    def upload(_: int) -> tuple[int, str]:
+        start.wait()
+        response = requests.post(f"{edge_server.url}/predict",
+                                 files={"image": ("a.jpg", PHOTO)}, timeout=60)
+        return response.status_code, response.headers.get("x-catsdogs-reject-reason", "")
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(upload, range(32)))
+    assert set(answers) == {(200, ""), (429, "busy")}, answers
+
+
+def test_a_connection_past_the_cap_gets_503(edge_server: BentoServer) -> None:
+    host_port = address(edge_server.url)
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            held.append(socket.create_connection(host_port, timeout=10))
+        time.sleep(0.3)   # every one accepted by the server
+        answer = exchange(edge_server.url, [b"GET /livez HTTP/1.1\r\nHost: catsdogs\r\n\r\n"],
+                          timeout=10)[0]
+    finally:
+        for sock in held:
+            sock.close()
+    _said(f"connection {MAX_CONNECTIONS + 1}", answer)
+    _refusal(answer, 503, "too_many_connections")
 
 
 def test_probes_and_page_still_answer(edge_server: BentoServer) -> None:
