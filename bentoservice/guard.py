@@ -282,9 +282,12 @@ class RequestGuard:
         try:
             scope, receive, form = await self._checked(scope, receive, path)
         except Refusal as refusal:
-            if refusal.reason == "disconnected" and (scope.get("state") or {}).get(EDGE_REFUSED):
-                return  # the edge closed a stalled upload: answered and counted there
-            await self._refuse(send, refusal)
+            # a stalled upload the edge closed was answered and counted there; the answer is
+            # still sent (to a closed connection: dropped) so that BentoML's request timeout,
+            # which waits for an answer, lets the request go at once rather than after 120 s
+            counted = refusal.reason == "disconnected" and bool(
+                (scope.get("state") or {}).get(EDGE_REFUSED))
+            await self._refuse(send, refusal, count=not counted)
             return
         try:
             await self._in_slot(scope, receive, self._json_errors(send, path))
@@ -455,11 +458,14 @@ class RequestGuard:
         return guarded_send
 
     @staticmethod
-    async def _refuse(send: Send, refusal: Refusal) -> None:
-        REJECTED.labels(reason=refusal.reason).inc()
-        # the reason and status only: the refused content (a URL, a text) stays out of the log
-        logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
-                    extra={"reason": refusal.reason, "status": refusal.status})
+    async def _refuse(send: Send, refusal: Refusal, count: bool = True) -> None:
+        """Answer `refusal` as `{"error", "reason"}`; counted and logged unless `count` is
+        False (the edge did both already)."""
+        if count:
+            REJECTED.labels(reason=refusal.reason).inc()
+            # the reason and status only: the refused content (a URL, a text) stays out of the log
+            logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
+                        extra={"reason": refusal.reason, "status": refusal.status})
         body = json.dumps({"error": str(refusal), "reason": refusal.reason}).encode()
         await send({"type": "http.response.start", "status": refusal.status,
                     "headers": [(b"content-type", b"application/json"),

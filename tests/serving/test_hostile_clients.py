@@ -119,6 +119,18 @@ def test_a_stalled_body_is_answered_408_and_counted_once(edge_server: BentoServe
     time.sleep(0.5)
     assert (_rejected(edge_server.url, "body_timeout"),
             _rejected(edge_server.url, "disconnected")) == (before[0] + 1, before[1])
+    # and the request is over in the service too (BentoML's own timeout would keep it 120 s)
+    deadline = time.monotonic() + 3
+    while _in_progress(edge_server.url, "/predict") > 0:
+        assert time.monotonic() < deadline, "the closed upload is still in progress"
+        time.sleep(0.2)
+
+
+def _in_progress(url: str, endpoint: str) -> float:
+    """BentoML's `*_request_in_progress` gauge for `endpoint` (0 when absent)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if "request_in_progress{" in line and f'endpoint="{endpoint}"' in line)
 
 
 def test_a_client_gone_mid_upload_is_counted_disconnected(edge_server: BentoServer) -> None:
