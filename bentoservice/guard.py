@@ -10,7 +10,8 @@ only a request it can parse without surprises:
   malformed form or another content type is refused here. The accepted files are passed on in a
   freshly written form (plain part headers and file names). `/predict` also takes the photo as
   the raw body with an `image/*` or `application/octet-stream` Content-Type.
-- `/predict_base64`: anything but a JSON object is refused with a hint.
+- `/predict_base64`: anything but a JSON object whose `image` is a string is refused with a hint
+  (BentoML would log each such request's validation error with a traceback at error level).
 
 Every 4xx answer of the API, including BentoML's own validation errors, leaves as
 `{"error", "reason"}` JSON with the reason in the `x-catsdogs-reject-reason` header, and is counted
@@ -19,6 +20,7 @@ in `catsdogs_rejected_requests_total{reason}`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,7 +28,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import bentoml
@@ -37,17 +39,23 @@ logger = logging.getLogger("bentoservice.guard")
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
 API_PATHS = ("/predict", "/predict_batch", "/predict_base64", "/explain")
+EDGE_REFUSED = "catsdogs_edge_refused"  # scope["state"] key: the edge answered (and counted) it
+UNLIMITED_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})  # probes: no slot
 MULTIPART_OVERHEAD = 64 * 1024
 SPOOL_BYTES = 4 * 1024 * 1024  # a form bigger than this is buffered in a temporary file
 REPLAY_CHUNK = 1024 * 1024
 TEXT_KEPT = 200  # characters of a text value quoted back in the refusal
+FILENAME_STAR = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 URL_LIKE = re.compile(r"^\s*[\"']?([a-z][a-z0-9+.-]*://|data:)", re.IGNORECASE)
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*", b"BM")
 
 REJECTED = bentoml.metrics.Counter(
-    name="catsdogs_rejected_requests", documentation="Requests refused with a 4xx, by reason",
+    name="catsdogs_rejected_requests",
+    documentation="Requests refused with a 4xx (and the edge's 503 for one connection too "
+                  "many), by reason",
     labelnames=["reason"])
 
+_T = TypeVar("_T")
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -107,21 +115,33 @@ class _FormCheck:
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._disposition = b""
-        self.parser = MultipartParser(boundary, {
+        self._part_type = b""
+        self._boundary = boundary
+        self.parser: MultipartParser | None = None
+
+    def start(self) -> None:
+        """Build the parser (python-multipart refuses a boundary over 256 characters here)."""
+        self.parser = self._parsing(lambda: MultipartParser(self._boundary, {
             "on_part_begin": self._begin, "on_header_field": self._header_field,
             "on_header_value": self._header_val, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_done, "on_part_data": self._data,
-            "on_part_end": self._end})
+            "on_part_end": self._end}))
 
     def write(self, chunk: bytes) -> None:
+        assert self.parser is not None, "start() first"
+        self._parsing(lambda: self.parser.write(chunk))
+
+    def _parsing(self, step: Callable[[], _T]) -> _T:
+        """`step()`, its parse errors (of any kind python-multipart raises) as a 400 refusal."""
         try:
-            self.parser.write(chunk)
+            return step()
         except (FormParserError, ValueError) as exc:
             raise Refusal(400, "bad_multipart", f"the multipart form is malformed ({exc}); "
                           f"{HOW[self.path]}") from None
 
     def finish(self) -> None:
         self.write(b"")
+        assert self.parser is not None
         if self.parser.state != MultipartState.END:
             raise Refusal(400, "bad_multipart", "the multipart form ends early (no closing "
                           f"boundary); {HOW[self.path]}")
@@ -135,6 +155,7 @@ class _FormCheck:
 
     def _begin(self) -> None:
         self._disposition = b""
+        self._part_type = b""
         self.parts.append(_Part())
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -144,8 +165,11 @@ class _FormCheck:
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:
-        if bytes(self._header_name).lower() == b"content-disposition":
+        name = bytes(self._header_name).lower()
+        if name == b"content-disposition":
             self._disposition = bytes(self._header_value)
+        elif name == b"content-type":
+            self._part_type = bytes(self._header_value)
         self._header_name.clear()
         self._header_value.clear()
 
@@ -159,12 +183,20 @@ class _FormCheck:
         if part.name != self.field:
             raise Refusal(400, "invalid_request", f"field `{part.name[:TEXT_KEPT]}` is not accepted "
                           f"here; {HOW[self.path]}")
-        if b"filename" in options:
+        if self._is_file(options):
             part.data = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by close)
             if sum(p.data is not None for p in self.parts) > self.max_files:
                 raise Refusal(400, "too_many_images", f"field `{self.field}` holds more than "
                               f"{self.max_files} file(s); " + ONE_FILE.get(
                                   self.path, "the limit is CATSDOGS_MAX_BATCH_IMAGES"))
+
+    def _is_file(self, options: dict[bytes, bytes]) -> bool:
+        """A file part: a `filename`, an RFC 5987 `filename*` alone (python-multipart's header
+        parser drops it), or no file name but an `image/*` part type (.NET's
+        `MultipartFormDataContent.Add(content, "image")`)."""
+        media, _ = parse_options_header(self._part_type)
+        return (b"filename" in options or FILENAME_STAR.search(self._disposition) is not None
+                or media.lower().startswith(b"image/"))
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         part = self.parts[-1]
@@ -221,12 +253,17 @@ class _Form:
 
 
 class RequestGuard:
-    """Streaming size limits, request-shape checks and `{"error", "reason"}` answers (module
-    docstring). Limits: `max_upload_bytes` per picture (plus base64 and form overhead),
-    `max_batch_images` files per /predict_batch request."""
+    """Streaming size limits, request-shape checks, request slots and `{"error", "reason"}`
+    answers (module docstring). Limits: `max_upload_bytes` per picture (plus base64 and form
+    overhead), `max_batch_images` files per /predict_batch request, `request_slots` requests
+    handled at once (an upload takes its slot once its body is read: a client that stalls half
+    way holds none; the edge, bentoservice/edge.py, bounds how long it may stall)."""
 
-    def __init__(self, app: Any, max_upload_bytes: int, max_batch_images: int) -> None:
+    def __init__(self, app: Any, max_upload_bytes: int, max_batch_images: int,
+                 request_slots: int) -> None:
         self.app = app
+        self.request_slots = request_slots
+        self.slots = asyncio.Semaphore(request_slots)
         single = max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 inflates by 4/3
         self.limits = {"/predict": single, "/predict_base64": single, "/explain": single,
                        "/predict_batch": single * max_batch_images}
@@ -234,23 +271,41 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in API_PATHS:
+        if scope["type"] != "http" or path in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
+        if path not in API_PATHS:
+            await self._in_slot(scope, receive, send)
+            return
         if scope.get("method") != "POST":
-            await self.app(scope, receive, self._json_errors(send, path))
+            await self._in_slot(scope, receive, self._json_errors(send, path))
             return
         form: _Form | None = None
         try:
             scope, receive, form = await self._checked(scope, receive, path)
         except Refusal as refusal:
-            await self._refuse(send, refusal)
+            # a stalled upload the edge closed was answered and counted there; the answer is
+            # still sent (to a closed connection: dropped) so that BentoML's request timeout,
+            # which waits for an answer, lets the request go at once rather than after 120 s
+            counted = refusal.reason == "disconnected" and bool(
+                (scope.get("state") or {}).get(EDGE_REFUSED))
+            await self._refuse(send, refusal, count=not counted)
             return
         try:
-            await self.app(scope, receive, self._json_errors(send, path))
+            await self._in_slot(scope, receive, self._json_errors(send, path))
         finally:
             if form is not None:
                 form.close()
+
+    async def _in_slot(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app in a request slot; 429 `busy` when every slot is taken."""
+        if self.slots.locked():
+            await self._refuse(send, Refusal(
+                429, "busy", f"the service is handling {self.request_slots} requests, its limit "
+                "(CATSDOGS_REQUEST_SLOTS); retry shortly"))
+            return
+        async with self.slots:
+            await self.app(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Receive, path: str
                        ) -> tuple[Scope, Receive, _Form | None]:
@@ -277,6 +332,7 @@ class RequestGuard:
                               f"boundary; {HOW[path]}")
             check = _FormCheck(path, options[b"boundary"], self.max_files[path])
             try:
+                check.start()
                 await self._stream(receive, path, check.write)
                 check.finish()
             except BaseException:
@@ -311,7 +367,8 @@ class RequestGuard:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise Refusal(400, "empty", "the client went away before the body was sent")
+                raise Refusal(400, "disconnected", "the client went away before the body was "
+                              "sent")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limits[path]:
@@ -339,6 +396,18 @@ class RequestGuard:
                           f"{HOW[path]}, or post the raw file to /predict")
         if not body.lstrip().startswith(b"{"):
             raise Refusal(400, "invalid_request", f"the body is not a JSON object; {HOW[path]}")
+        try:
+            value = json.loads(body)
+        except RecursionError:
+            raise Refusal(400, "invalid_request", f"the JSON nests too deep; {HOW[path]}"
+                          ) from None
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise Refusal(400, "invalid_request", f"the body is not valid JSON ({exc}); "
+                          f"{HOW[path]}") from None
+        if not isinstance(value.get("image"), str):  # a dict: the body starts with "{"
+            found = type(value["image"]).__name__ if "image" in value else "no field `image`"
+            raise Refusal(400, "invalid_request", f"`image` must be a string of base64 (got "
+                          f"{found}); {HOW[path]}")
 
     @staticmethod
     def _refuse_other_body(body: bytes, media: str, path: str) -> None:
@@ -352,7 +421,7 @@ class RequestGuard:
         elif body.lstrip().startswith(b"{"):
             try:
                 value = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
                 value = None
             found = value.get(field_name) if isinstance(value, dict) else None
             texts = found if isinstance(found, list) else [found]
@@ -391,11 +460,14 @@ class RequestGuard:
         return guarded_send
 
     @staticmethod
-    async def _refuse(send: Send, refusal: Refusal) -> None:
-        REJECTED.labels(reason=refusal.reason).inc()
-        # the reason and status only: the refused content (a URL, a text) stays out of the log
-        logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
-                    extra={"reason": refusal.reason, "status": refusal.status})
+    async def _refuse(send: Send, refusal: Refusal, count: bool = True) -> None:
+        """Answer `refusal` as `{"error", "reason"}`; counted and logged unless `count` is
+        False (the edge did both already)."""
+        if count:
+            REJECTED.labels(reason=refusal.reason).inc()
+            # the reason and status only: the refused content (a URL, a text) stays out of the log
+            logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
+                        extra={"reason": refusal.reason, "status": refusal.status})
         body = json.dumps({"error": str(refusal), "reason": refusal.reason}).encode()
         await send({"type": "http.response.start", "status": refusal.status,
                     "headers": [(b"content-type", b"application/json"),

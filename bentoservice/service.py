@@ -49,6 +49,8 @@ from starlette.responses import JSONResponse, Response
 
 from bentoservice.access import ApiAccess, access_options
 from bentoservice.coalesce import Coalescer
+from bentoservice.edge import EdgeLimits
+from bentoservice.edge import install as install_edge
 from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
 from bentoservice.import_model import OOD_FOLDER_NAME
 from bentoservice.runtime import (
@@ -284,7 +286,7 @@ def _wants_json(request: Request) -> bool:
 
 @bentoml.asgi_app(web_app, path="/")
 @bentoml.service(name="catsdogs", workers=1, envs=SERVICE_ENV,
-                 traffic={"timeout": 120, "max_concurrency": 512})
+                 traffic={"timeout": 120})  # request slots: the guard (after the body is read)
 class CatsDogs:
     """Cats vs dogs: send a photo, get the label, its confidence and the model version."""
 
@@ -317,6 +319,7 @@ class CatsDogs:
             prediction_log_target(SETTINGS), batch_rows=SETTINGS.prediction_log_batch_rows,
             flush_s=SETTINGS.prediction_log_flush_s, queue_size=SETTINGS.prediction_log_queue,
             retention_days=SETTINGS.prediction_log_retention_days,
+            max_rows=SETTINGS.prediction_log_max_rows,
             sample_rate=SETTINGS.prediction_log_sample_rate,
             sample_dir=prediction_log_pictures(SETTINGS),
             on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(outcome=outcome).inc(n),
@@ -496,10 +499,17 @@ class CatsDogs:
         self, image: Annotated[str, Field(description="the photo's bytes, base64-encoded")],
     ) -> Prediction:
         """Classify one photo sent as JSON `{"image": "<base64>"}` (a data: URL prefix is fine)."""
-        if looks_like_url(image) and not image.lstrip().startswith("data:"):
+        text = image.lstrip()
+        data_url = text[:5].lower() == "data:"  # URL schemes are case-insensitive (RFC 3986)
+        if looks_like_url(image) and not data_url:
             refusal = url_refusal("`image`", image, "/predict_base64")
             return _error(refusal.status, refusal.reason, str(refusal))
-        text = image.split(",", 1)[1] if image.startswith("data:") else image
+        if data_url:
+            prefix, comma, text = text.partition(",")
+            if not comma:
+                return _error(400, "bad_data_url", f"`image` is a data: URL without the comma "
+                              f"that ends its header ({prefix[:40]!r}…); send "
+                              "data:image/jpeg;base64,<base64> or the base64 alone")
         if len(text) > SETTINGS.max_upload_bytes * 4 // 3 + 4:
             return _error(413, "too_large", f"the encoded image is {len(text)} characters; the "
                           f"limit is {SETTINGS.max_upload_bytes} bytes once decoded")
@@ -575,5 +585,10 @@ class CatsDogs:
 # outermost: a refused client costs no body read and keeps its own answer and headers
 CatsDogs.add_asgi_middleware(ApiAccess, **access_options(SETTINGS))
 CatsDogs.add_asgi_middleware(RequestGuard, max_upload_bytes=SETTINGS.max_upload_bytes,
-                             max_batch_images=SETTINGS.max_batch_images)
+                             max_batch_images=SETTINGS.max_batch_images,
+                             request_slots=SETTINGS.request_slots)
+install_edge(EdgeLimits(max_header_bytes=SETTINGS.max_header_bytes,
+                        header_timeout_s=SETTINGS.header_timeout_s,
+                        body_timeout_s=SETTINGS.body_timeout_s,
+                        max_connections=SETTINGS.max_connections))
 

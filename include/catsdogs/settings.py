@@ -371,6 +371,21 @@ class ServingSettings(Settings):
     min_side: int = Field(16, ge=1, description="shortest side (px) accepted")
     max_aspect_ratio: float = Field(10.0, ge=1.0, description="longest / shortest side")
     max_batch_images: int = Field(32, ge=1, description="images per /predict_batch request")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers "
+                                  "together (bytes); a longer head is answered 431 as soon as "
+                                  "it passes the limit")
+    header_timeout_s: float = Field(10.0, gt=0.0, description="longest a connection may take to "
+                                    "send a request's line and headers (from its first byte, or "
+                                    "from connecting); then 408 and the connection is closed")
+    body_timeout_s: float = Field(60.0, gt=0.0, le=110.0, description="longest a request may "
+                                  "take to send its whole body once its headers are in (the "
+                                  "upload limit at ~175 KB/s); then 408 and the connection is "
+                                  "closed. At most 110: BentoML ends any request at 120 s")
+    request_slots: int = Field(512, ge=1, description="requests handled at once (API process); "
+                               "an upload takes its slot only once its body is complete, so "
+                               "half-sent uploads hold none; when all are taken: 429 `busy`")
+    max_connections: int = Field(4096, ge=1, description="open connections at most (API "
+                                 "process); one more is answered 503 and closed")
     model_calls_in_flight: int = Field(2, ge=1, description="calls from the API process to the "
                                        "model service at once; more requests wait and go in the "
                                        "next call together")
@@ -402,6 +417,10 @@ class ServingSettings(Settings):
     prediction_log_retention_days: float = Field(30.0, ge=0.0, description="rows older than "
                                                  "this are deleted by the writer (at start, "
                                                  "then hourly); 0 = kept forever")
+    prediction_log_max_rows: int = Field(250_000, ge=0, description="rows kept at most; the "
+                                         "oldest past it are deleted after each insert (4.2 KB "
+                                         "a row in SQLite with MobileNetV2's embedding: about "
+                                         "1 GB); 0 = no cap")
     prediction_log_sample_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of "
                                               "uploaded pictures saved (0-1)")
     prediction_log_sample_dir: Path | None = Field(

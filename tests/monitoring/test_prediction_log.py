@@ -57,8 +57,8 @@ def test_rows_land_with_statistics_and_embedding(tmp_path: Path) -> None:
     assert len(frame) == 10 and str(frame["time"].dt.tz) == "UTC"
     assert [f"emb_{i}" for i in range(D)] == [c for c in frame.columns if c.startswith("emb_")]
     for (_, row), original in zip(frame.iterrows(), records, strict=True):
-        np.testing.assert_array_equal(row[[f"emb_{i}" for i in range(D)]].to_numpy(np.float32),
-                                      original.embedding)
+        np.testing.assert_allclose(row[[f"emb_{i}" for i in range(D)]].to_numpy(np.float32),
+                                   original.embedding, rtol=1e-3, atol=1e-4)  # kept as float16
         stats = image_statistics(original.pixels)
         assert row["brightness"] == pytest.approx(stats["brightness"])
         assert row["saturation"] == pytest.approx(stats["saturation"])
@@ -83,6 +83,37 @@ def just_booted(monkeypatch: pytest.MonkeyPatch) -> None:
     Linux, so throttles must not take its value for "long ago"."""
     real, started = time.monotonic, time.monotonic()
     monkeypatch.setattr(prediction_log.time, "monotonic", lambda: 10.0 + real() - started)
+
+
+def test_embeddings_are_stored_as_float16_and_float32_rows_still_read(tmp_path: Path) -> None:
+    url = default_url(tmp_path)
+    writer = PredictionLog(url, batch_rows=10, flush_s=0.1).start()
+    writer.submit(record(1))
+    writer.close()
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        stored = connection.execute(sa.select(PREDICTIONS.c.embedding)).scalar_one()
+        assert len(stored) == 2 * D + 1   # float16 and its tag: half the float32 size
+        older = record(2)   # a row as written before float16: D float32
+        connection.execute(PREDICTIONS.insert(), [{
+            "time": older.time, "model_name": "CatsDogsCNN", "model_version": "3",
+            "label": "dog", "confidence": 0.5,
+            "embedding": older.embedding.astype("<f4").tobytes()}])
+    engine.dispose()
+    frame = read_predictions(url)
+    matrix = frame[[f"emb_{i}" for i in range(D)]].to_numpy(np.float32)
+    np.testing.assert_allclose(matrix[0], record(1).embedding, rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(matrix[1], older.embedding)
+
+
+def test_the_oldest_rows_past_the_cap_are_deleted(tmp_path: Path) -> None:
+    url = default_url(tmp_path)
+    writer = PredictionLog(url, batch_rows=4, flush_s=0.1, max_rows=5).start()
+    for i in range(12):
+        writer.submit(record(i))
+    writer.close()
+    kept = read_predictions(url)
+    assert kept["ood_score"].tolist() == [7.0, 8.0, 9.0, 10.0, 11.0]
 
 
 def test_retention_deletes_old_rows(tmp_path: Path, just_booted: None) -> None:

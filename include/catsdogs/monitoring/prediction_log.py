@@ -16,8 +16,10 @@ Postgres (database `monitoring`). Table `predictions` (`TABLE`):
                      float in [0, 1]: `features.image_statistics` of the model's input pixels
     ood_score        float, NULL when the model has no out-of-distribution calibration
     in_distribution  boolean, NULL likewise
-    embedding        bytes: the penultimate-layer embedding, D float32 little-endian (D*4 bytes;
-                     D = 1280 mobilenet_v2, 512 resnet18), NULL when the network gives none
+    embedding        bytes: the penultimate-layer embedding (D = 1280 mobilenet_v2, 512
+                     resnet18), NULL when the network gives none: `EMBEDDING_F16` then D float16
+                     little-endian (2D+1 bytes; an odd length), or, in rows written before it,
+                     D float32 (4D bytes); `encode_embedding` / `decode_embedding`
     picture          text, NULL unless picture sampling is on: the saved picture's path
 
 `read_predictions(url, since=, until=, model_version=)` returns a pandas DataFrame with the same
@@ -31,7 +33,8 @@ when the queue is full the record is dropped and counted); a background thread c
 image statistics, saves sampled pictures, and inserts every `batch_rows` rows or `flush_s`
 seconds in one transaction. A store that is down costs the rows of that batch (counted, logged
 at most once a minute), never a request. Rows older than `retention_days` are deleted by the same
-thread (at start and hourly). Written here rather than with a logging library because the
+thread (at start and hourly), and so are the oldest rows past `max_rows` (after each insert):
+the log's size is bounded (4.2 KB a row in SQLite with MobileNetV2's embedding). Written here rather than with a logging library because the
 writer must batch, bound its memory and drop under pressure, which those do not do for a
 database.
 """
@@ -58,6 +61,7 @@ from catsdogs.monitoring.features import embedding_columns, image_statistics
 log = logging.getLogger(__name__)
 
 TABLE = "predictions"
+EMBEDDING_F16 = b"\x02"  # first byte of an embedding stored as float16 (its length is odd)
 RETENTION_EVERY_S = 3600.0
 ERROR_LOG_EVERY_S = 60.0
 
@@ -130,16 +134,30 @@ def read_predictions(url: str, since: dt.datetime | None = None, until: dt.datet
         engine.dispose()
     frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
-    blobs = frame.pop("embedding")
-    sizes = {len(b) for b in blobs if b is not None}
-    if len(sizes) == 1 and blobs.notna().all():
-        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+    vectors = [None if b is None else decode_embedding(b) for b in frame.pop("embedding")]
+    sizes = {len(v) for v in vectors if v is not None}
+    if len(sizes) == 1 and all(v is not None for v in vectors):
+        matrix = np.stack(vectors)
         frame = pd.concat([frame, pd.DataFrame(matrix, columns=embedding_columns(
             matrix.shape[1]))], axis=1)
     elif sizes:
         log.warning("prediction log rows hold embeddings of sizes %s (or none): the embedding "
                     "columns are left out; read one model_version at a time", sorted(sizes))
     return frame
+
+
+def encode_embedding(embedding: np.ndarray) -> bytes:
+    """D floats -> `EMBEDDING_F16` + D float16 little-endian (2D+1 bytes, half of float32's
+    size; float16 keeps 3 significant digits, far finer than drift tests resolve)."""
+    return EMBEDDING_F16 + np.ascontiguousarray(embedding, dtype="<f2").tobytes()
+
+
+def decode_embedding(blob: bytes) -> np.ndarray:
+    """A stored embedding -> D float32: float16 after the tag (odd length), or the float32 of
+    rows written before it (length 4D)."""
+    if len(blob) % 2 and blob[:1] == EMBEDDING_F16:
+        return np.frombuffer(blob, dtype="<f2", offset=1).astype(np.float32)
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=False)
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
@@ -180,12 +198,13 @@ class PredictionLog:
     "dropped_store_error" (the service turns it into a Prometheus counter)."""
 
     def __init__(self, url: str, batch_rows: int = 256, flush_s: float = 2.0,
-                 queue_size: int = 1024, retention_days: float = 30.0,
+                 queue_size: int = 1024, retention_days: float = 30.0, max_rows: int = 0,
                  sample_rate: float = 0.0, sample_dir: Path | None = None,
                  on_rows: Callable[[str, int], None] = lambda _outcome, _n: None) -> None:
         self.url, self.batch_rows, self.flush_s = url, batch_rows, flush_s
         self.retention_days, self.sample_rate, self.sample_dir = (retention_days, sample_rate,
                                                                   sample_dir)
+        self.max_rows = max_rows  # 0: no cap
         self.on_rows = on_rows
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self.engine: sa.Engine | None = None
@@ -248,6 +267,7 @@ class PredictionLog:
             with engine.begin() as connection:
                 connection.execute(PREDICTIONS.insert(), rows)
                 self._retention(connection)
+                self._cap(connection)
         except Exception as exc:  # noqa: BLE001 (a store problem must never reach a request)
             self.on_rows("dropped_store_error", len(records))
             self._forget_engine()
@@ -283,10 +303,22 @@ class PredictionLog:
             log.info("prediction log: deleted %d rows older than %s days", deleted.rowcount,
                      self.retention_days)
 
+    def _cap(self, connection: sa.Connection) -> None:
+        """Delete the oldest rows past `max_rows` (by id: the order rows were written in)."""
+        if self.max_rows <= 0:
+            return
+        newest_dropped = connection.execute(
+            sa.select(PREDICTIONS.c.id).order_by(PREDICTIONS.c.id.desc())
+            .offset(self.max_rows).limit(1)).scalar()
+        if newest_dropped is not None:
+            deleted = connection.execute(
+                PREDICTIONS.delete().where(PREDICTIONS.c.id <= newest_dropped))
+            log.debug("prediction log: deleted the %d oldest rows (cap %d rows)",
+                      deleted.rowcount, self.max_rows)
+
     def _row(self, record: PredictionRecord) -> dict[str, Any]:
         stats = image_statistics(record.pixels)
-        embedding = (None if record.embedding is None
-                     else np.ascontiguousarray(record.embedding, dtype="<f4").tobytes())
+        embedding = None if record.embedding is None else encode_embedding(record.embedding)
         return {"time": record.time, "model_name": record.model_name,
                 "model_version": record.model_version, "label": record.label,
                 "confidence": float(record.confidence), "width": record.width,
