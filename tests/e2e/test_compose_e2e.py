@@ -144,6 +144,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
         # One retry, soon: the try lost with its stopped worker fails after the heartbeat timeout.
         "CATSDOGS_TASK_RETRIES": "1", "CATSDOGS_RETRY_DELAY_S": "5",
         "AIRFLOW_TASK_HEARTBEAT_TIMEOUT_S": "30",
+        # No drift cool-down: the hourly monitoring run may fall inside the test (the rollout load
+        # repeats one photo, which reads as drift) and its event must not silence the drift step's.
+        "CATSDOGS_DRIFT_COOLDOWN_HOURS": "0",
         "CATSDOGS_GPU": "false", "AIRFLOW_PARALLELISM": "2",
         "CATSDOGS_SHM_BYTES": str(512 * 1024**2),
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),

@@ -41,7 +41,6 @@ _LIMITS = """\
   tcp-request connection track-sc0 src
   http-request return status 429 content-type application/json string '{{"error": "more than {per_client} connections open from this address, the proxy limit; retry shortly", "reason": "too_many_connections"}}' hdr x-catsdogs-reject-reason too_many_connections hdr retry-after 1 if {{ sc_conn_cur(0) gt {per_client} }}
   http-request return status 431 content-type application/json string '{{"error": "request headers larger than {header_limit} bytes, the proxy limit", "reason": "headers_too_large"}}' hdr x-catsdogs-reject-reason headers_too_large if {{ req.hdrs,length gt {header_limit} }}
-  http-error status 400 content-type application/json string '{{"error": "malformed request (or headers past the proxy buffer)", "reason": "bad_request"}}' hdr x-catsdogs-reject-reason bad_request
   http-error status 408 content-type application/json string '{{"error": "the request did not arrive within {timeout_s} s, the proxy limit", "reason": "request_timeout"}}' hdr x-catsdogs-reject-reason request_timeout
 """
 
@@ -56,6 +55,8 @@ def limits() -> str:
     """The public frontend's limit lines (indented): the caller's address in `X-Real-IP` (what
     the service's per-client rate limit reads with CATSDOGS_RATE_LIMIT_CLIENT_HEADER=x-real-ip;
     a client's own X-Real-IP is replaced), per-client connections (429 with Retry-After), header
-    size (431), and the JSON bodies of HAProxy's own 400 and 408."""
+    size (431), and the JSON body of HAProxy's own 408 for a body that stalls. A request HAProxy
+    cannot parse, headers past its 64 KiB buffer, or a head that never completes get HAProxy's
+    own plain-text 400 or 408: its parser answers before any rule or error section applies."""
     return _LIMITS.format(per_client=PER_CLIENT_CONNECTIONS, header_limit=HEADER_LIMIT,
                           timeout_s=REQUEST_TIMEOUT_S)
