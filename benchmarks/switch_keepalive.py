@@ -5,25 +5,26 @@
 The question (issue 29): does moving traffic from one Bento slot to the other lose requests of
 clients that keep their connections open (a `requests.Session`, a browser, any HTTP/1.1 pool)?
 For each proxy it starts two slots, the proxy in front of them, `--clients` threads that each
-POST a real photo through one `requests.Session` (keep-alive) with a short random pause between
+POST a real photo through one `requests.Session` (keep-alive) with a 10 ms pause between
 calls, and switches the live slot `--switches` times (`--interval-s` apart), then prints the
 requests sent, the failed ones (a connection reset or a non-200 answer: clients do not retry a
-POST) and the answers each slot gave.
+POST) and how often the answering slot changed.
 
-- nginx: the local target's own configuration (`catsdogs.deployment.targets.local.NGINX_CONF`),
-  switched as it switches today: the upstream rewritten, then `nginx -s reload`. A reload starts
-  new workers and shuts the old ones down gracefully, which closes their idle keep-alive client
-  connections: a client that sends its next POST at that moment gets a reset.
-- haproxy: both slots in one backend, switched by HAProxy's runtime API on its admin socket
-  (`set server catsdogs/<slot> state ready|maint`): no reload, no process change, so no client
-  connection is closed; every request is routed on its own, so the next request on an open
-  connection goes to the new slot. Debian 12 package `haproxy` (2.6).
+- nginx: the configuration the local target used until December 2026 (`NGINX_CONF` below, kept
+  here as the baseline), switched as it switched: the upstream rewritten, then `nginx -s reload`.
+  A reload starts new workers and shuts the old ones down gracefully, which closes their idle
+  keep-alive client connections: a client that sends its next POST at that moment gets a reset.
+- haproxy: the local target itself (`LocalTarget._route`: its configuration, limits included,
+  and its runtime API commands, `set server catsdogs/<slot> state ready|maint`): no reload, no
+  process change, so no client connection is closed; every request is routed on its own, so the
+  next request on an open connection goes to the new slot. Debian 12 package `haproxy` (2.6).
 
 The slots are two small ASGI apps under uvicorn (the server BentoML runs) that read the whole
 upload and answer JSON naming the slot: what is measured is the proxy's switch, so the slots are
 kept cheap and both proxies get the same ones (a real `bentoml serve` pair would spend the two
 cores on the model and make fewer switches fit in the same time; the rollout tests use real
-slots). Photos: ../shared/data/petimages-sample (a generated JPEG when it is absent).
+slots). The clients are the rollout tests' (`tests.deployment.load.Load`, keep-alive). Photos:
+../shared/data/petimages-sample (a generated JPEG when it is absent).
 """
 
 from __future__ import annotations
@@ -33,22 +34,19 @@ import io
 import json
 import os
 import platform
-import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "include"), str(REPO)]
 
-from catsdogs.deployment.targets.local import NGINX_CONF  # noqa: E402
+from catsdogs.deployment.targets.local import LocalTarget  # noqa: E402
+from tests.deployment.load import Load  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "petimages-sample" / "cat"
 
@@ -62,30 +60,39 @@ async def app(scope, receive, send):
     while more:
         message = await receive()
         more = message.get("more_body", False)
-    body = ('{"slot": "%s"}' % os.environ["SLOT"]).encode()
+    body = ('{"model": {"version": "%s"}}' % os.environ["SLOT"]).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 '''
 
-HAPROXY_CONF = """\
-global
-  pidfile {dir}/haproxy.pid
-  stats socket {dir}/haproxy.sock mode 600 level admin
-  daemon
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-request 30s
-  timeout http-keep-alive 60s
-frontend public
-  bind 127.0.0.1:{public_port}
-  default_backend catsdogs
-backend catsdogs
-  server a 127.0.0.1:{port_a}
-  server b 127.0.0.1:{port_b} disabled
+# The local target's nginx configuration until December 2026: the baseline.
+NGINX_CONF = """\
+daemon on;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+{user}worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_max_body_size 64m;
+  client_body_temp_path {dir}/nginx-tmp/body;
+  proxy_temp_path {dir}/nginx-tmp/proxy;
+  fastcgi_temp_path {dir}/nginx-tmp/fastcgi;
+  uwsgi_temp_path {dir}/nginx-tmp/uwsgi;
+  scgi_temp_path {dir}/nginx-tmp/scgi;
+  upstream catsdogs {{ server 127.0.0.1:{port}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{public_port};
+    location / {{
+      proxy_pass http://catsdogs;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
 """
 
 
@@ -117,52 +124,6 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on :{port} after {timeout} s")
 
 
-class Clients:
-    """`n` threads, each POSTing `body` through its own keep-alive `requests.Session`."""
-
-    def __init__(self, url: str, body: bytes, n: int) -> None:
-        import requests
-
-        self.url, self.body = url, body
-        self.sent = 0
-        self.failures: list[str] = []
-        self.slots: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sessions = [requests.Session() for _ in range(n)]
-        self._threads = [threading.Thread(target=self._loop, args=(s,), daemon=True)
-                         for s in self._sessions]
-
-    def _loop(self, session) -> None:  # noqa: ANN001 - requests.Session
-        files = {"image": ("cat.jpg", self.body, "image/jpeg")}
-        while not self._stop.is_set():
-            try:
-                response = session.post(self.url, files=files, timeout=30)
-                error = None if response.status_code == 200 else f"HTTP {response.status_code}"
-                slot = response.json().get("slot", "?") if error is None else None
-            except Exception as exc:  # noqa: BLE001 - every failure a client would see
-                error, slot = repr(exc)[:200], None
-            with self._lock:
-                self.sent += 1
-                if error:
-                    self.failures.append(error)
-                else:
-                    self.slots[str(slot)] += 1
-            self._stop.wait(random.uniform(0.0, 0.02))
-
-    def __enter__(self) -> Clients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-        for session in self._sessions:
-            session.close()
-
-
 class Nginx:
     """The local target's nginx configuration, switched by rewriting it and `nginx -s reload`."""
 
@@ -175,8 +136,7 @@ class Nginx:
 
     def _write(self, slot: str) -> None:
         (self.dir / "nginx.conf").write_text(NGINX_CONF.format(
-            dir=self.dir, slot=slot, version="bench", port=self.ports[slot], host="127.0.0.1",
-            public_port=self.public_port, header="X-Catsdogs-Slot",
+            dir=self.dir, port=self.ports[slot], public_port=self.public_port,
             user="user root;\n" if os.geteuid() == 0 else ""))
 
     def _run(self, *args: str) -> None:
@@ -197,49 +157,20 @@ class Nginx:
 
 
 class Haproxy:
-    """Both slots in one backend, switched through HAProxy's runtime API (admin socket)."""
+    """The local target's HAProxy (its configuration and runtime API), slot a live first."""
 
     def __init__(self, run_dir: Path, public_port: int, ports: dict[str, int]) -> None:
-        self.dir, self.public_port, self.ports = run_dir, public_port, ports
-        self.binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
-        if not self.binary:
-            raise SystemExit("haproxy is not installed (apt-get install haproxy)")
-
-    def command(self, line: str) -> str:
-        """One runtime API command on the admin socket; its answer (empty: done)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(str(self.dir / "haproxy.sock"))
-            sock.sendall(line.encode() + b"\n")
-            answer = b""
-            while chunk := sock.recv(4096):
-                answer += chunk
-        text = answer.decode().strip()
-        if text:
-            raise RuntimeError(f"haproxy refused {line!r}: {text}")
-        return text
+        self.target = LocalTarget(run_dir=run_dir, data_dir=run_dir, public_port=public_port,
+                                  slots=(ports["a"], ports["b"]))
 
     def start(self, slot: str) -> None:
-        conf = self.dir / "haproxy.cfg"
-        conf.write_text(HAPROXY_CONF.format(dir=self.dir, public_port=self.public_port,
-                                            port_a=self.ports["a"], port_b=self.ports["b"]))
-        subprocess.run([self.binary, "-c", "-q", "-f", str(conf)], check=True)
-        subprocess.run([self.binary, "-f", str(conf)], check=True)
-        wait_port(self.public_port)
-        if slot != "a":
-            self.switch(slot)
+        self.target._route(slot, "bench")
 
     def switch(self, slot: str) -> None:
-        other = "a" if slot == "b" else "b"
-        self.command(f"set server catsdogs/{slot} state ready")
-        self.command(f"set server catsdogs/{other} state maint")
+        self.target._route(slot, "bench")
 
     def stop(self) -> None:
-        try:
-            pid = int((self.dir / "haproxy.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGUSR1)   # soft stop: finish what it holds
-        except (OSError, ValueError, IndexError):
-            pass
+        self.target._stop_proxy()
 
 
 def measure(proxy_name: str, switches: int, clients: int, interval_s: float) -> dict:
@@ -251,6 +182,8 @@ def measure(proxy_name: str, switches: int, clients: int, interval_s: float) -> 
         [sys.executable, "-m", "uvicorn", "slot_app:app", "--host", "127.0.0.1", "--port",
          str(port), "--log-level", "warning"], cwd=run_dir, env={**os.environ, "SLOT": slot},
         start_new_session=True) for slot, port in ports.items()]
+    picture = run_dir / "photo.jpg"
+    picture.write_bytes(photo())
     proxy = Nginx(run_dir, public_port, ports) if proxy_name == "nginx" \
         else Haproxy(run_dir, public_port, ports)
     try:
@@ -259,7 +192,8 @@ def measure(proxy_name: str, switches: int, clients: int, interval_s: float) -> 
         proxy.start("a")
         wait_port(public_port)
         started = time.monotonic()
-        with Clients(f"http://127.0.0.1:{public_port}/predict", photo(), clients) as load:
+        with Load(f"http://127.0.0.1:{public_port}", picture, threads=clients, pause_s=0.01,
+                  keep_alive=True) as load:
             time.sleep(1.0)
             for i in range(switches):
                 proxy.switch("b" if i % 2 == 0 else "a")
@@ -275,7 +209,7 @@ def measure(proxy_name: str, switches: int, clients: int, interval_s: float) -> 
         shutil.rmtree(run_dir, ignore_errors=True)
     return {"proxy": proxy_name, "switches": switches, "clients": clients,
             "requests": load.sent, "failed": len(load.failures),
-            "answers_by_slot": dict(load.slots), "seconds": round(seconds, 1),
+            "slot_changes_seen": len(load.changes) - 1, "seconds": round(seconds, 1),
             "failures_seen": sorted(set(load.failures))[:5]}
 
 
@@ -295,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    print(f"{'proxy':8} {'switches':>8} {'requests':>9} {'failed':>7} {'seconds':>8}  answers")
+    print(f"{'proxy':8} {'switches':>8} {'requests':>9} {'failed':>7} {'seconds':>8} "
+          f"{'slot changes seen':>18}")
     for row in rows:
         print(f"{row['proxy']:8} {row['switches']:8d} {row['requests']:9d} {row['failed']:7d} "
-              f"{row['seconds']:8.1f}  {row['answers_by_slot']}")
+              f"{row['seconds']:8.1f} {row['slot_changes_seen']:18d}")
         for failure in row["failures_seen"]:
             print(f"         e.g. {failure}")
     return 0
