@@ -25,10 +25,15 @@ MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
 
 @pytest.fixture(autouse=True)
 def mlflow_process_env() -> Iterator[None]:
-    """Each test ends with the MLflow variables it started with, so a later test's subprocesses
-    (which copy os.environ) never inherit an earlier test's server or bounds."""
+    """Each test ends with the MLflow variables it started with, and with no tracking or registry
+    URI set in this process, so neither a later test nor its subprocesses (which copy os.environ)
+    inherit an earlier test's server or bounds."""
     before = {name: os.environ.get(name) for name in MLFLOW_PROCESS_ENV}
     yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:   # the URIs a test set in this process: they would outrank the variables
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     for name, value in before.items():
         if value is None:
             os.environ.pop(name, None)

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from catsdogs.console import MASK, SECRET_PATTERNS, redact
-from tests.e2e.compose import COMPOSE_FILE, REPO_ROOT, compose_config
+from tests.e2e.compose import COMPOSE_FILE, REPO_ROOT, compose_config, env_file_with_secrets
 from tests.monitoring.alloy_syntax import Block, Call, Concat, Ref, parse, refs
 
 DOCKER = REPO_ROOT / "docker"
@@ -167,8 +167,15 @@ ALLOWED_LABELS = {"job", "dag_id", "task_id", "try", "level", "service", "model_
 
 
 @pytest.fixture(scope="module")
-def profile() -> dict:
-    return compose_config(REPO_ROOT / ".env.example", profiles=("logs",))
+def env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """.env.example with its secrets generated, as `make up` writes .env (compose refuses to
+    start without them)."""
+    return env_file_with_secrets(tmp_path_factory.mktemp("compose-env"))
+
+
+@pytest.fixture(scope="module")
+def profile(env_file: Path) -> dict:
+    return compose_config(env_file, profiles=("logs",))
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +188,9 @@ def _components(blocks: list[Block]) -> dict[str, Block]:
 
 
 # --- compose ------------------------------------------------------------------------------------
-def test_the_logs_profile_is_off_by_default_and_adds_loki_and_alloy(profile: dict) -> None:
-    default = compose_config(REPO_ROOT / ".env.example", profiles=())
+def test_the_logs_profile_is_off_by_default_and_adds_loki_and_alloy(profile: dict,
+                                                                    env_file: Path) -> None:
+    default = compose_config(env_file, profiles=())
     assert not set(LOGS_SERVICES) & set(default["services"])
     assert set(LOGS_SERVICES) <= set(profile["services"])
     for name in LOGS_SERVICES:

@@ -138,8 +138,10 @@ def test_the_service_writes_json_lines_with_its_model_version(mlflow_server: str
     from tests.serving.conftest import serve_tiny
 
     offered = "http://internal.example/secret-path.jpg"
-    with serve_tiny(mlflow_server, tmp_path, extra_env={"CATSDOGS_LOG_FORMAT": "json",
-                                                        **SECRETS}) as server:
+    # a model name of its own: the session's server also holds the serving tests' model, whose
+    # @champion and history they check
+    with serve_tiny(mlflow_server, tmp_path, model_name="CatsDogsStructuredLogs",
+                    extra_env={"CATSDOGS_LOG_FORMAT": "json", **SECRETS}) as server:
         refused = requests.post(f"{server.url}/predict_base64", json={"image": offered},
                                 timeout=60)
         assert refused.status_code == 400

@@ -52,7 +52,9 @@ def edge_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[BentoServer]:
     """The tiny model served with short read timeouts, a 16 KB head limit, 4 request slots and
     700 connections at most."""
-    with serve_tiny(mlflow_server, tmp_path_factory.mktemp("edge"), extra_env={
+    # its own model name: bento_server's (the session's) @champion and history stay as they were
+    with serve_tiny(mlflow_server, tmp_path_factory.mktemp("edge"), model_name="CatsDogsEdge",
+                    extra_env={
             "CATSDOGS_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
             "CATSDOGS_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
             "CATSDOGS_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
