@@ -25,6 +25,13 @@ set -a
 [ -f .env ] && . .env
 set +a
 mkdir -p build
+# shellcheck source=scripts/docker-lib.sh
+. "$ROOT/scripts/docker-lib.sh"
+if [[ " $IMAGES " == *" worker "* ]] && ! docker image inspect "catsdogs-worker:$TAG" >/dev/null 2>&1; then
+  # torch with its CUDA libraries: the wheels, their unpacking in the build and the layer itself
+  require_disk 20 "building catsdogs-worker:$TAG (torch with CUDA)"
+fi
+
 bash scripts/docker-ca.sh
 bash scripts/docker-base-images.sh >build/images.env
 # shellcheck disable=SC1091
@@ -39,8 +46,6 @@ docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -f docker/base/
 torch_args=(--build-arg "TORCH_VERSION=$TORCH_VERSION" --build-arg "TORCHVISION_VERSION=$TORCHVISION_VERSION"
             --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}" --build-arg "TORCH_FIND_LINKS=${TORCH_FIND_LINKS:-}")
 if [ -z "${TORCH_FIND_LINKS:-}" ] && [[ " $IMAGES " == *" worker "* ]] && [ "${CATSDOGS_TORCH_SOURCE:-wheelhouse}" = wheelhouse ]; then
-  # shellcheck source=scripts/docker-lib.sh
-  . "$ROOT/scripts/docker-lib.sh"
   start_wheelhouse "$ROOT" "$TORCH_VERSION" "$TORCHVISION_VERSION"
   [ -z "$WHEELHOUSE_URL" ] || torch_args+=(--build-arg "TORCH_FIND_LINKS=$WHEELHOUSE_URL")
 fi

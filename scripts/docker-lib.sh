@@ -36,3 +36,18 @@ start_wheelhouse() {
   fi
   WHEELHOUSE_URL="http://127.0.0.1:$port/"
 }
+
+# require_disk GIB WHAT: stop with a one-line reason when the Docker engine's data directory has
+# less than GIB GiB free (a build that runs out of space fails deep inside pip, e.g. while
+# unpacking the CUDA wheels that torch pulls in, and leaves half-built layers behind).
+require_disk() {
+  local need="$1" what="$2" root free
+  root="$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || true)"
+  [ -d "$root" ] || root=/var/lib/docker
+  [ -d "$root" ] || root=/
+  free=$(( $(df -Pk "$root" | awk 'NR==2 {print $4}') / 1048576 ))
+  if [ "$free" -lt "$need" ]; then
+    echo "$what needs about $need GiB free under $root; $free GiB are free (docker system df shows what Docker holds)" >&2
+    exit 1
+  fi
+}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -41,6 +42,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600),
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 IMAGE = "catsdogs-fresh-machine:bookworm"
+FREE_GIB = 12  # the container's venv (torch and its CUDA wheels) with pip's unpacking, and apt
 SRC = "/src/catsdogs"
 # this kind of machine's package set-up, shared read-only when it exists (see the docstring)
 MACHINE_SETUP = ("/etc/pip.conf", "/etc/xdg/pip", "/opt/wheels", "/opt/pypi", "/opt/pypi-more")
@@ -124,6 +126,12 @@ class Machine:
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iterator[Machine]:
     sh(["bash", "scripts/docker-engine.sh"], 600)
+    root = sh(["docker", "info", "-f", "{{.DockerRootDir}}"], 60).stdout.strip()
+    for path in {root, str(tmp_path_factory.getbasetemp())}:
+        free_gib = shutil.disk_usage(path).free / 2**30
+        assert free_gib >= FREE_GIB, (
+            f"the fresh machine's venv (torch with CUDA) and Debian packages need about {FREE_GIB} "
+            f"GiB free under {path}; {free_gib:.1f} GiB are free")
     debian = sh(["bash", "scripts/docker-base-images.sh", "debian"], 900).stdout.split("=", 1)[1]
     sh(["docker", "build", "--network", "host", "--build-arg", f"DEBIAN_IMAGE={debian.strip()}",
         "-t", IMAGE, "-f", str(HERE / "fresh-machine.Dockerfile"), str(HERE)], 900)
