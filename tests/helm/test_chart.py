@@ -381,6 +381,10 @@ def test_drains_on_shutdown(render: Renderer) -> None:
     path = slot["valueFrom"]["fieldRef"]["fieldPath"]
     assert path == "metadata.labels['app.kubernetes.io/version']"
     assert "app.kubernetes.io/version" in deployment(objects)["spec"]["template"]["metadata"]["labels"]
+    (slot,) = [item for item in container(render(sets=["slotLabel=rollouts-pod-template-hash"]))[
+        "env"] if item["name"] == "CATSDOGS_SLOT"]
+    assert slot["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['rollouts-pod-template-hash']"
     longer = render(sets=["drain.preStopSeconds=30", "terminationGracePeriodSeconds=200"])
     assert container(longer)["lifecycle"]["preStop"]["exec"]["command"][-1].endswith("sleep 30")
 
@@ -402,6 +406,7 @@ def test_chart_refuses_a_drain_shorter_than_probes_or_requests(helm: Path, sets:
 
 @pytest.mark.parametrize(("sets", "message"), [
     (["drain.file=tmp/x"], "drain.file"),
+    (["slotLabel=a label"], "slotLabel"),
     (["replicaCount=two"], "replicaCount: Invalid type. Expected: integer, given: string"),
     (["gpu.enabled=yes"], "gpu.enabled: Invalid type. Expected: boolean, given: string"),
     (["config.maxBatchSize=lots"], "config.maxBatchSize"),
