@@ -362,8 +362,13 @@ def test_drains_on_shutdown(render: Renderer) -> None:
     mounts = {m["mountPath"] for m in bento["volumeMounts"]}
     assert str(Path(drain["file"]).parent) in mounts
     command = bento["lifecycle"]["preStop"]["exec"]["command"]
-    assert command == ["/bin/sh", "-c",
-                       f'touch "$CATSDOGS_DRAIN_FILE" && sleep {drain["preStopSeconds"]}']
+    assert command == ["python", "-m", "catsdogs.deployment.drain", "--port", "3000",
+                       "--probe-seconds", str(drain["preStopSeconds"]),
+                       "--longest-request-seconds", str(drain["longestRequestSeconds"])]
+    # the hook's options are the module's (argparse exits 2 on an unknown or a missing one)
+    from catsdogs.deployment.drain import arguments
+    parsed = arguments().parse_args(command[3:])
+    assert (parsed.port, parsed.probe_seconds, parsed.longest_request_seconds) == (3000, 15, 130)
     readiness = bento["readinessProbe"]
     assert readiness["httpGet"]["path"] == "/readyz"
     assert drain["preStopSeconds"] >= readiness["periodSeconds"] * readiness["failureThreshold"]
@@ -386,7 +391,7 @@ def test_drains_on_shutdown(render: Renderer) -> None:
     assert slot["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.labels['rollouts-pod-template-hash']"
     longer = render(sets=["drain.preStopSeconds=30", "terminationGracePeriodSeconds=200"])
-    assert container(longer)["lifecycle"]["preStop"]["exec"]["command"][-1].endswith("sleep 30")
+    assert container(longer)["lifecycle"]["preStop"]["exec"]["command"][6] == "30"
 
 
 @pytest.mark.parametrize(("sets", "message"), [

@@ -38,6 +38,7 @@ class BentoServer:
     readyz_after_load: int
     prediction_log_url: str   # where the service writes its prediction log (SQLite)
     env: dict[str, str]       # the environment it was served with (BENTOML_HOME, PYTHONPATH...)
+    pid: int                  # `bentoml serve`'s main process (a container's PID 1)
 
 
 def _status(url: str) -> int:
@@ -84,7 +85,7 @@ def serve_tiny(mlflow_server: str, workdir: Path, model_name: str = MODEL_NAME,
         before = _status(f"{url}/readyz")
         wait_http(f"{url}/readyz", timeout=120, process=process, log_file=log_file)
         yield BentoServer(url, version, log_file, before, _status(f"{url}/readyz"),
-                          prediction_log_url, env)
+                          prediction_log_url, env, process.pid)
     finally:
         stop_process(process)
         time.sleep(0.5)
