@@ -87,20 +87,28 @@ if LOG_FORMAT == "json":
     logger.addHandler(log_handler("json"))
     logger.propagate = False
 
+# The prediction metrics carry the model version and the deploy slot (CATSDOGS_SLOT) as labels, so
+# a dashboard tells the two versions of a rollout apart; BentoML's own request metrics
+# (bentoml_service_request_*) cannot be relabelled here: queries join them with
+# catsdogs_model_info on (job, instance) to get the same labels (docs/monitoring.md).
+VERSIONED = ["version", "slot"]
 PREDICTIONS = bentoml.metrics.Counter(
-    name="catsdogs_predictions", documentation="Predictions served, by label",
-    labelnames=["label"])
+    name="catsdogs_predictions", documentation="Predictions served, by label, model version "
+    "and slot", labelnames=["label", *VERSIONED])
 CONFIDENCE = bentoml.metrics.Histogram(
-    name="catsdogs_prediction_confidence", documentation="Confidence of the predicted label",
+    name="catsdogs_prediction_confidence", documentation="Confidence of the predicted label, "
+    "by model version and slot", labelnames=VERSIONED,
     buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
 OUT_OF_DISTRIBUTION = bentoml.metrics.Counter(
     name="catsdogs_out_of_distribution",
     documentation="Predictions whose picture does not look like a cat or a dog photo "
-                  "(out-of-distribution score above the threshold calibrated at training time)")
+                  "(out-of-distribution score above the threshold calibrated at training time), "
+                  "by model version and slot", labelnames=VERSIONED)
 PREDICTION_LOG_ROWS = bentoml.metrics.Counter(
     name="catsdogs_prediction_log_rows",
     documentation="Prediction log rows by outcome: written, dropped_queue_full, "
-                  "dropped_store_error", labelnames=["outcome"])
+                  "dropped_store_error; by model version and slot",
+    labelnames=["outcome", *VERSIONED])
 DECODE_CPU = bentoml.metrics.Counter(
     name="catsdogs_decode_cpu_seconds",
     documentation="CPU seconds the decode threads spent decoding and resizing uploads "
@@ -108,11 +116,12 @@ DECODE_CPU = bentoml.metrics.Counter(
                   "the API process's CPU with it)")
 EXPLANATIONS = bentoml.metrics.Histogram(
     name="catsdogs_explain_seconds",
-    documentation="Seconds the explain thread spent on one Grad-CAM picture (load excluded)",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+    documentation="Seconds the explain thread spent on one Grad-CAM picture (load excluded), "
+                  "by model version and slot", labelnames=VERSIONED, buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 MODEL_INFO = bentoml.metrics.Gauge(
-    name="catsdogs_model_info", documentation="The model being served (value 1)",
-    labelnames=["name", "version"], multiprocess_mode="max")
+    name="catsdogs_model_info", documentation="The model being served and the slot serving it "
+    "(value 1): join BentoML's request metrics with it on (job, instance) for their version",
+    labelnames=["name", *VERSIONED], multiprocess_mode="max")
 
 
 class ModelRef(BaseModel):
@@ -229,8 +238,10 @@ class CatsDogsModel:
         return predictor
 
     def __is_ready__(self) -> bool:
-        """Ready once the model is loaded; never for an incomplete model (said once at start)."""
-        return self.loaded.is_set()
+        """Ready once the model is loaded, and not while draining (CATSDOGS_DRAIN_FILE exists: the
+        pod is about to stop); never for an incomplete model (said once at start)."""
+        drain = SETTINGS.drain_file
+        return self.loaded.is_set() and not (drain is not None and drain.exists())
 
     @bentoml.api
     def runtime(self) -> dict:
@@ -314,6 +325,7 @@ class CatsDogs:
         self.gradcam: GradCam | None = None
         self.served_variant: str | None = None
         self.model_ref = ModelRef(name=self.info.name, version=self.info.version)
+        self.versioned = {"version": self.info.version, "slot": SETTINGS.slot}
         self.ood_threshold = ood_threshold(Path(stored.path_of(OOD_FOLDER_NAME)))
         self.prediction_log = (PredictionLog(
             prediction_log_target(SETTINGS), batch_rows=SETTINGS.prediction_log_batch_rows,
@@ -322,9 +334,10 @@ class CatsDogs:
             max_rows=SETTINGS.prediction_log_max_rows,
             sample_rate=SETTINGS.prediction_log_sample_rate,
             sample_dir=prediction_log_pictures(SETTINGS),
-            on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(outcome=outcome).inc(n),
+            on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(
+                outcome=outcome, **self.versioned).inc(n),
         ).start() if SETTINGS.prediction_log else None)
-        MODEL_INFO.labels(name=self.info.name, version=self.info.version).set(1)
+        MODEL_INFO.labels(name=self.info.name, **self.versioned).set(1)
         data = self.info.data
         web_app.state.model = {"name": self.info.name, "version": self.info.version,
                                "run_id": self.info.run_id, "bento_model": self.info.bento_tag,
@@ -406,10 +419,10 @@ class CatsDogs:
             score, inside = ((None, None) if math.isnan(score) or threshold is None
                              else (score, score <= threshold))
             if record:
-                PREDICTIONS.labels(label=label).inc()
-                CONFIDENCE.observe(row[best])
+                PREDICTIONS.labels(label=label, **self.versioned).inc()
+                CONFIDENCE.labels(**self.versioned).observe(row[best])
                 if inside is False:
-                    OUT_OF_DISTRIBUTION.inc()
+                    OUT_OF_DISTRIBUTION.labels(**self.versioned).inc()
             answers.append(Prediction(
                 label=label, confidence=row[best],
                 probabilities=dict(zip(self.info.classes, row, strict=True)),
@@ -457,7 +470,7 @@ class CatsDogs:
         picture = decode_image(source, self.limits, draft_size=EXPLAIN_SIDE)
         picture.thumbnail((EXPLAIN_SIDE, EXPLAIN_SIDE), Image.Resampling.LANCZOS)
         blended = overlay(picture, found.heatmap)
-        EXPLANATIONS.observe(time.perf_counter() - started)
+        EXPLANATIONS.labels(**self.versioned).observe(time.perf_counter() - started)
         return png(blended), blended.width, blended.height
 
     async def _infer(self, pixels: np.ndarray, attempts: int = 3) -> np.ndarray | None:

@@ -442,6 +442,15 @@ class ServingSettings(Settings):
     sample_dir: Path | None = Field(None, description="the model import's calibration photos "
                                     "for the serving variants (`--calibration-dir` wins); "
                                     "unset: the data dir's transformed test split")
+    slot: str = Field("", max_length=63, description="the deploy slot this process serves "
+                      "from, a label (`slot`) on the service's metrics beside the model version: "
+                      "the local target sets `a`/`b`, compose `blue`/`green`, the Helm chart the "
+                      "pod's `app.kubernetes.io/version` label; unset: `\"\"`")
+    drain_file: Path | None = Field(None, description="while this file exists /readyz answers "
+                                    "not ready and every endpoint keeps serving (the Helm "
+                                    "chart's preStop hook creates it: callers that probe the pod "
+                                    "stop sending it requests before it is stopped); unset: "
+                                    "never draining")
 
     _lower_choices = field_validator("runtime", "device", mode="before")(_lower)
 

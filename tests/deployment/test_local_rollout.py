@@ -135,13 +135,23 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
          "switch_and_rollback_s": round(seconds, 1)}, indent=2))
 
 
-def _predictions(port: int) -> float:
-    """The slot's `catsdogs_predictions_total`, summed over labels, read from its own /metrics."""
+def _metrics(port: int) -> str:
+    """The slot's own /metrics (Prometheus text)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        return response.read().decode()
+
+
+def _predictions(port: int) -> float:
+    """The slot's `catsdogs_predictions_total`, summed over labels, read from its own /metrics."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in _metrics(port).splitlines()
                if line.startswith("catsdogs_predictions_total{"))
+
+
+def _labels(port: int, name: str) -> list[str]:
+    """The label sets (`{...}` text) of one metric on the slot's /metrics."""
+    return [line.split("}", 1)[0] + "}" for line in _metrics(port).splitlines()
+            if line.startswith(name + "{")]
 
 
 def _metrics_survive_the_other_slot(local: LocalTarget, photo: Path, artifacts_dir: Path) -> None:
@@ -162,6 +172,12 @@ def _metrics_survive_the_other_slot(local: LocalTarget, photo: Path, artifacts_d
                    what=f"a second slot ({slot})")
         assert _predictions(int(live["port"])) >= before, "the starting slot reset the live one"
         assert _predictions(port) == 0, "the idle slot reports the live slot's predictions"
+        # each slot labels its metrics with its own slot name (CATSDOGS_SLOT) and model version
+        for serving, on_port in ((str(live["slot"]), int(live["port"])), (slot, port)):
+            (info,) = _labels(on_port, "catsdogs_model_info")
+            assert f'slot="{serving}"' in info and f'version="{live["version"]}"' in info, info
+        assert all(f'slot="{live["slot"]}"' in labels
+                   for labels in _labels(int(live["port"]), "catsdogs_predictions_total"))
         with Load(local.endpoint(), photo, threads=4, pause_s=0.01, keep_alive=True) as load:
             for i in range(SWITCHES):
                 local._route(slot if i % 2 == 0 else str(live["slot"]), str(live["version"]))

@@ -171,8 +171,16 @@ def test_every_compose_variable_is_documented_in_env_example() -> None:
 def test_prometheus_scrapes_the_bento_service_and_itself(config: dict) -> None:
     prom = yaml.safe_load((DOCKER_DIR / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
-    targets = {t for job in jobs.values() for sc in job["static_configs"] for t in sc["targets"]}
-    assert {"bento-proxy:8080", "localhost:9090"} <= targets
+    targets = {t for job in jobs.values() for sc in job.get("static_configs", [])
+               for t in sc["targets"]}
+    assert "localhost:9090" in targets
+    # each colour the compose target starts (the network alias bento-<colour>, port 3000), not
+    # the proxy: during a rollout both versions are scraped, one instance per slot
+    (colours,) = jobs["bento"]["dns_sd_configs"]
+    assert set(colours["names"]) == {"bento-blue", "bento-green"}
+    assert (colours["type"], colours["port"]) == ("A", 3000)
+    (instance,) = [r for r in jobs["bento"]["relabel_configs"] if r.get("target_label") == "instance"]
+    assert instance["source_labels"] == ["__meta_dns_name"]
     assert jobs["bento"].get("metrics_path", "/metrics") == "/metrics"
     mount = {m["target"]: m for m in config["services"]["prometheus"]["volumes"]}
     assert Path(mount["/etc/prometheus/prometheus.yml"]["source"]).name == "prometheus.yml"
@@ -199,7 +207,9 @@ def test_dashboard_has_the_documented_panels_on_the_provisioned_data_source() ->
     assert len({p["id"] for p in panels}) == len(panels)
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("request rate", "latency", "predictions by label", "confidence",
-                  "model version", "rejected", "drift", "out-of-distribution"):
+                  "model version", "rejected", "drift", "out-of-distribution",
+                  "per version: prediction requests", "per version: 5xx error ratio",
+                  "per version: p99 latency"):
         assert topic in titles, f"no panel about {topic!r}"
     for panel in panels:
         assert panel["datasource"]["uid"] == uid

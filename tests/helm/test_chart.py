@@ -92,6 +92,10 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+# CATSDOGS_* variables the chart sets whatever the values: the drain file (preStop) and the slot
+ALWAYS_SET = {"CATSDOGS_DRAIN_FILE", "CATSDOGS_SLOT"}
+
+
 def deployment(objects: list[dict]) -> dict:
     return one(objects, "Deployment")
 
@@ -102,7 +106,7 @@ def container(objects: list[dict]) -> dict:
 
 
 def env_of(objects: list[dict]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(objects)["env"]}
+    return {item["name"]: item["value"] for item in container(objects)["env"] if "value" in item}
 
 
 def test_ci_values_cover_the_required_scenarios() -> None:
@@ -230,8 +234,9 @@ def test_setting_names_are_the_ones_the_service_reads(render: Renderer) -> None:
     sets = ["config.modelTag=m:1", "config.maxBatchSize=4", "config.maxLatencyMs=10",
             "config.maxUploadBytes=100", "config.torchThreads=1", "config.decodeThreads=1",
             "config.device=cpu", "config.runtime=openvino-int8"]
-    chart_names = {name for name in env_of(render(sets=sets)) if name.startswith("CATSDOGS_")}
-    assert len(chart_names) == len(sets)
+    chart_names = {item["name"] for item in container(render(sets=sets))["env"]
+                   if item["name"].startswith("CATSDOGS_")}
+    assert len(chart_names - ALWAYS_SET) == len(sets)
     assert chart_names <= read_by_service, chart_names - read_by_service
 
 
@@ -340,7 +345,73 @@ def test_notes_explain_how_to_call_it(helm: Path, tmp_path: Path) -> None:
         assert "helm test rel" in notes
 
 
+def test_drains_on_shutdown(render: Renderer) -> None:
+    """A deleted pod fails /readyz first (the preStop hook creates the service's drain file), waits
+    the readiness probe's thresholds out, and only then gets SIGTERM, with a grace period that
+    covers the longest request the service can hold."""
+    from catsdogs.settings import ServingSettings
+
+    objects = render()
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    drain = values["drain"]
+    bento = container(objects)
+    env = env_of(objects)
+    assert env["CATSDOGS_DRAIN_FILE"] == drain["file"] == "/tmp/catsdogs-draining"
+    assert "drain_file" in ServingSettings.model_fields  # the service reads it
+    # the file lies on the writable /tmp emptyDir (the root file system is read-only)
+    mounts = {m["mountPath"] for m in bento["volumeMounts"]}
+    assert str(Path(drain["file"]).parent) in mounts
+    command = bento["lifecycle"]["preStop"]["exec"]["command"]
+    assert command == ["python", "-m", "catsdogs.deployment.drain", "--port", "3000",
+                       "--probe-seconds", str(drain["preStopSeconds"]),
+                       "--longest-request-seconds", str(drain["longestRequestSeconds"])]
+    # the hook's options are the module's (argparse exits 2 on an unknown or a missing one)
+    from catsdogs.deployment.drain import arguments
+    parsed = arguments().parse_args(command[3:])
+    assert (parsed.port, parsed.probe_seconds, parsed.longest_request_seconds) == (3000, 15, 130)
+    readiness = bento["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/readyz"
+    assert drain["preStopSeconds"] >= readiness["periodSeconds"] * readiness["failureThreshold"]
+    # the longest request: its head (CATSDOGS_HEADER_TIMEOUT_S), then BentoML's request timeout
+    timeouts = {int(t) for t in re.findall(r'traffic=\{"timeout": (\d+)\}',
+                                            (REPO_ROOT / "bentoservice" / "service.py").read_text())}
+    assert len(timeouts) == 1
+    longest = ServingSettings.model_fields["header_timeout_s"].default + timeouts.pop()
+    assert drain["longestRequestSeconds"] >= longest == 130
+    grace = deployment(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == values["terminationGracePeriodSeconds"] == 150
+    assert grace >= drain["preStopSeconds"] + longest
+    # the slot label on the metrics: the pod's version label, by the downward API
+    (slot,) = [item for item in bento["env"] if item["name"] == "CATSDOGS_SLOT"]
+    path = slot["valueFrom"]["fieldRef"]["fieldPath"]
+    assert path == "metadata.labels['app.kubernetes.io/version']"
+    assert "app.kubernetes.io/version" in deployment(objects)["spec"]["template"]["metadata"]["labels"]
+    (slot,) = [item for item in container(render(sets=["slotLabel=rollouts-pod-template-hash"]))[
+        "env"] if item["name"] == "CATSDOGS_SLOT"]
+    assert slot["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['rollouts-pod-template-hash']"
+    longer = render(sets=["drain.preStopSeconds=30", "terminationGracePeriodSeconds=200"])
+    assert container(longer)["lifecycle"]["preStop"]["exec"]["command"][6] == "30"
+
+
 @pytest.mark.parametrize(("sets", "message"), [
+    (["terminationGracePeriodSeconds=60"],
+     "terminationGracePeriodSeconds (60) must be at least drain.preStopSeconds + "
+     "drain.longestRequestSeconds (145 s)"),
+    (["drain.preStopSeconds=5"], "drain.preStopSeconds (5) must cover the readiness probe's "
+     "periodSeconds x failureThreshold (15 s)"),
+    (["probes.readiness.periodSeconds=10"], "(30 s)"),
+])
+def test_chart_refuses_a_drain_shorter_than_probes_or_requests(helm: Path, sets: list[str],
+                                                               message: str) -> None:
+    result = run_helm(helm, *template_args(sets=sets))
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["drain.file=tmp/x"], "drain.file"),
+    (["slotLabel=a label"], "slotLabel"),
     (["replicaCount=two"], "replicaCount: Invalid type. Expected: integer, given: string"),
     (["gpu.enabled=yes"], "gpu.enabled: Invalid type. Expected: boolean, given: string"),
     (["config.maxBatchSize=lots"], "config.maxBatchSize"),

@@ -91,7 +91,7 @@ def read_only_pod(render: Renderer, tmp_path: Path) -> tuple[dict[str, str], lis
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     writable = sorted(m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs)
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert writable == ["/srv", "/tmp"] and env["BENTOML_HOME"] == "/srv"
     venv = Path(sys.prefix).resolve()
     hidden_by = [path for path in writable if venv.is_relative_to(path)]

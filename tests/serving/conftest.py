@@ -21,6 +21,7 @@ from tests.servers import free_port, open_local, start_process, stop_process, wa
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "CatsDogsServingTest"
+SLOT = "blue"                    # CATSDOGS_SLOT of the session server (a compose colour)
 IMAGE_SIZE = 64
 STARTUP_DELAY_S = 4
 # the served model is tagged as trained on a generated stand-in set (what `make demo` does
@@ -37,6 +38,7 @@ class BentoServer:
     readyz_after_load: int
     prediction_log_url: str   # where the service writes its prediction log (SQLite)
     env: dict[str, str]       # the environment it was served with (BENTOML_HOME, PYTHONPATH...)
+    pid: int                  # `bentoml serve`'s main process (a container's PID 1)
 
 
 def _status(url: str) -> int:
@@ -83,7 +85,7 @@ def serve_tiny(mlflow_server: str, workdir: Path, model_name: str = MODEL_NAME,
         before = _status(f"{url}/readyz")
         wait_http(f"{url}/readyz", timeout=120, process=process, log_file=log_file)
         yield BentoServer(url, version, log_file, before, _status(f"{url}/readyz"),
-                          prediction_log_url, env)
+                          prediction_log_url, env, process.pid)
     finally:
         stop_process(process)
         time.sleep(0.5)
@@ -92,6 +94,9 @@ def serve_tiny(mlflow_server: str, workdir: Path, model_name: str = MODEL_NAME,
 @pytest.fixture(scope="session")
 def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[BentoServer]:
-    """The tiny model served as imported without calibration photos (torch fp32)."""
-    with serve_tiny(mlflow_server, tmp_path_factory.mktemp("bento")) as server:
+    """The tiny model served as imported without calibration photos (torch fp32), as slot
+    `SLOT` (a deploy target's setting) with a drain file (the Helm chart's preStop hook's)."""
+    workdir = tmp_path_factory.mktemp("bento")
+    with serve_tiny(mlflow_server, workdir, extra_env={
+            "CATSDOGS_SLOT": SLOT, "CATSDOGS_DRAIN_FILE": str(workdir / "draining")}) as server:
         yield server

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.fuzzing import png_text_chunk, png_with_chunks
-from tests.serving.conftest import MODEL_NAME, BentoServer
+from tests.serving.conftest import MODEL_NAME, SLOT, BentoServer
 from tests.serving.images import (
     animated_gif,
     as_decoded,
@@ -51,22 +51,45 @@ def check_answer(body: dict, server: BentoServer) -> None:
     assert body["model"] == {"name": MODEL_NAME, "version": server.version}
 
 
-def metric(text: str, sample: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text, 0 when absent."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+def samples(text: str, sample: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of one name in Prometheus text: (its labels, its value)."""
+    found = []
     for line in text.splitlines():
         match = re.match(r"^([a-z_]+)(?:\{(.*)\})? ([0-9.e+-]+)$", line)
         if match and match.group(1) == sample:
-            found = ",".join(sorted(p for p in (match.group(2) or "").split(",") if p))
-            if found == wanted:
-                return float(match.group(3))
-    return 0.0
+            labels = dict(re.findall(r'([a-z_]+)="([^"]*)"', match.group(2) or ""))
+            found.append((labels, float(match.group(3))))
+    return found
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """The sum of the samples of one name whose labels include `labels`, 0 when none."""
+    return sum(value for found, value in samples(text, sample)
+               if labels.items() <= found.items())
 
 
 def test_readiness_before_and_after_load(bento_server: BentoServer) -> None:
     assert bento_server.readyz_before_load == 503
     assert bento_server.readyz_after_load == 200
     assert requests.get(f"{bento_server.url}/livez", timeout=TIMEOUT).status_code == 200
+
+
+def test_drain_file_makes_readyz_fail_while_requests_are_still_served(
+        bento_server: BentoServer) -> None:
+    """What the Helm chart's preStop hook does (helm/catsdogs, docs/kubernetes.md): while the
+    drain file exists /readyz answers 503, so callers that probe the pod stop sending it
+    requests, and every request that still arrives is answered."""
+    drain = Path(bento_server.env["CATSDOGS_DRAIN_FILE"])
+    url = bento_server.url
+    drain.touch()
+    try:
+        assert requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 503
+        assert requests.get(f"{url}/livez", timeout=TIMEOUT).status_code == 200
+        answer = predict(bento_server, encode(picture(7), "PNG"))
+        assert answer.status_code == 200, answer.text
+    finally:
+        drain.unlink()
+    assert requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200
 
 
 def test_predict_real_photos(bento_server: BentoServer, sample_dir: Path) -> None:
@@ -198,6 +221,15 @@ def test_metrics_count_predictions_and_rejections(bento_server: BentoServer) -> 
     assert delta("catsdogs_decode_cpu_seconds_total") > 0
     assert metric(after, "catsdogs_model_info", name=MODEL_NAME,
                   version=bento_server.version) == 1
+    # the prediction metrics and the info gauge carry the model version and the slot
+    # (CATSDOGS_SLOT, set by the fixture as the deploy targets do)
+    versioned = {"version": bento_server.version, "slot": SLOT}
+    for name in ("catsdogs_predictions_total", "catsdogs_prediction_confidence_count",
+                 "catsdogs_model_info"):
+        found = [labels for labels, _ in samples(after, name)]
+        assert found and all(versioned.items() <= labels.items() for labels in found), \
+            (name, found)
+    assert delta("catsdogs_predictions_total", label=label, **versioned) == 1
     assert "bentoml_service_request_total" in after
     assert "bentoml_service_adaptive_batch_size_bucket" in after
 

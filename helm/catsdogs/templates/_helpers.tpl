@@ -59,7 +59,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (include "catsdogs.imageTag" .) }}
 {{- end }}
 
-{{/* Environment of the serving container: BENTOML_HOME, the service's settings (`config`, names
+{{/* Environment of the serving container: BENTOML_HOME, the drain file (preStop), the service's settings (`config`, names
 as read by catsdogs.settings.ServingSettings; null or "" leaves the service's default), then `env`. */}}
 {{- define "catsdogs.env" -}}
 {{- $names := dict
@@ -71,7 +71,7 @@ as read by catsdogs.settings.ServingSettings; null or "" leaves the service's de
   "decodeThreads" "CATSDOGS_DECODE_THREADS"
   "device" "CATSDOGS_DEVICE"
   "runtime" "CATSDOGS_RUNTIME" }}
-{{- $env := dict "BENTOML_HOME" .Values.scratch.bentomlHome }}
+{{- $env := dict "BENTOML_HOME" .Values.scratch.bentomlHome "CATSDOGS_DRAIN_FILE" .Values.drain.file }}
 {{- range $key, $value := .Values.config }}
 {{- if kindIs "float64" $value }}{{ $value = int64 $value }}{{ end }}
 {{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}

@@ -235,7 +235,7 @@ class ComposeTarget:
 
         container = self.docker.containers.run(
             built.image, name=self._container_name(color), detach=True,
-            network=self.network, environment=self.service_env,
+            network=self.network, environment={**self.service_env, "CATSDOGS_SLOT": color},
             networking_config={self.network: EndpointConfig(
                 self.docker.api._version, aliases=[f"bento-{color}"])},
             restart_policy={"Name": "unless-stopped"},

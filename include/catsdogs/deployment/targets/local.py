@@ -354,7 +354,7 @@ class LocalTarget:
 
     def _start_slot(self, port: int, model_tag: str, slot: str) -> subprocess.Popen:
         project = project_dir()
-        env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag,
+        env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag, "CATSDOGS_SLOT": slot,
                "BENTOML_HOME": str(self._slot_home(slot)),
                SERVING_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
             [str(project / "include"), str(project), os.environ.get("PYTHONPATH", "")])}
