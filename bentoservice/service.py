@@ -567,7 +567,7 @@ class CatsDogs:
         try:
             found = await loop.run_in_executor(self.feedback_pool, self.prediction_log.label,
                                                prediction_id, label, at)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:   # OSError: SQLite's folder cannot be made
             logger.warning("feedback not recorded: %s: %s", type(exc).__name__,
                            str(exc).splitlines()[0][:300])
             return _error(503, "feedback_unavailable", "the prediction log's store is not "

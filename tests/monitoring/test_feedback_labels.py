@@ -1,5 +1,5 @@
 """The prediction log's label store (feedback): `PredictionLog.label` on a real SQLite store, a
-row still queued, the later label winning, ids unknown or deleted by the cap, the content hash,
+row still queued, the later label winning (also when written first), ids unknown or deleted by the cap, the content hash,
 tables written before these columns, and several processes writing rows and labels at once."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from catsdogs.monitoring.prediction_log import (
     PredictionRecord,
     content_hash,
     default_url,
+    make_engine,
     read_predictions,
+    record_label,
 )
 from tests.monitoring.test_prediction_log import record
 
@@ -48,6 +50,23 @@ def test_a_written_row_takes_the_later_label_and_nothing_else_changes(tmp_path: 
     assert after["true_label"].isna().sum() == 2
     untouched = [c for c in after.columns if c not in ("true_label", "labelled_at")]
     assert after[untouched].equals(before[untouched])
+
+
+def test_an_earlier_label_written_last_does_not_win(tmp_path: Path) -> None:
+    """Two replicas' labels for one row landing out of order: the later given stays."""
+    url = default_url(tmp_path)
+    writer = PredictionLog(url, flush_s=0.05).start()
+    one = record(5)
+    writer.submit(one)
+    writer.close()
+    engine = make_engine(url)
+    try:
+        assert record_label(engine, one.prediction_id, "dog", at(9))
+        assert record_label(engine, one.prediction_id, "cat", at(8))   # found, and older
+    finally:
+        engine.dispose()
+    row = read_predictions(url).iloc[0]
+    assert (row["true_label"], row["labelled_at"]) == ("dog", at(9))
 
 
 def test_a_label_for_a_queued_row_lands_after_its_insert(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ writes several times faster.
 
 Writing (`PredictionLog`): the request path only puts a record on a bounded queue (never blocks:
 when the queue is full the record is dropped and counted); a background thread computes the
-image statistics, saves sampled pictures, and inserts every `batch_rows` rows or `flush_s`
+image statistics and the content hash, saves sampled pictures, and inserts every `batch_rows` rows or `flush_s`
 seconds in one transaction. A store that is down costs the rows of that batch (counted, logged
 at most once a minute), never a request. Rows older than `retention_days` are deleted by the same
 thread (at start and hourly), and so are the oldest rows past `max_rows` (after each insert):
@@ -49,7 +49,8 @@ writer must batch, bound its memory and drop under pressure, which those do not 
 database.
 
 Labels (`PredictionLog.label`): the feedback for a row records `true_label` and `labelled_at`
-(UPDATE by `prediction_id`; the later label wins). A row still waiting in this process's queue
+(UPDATE by `prediction_id`; the later label, by `labelled_at`, wins whatever order the writes
+land in). A row still waiting in this process's queue
 gets its label right after its insert, in the writer thread, so feedback sent a moment after the
 answer is never lost; an id this process does not know is looked up in the store, and once more
 after `flush_s` + 1 s when absent (another replica's writer may still hold it). A row the cap or
@@ -154,13 +155,18 @@ def content_hash(pixels: np.ndarray) -> str:
 
 
 def record_label(engine: sa.Engine, prediction_id: str, label: str, at: dt.datetime) -> bool:
-    """Set the row's `true_label` and `labelled_at`; False when no row has `prediction_id`
-    (unknown, deleted, or not written yet). Raises SQLAlchemyError when the store fails."""
+    """Set the row's `true_label` and `labelled_at` unless it holds a label given later than
+    `at` (the later label wins, whichever is written last); False when no row has
+    `prediction_id` (unknown, deleted, or not written yet). Raises SQLAlchemyError when the
+    store fails."""
+    moment = _utc(at)
+    row = PREDICTIONS.c.prediction_id == prediction_id
     with engine.begin() as connection:
-        found = connection.execute(
-            PREDICTIONS.update().where(PREDICTIONS.c.prediction_id == prediction_id)
-            .values(true_label=label, labelled_at=_utc(at)))
-    return bool(found.rowcount)
+        updated = connection.execute(PREDICTIONS.update().where(row).where(sa.or_(
+            PREDICTIONS.c.labelled_at.is_(None), PREDICTIONS.c.labelled_at <= moment))
+            .values(true_label=label, labelled_at=moment))
+        return bool(updated.rowcount) or connection.execute(
+            sa.select(PREDICTIONS.c.id).where(row)).first() is not None
 
 
 def _connect_timeout(parsed: sa.URL) -> dict[str, Any]:
@@ -278,8 +284,8 @@ class PredictionLog:
         self.last_retention: float | None = None
         self.last_error_logged: float | None = None
         self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        # ids queued but not yet inserted, and the labels feedback gave them meanwhile; both
-        # guarded by `lock`, which the writer also holds while it applies those labels
+        # ids queued but not yet inserted, and the labels feedback gave them meanwhile, guarded
+        # by `lock` (held for these set operations only: `submit` takes it on the request path)
         self.lock = threading.Lock()
         self.pending: set[str] = set()
         self.pending_labels: dict[str, tuple[str, dt.datetime]] = {}
@@ -390,20 +396,20 @@ class PredictionLog:
 
     def _release(self, records: list[PredictionRecord], engine: sa.Engine | None) -> int:
         """The records' rows are inserted (`engine`) or lost (None): they stop being pending and
-        the labels feedback gave them meanwhile are applied (under the lock, so a newer label
-        cannot be overtaken); returns how many labels there were."""
+        the labels feedback gave them meanwhile are applied (a label given since, straight to
+        the store, is later and stays: `record_label`); returns how many labels there were."""
         with self.lock:
             labels = {}
             for record in records:
                 self.pending.discard(record.prediction_id)
                 if record.prediction_id in self.pending_labels:
                     labels[record.prediction_id] = self.pending_labels.pop(record.prediction_id)
-            try:
-                for prediction_id, (label, at) in labels.items() if engine is not None else ():
-                    record_label(engine, prediction_id, label, at)
-            except sa.exc.SQLAlchemyError as exc:   # the rows are in: only the labels are lost
-                log.warning("prediction log: %d feedback label(s) not recorded (%s: %s)",
-                            len(labels), type(exc).__name__, str(exc).splitlines()[0][:300])
+        try:
+            for prediction_id, (label, at) in labels.items() if engine is not None else ():
+                record_label(engine, prediction_id, label, at)
+        except sa.exc.SQLAlchemyError as exc:   # the rows are in: only the labels are lost
+            log.warning("prediction log: %d feedback label(s) not recorded (%s: %s)",
+                        len(labels), type(exc).__name__, str(exc).splitlines()[0][:300])
         return len(labels)
 
     def _engine(self) -> sa.Engine:
