@@ -148,7 +148,7 @@ class Prediction(BaseModel):
     prediction_id: str | None = Field(
         None, description="this answer's row in the prediction log (32 hex digits): POST it to "
         "/feedback with the true label; null when the log is off or dropped the row (queue "
-        "full)")
+        "full), and in /explain's answer (not logged again)")
 
 
 class FeedbackAnswer(BaseModel):
