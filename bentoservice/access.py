@@ -11,8 +11,8 @@ limit, as ASGI middleware in front of the service (both off by default; docs/ser
   `CATSDOGS_RATE_LIMIT_CLIENT_HEADER` (e.g. `x-real-ip`, set by a proxy you trust), else the
   connection's address. At most `MAX_CLIENTS` buckets are kept (the least recently seen go).
 
-Only the prediction paths (`guard.API_PATHS`) are checked: health, readiness and metrics stay
-open to the orchestrator and Prometheus.
+Only the API paths (`guard.API_PATHS`: the prediction endpoints, /explain and /feedback) are
+checked: health, readiness and metrics stay open to the orchestrator and Prometheus.
 """
 
 from __future__ import annotations

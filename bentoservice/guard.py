@@ -1,6 +1,6 @@
 """ASGI middleware in front of the API: every request shape gets a 2xx or a JSON 4xx.
 
-For the three POST endpoints it reads the body itself, counting while it streams (a request over
+For the POST endpoints it reads the body itself, counting while it streams (a request over
 the limit is refused with 413 as soon as it gets there, Content-Length or not), and hands BentoML
 only a request it can parse without surprises:
 
@@ -12,6 +12,8 @@ only a request it can parse without surprises:
   the raw body with an `image/*` or `application/octet-stream` Content-Type.
 - `/predict_base64`: anything but a JSON object whose `image` is a string is refused with a hint
   (BentoML would log each such request's validation error with a traceback at error level).
+- `/feedback`: likewise, a JSON object whose `prediction_id` and `label` are strings, at most
+  `FEEDBACK_BYTES` (the service checks the label and the id).
 
 Every 4xx answer of the API, including BentoML's own validation errors, leaves as
 `{"error", "reason"}` JSON with the reason in the `x-catsdogs-reject-reason` header, and is counted
@@ -38,7 +40,10 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 logger = logging.getLogger("bentoservice.guard")
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
-API_PATHS = ("/predict", "/predict_batch", "/predict_base64", "/explain")
+API_PATHS = ("/predict", "/predict_batch", "/predict_base64", "/explain", "/feedback")
+JSON_FIELDS = {"/predict_base64": ("image",), "/feedback": ("prediction_id", "label")}
+"""The JSON endpoints: the string fields their object must have."""
+FEEDBACK_BYTES = 4096
 EDGE_REFUSED = "catsdogs_edge_refused"  # scope["state"] key: the edge answered (and counted) it
 UNLIMITED_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})  # probes: no slot
 MULTIPART_OVERHEAD = 64 * 1024
@@ -70,6 +75,8 @@ HOW = {
                        "application/json",
     "/explain": "send the photo as multipart file field `image` (curl -F image=@cat.jpg "
                 "URL/explain -o heatmap.png)",
+    "/feedback": "send JSON {\"prediction_id\": \"<an answer's prediction_id>\", \"label\": "
+                 "\"cat\" | \"dog\" | \"neither\"} with Content-Type application/json",
 }
 FIELD = {"/predict": "image", "/predict_batch": "images", "/explain": "image"}
 ONE_FILE = {"/predict": "send one photo per /predict request, or several to /predict_batch",
@@ -266,7 +273,7 @@ class RequestGuard:
         self.slots = asyncio.Semaphore(request_slots)
         single = max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 inflates by 4/3
         self.limits = {"/predict": single, "/predict_base64": single, "/explain": single,
-                       "/predict_batch": single * max_batch_images}
+                       "/predict_batch": single * max_batch_images, "/feedback": FEEDBACK_BYTES}
         self.max_files = {"/predict": 1, "/predict_batch": max_batch_images, "/explain": 1}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -319,10 +326,11 @@ class RequestGuard:
             raise self._too_large(path, f"the request is {int(length)} bytes")
         media, options = parse_options_header(headers.get("content-type", ""))
         media = media.lower()
-        if path == "/predict_base64":
+        if path in JSON_FIELDS:
             if media.startswith(b"multipart/"):
-                raise Refusal(415, "unsupported_media_type", f"/predict_base64 takes JSON, not "
-                              f"a form; {HOW[path]} (or post the form to /predict)")
+                raise Refusal(415, "unsupported_media_type", f"{path} takes JSON, not a form; "
+                              f"{HOW[path]}" + (" (or post the form to /predict)"
+                                                if path == "/predict_base64" else ""))
             body = await self._read_all(receive, path)
             self._check_json(body, path)
             return scope, _replay(body), None
@@ -393,7 +401,8 @@ class RequestGuard:
     def _check_json(body: bytes, path: str) -> None:
         if body.startswith(IMAGE_MAGIC):
             raise Refusal(400, "invalid_request", "the body is a raw image file, not JSON; "
-                          f"{HOW[path]}, or post the raw file to /predict")
+                          f"{HOW[path]}" + (", or post the raw file to /predict"
+                                            if path == "/predict_base64" else ""))
         if not body.lstrip().startswith(b"{"):
             raise Refusal(400, "invalid_request", f"the body is not a JSON object; {HOW[path]}")
         try:
@@ -404,10 +413,12 @@ class RequestGuard:
         except ValueError as exc:  # UnicodeDecodeError included
             raise Refusal(400, "invalid_request", f"the body is not valid JSON ({exc}); "
                           f"{HOW[path]}") from None
-        if not isinstance(value.get("image"), str):  # a dict: the body starts with "{"
-            found = type(value["image"]).__name__ if "image" in value else "no field `image`"
-            raise Refusal(400, "invalid_request", f"`image` must be a string of base64 (got "
-                          f"{found}); {HOW[path]}")
+        for name in JSON_FIELDS[path]:
+            if not isinstance(value.get(name), str):  # a dict: the body starts with "{"
+                found = type(value[name]).__name__ if name in value else f"no field `{name}`"
+                what = "a string of base64" if name == "image" else "a string"
+                raise Refusal(400, "invalid_request", f"`{name}` must be {what} (got {found}); "
+                              f"{HOW[path]}")
 
     @staticmethod
     def _refuse_other_body(body: bytes, media: str, path: str) -> None:

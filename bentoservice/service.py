@@ -1,6 +1,6 @@
 """The catsdogs Bento service: the champion CNN behind /predict, /predict_batch, /predict_base64,
-/explain (a Grad-CAM heatmap of the answer), a web page at /, health probes and Prometheus
-metrics.
+/explain (a Grad-CAM heatmap of the answer), /feedback (the true label of an answer), a web page
+at /, health probes and Prometheus metrics.
 
 Two services, two processes: `catsdogs` (the HTTP API) decodes and resizes pictures in a thread
 pool, joins the pixels of concurrent requests (bentoservice/coalesce.py) and calls
@@ -11,7 +11,9 @@ Monitoring: the model service returns, from the same forward pass, the probabili
 penultimate-layer embedding and its out-of-distribution score (bentoservice/runtime.py
 `pack_outputs`); answers carry `in_distribution` and `ood_score`, and every prediction is handed
 to the prediction log (catsdogs.monitoring.prediction_log), whose background thread writes it to
-the store: the request only puts a record on a bounded queue.
+the store: the request only puts a record on a bounded queue. Each logged answer carries the
+row's `prediction_id`; `POST /feedback` records the true label (cat, dog or neither) of that row
+(`PredictionLog.label`).
 
 Explanations: /explain answers like /predict (the same guard, decode path and batched model call,
 so the same label and confidence; not counted or logged as a prediction again), then computes the Grad-CAM heatmap of that label
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -72,6 +75,7 @@ from bentoservice.settings import (
     prediction_log_target,
 )
 from bentoservice.web import CARD_FILE, read_card, web_app
+from catsdogs.config import FEEDBACK_LABELS
 from catsdogs.console import bind_log_fields, log_handler
 from catsdogs.data.images import ImageLimits, ImageRejected, decode_image, square_image
 from catsdogs.inference.compute import serving_device
@@ -131,6 +135,7 @@ class ModelRef(BaseModel):
 
 EXPLAINED_WITH = REFERENCE      # the network Grad-CAM runs: eager, float32 (needs gradients)
 EXPLAIN_WAITING = 4              # explanations queued behind the running one before 503
+FEEDBACK_THREADS = 4             # feedback requests waiting on the prediction log at once
 EXPLAIN_SIDE = 768               # longest side of the explanation PNG (smaller pictures: as sent)
 EXPLAIN_HEADERS = {"label": "x-catsdogs-label", "confidence": "x-catsdogs-confidence",
                    "version": "x-catsdogs-model-version",
@@ -149,6 +154,18 @@ class Prediction(BaseModel):
     ood_score: float | None = Field(
         None, description="out-of-distribution score (squared Mahalanobis distance of the "
         "embedding to the nearest class; higher: less like the training pictures)")
+    prediction_id: str | None = Field(
+        None, description="this answer's row in the prediction log (32 hex digits): POST it to "
+        "/feedback with the true label; null when the log is off or dropped the row (queue "
+        "full), and in /explain's answer (not logged again)")
+
+
+class FeedbackAnswer(BaseModel):
+    """/feedback's answer: the label as recorded."""
+
+    prediction_id: str = Field(description="the answer labelled")
+    label: str = Field(description="the true label recorded: " + ", ".join(FEEDBACK_LABELS))
+    labelled_at: dt.datetime = Field(description="when it was recorded (UTC)")
 
 
 class Explanation(BaseModel):
@@ -321,6 +338,9 @@ class CatsDogs:
                                    SETTINGS.model_calls_in_flight)
         self.model_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
         self.explain_pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        # feedback waits on the store (and up to flush_s + 1 s for another replica's row), off
+        # the decode threads
+        self.feedback_pool = ThreadPoolExecutor(FEEDBACK_THREADS, thread_name_prefix="feedback")
         self.explaining = 0              # /explain requests queued or running
         self.gradcam: GradCam | None = None
         self.served_variant: str | None = None
@@ -423,18 +443,21 @@ class CatsDogs:
                 CONFIDENCE.labels(**self.versioned).observe(row[best])
                 if inside is False:
                     OUT_OF_DISTRIBUTION.labels(**self.versioned).inc()
-            answers.append(Prediction(
-                label=label, confidence=row[best],
-                probabilities=dict(zip(self.info.classes, row, strict=True)),
-                model=self.model_ref, in_distribution=inside, ood_score=score))
-            upload = uploads[index]
+            upload, prediction_id = uploads[index], None
             if record and self.prediction_log is not None and upload is not None:
-                self.prediction_log.submit(PredictionRecord(
+                logged = PredictionRecord(
                     time=now, model_name=self.info.name, model_version=self.info.version,
                     label=label, confidence=row[best], width=upload.width,
                     height=upload.height, format=upload.format, pixels=pixels[index],
                     embedding=None if embeddings is None else embeddings[index],
-                    ood_score=score, in_distribution=inside, picture=upload.picture))
+                    ood_score=score, in_distribution=inside, picture=upload.picture)
+                if self.prediction_log.submit(logged):
+                    prediction_id = logged.prediction_id
+            answers.append(Prediction(
+                label=label, confidence=row[best],
+                probabilities=dict(zip(self.info.classes, row, strict=True)),
+                model=self.model_ref, in_distribution=inside, ood_score=score,
+                prediction_id=prediction_id))
         return answers
 
     async def _predict(self, sources: list[bytes | Path]) -> list[Prediction] | JSONResponse:
@@ -532,6 +555,42 @@ class CatsDogs:
             return _error(400, "bad_base64", f"`image` is not valid base64: {exc}")
         result = await self._predict([data])
         return result if isinstance(result, JSONResponse) else result[0]
+
+    @bentoml.api(route="/feedback")
+    async def feedback(
+        self,
+        prediction_id: Annotated[str, Field(description="the `prediction_id` of an answer of "
+                                            "/predict, /predict_batch or /predict_base64")],
+        label: Annotated[str, Field(description="what the picture really shows: "
+                                    + ", ".join(FEEDBACK_LABELS))],
+    ) -> FeedbackAnswer:
+        """Say what the picture of an answer really shows: JSON `{"prediction_id": "...",
+        "label": "cat" | "dog" | "neither"}` records the true label, and when, in the answer's
+        prediction-log row (the later label of an id wins; nothing else changes). 400
+        `bad_label`: another label; 404 `unknown_prediction`: no row has that id (never
+        answered, not logged, or deleted by the log's cap or retention)."""
+        if label not in FEEDBACK_LABELS:
+            return _error(400, "bad_label", f"`label` is {label[:40]!r}; it takes "
+                          + ", ".join(FEEDBACK_LABELS))
+        if self.prediction_log is None:
+            return _error(404, "unknown_prediction", "this service keeps no prediction log "
+                          "(CATSDOGS_PREDICTION_LOG=0): no answer can be labelled")
+        at = dt.datetime.now(dt.UTC)
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(self.feedback_pool, self.prediction_log.label,
+                                               prediction_id, label, at)
+        except (SQLAlchemyError, OSError) as exc:   # OSError: SQLite's folder cannot be made
+            logger.warning("feedback not recorded: %s: %s", type(exc).__name__,
+                           str(exc).splitlines()[0][:300])
+            return _error(503, "feedback_unavailable", "the prediction log's store is not "
+                          "answering; retry in a moment")
+        if not found:
+            return _error(404, "unknown_prediction", f"no prediction {prediction_id[:64]!r} in "
+                          "the prediction log: never answered, not logged, or deleted by its "
+                          "cap (CATSDOGS_PREDICTION_LOG_MAX_ROWS) or retention")
+        logger.info("feedback: %s is a %s", prediction_id, label)
+        return FeedbackAnswer(prediction_id=prediction_id, label=label, labelled_at=at)
 
     @bentoml.api(route="/explain")
     async def explain(

@@ -1,4 +1,5 @@
-"""The web page at / (mounted into the Bento service): pick or drop a photo, see the label.
+"""The web page at / (mounted into the Bento service): pick or drop a photo, see the label, and
+say when it is wrong (buttons that post the true label to /feedback).
 
 Everything it needs is served from bentoservice/static (no CDN: it works offline). It also serves
 BentoML's OpenAPI page at /docs (the page at / replaces BentoML's own index), the served model's

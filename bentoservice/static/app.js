@@ -53,10 +53,37 @@ async function explain(file, label) {
   }
 }
 
+// Feedback: the true label of the last answer (POST /feedback with its prediction_id).
+let predictionId = null;
+
+async function sendFeedback(label) {
+  const status = $("feedback-status");
+  status.textContent = "Sending…";
+  try {
+    const response = await fetch("/feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prediction_id: predictionId, label }),
+    });
+    const body = await response.json().catch(() => ({}));
+    status.textContent = response.ok
+      ? `Thanks: recorded as ${body.label}.`
+      : `Not recorded: ${body.error || response.statusText}`;
+  } catch (err) {
+    status.textContent = `Not recorded: ${err}`;
+  }
+}
+
+document.querySelectorAll("#feedback button").forEach((button) => {
+  button.addEventListener("click", () => sendFeedback(button.dataset.label));
+});
+
 async function classify(file) {
   $("error").hidden = true;
   $("result").hidden = true;
   $("explain").hidden = true;
+  $("feedback").hidden = true;
+  $("feedback-status").textContent = "";
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
@@ -78,6 +105,9 @@ async function classify(file) {
     $("bar-fill").style.width = `${pct}%`;
     // out of distribution: the picture is unlike the training photos (null: not calibrated)
     $("ood-note").hidden = body.in_distribution !== false;
+    // null when the service keeps no prediction log: nothing to label
+    predictionId = body.prediction_id;
+    $("feedback").hidden = !predictionId;
     $("model-version").textContent = `${body.model.name} v${body.model.version}`;
     $("result").hidden = false;
     explain(file, body.label);

@@ -27,6 +27,10 @@ DEFAULT_PARAMS_FILE = Path("params.yaml")
 CLASSES: tuple[str, ...] = ("cat", "dog")
 """THE class list, in label-index order (0 = cat, 1 = dog, the positive class of the binary
 metrics): the data stages' folders, the network's outputs and the service's answers."""
+NEITHER = "neither"
+FEEDBACK_LABELS: tuple[str, ...] = (*CLASSES, NEITHER)
+"""The true labels feedback may give a prediction (POST /feedback): a class, or `neither` (the
+picture is no cat and no dog)."""
 
 
 class _Section(BaseModel):

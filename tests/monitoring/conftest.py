@@ -3,6 +3,7 @@ by a real network (MobileNetV2, ImageNet backbone, a cat/dog head fitted on real
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,17 +19,22 @@ HEAD_PHOTOS = 200        # fit the head (the "train" split)
 REFERENCE_PHOTOS = 200   # the reference profile (the "val" split)
 WINDOW = 50              # pictures per monitoring window
 CLEAN_WINDOWS = 20
+PROBE_REPEATS = 200      # an uptime probe's copies of one photo in a window
 
 
 @dataclass
 class PhotoFeatures:
     """Prediction-log rows of real photos: `reference` (held out from the head's fit, like the
     val split of a training run), `clean` (CLEAN_WINDOWS * WINDOW other photos, in windows),
-    `shifted` (kind -> WINDOW rows: the first clean window's photos shifted, or non-pet pictures)."""
+    `shifted` (kind -> WINDOW rows: the first clean window's photos shifted, or non-pet pictures),
+    `resized` (the first clean window's photos as a client app sends them: resized to 640x480
+    and re-encoded as JPEG), `probe` (PROBE_REPEATS rows of one photo sent again and again)."""
 
     reference: pd.DataFrame
     clean: list[pd.DataFrame]
     shifted: dict[str, pd.DataFrame]
+    resized: pd.DataFrame
+    probe: pd.DataFrame
 
 
 def _load(paths: list[Path]) -> list[Image.Image]:
@@ -38,6 +44,16 @@ def _load(paths: list[Path]) -> list[Image.Image]:
             image.load()
             pictures.append(image)
     return pictures
+
+
+def _as_client_app_sends(picture: Image.Image) -> Image.Image:
+    """`picture` resized to 640x480 (whatever its aspect) and re-encoded as JPEG (quality 85)."""
+    buffer = io.BytesIO()
+    picture.convert("RGB").resize((640, 480), Image.Resampling.BILINEAR).save(
+        buffer, "JPEG", quality=85)
+    with Image.open(io.BytesIO(buffer.getvalue())) as sent:
+        sent.load()
+        return sent
 
 
 def _fit_head(net: object, rows: pd.DataFrame, labels: np.ndarray) -> None:
@@ -83,4 +99,6 @@ def photo_features(sample_dir: Path) -> PhotoFeatures:
     shifted = {kind: feature_rows(net, [shift(p) for p in base], IMAGE_SIZE)
                for kind, shift in SHIFTS.items()}
     shifted["non-pet pictures"] = feature_rows(net, non_pet_pictures(WINDOW), IMAGE_SIZE)
-    return PhotoFeatures(reference, clean, shifted)
+    resized = feature_rows(net, [_as_client_app_sends(p) for p in base], IMAGE_SIZE)
+    probe = feature_rows(net, [base[0]] * PROBE_REPEATS, IMAGE_SIZE)
+    return PhotoFeatures(reference, clean, shifted, resized, probe)

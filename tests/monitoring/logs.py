@@ -64,7 +64,8 @@ def write_log(url: str, rows: pd.DataFrame, version: str, end: dt.datetime | Non
         "width": int(row["width"]), "height": int(row["height"]), "format": row["format"],
         "brightness": float(row["brightness"]), "contrast": float(row["contrast"]),
         "saturation": float(row["saturation"]), "ood_score": None, "in_distribution": None,
-        "embedding": embeddings[i].tobytes(), "picture": None}
+        "embedding": embeddings[i].tobytes(), "picture": None,
+        "content_hash": row.get("content_hash")}
         for i, (_, row) in enumerate(rows.iterrows())]
     engine = make_engine(url)
     try:

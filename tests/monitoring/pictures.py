@@ -13,6 +13,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from catsdogs.config import CLASSES
 from catsdogs.monitoring.features import embedding_columns, image_statistics
+from catsdogs.monitoring.prediction_log import content_hash
 from tests.serving.networks import embed
 
 SAMPLE = Path("/work/shared/data/petimages-sample")
@@ -60,7 +61,8 @@ def non_pet_pictures(count: int, seed: int = 0) -> list[Image.Image]:
 def feature_rows(net: object, pictures: Iterable[Image.Image], image_size: int,
                  batch_size: int = 32) -> pd.DataFrame:
     """The prediction-log columns (label, confidence, width, height, format, brightness,
-    contrast, saturation, emb_0..emb_{D-1}) for `pictures`, from one eval-mode network."""
+    contrast, saturation, content_hash, emb_0..emb_{D-1}) for `pictures`, from one eval-mode
+    network."""
     import torch
 
     from catsdogs.inference.scorer import normalize
@@ -82,7 +84,8 @@ def feature_rows(net: object, pictures: Iterable[Image.Image], image_size: int,
     for picture in pictures:
         pixels = square_pixels(picture, image_size)
         rows.append({"width": picture.width, "height": picture.height,
-                     "format": picture.format or "JPEG", **image_statistics(pixels)})
+                     "format": picture.format or "JPEG", **image_statistics(pixels),
+                     "content_hash": content_hash(pixels)})
         batch.append(pixels)
         if len(batch) == batch_size:
             flush()

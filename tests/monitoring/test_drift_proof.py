@@ -29,15 +29,16 @@ def _write_table(path: Path, clean: list, shifted: dict, settings: MonitorParams
              f"{clean[0].reference_rows} held-out photos; embedding method "
              f"`{settings.embedding_method}` (threshold {settings.embedding_threshold}), column "
              f"tests at p < {settings.p_value}, decision: embedding drift or a share of drifted "
-             f"signals >= {settings.threshold}.", "",
-             "| kind of shift | drift score (share of signals) | embedding score | drifted "
-             "signals | detected |", "|---|---|---|---|---|"]
+             f"deciding signals >= {settings.threshold} (width, height: informational).", "",
+             "| kind of shift | drift score (share of deciding signals) | embedding score | "
+             "drifted signals | detected |", "|---|---|---|---|---|"]
     scores = sorted(result.signal(EMBEDDING).score for result in clean)
     lines.append(f"| none: {CLEAN_WINDOWS} clean windows | max "
                  f"{max(r.score for r in clean):.3f} | {scores[0]:.3f} .. {scores[-1]:.3f} | - | "
                  f"{alarms} of {CLEAN_WINDOWS} (false-alarm rate {alarms / CLEAN_WINDOWS:.2f}) |")
     for kind, result in shifted.items():
-        drifted = ", ".join(s.name for s in result.signals if s.drifted) or "-"
+        drifted = ", ".join(s.name + (" (informational)" if s.informational else "")
+                            for s in result.signals if s.drifted) or "-"
         lines.append(f"| {kind} | {result.score:.3f} | {result.signal(EMBEDDING).score:.3f} | "
                      f"{drifted} | {'yes' if result.detected else 'no'} |")
     path.write_text("\n".join(lines) + "\n")

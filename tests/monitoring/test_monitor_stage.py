@@ -60,6 +60,21 @@ def test_too_few_predictions_is_a_clear_skip(tmp_path: Path, capsys) -> None:
     assert not (paths.root / "reports" / "monitoring").exists()
 
 
+def test_a_probes_repeats_count_once_in_the_window(tmp_path: Path, capsys) -> None:
+    """10 pictures and one photo sent 100 times: 11 distinct pictures, below min_rows."""
+    import pandas as pd
+
+    paths = DataPaths(tmp_path / "data")
+    distinct = generated_rows(10, seed=7).assign(content_hash=[f"h{i}" for i in range(10)])
+    probe = generated_rows(1, seed=8).assign(content_hash="probe")
+    write_log(default_url(paths.root), pd.concat([distinct, *[probe] * 100],
+                                                 ignore_index=True), "1")
+    assert main(["monitor", "--data-dir", str(paths.root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reason"] == "not_enough_rows"
+    assert (out["rows"], out["duplicate_rows"]) == (11, 99)
+
+
 def test_clean_then_drifted_window(tmp_path: Path, tracking_uri: str, params, monkeypatch) -> None:
     version = register_with_reference(_reference())
     clean = DataPaths(tmp_path / "clean")

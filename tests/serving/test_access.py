@@ -24,6 +24,7 @@ async def _ok(request) -> JSONResponse:
 
 def client(**options) -> TestClient:
     app = Starlette(routes=[Route("/predict", _ok, methods=["POST"]),
+                            Route("/feedback", _ok, methods=["POST"]),
                             Route("/readyz", _ok), Route("/metrics", _ok)])
     app.add_middleware(ApiAccess, **options)
     return TestClient(app)
@@ -52,6 +53,9 @@ def test_keys_are_required_on_prediction_paths_only(keys_file: Path) -> None:
     assert web.post("/predict", headers={"Authorization": "Bearer key-alpha-0123456789"}
                     ).status_code == 200
     assert web.post("/predict", headers={"X-API-Key": "key-beta-9876543210"}).status_code == 200
+    assert web.post("/feedback").status_code == 401   # labels need a key too
+    assert web.post("/feedback", headers={"X-API-Key": "key-beta-9876543210"}
+                    ).status_code == 200
     assert web.get("/readyz").status_code == 200 and web.get("/metrics").status_code == 200
 
 
@@ -64,6 +68,9 @@ def test_429_with_retry_after_past_the_limit_per_client(keys_file: Path) -> None
     assert 1 <= int(limited.headers["retry-after"]) <= 20   # 3 a minute: a token every 20 s
     # another client has its own allowance; health stays open
     assert web.post("/predict", headers={"X-API-Key": "key-beta-9876543210"}).status_code == 200
+    assert web.post("/feedback").status_code == 401   # labels need a key too
+    assert web.post("/feedback", headers={"X-API-Key": "key-beta-9876543210"}
+                    ).status_code == 200
     assert web.get("/readyz").status_code == 200
 
 

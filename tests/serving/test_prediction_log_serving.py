@@ -147,6 +147,15 @@ def test_an_unusable_store_never_fails_a_request(broken_store_server: str) -> No
     assert metric(text, "catsdogs_prediction_log_rows_total", outcome="written") == 0
 
 
+
+def test_feedback_to_an_unusable_store_is_a_503(broken_store_server: str) -> None:
+    answer = requests.post(f"{broken_store_server}/feedback", timeout=TIMEOUT,
+                           json={"prediction_id": "0" * 32, "label": "cat"})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["reason"] == "feedback_unavailable"
+    assert answer.headers["x-catsdogs-reject-reason"] == "feedback_unavailable"
+
+
 @pytest.mark.browser
 def test_page_says_when_a_picture_is_not_a_cat_or_a_dog(bento_server: BentoServer,
                                                          tmp_path: Path,

@@ -12,9 +12,23 @@ Eight signals, each an Evidently metric in one `Report`:
   properties **brightness**, **contrast**, **saturation**, **width**, **height**: `ValueDrift`,
   two-sample Kolmogorov-Smirnov test. Each drifts when its p-value is below `monitor.p_value`.
 
-The drift score is the share of the eight signals that drift (0..1). Drift is **detected** when
-the embedding drifts, or when at least `monitor.threshold` of the signals do (several column
-tests must agree, which keeps the false-alarm rate of eight separate tests low).
+**Informational signals** (`INFORMATIONAL`: width, height): the upload's stored size, which the
+model never sees: the service decodes and squares every picture to its input side
+(`catsdogs.data.images.square_image`) before the network, the image statistics and the
+embedding see it. A client that resizes every upload (to 640x480, say) moves them and nothing
+the model computes, so they are compared and reported (`Signal.informational`) but never count
+towards the decision. Whatever a size change does to what the model sees (a stretched or cropped
+subject) shows in the embedding and the statistics of the input pixels, which do count.
+
+The drift score is the share of the six **deciding** signals (embedding, prediction, confidence,
+brightness, contrast, saturation) that drift (0..1). Drift is **detected** when the embedding
+drifts, or when at least `monitor.threshold` of the deciding signals do (several column tests
+must agree, which keeps the false-alarm rate of separate tests low).
+
+**Duplicates** count once (`distinct_pictures`): rows with the same `content_hash` (sha256 of
+the model's input pixels, `catsdogs.monitoring.prediction_log`) are one picture, so an uptime
+probe or a retrying client that sends the same photo 200 times weighs as one picture, not as a
+cluster the domain classifier separates at once.
 
 Evidently 0.7.23 imports `pandas.core.dtypes.common.infer_dtype_from_object`, which pandas 3
 removed; `_evidently()` puts back the one-line pandas 2 definition before the first import (only
@@ -41,6 +55,9 @@ CATEGORICAL_COLUMNS = ("label",)
 NUMERICAL_COLUMNS = ("confidence", "brightness", "contrast", "saturation", "width", "height")
 SIGNALS = (EMBEDDING, *CATEGORICAL_COLUMNS, *NUMERICAL_COLUMNS)
 """The signals compared, in report order."""
+INFORMATIONAL = ("width", "height")
+"""Signals reported but never deciding: the model's input does not see them (module docstring)."""
+HASH_COLUMN = "content_hash"
 COLUMN_TESTS = {"label": "chisquare", **{name: "ks" for name in NUMERICAL_COLUMNS}}
 """Evidently stat test per column: both give a p-value (drift when below `monitor.p_value`)."""
 
@@ -48,27 +65,31 @@ COLUMN_TESTS = {"label": "chisquare", **{name: "ks" for name in NUMERICAL_COLUMN
 @dataclass(frozen=True)
 class Signal:
     """One compared signal: Evidently's score (a p-value for the columns, the embedding method's
-    score for the embedding), the threshold it was judged by, and whether it drifted."""
+    score for the embedding), the threshold it was judged by, whether it drifted, and whether it
+    is only informational (never counts towards the decision: `INFORMATIONAL`)."""
 
     name: str
     method: str
     score: float
     threshold: float
     drifted: bool
+    informational: bool = False
 
 
 @dataclass
 class DriftResult:
     """The comparison of one window with one reference.
 
-    `score`: share of `signals` that drifted, in [0, 1]; `detected`: the drift decision;
-    `report`: the Evidently snapshot (`save_html`, `dict`)."""
+    `score`: share of the deciding `signals` that drifted, in [0, 1]; `detected`: the drift
+    decision; `current_rows`: distinct pictures compared, `duplicate_rows`: rows left out as
+    repeats of one of them; `report`: the Evidently snapshot (`save_html`, `dict`)."""
 
     signals: list[Signal]
     score: float
     detected: bool
     current_rows: int
     reference_rows: int
+    duplicate_rows: int = 0
     report: Any = field(repr=False, default=None)
 
     def signal(self, name: str) -> Signal:
@@ -88,6 +109,7 @@ class DriftResult:
         """JSON-ready: score, detected, row counts, each signal."""
         return {"score": self.score, "detected": self.detected,
                 "current_rows": self.current_rows, "reference_rows": self.reference_rows,
+                "duplicate_rows": self.duplicate_rows,
                 "signals": [asdict(signal) for signal in self.signals]}
 
 
@@ -125,6 +147,16 @@ def embedding_names(frame: pd.DataFrame) -> list[str]:
     return sorted(names, key=lambda c: int(str(c)[len(EMBEDDING_PREFIX):]))
 
 
+def distinct_pictures(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """`frame` with each `content_hash` kept once (its first row; rows without a hash, written
+    before the log had one, all kept) and how many rows were left out. A frame without the
+    column is returned as it is."""
+    if HASH_COLUMN not in frame.columns:
+        return frame, 0
+    repeated = frame[HASH_COLUMN].notna() & frame.duplicated(HASH_COLUMN, keep="first")
+    return frame[~repeated].reset_index(drop=True), int(repeated.sum())
+
+
 def _check(frame: pd.DataFrame, what: str, embeddings: list[str]) -> pd.DataFrame:
     missing = [c for c in SIGNALS[1:] if c not in frame.columns]
     if missing:
@@ -145,7 +177,8 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: MonitorPar
             report: bool = True) -> DriftResult:
     """Compare `current` (prediction-log rows) with `reference` (reference-profile rows): both
     with `label`, `confidence`, `brightness`, `contrast`, `saturation`, `width`, `height` and the
-    same `emb_*` columns. The reference is sampled down to `monitor.reference_rows` (seed 0).
+    same `emb_*` columns; a `content_hash` column in `current` counts repeated pictures once
+    (`distinct_pictures`). The reference is sampled down to `monitor.reference_rows` (seed 0).
 
     `report=False` (batch evaluation, e.g. many windows): the same Evidently drift method scores
     the embedding directly instead of through `EmbeddingsDrift`, whose report also draws a t-SNE
@@ -157,6 +190,7 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: MonitorPar
     if not embeddings:
         raise UserError("the reference has no embedding columns (emb_0 ...); re-train the model "
                         "so its reference profile is logged")
+    current, duplicates = distinct_pictures(current)
     reference, current = _check(reference, "reference", embeddings), _check(
         current, "prediction window", embeddings)
     if len(reference) < 2 or len(current) < 2:
@@ -185,12 +219,15 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: MonitorPar
     signals = [Signal(EMBEDDING, settings.embedding_method, values[0],
                       settings.embedding_threshold, bool(values[0] > settings.embedding_threshold))]
     signals += [Signal(name, COLUMN_TESTS[name], value, settings.p_value,
-                       bool(value < settings.p_value))
+                       bool(value < settings.p_value), name in INFORMATIONAL)
                 for name, value in zip(SIGNALS[1:], values[1:], strict=True)]
-    score = sum(signal.drifted for signal in signals) / len(signals)
+    deciding = [signal for signal in signals if not signal.informational]
+    score = sum(signal.drifted for signal in deciding) / len(deciding)
     detected = signals[0].drifted or score >= settings.threshold
-    log.info("drift score %.3f (%s); %s", score, "DETECTED" if detected else "none",
-             ", ".join(f"{s.name}={s.score:.4g}{'*' if s.drifted else ''}" for s in signals))
+    log.info("drift score %.3f (%s); %s%s", score, "DETECTED" if detected else "none",
+             ", ".join(f"{s.name}={s.score:.4g}{'*' if s.drifted else ''}"
+                       f"{' (informational)' if s.informational else ''}" for s in signals),
+             f"; {duplicates} repeated pictures left out" if duplicates else "")
     return DriftResult(signals, float(score), bool(detected), len(current), len(reference),
-                       snapshot)
+                       duplicates, snapshot)
 

@@ -21,27 +21,46 @@ Postgres (database `monitoring`). Table `predictions` (`TABLE`):
                      little-endian (2D+1 bytes; an odd length), or, in rows written before it,
                      D float32 (4D bytes); `encode_embedding` / `decode_embedding`
     picture          text, NULL unless picture sampling is on: the saved picture's path
+    prediction_id    text (32 hex digits, uuid4), unique: the answer's `prediction_id`, the key
+                     feedback labels a row by (NULL in rows written before it)
+    content_hash     text (64 hex digits): sha256 of the model's input pixels (S,S,3 uint8, C
+                     order), so the same picture sent twice has the same hash whatever its file's
+                     metadata or container; the monitor counts a picture once per window by it
+    true_label       text, NULL until feedback: cat, dog or neither (`FEEDBACK_LABELS`)
+    labelled_at      timestamp with time zone (UTC), NULL likewise: when the label was recorded
+
+Tables written before a column existed get it added (nullable) when a writer first opens the
+store (`upgrade`).
 
 `read_predictions(url, since=, until=, model_version=)` returns a pandas DataFrame with the same
-columns, `time` as UTC timestamps and the embedding expanded into `emb_0 .. emb_{D-1}` float32
+columns, `time` and `labelled_at` as UTC timestamps and the embedding expanded into `emb_0 .. emb_{D-1}` float32
 columns (the reference profile's names: `features.embedding_columns`). One binary column rather
 than D float columns: Postgres allows at most 1,600 columns, and one `executemany` of short rows
 writes several times faster.
 
 Writing (`PredictionLog`): the request path only puts a record on a bounded queue (never blocks:
 when the queue is full the record is dropped and counted); a background thread computes the
-image statistics, saves sampled pictures, and inserts every `batch_rows` rows or `flush_s`
+image statistics and the content hash, saves sampled pictures, and inserts every `batch_rows` rows or `flush_s`
 seconds in one transaction. A store that is down costs the rows of that batch (counted, logged
 at most once a minute), never a request. Rows older than `retention_days` are deleted by the same
 thread (at start and hourly), and so are the oldest rows past `max_rows` (after each insert):
 the log's size is bounded (4.2 KB a row in SQLite with MobileNetV2's embedding). Written here rather than with a logging library because the
 writer must batch, bound its memory and drop under pressure, which those do not do for a
 database.
+
+Labels (`PredictionLog.label`): the feedback for a row records `true_label` and `labelled_at`
+(UPDATE by `prediction_id`; the later label, by `labelled_at`, wins whatever order the writes
+land in). A row still waiting in this process's queue
+gets its label right after its insert, in the writer thread, so feedback sent a moment after the
+answer is never lost; an id this process does not know is looked up in the store, and once more
+after `flush_s` + 1 s when absent (another replica's writer may still hold it). A row the cap or
+the retention deleted, or one never written (queue full, store down), has no label to take.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import queue
 import random
@@ -49,7 +68,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +103,10 @@ PREDICTIONS = sa.Table(
     sa.Column("in_distribution", sa.Boolean),
     sa.Column("embedding", sa.LargeBinary),
     sa.Column("picture", sa.String(500)),
+    sa.Column("prediction_id", sa.String(32), unique=True),
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("true_label", sa.String(20)),
+    sa.Column("labelled_at", sa.DateTime(timezone=True)),
 )
 ROW_COLUMNS = tuple(c.name for c in PREDICTIONS.columns if c.name != "id")
 
@@ -105,6 +128,47 @@ def make_engine(url: str) -> sa.Engine:
                             connect_args=_connect_timeout(parsed))
 
 
+def upgrade(engine: sa.Engine) -> None:
+    """Create the table, or add the columns (nullable) and unique indexes an older table lacks."""
+    METADATA.create_all(engine, checkfirst=True)
+    inspector = sa.inspect(engine)
+    present = {column["name"] for column in inspector.get_columns(TABLE)}
+    missing = [column for column in PREDICTIONS.columns if column.name not in present]
+    if not missing:
+        return
+    preparer = engine.dialect.identifier_preparer
+    with engine.begin() as connection:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            connection.execute(sa.text(f"ALTER TABLE {preparer.quote(TABLE)} ADD COLUMN "
+                                       f"{preparer.quote(column.name)} {kind}"))
+            if column.unique:
+                sa.Index(f"ix_{TABLE}_{column.name}", column, unique=True).create(connection)
+    log.info("prediction log: added column(s) %s to %s", ", ".join(c.name for c in missing),
+             TABLE)
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    """sha256 (hex) of S,S,3 uint8 model-input pixels: equal for two uploads the model sees the
+    same (a re-sent file, the same photo with other metadata), about 0.1 ms at 224 px."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def record_label(engine: sa.Engine, prediction_id: str, label: str, at: dt.datetime) -> bool:
+    """Set the row's `true_label` and `labelled_at` unless it holds a label given later than
+    `at` (the later label wins, whichever is written last); False when no row has
+    `prediction_id` (unknown, deleted, or not written yet). Raises SQLAlchemyError when the
+    store fails."""
+    moment = _utc(at)
+    row = PREDICTIONS.c.prediction_id == prediction_id
+    with engine.begin() as connection:
+        updated = connection.execute(PREDICTIONS.update().where(row).where(sa.or_(
+            PREDICTIONS.c.labelled_at.is_(None), PREDICTIONS.c.labelled_at <= moment))
+            .values(true_label=label, labelled_at=moment))
+        return bool(updated.rowcount) or connection.execute(
+            sa.select(PREDICTIONS.c.id).where(row)).first() is not None
+
+
 def _connect_timeout(parsed: sa.URL) -> dict[str, Any]:
     return {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
 
@@ -118,9 +182,13 @@ def read_predictions(url: str, since: dt.datetime | None = None, until: dt.datet
 
     engine = make_engine(url)
     try:
-        if not sa.inspect(engine).has_table(TABLE):
+        inspector = sa.inspect(engine)
+        if not inspector.has_table(TABLE):
             return pd.DataFrame(columns=list(ROW_COLUMNS))
-        query = sa.select(*(PREDICTIONS.c[name] for name in ROW_COLUMNS)).order_by(
+        present = {column["name"] for column in inspector.get_columns(TABLE)}
+        # a table no writer has upgraded yet reads its missing columns as NULL
+        query = sa.select(*(PREDICTIONS.c[name] if name in present
+                            else sa.null().label(name) for name in ROW_COLUMNS)).order_by(
             PREDICTIONS.c.time)
         if since is not None:
             query = query.where(PREDICTIONS.c.time >= _utc(since))
@@ -133,7 +201,8 @@ def read_predictions(url: str, since: dt.datetime | None = None, until: dt.datet
     finally:
         engine.dispose()
     frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
-    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    for moment in ("time", "labelled_at"):
+        frame[moment] = pd.to_datetime(frame[moment], utc=True)
     vectors = [None if b is None else decode_embedding(b) for b in frame.pop("embedding")]
     sizes = {len(v) for v in vectors if v is not None}
     if len(sizes) == 1 and all(v is not None for v in vectors):
@@ -183,6 +252,7 @@ class PredictionRecord:
     ood_score: float | None
     in_distribution: bool | None
     picture: bytes | None = None       # the upload, only when sampled
+    prediction_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def _due(last: float | None, every_s: float) -> bool:
@@ -214,6 +284,13 @@ class PredictionLog:
         self.last_retention: float | None = None
         self.last_error_logged: float | None = None
         self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        # ids queued but not yet inserted, and the labels feedback gave them meanwhile, guarded
+        # by `lock` (held for these set operations only: `submit` takes it on the request path)
+        self.lock = threading.Lock()
+        self.pending: set[str] = set()
+        self.pending_labels: dict[str, tuple[str, dt.datetime]] = {}
+        self.label_engine: sa.Engine | None = None   # feedback's own (request threads)
+        self.engine_lock = threading.Lock()
 
     def start(self) -> PredictionLog:
         self.thread.start()
@@ -225,12 +302,43 @@ class PredictionLog:
 
     def submit(self, record: PredictionRecord) -> bool:
         """Queue one record without blocking; False (and counted) when the queue is full."""
+        with self.lock:
+            self.pending.add(record.prediction_id)
         try:
             self.queue.put_nowait(record)
         except queue.Full:
+            with self.lock:
+                self.pending.discard(record.prediction_id)
             self.on_rows("dropped_queue_full", 1)
             return False
         return True
+
+    def label(self, prediction_id: str, label: str, at: dt.datetime,
+              wait_s: float | None = None) -> bool:
+        """Record feedback `label` (at `at`, UTC) for the row `prediction_id`: True when it is
+        recorded (or queued behind its row's insert), False when no such row exists, also after
+        `wait_s` seconds (None: `flush_s` + 1) and a second look. Blocking: call it off the event
+        loop. Raises SQLAlchemyError when the store fails."""
+        if self._held(prediction_id, label, at):
+            return True
+        with self.engine_lock:
+            if self.label_engine is None:
+                engine = make_engine(self.url)
+                upgrade(engine)
+                self.label_engine = engine
+        if record_label(self.label_engine, prediction_id, label, at):
+            return True
+        time.sleep(self.flush_s + 1.0 if wait_s is None else wait_s)
+        return self._held(prediction_id, label, at) or record_label(
+            self.label_engine, prediction_id, label, at)
+
+    def _held(self, prediction_id: str, label: str, at: dt.datetime) -> bool:
+        """Keep the label of a row still queued here (applied right after its insert)."""
+        with self.lock:
+            if prediction_id in self.pending:
+                self.pending_labels[prediction_id] = (label, at)
+                return True
+        return False
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is queued and stop the writer (waits at most `timeout` seconds)."""
@@ -239,6 +347,8 @@ class PredictionLog:
         except queue.Full:
             return
         self.thread.join(timeout)
+        if self.label_engine is not None:
+            self.label_engine.dispose()
 
     def _run(self) -> None:
         pending: list[PredictionRecord] = []
@@ -268,7 +378,11 @@ class PredictionLog:
                 connection.execute(PREDICTIONS.insert(), rows)
                 self._retention(connection)
                 self._cap(connection)
+            self._release(records, engine)
         except Exception as exc:  # noqa: BLE001 (a store problem must never reach a request)
+            lost = self._release(records, None)
+            if lost:
+                log.warning("prediction log: %d feedback label(s) lost with their rows", lost)
             self.on_rows("dropped_store_error", len(records))
             self._forget_engine()
             if _due(self.last_error_logged, ERROR_LOG_EVERY_S):
@@ -280,11 +394,29 @@ class PredictionLog:
             return
         self.on_rows("written", len(rows))
 
+    def _release(self, records: list[PredictionRecord], engine: sa.Engine | None) -> int:
+        """The records' rows are inserted (`engine`) or lost (None): they stop being pending and
+        the labels feedback gave them meanwhile are applied (a label given since, straight to
+        the store, is later and stays: `record_label`); returns how many labels there were."""
+        with self.lock:
+            labels = {}
+            for record in records:
+                self.pending.discard(record.prediction_id)
+                if record.prediction_id in self.pending_labels:
+                    labels[record.prediction_id] = self.pending_labels.pop(record.prediction_id)
+        try:
+            for prediction_id, (label, at) in labels.items() if engine is not None else ():
+                record_label(engine, prediction_id, label, at)
+        except sa.exc.SQLAlchemyError as exc:   # the rows are in: only the labels are lost
+            log.warning("prediction log: %d feedback label(s) not recorded (%s: %s)",
+                        len(labels), type(exc).__name__, str(exc).splitlines()[0][:300])
+        return len(labels)
+
     def _engine(self) -> sa.Engine:
         if self.engine is None:
             self.engine = make_engine(self.url)
         if not self.table_ready:
-            METADATA.create_all(self.engine, checkfirst=True)
+            upgrade(self.engine)
             self.table_ready = True
         return self.engine
 
@@ -324,7 +456,9 @@ class PredictionLog:
                 "confidence": float(record.confidence), "width": record.width,
                 "height": record.height, "format": record.format, **stats,
                 "ood_score": record.ood_score, "in_distribution": record.in_distribution,
-                "embedding": embedding, "picture": self._save_picture(record)}
+                "embedding": embedding, "picture": self._save_picture(record),
+                "prediction_id": record.prediction_id,
+                "content_hash": content_hash(record.pixels)}
 
     def _save_picture(self, record: PredictionRecord) -> str | None:
         if record.picture is None or self.sample_dir is None:

@@ -58,10 +58,14 @@ def prediction_log_url(paths: DataPaths, given: str | None = None) -> str:
     return given or load(MonitoringSettings).prediction_log_url or default_url(paths.root)
 
 
-def read_window(url: str, params: Params, now: dt.datetime, version: str | None) -> Any:
-    """The window's rows (newest `max_rows` of one version, oldest first) and that version."""
+def read_window(url: str, params: Params, now: dt.datetime, version: str | None
+                ) -> tuple[Any, str | None, int]:
+    """The window's rows (newest `max_rows` distinct pictures of one version, oldest first),
+    that version, and how many rows repeated a picture of the window (left out:
+    `drift.distinct_pictures`)."""
     import sqlalchemy as sa
 
+    from catsdogs.monitoring.drift import distinct_pictures
     from catsdogs.monitoring.prediction_log import read_predictions
 
     settings = params.monitor
@@ -74,10 +78,13 @@ def read_window(url: str, params: Params, now: dt.datetime, version: str | None)
                         f"{str(exc).splitlines()[0][:200]}); start its database (or install "
                         f"its driver) or point --log / ${LOG_URL_ENV} at it") from None
     if frame.empty:
-        return frame, version
+        return frame, version, 0
     version = version or str(frame["model_version"].iloc[-1])
-    frame = frame[frame["model_version"] == version]
-    return frame.tail(settings.max_rows).reset_index(drop=True), version
+    # the newest row of each picture stands for it (the window's most recent traffic)
+    newest_first = frame[frame["model_version"] == version].iloc[::-1]
+    distinct, duplicates = distinct_pictures(newest_first)
+    return (distinct.head(settings.max_rows).iloc[::-1].reset_index(drop=True), version,
+            duplicates)
 
 
 def reference_rows(run_id: str, version: str, params: Params) -> Any:
@@ -119,11 +126,12 @@ def push_metrics(result: Any, name: str, version: str) -> bool:
     registry = CollectorRegistry()
     labels = {"model_name": name, "model_version": version}
     gauges = {
-        "score": Gauge("catsdogs_drift_score", "Share of drift signals that drifted (0..1)",
+        "score": Gauge("catsdogs_drift_score", "Share of the deciding drift signals that "
+                       "drifted (0..1; width and height are informational)",
                        list(labels), registry=registry),
         "detected": Gauge("catsdogs_drift_detected", "1 when the last check detected drift",
                           list(labels), registry=registry),
-        "rows": Gauge("catsdogs_drift_window_rows", "Predictions in the checked window",
+        "rows": Gauge("catsdogs_drift_window_rows", "Distinct pictures in the checked window",
                       list(labels), registry=registry),
         "time": Gauge("catsdogs_drift_last_check_timestamp_seconds",
                       "When the last drift check finished (Unix time)", list(labels),
@@ -132,7 +140,8 @@ def push_metrics(result: Any, name: str, version: str) -> bool:
     signal_score = Gauge("catsdogs_drift_signal_score", "Evidently score of one drift signal "
                          "(embedding: method score; columns: p-value)", [*labels, "signal"],
                          registry=registry)
-    signal_drifted = Gauge("catsdogs_drift_signal_drifted", "1 when the signal drifted",
+    signal_drifted = Gauge("catsdogs_drift_signal_drifted", "1 when the signal drifted "
+                           "(width, height: informational, never part of the decision)",
                            [*labels, "signal"], registry=registry)
     gauges["score"].labels(**labels).set(result.score)
     gauges["detected"].labels(**labels).set(int(result.detected))
@@ -185,14 +194,16 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
     settings, name = params.monitor, params.mlflow.registered_model_name
     now = dt.datetime.now(dt.UTC)
     url = prediction_log_url(paths, log_url)
-    frame, version = read_window(url, params, now, model_version)
+    frame, version, duplicates = read_window(url, params, now, model_version)
     if len(frame) < settings.min_rows:
         which = f"model version {version}" if version else "any model version"
-        return Summary("monitor", f"not enough predictions to check drift: {len(frame)} of "
-                       f"{which} in the last {settings.window_hours:g} h (monitor.min_rows = "
-                       f"{settings.min_rows}); nothing compared", skipped=True, details={
+        return Summary("monitor", f"not enough predictions to check drift: {len(frame)} "
+                       f"distinct pictures of {which} in the last {settings.window_hours:g} h "
+                       f"(monitor.min_rows = {settings.min_rows}; {duplicates} repeats left "
+                       "out); nothing compared", skipped=True, details={
                            "drift_detected": False, "reason": "not_enough_rows",
-                           "rows": len(frame), "model_version": version})
+                           "rows": len(frame), "duplicate_rows": duplicates,
+                           "model_version": version})
     reports = paths.root.joinpath(*REPORTS)
     stamp = fingerprint(name, version, len(frame), str(frame["time"].iloc[0]),
                         str(frame["time"].iloc[-1]), params.fingerprint("monitor"))
@@ -217,9 +228,11 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
     details = {"drift_detected": result.detected, "drift_score": result.score,
                "model_name": name, "model_version": version, "training_run_id": run_id,
                "rows": result.current_rows, "reference_rows": result.reference_rows,
+               "duplicate_rows": duplicates + result.duplicate_rows,
                "window_start": str(frame["time"].iloc[0]), "window_end": str(frame["time"].iloc[-1]),
                "signals": {s.name: {"score": s.score, "drifted": s.drifted, "method": s.method,
-                                    "threshold": s.threshold} for s in result.signals},
+                                    "threshold": s.threshold, "informational": s.informational}
+                           for s in result.signals},
                "report": str(html), "stamp": stamp}
     details["run_id"], details["experiment_id"] = log_to_mlflow(result, details, html, params,
                                                                 paths)
@@ -228,8 +241,10 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
         tmp.write_text(json.dumps(details, indent=2))
     with atomic_file(latest) as tmp:
         tmp.write_text(json.dumps(details, indent=2))
-    drifted = [s.name for s in result.signals if s.drifted]
+    drifted = [s.name for s in result.signals if s.drifted and not s.informational]
+    moved = [s.name for s in result.signals if s.drifted and s.informational]
     verdict = (f"DRIFT detected (score {result.score:.3f}; drifted: {', '.join(drifted)})"
-               if result.detected else f"no drift (score {result.score:.3f})")
+               if result.detected else f"no drift (score {result.score:.3f})") + (
+        f"; informational only: {', '.join(moved)} moved" if moved else "")
     return Summary("monitor", f"{name} v{version}, {result.current_rows} predictions vs "
                    f"{result.reference_rows} reference rows: {verdict}", details=details)
