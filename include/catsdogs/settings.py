@@ -137,6 +137,10 @@ class TrackingSettings(Settings):
         60, ge=5, le=3600, description="how long a command waits for an MLflow server that "
         "stopped answering (s) before it fails with one line naming the server; MLflow's own "
         "`MLFLOW_HTTP_REQUEST_*` retries and timeouts are set from it")
+    load_pickled_models: bool = Field(
+        False, description="unpickle a registered version that has no safetensors weights "
+        "(registered before them, or a network not built from code) after its sha256 check; "
+        "0: such a version is refused, naming it (unpickling can run arbitrary code)")
     airflow_run_url: str = Field("", description="the Airflow DAG run a stage belongs to (the "
                                  "runners set it), tagged on the MLflow run")
     airflow_ctx_dag_id: str = _env("AIRFLOW_CTX_DAG_ID", "", description="set by Airflow "
