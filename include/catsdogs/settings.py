@@ -302,12 +302,23 @@ class ComposeTargetSettings(Settings):
                              "task reaches it")
     proxy_service: str = Field("bento-proxy", min_length=1, description="the proxy's compose "
                                "service")
+    service_api_keys_file: Path | None = Field(
+        None, description="the API keys file on the Docker host (an absolute path; one key a "
+        "line): mounted read-only into each Bento container at `/run/secrets/catsdogs-api-keys`"
+        ", named there by `CATSDOGS_API_KEYS_FILE`; unset: no key needed")
     mlflow_tracking_uri: str = _env("MLFLOW_TRACKING_URI", "http://mlflow:5000",
                                     description="MLflow as the image build reaches it")
     mlflow_tracking_username: str = _env("MLFLOW_TRACKING_USERNAME", "", description="the "
                                          "MLflow account the image build logs in with")
     mlflow_tracking_password: SecretStr = _env("MLFLOW_TRACKING_PASSWORD", SecretStr(""),
                                                description="its password")
+
+    @field_validator("service_api_keys_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path on the Docker host")
+        return value
 
     def mlflow_login(self) -> dict[str, str]:
         """MLFLOW_TRACKING_USERNAME/PASSWORD as MLflow's client reads them (the set ones)."""
