@@ -180,17 +180,19 @@ def register(tracking_uri: str, net: object, image_size: int, arch: str,
     return "models:/CatsDogsBench@champion"
 
 
-def flask_baseline(model_dir: str, image_size: int, port: int) -> None:
-    """The baseline server (run in its own process by main)."""
-    import mlflow.pytorch
+def flask_baseline(model_dir: str, image_size: int, port: int, arch: str) -> None:
+    """The baseline server (run in its own process by main): the imported `arch` network, its
+    safetensors weights loaded as the service loads them."""
     import torch
     from flask import Flask, jsonify, request
     from PIL import Image
 
     from catsdogs.config import CLASSES
+    from catsdogs.registry.safeload import load_network
     from catsdogs.training.model import eval_transform
 
-    model = mlflow.pytorch.load_model(model_dir, map_location="cpu").eval()
+    model = load_network(Path(model_dir), name="CatsDogsBench", version="(imported)", arch=arch,
+                         classes=len(CLASSES))
     transform = eval_transform(image_size)
     app = Flask("baseline")
 
@@ -365,7 +367,7 @@ def cpu_probe_ms() -> float:
     return 1000 * (time.process_time() - started)
 
 
-def server_command(name: str, port: int, model_dir: str, image_size: int
+def server_command(name: str, port: int, model_dir: str, image_size: int, arch: str
                    ) -> tuple[list[str], str]:
     """The command that starts server `name` on `port`, and its health path."""
     if name in ("bentoml", *LOGGING_SERVERS):
@@ -373,7 +375,7 @@ def server_command(name: str, port: int, model_dir: str, image_size: int
                 SERVICE, "--host", "127.0.0.1", "--port", str(port)], \
             "/readyz"
     return [sys.executable, __file__, "--flask-baseline", model_dir, str(image_size),
-            str(port)], "/health"
+            str(port), arch], "/health"
 
 
 def print_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -> None:
@@ -473,12 +475,12 @@ def main() -> int:
                         help="CATSDOGS_RUNTIME for the service (default: its own choice)")
     parser.add_argument("--logging-cost", action="store_true",
                         help="the service with its prediction log on vs off (default c=32)")
-    parser.add_argument("--flask-baseline", nargs=3, metavar=("MODEL_DIR", "SIZE", "PORT"),
+    parser.add_argument("--flask-baseline", nargs=4, metavar=("MODEL_DIR", "SIZE", "PORT", "ARCH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flask_baseline:
         flask_baseline(args.flask_baseline[0], int(args.flask_baseline[1]),
-                       int(args.flask_baseline[2]))
+                       int(args.flask_baseline[2]), args.flask_baseline[3])
         return 0
     if not (SAMPLE / "cat").is_dir():
         print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
@@ -534,7 +536,8 @@ def main() -> int:
         pids: dict[str, int] = {}
         for name in servers:
             port = free_port()
-            argv, health = server_command(name, port, model_dir, int(metadata["image_size"]))
+            argv, health = server_command(name, port, model_dir, int(metadata["image_size"]),
+                                          metadata["arch"])
             log_file = work / f"{name}.log"
             process = start_process(argv, log_file, env={**env, **envs.get(name, {})},
                                     cwd=REPO_ROOT)

@@ -129,7 +129,7 @@ def measure_variants(model_dir: Path, variants_dir: Path, metadata: dict[str, An
     as the service decodes an upload); the `serving_variants` metadata, None without photos."""
     import numpy as np
 
-    from bentoservice.runtime import load_network
+    from bentoservice.runtime import ModelInfo, load_network
     from catsdogs.data.images import ImageRejected, square_image
     from catsdogs.inference.compute import cpu_description
     from catsdogs.inference.variants import MIN_AGREEMENT, measure, ranked
@@ -142,7 +142,8 @@ def measure_variants(model_dir: Path, variants_dir: Path, metadata: dict[str, An
             continue
     if not pixels:
         return None
-    measured = measure(load_network(model_dir, metadata["arch"]), variants_dir, np.stack(pixels))
+    network = load_network(model_dir, ModelInfo.from_metadata(metadata, bento_tag=""))
+    measured = measure(network, variants_dir, np.stack(pixels))
     for m in measured:
         logger.info("serving variant %-13s agreement %s, ms a picture %s: %s", m.variant,
                     "n/a" if m.agreement is None else f"{100 * m.agreement:.2f}%",

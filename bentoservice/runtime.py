@@ -66,22 +66,14 @@ class ModelInfo:
                    data=data)
 
 
-def load_network(model_dir: Path, arch: str) -> torch.nn.Module:
-    """The logged network as an eager `nn.Module` (pt2/GraphModule models are rebuilt from their
-    state dict with `catsdogs.training.model.build_model`, so channels_last and bf16 apply everywhere)."""
-    import mlflow.pytorch
+def load_network(model_dir: Path, info: ModelInfo) -> torch.nn.Module:
+    """The imported network of `info` from its MLflow model folder as an eager `nn.Module` in
+    eval mode: its architecture built from code with its safetensors weights, nothing unpickled
+    (`catsdogs.registry.safeload.load_network`; UserError naming the version otherwise)."""
+    from catsdogs.registry.safeload import load_network as load_safely
 
-    loaded = mlflow.pytorch.load_model(str(model_dir), map_location="cpu")
-    if isinstance(loaded, torch.fx.GraphModule):
-        from catsdogs.training.model import build_model
-
-        try:
-            net = build_model(arch, weights="none")
-            net.load_state_dict(loaded.state_dict())
-            loaded = net
-        except (RuntimeError, KeyError, ValueError) as exc:
-            logger.warning("serving the exported graph as-is (could not rebuild %s: %s)", arch, exc)
-    return loaded.eval()
+    return load_safely(model_dir, name=info.name, version=info.version, arch=info.arch,
+                       classes=len(info.classes))
 
 
 def pack_outputs(probabilities: np.ndarray, embedding: np.ndarray | None,

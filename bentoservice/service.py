@@ -249,7 +249,7 @@ class CatsDogsModel:
                     torch.get_num_threads(), time.perf_counter() - started)
 
     def _prepare(self, variant: str, device: torch.device) -> Predicting:
-        predictor = build_predictor(variant, lambda: load_network(self.model_dir, self.info.arch),
+        predictor = build_predictor(variant, lambda: load_network(self.model_dir, self.info),
                                     self.folder, device, self.info.image_size, jit=SETTINGS.jit)
         predictor.warm_up(SETTINGS.max_batch_size, self.info.image_size)
         return predictor
@@ -485,7 +485,7 @@ class CatsDogs:
         The eager network is loaded on the first call."""
         if self.gradcam is None:
             started = time.perf_counter()
-            self.gradcam = GradCam(load_network(self.model_dir, self.info.arch))
+            self.gradcam = GradCam(load_network(self.model_dir, self.info))
             logger.info("explanations: %s v%s's eager network loaded in %.1fs", self.info.name,
                         self.info.version, time.perf_counter() - started)
         started = time.perf_counter()

@@ -137,6 +137,10 @@ class TrackingSettings(Settings):
         60, ge=5, le=3600, description="how long a command waits for an MLflow server that "
         "stopped answering (s) before it fails with one line naming the server; MLflow's own "
         "`MLFLOW_HTTP_REQUEST_*` retries and timeouts are set from it")
+    load_pickled_models: bool = Field(
+        False, description="unpickle a registered version that has no safetensors weights "
+        "(registered before them, or a network not built from code) after its sha256 check; "
+        "0: such a version is refused, naming it (unpickling can run arbitrary code)")
     airflow_run_url: str = Field("", description="the Airflow DAG run a stage belongs to (the "
                                  "runners set it), tagged on the MLflow run")
     airflow_ctx_dag_id: str = _env("AIRFLOW_CTX_DAG_ID", "", description="set by Airflow "
@@ -298,12 +302,23 @@ class ComposeTargetSettings(Settings):
                              "task reaches it")
     proxy_service: str = Field("bento-proxy", min_length=1, description="the proxy's compose "
                                "service")
+    service_api_keys_file: Path | None = Field(
+        None, description="the API keys file on the Docker host (an absolute path; one key a "
+        "line): mounted read-only into each Bento container at `/run/secrets/catsdogs-api-keys`"
+        ", named there by `CATSDOGS_API_KEYS_FILE`; unset: no key needed")
     mlflow_tracking_uri: str = _env("MLFLOW_TRACKING_URI", "http://mlflow:5000",
                                     description="MLflow as the image build reaches it")
     mlflow_tracking_username: str = _env("MLFLOW_TRACKING_USERNAME", "", description="the "
                                          "MLflow account the image build logs in with")
     mlflow_tracking_password: SecretStr = _env("MLFLOW_TRACKING_PASSWORD", SecretStr(""),
                                                description="its password")
+
+    @field_validator("service_api_keys_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path on the Docker host")
+        return value
 
     def mlflow_login(self) -> dict[str, str]:
         """MLFLOW_TRACKING_USERNAME/PASSWORD as MLflow's client reads them (the set ones)."""

@@ -36,6 +36,7 @@ from catsdogs.orchestration.runners.kubernetes import (
 )
 from catsdogs.orchestration.stage_table import PIPELINE, STAGES
 from tests.airflow.harness import REPO_ROOT
+from tests.secret_values import secret_values
 
 KUBE_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
 SECRET = "s3cr3t-kaggle-key-value"
@@ -418,6 +419,27 @@ def test_chart_values_set_only_settings_the_code_reads_and_no_secret(chart_value
         # Secrets reach pods from Kubernetes Secrets (CATSDOGS_K8S_KAGGLE_SECRET names one).
         assert not re.search(r"(^|_)(KEY|PASSWORD|TOKEN)$", name), f"{name}: a secret value?"
         assert not name.startswith("KAGGLE"), name
+
+
+# The official chart's secrets, each by the name of a Secret (and the key it expects there).
+AIRFLOW_SECRETS = {("fernetKeySecretName",): "fernet-key",
+                   ("apiSecretKeySecretName",): "api-secret-key",
+                   ("jwtSecretName",): "jwt-secret", ("data", "metadataSecretName"): "connection"}
+def test_chart_values_take_every_airflow_secret_by_reference(chart_values) -> None:
+    """Fernet key, API secret key, JWT secret and metadata connection come from Secrets the
+    header's commands create (with the key the chart reads); the chart's well-known fallbacks
+    (bundled Postgres, admin/admin) are off; no value anywhere holds a password, key or token."""
+    header = CHART_VALUES.read_text().split("\nairflowVersion:")[0]
+    for path, key in AIRFLOW_SECRETS.items():
+        node: Any = chart_values
+        for part in path:
+            node = node[part]
+        assert isinstance(node, str) and node, path
+        assert re.search(rf"create secret generic {node} \\\n#\s+--from-literal={key}=", header), (
+            f"{node}: no command in the header creates it with key {key}")
+    assert chart_values["postgresql"]["enabled"] is False
+    assert chart_values["createUserJob"]["defaultUser"]["enabled"] is False
+    assert secret_values(chart_values) == []
 
 
 def test_chart_environment_gives_valid_stage_pods(parse_dag, chart_values, tmp_path) -> None:

@@ -7,7 +7,9 @@ untrained tiny model reaches), so @champion goes back to v1, v2 is tagged rolled
 reason, v1 serves again, and the stage's error says why. The load generator must see no failed
 request through both switches (its clients keep their connections open), and answers from v1,
 then v2, then v1 again. Between the first deploy and the second, the idle slot is started beside
-the live one: metrics stay per slot, and 60 switches under keep-alive clients lose no request."""
+the live one: metrics stay per slot, and 60 switches under keep-alive clients lose no request.
+A version whose artifact was changed after registration is refused at deploy while the live one
+keeps answering."""
 
 from __future__ import annotations
 
@@ -312,3 +314,43 @@ def test_preconditions_are_checked_before_any_work(
             stranger.wait()
         if port == local.slots[0]:
             assert not (local.run_dir / "bento-a.log").exists()
+
+
+def test_a_tampered_artifact_is_refused_at_deploy_while_v1_keeps_answering(
+        target: tuple[LocalTarget, DataPaths], mlflow_server: str, sample_dir: Path,
+        tmp_path: Path, artifacts_dir: Path) -> None:
+    """v1 live; v2 registered, then its weights in the artifact store replaced by another
+    network's: `catsdogs deploy` refuses v2 at its import (the sha256 check, naming v2), exits
+    non-zero with one line and no traceback, and every request meanwhile gets v1's answer."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from catsdogs.registry.safeload import WEIGHTS_FILE, save_weights
+    from catsdogs.training.model import build_model
+
+    local, paths = target
+    params = load_params(REPO_ROOT / "params.yaml", [
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50"])
+    client = MlflowClient(mlflow_server)
+    v1 = register(mlflow_server, test_accuracy=0.0)
+    assert deploy_champion(params, paths, local, client).details["deployed"] is True
+    v2 = register(mlflow_server, test_accuracy=0.0)   # register_tiny makes it @champion
+    model_id = client.get_model_version(MODEL, v2).source.removeprefix("models:/")
+    store = get_artifact_repository(client.get_logged_model(model_id).artifact_location)
+    store.log_artifact(str(save_weights(build_model("resnet18", weights="none"), tmp_path)),
+                       "extra_files")
+    assert (tmp_path / WEIGHTS_FILE).is_file()
+    env = {**os.environ, "CATSDOGS_DATA_DIR": str(paths.root), "CATSDOGS_DEPLOY_TARGET": "local",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
+    with Load(local.endpoint(), sorted((sample_dir / "dog").glob("*.jpg"))[-1],
+              keep_alive=True) as load:
+        deploy = subprocess.run(_catsdogs("deploy"), cwd=REPO_ROOT, env=env, capture_output=True,
+                                text=True, timeout=900, check=False)
+    said = deploy.stdout + deploy.stderr
+    assert deploy.returncode != 0, said[-3000:]
+    assert f"{MODEL} v{v2} refused: its model artifact's sha256" in said, said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
+    assert load.sent > 0 and load.failures == [], load.failures[:5]
+    assert load.versions == [v1] and local.serving() == v1, load.versions
+    (artifacts_dir / "local-tampered-deploy.json").write_text(json.dumps(
+        {"requests": load.sent, "failures": len(load.failures), "versions": load.versions,
+         "exit_code": deploy.returncode, "said": said.strip().splitlines()[-1]}, indent=2))

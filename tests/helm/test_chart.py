@@ -26,6 +26,7 @@ from tests.helm.conftest import (
     run_helm,
     template_args,
 )
+from tests.secret_values import secret_values
 
 FULLNAME = f"{RELEASE}-catsdogs"
 VALUE_SETS = [pytest.param((), id="defaults")] + [
@@ -455,3 +456,10 @@ def test_api_keys_come_from_a_secret_by_reference(render: Renderer) -> None:
     assert mounts["api-keys"]["readOnly"] is True
     assert env_of(objects)["CATSDOGS_API_KEYS_FILE"] == (
         mounts["api-keys"]["mountPath"] + "/keys")
+
+
+@pytest.mark.parametrize("path", [CHART_DIR / "values.yaml", *CI_VALUES], ids=lambda p: p.stem)
+def test_no_values_file_holds_a_secret(path: Path) -> None:
+    """Secrets by reference only (apiKeys.secretName, imagePullSecrets names): no password,
+    key, token or connection is filled in, in the defaults or in any CI values file."""
+    assert secret_values(yaml.safe_load(path.read_text())) == [], path

@@ -142,12 +142,13 @@ def test_pets_in_non_pets_noise_and_text_out(trained_on_photos: dict, photos: di
                                              artifacts_dir: Path) -> None:
     import mlflow
 
-    from bentoservice.runtime import load_network
+    from catsdogs.registry.safeload import load_network
 
     run_id = trained_on_photos["run_id"]
     detector = OodDetector.load(download_ood(run_id, tmp_path / "ood"))
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path))
-    net = load_network(Path(local), "mobilenet_v2")
+    net = load_network(Path(local), name="trained", version=run_id, arch="mobilenet_v2",
+                       classes=2)
 
     rates: dict[str, float] = {}
     held_out = photos["cat"]["held_out"] + photos["dog"]["held_out"]

@@ -59,6 +59,13 @@ def shared_training_choices(tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield
 
 
+@pytest.fixture
+def pickled_models_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-made networks (`crafted.ColourRule`, arch `colour`) are not built from code, so
+    their registered versions load only by unpickling them (`catsdogs.registry.safeload`)."""
+    monkeypatch.setenv("CATSDOGS_LOAD_PICKLED_MODELS", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> DataPaths:
     return build_transformed(tmp_path_factory.mktemp("training-data"))

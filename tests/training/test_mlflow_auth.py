@@ -110,6 +110,7 @@ def test_accounts_are_kept_in_step_with_the_env_and_need_the_admin(auth_server: 
     assert "refused" in refused.stderr and ADMIN[1] not in refused.stderr
 
 
+@pytest.mark.usefixtures("pickled_models_allowed")
 def test_service_account_registers_and_promotes_reader_only_browses(
         auth_server: str, tiny_data: DataPaths, monkeypatch: pytest.MonkeyPatch) -> None:
     login_as(monkeypatch, auth_server, SERVICE)

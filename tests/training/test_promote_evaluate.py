@@ -36,6 +36,7 @@ def _champion() -> str | None:
     return None if found is None else found.version
 
 
+@pytest.mark.usefixtures("pickled_models_allowed")
 def test_promotes_first_refuses_worse_promotes_better(tiny_data: DataPaths,
                                                       tracking_uri: str) -> None:
     params = tiny_params(f"mlflow.registered_model_name={NAME}")

@@ -92,6 +92,22 @@ def test_model_reloads_from_registry_for_any_batch_size(trained: dict, tracking_
     assert logits.shape == (batch, 2)
 
 
+def test_the_safe_load_gives_the_pickled_network_s_answers(trained: dict,
+                                                          tracking_uri: str) -> None:
+    """`load_model` (the arch built from code, the safetensors weights: nothing unpickled) is the
+    network MLflow's pickle holds: the same logits for the same pictures."""
+    import mlflow.pytorch
+
+    from catsdogs.registry.record import load_model, resolve
+
+    record = resolve(MlflowClient(), "models:/CatsDogsCNN@challenger")
+    safe = load_model(record, torch.device("cpu"))
+    pickled = mlflow.pytorch.load_model(record.uri).eval()
+    images = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.inference_mode():
+        assert torch.equal(safe(images), pickled(images))
+
+
 def test_same_data_and_params_is_skipped(trained: dict, tiny_data, tracking_uri: str) -> None:
     summary = train.run(tiny_params(), tiny_data)
     assert summary.skipped

@@ -12,11 +12,13 @@ to it, in one place.
   that moves meanwhile cannot mix two versions. Also registering a version (`register`) and
   loading its network (`load_model`).
 - `integrity`: the model artifact's sha256, recorded at registration (`model.sha256`) and
-  checked by every download that leads to unpickling it (`download_verified`).
+  checked by every download that leads to loading it (`download_verified`).
+- `safeload`: a version's network built from code with its safetensors weights, nothing
+  unpickled (`save_weights` at registration, `load_network` for every loader).
 - `model_card`: the markdown card of a version, rendered from the registry and its run.
 - `history`: every move of `@champion` (`move_champion`, the only writer of that alias),
   the deployment status tags (`mark_deployment`), the history and the previous champion.
 
-Dependencies run one way: names <- integrity <- record <- model_card <- history. `catsdogs.tracking` keeps
+Dependencies run one way: names <- integrity, safeload <- record <- model_card <- history. `catsdogs.tracking` keeps
 connecting to the tracking server and logging runs; nothing here connects.
 """

@@ -1,13 +1,14 @@
 """A model is verified before anything loads it: the sha256 of its artifact, recorded when it is
-registered, is checked on every download that leads to unpickling it.
+registered, is checked on every download that leads to loading it.
 
 `register` (record.py) downloads the version it has just registered and tags it `model.sha256`
 (`DIGEST_TAG`) with `tree_digest` of the folder. `download_verified` is the only way the loaders
 (`record.load_model`: promote, evaluate, score; `bentoservice.import_model`: the Bento store and
 every deploy's image) fetch a version: it downloads into a folder, recomputes the digest and
-raises UserError naming the version when it differs or was never recorded, before a byte of the
-pickle is read. Who can rewrite the artifact store (the MLflow volume, a bucket) but not the
-registry's tags cannot get their model served; the registry itself is behind MLflow's login.
+raises UserError naming the version when it differs or was never recorded, before any of it is
+read (`safeload` then reads only its safetensors weights, never the pickle). Who can rewrite the
+artifact store (the MLflow volume, a bucket) but not the registry's tags cannot get their model
+served; the registry itself is behind MLflow's login.
 """
 
 from __future__ import annotations

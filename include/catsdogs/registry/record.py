@@ -26,6 +26,7 @@ from catsdogs.registry.names import (
     MODEL_ARTIFACT,
     MOVE_TAG_PREFIX,
 )
+from catsdogs.registry.safeload import load_network, save_weights
 from catsdogs.tracking import raise_if_outage
 
 if TYPE_CHECKING:
@@ -171,10 +172,12 @@ def _requirements() -> list[str]:
 
 
 def register(model: Any, name: str, example: Any, tags: dict[str, str]) -> VersionRecord:
-    """Log `model` (a torch module) once in the active run (pickle format, dynamic batch;
-    `example`: a float32 array of shape (N, 3, H, W)), register it as a new version of `name`,
-    tag it with `tags` (`version_tags`) and its artifact's sha256 (`integrity.record_digest`,
-    checked before any load), and point `challenger` at it. Returns its record."""
+    """Log `model` (a torch module) once in the active run (MLflow's pickle format, dynamic
+    batch, plus its state dict as safetensors: `safeload.WEIGHTS_PATH`, what every loader
+    reads; `example`: a float32 array of shape (N, 3, H, W)), register it as a new version of
+    `name`, tag it with `tags` (`version_tags`) and its artifact's sha256
+    (`integrity.record_digest`, checked before any load), and point `challenger` at it.
+    Returns its record."""
     import tempfile
     from pathlib import Path
 
@@ -186,13 +189,15 @@ def register(model: Any, name: str, example: Any, tags: dict[str, str]) -> Versi
     with torch.inference_mode():
         logits = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, logits)
-    info = mlflow.pytorch.log_model(
-        model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
-        serialization_format="pickle", registered_model_name=name,
-        pip_requirements=_requirements(),
-        metadata={IMAGE_SIZE_TAG: int(tags[IMAGE_SIZE_TAG]),
-                  CLASSES_TAG: json.loads(tags[CLASSES_TAG])},
-    )
+    with tempfile.TemporaryDirectory(prefix="catsdogs-weights-") as folder:
+        info = mlflow.pytorch.log_model(
+            model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
+            serialization_format="pickle", registered_model_name=name,
+            pip_requirements=_requirements(),
+            extra_files=[str(save_weights(model, Path(folder)))],
+            metadata={IMAGE_SIZE_TAG: int(tags[IMAGE_SIZE_TAG]),
+                      CLASSES_TAG: json.loads(tags[CLASSES_TAG])},
+        )
     client = MlflowClient()
     version = str(info.registered_model_version)
     for key, value in tags.items():
@@ -207,12 +212,13 @@ def register(model: Any, name: str, example: Any, tags: dict[str, str]) -> Versi
 def load_model(record: VersionRecord, device: Any) -> Any:
     """The registered torch module of `record` (by its number, not an alias), in eval mode on
     `device` (a torch.device), loaded from its artifact once verified against the sha256
-    recorded at registration. Raises UserError naming the version when it does not match."""
+    recorded at registration, as its architecture built from code with its safetensors weights
+    (`safeload.load_network`: nothing unpickled). Raises UserError naming the version when the
+    digest does not match or the version cannot be loaded without unpickling it."""
     import tempfile
     from pathlib import Path
 
-    import mlflow.pytorch
-
     with tempfile.TemporaryDirectory(prefix="catsdogs-model-") as folder:
         local = download_verified(record, Path(folder))
-        return mlflow.pytorch.load_model(str(local), map_location=device).eval()
+        return load_network(local, name=record.name, version=record.version, arch=record.arch,
+                            classes=len(record.classes), device=device)

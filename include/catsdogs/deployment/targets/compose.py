@@ -18,7 +18,9 @@ A rollout (run by the deploy stage's container, which gets the Docker engine's s
 
 Settings ($CATSDOGS_*, set by docker-compose.yaml on the Airflow services and passed to the
 deploy stage): COMPOSE_PROJECT, DOCKER_NETWORK, DATA_VOLUME, SERVICE_RUNTIME_IMAGE,
-MODEL_IMAGE (with `{version}`), SERVICE_URL (the proxy as the stage reaches it), PROXY_SERVICE.
+MODEL_IMAGE (with `{version}`), SERVICE_URL (the proxy as the stage reaches it), PROXY_SERVICE,
+SERVICE_API_KEYS_FILE (the API keys file on the Docker host, bind-mounted read-only into each
+Bento container at `API_KEYS_TARGET`: the keys are in no image, environment or command).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ ROUTE_FILE = "/var/lib/haproxy/routes/route.map"   # docker/proxy/haproxy.cfg's 
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 SLOT_HEADER = proxy.SLOT_HEADER
 ROUTE = "live {color}\nversion {version}\n"
+API_KEYS_TARGET = "/run/secrets/catsdogs-api-keys"   # where a Bento container reads its keys
 _ROUTE_RE = re.compile(r"^live (\S+)\nversion (\S+)$", re.MULTILINE)
 # Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
 # docker runner hands them to the deploy container privately (runners.docker.service_environment).
@@ -88,6 +91,7 @@ class ComposeTarget:
     # the MLflow login of the image build (MLFLOW_TRACKING_USERNAME/PASSWORD; never in its config)
     mlflow_login: dict[str, str] = field(default_factory=dict, repr=False)
     service_env: dict[str, str] = field(default_factory=dict)
+    api_keys_file: str | None = None   # on the Docker host; None: no key needed
     name: str = "compose"
     _docker: Any = None
 
@@ -106,7 +110,23 @@ class ComposeTarget:
             proxy_service=settings.proxy_service,
             ready_timeout_s=params.deploy.ready_timeout_s, drain_s=params.deploy.drain_s,
             mlflow_uri=settings.mlflow_tracking_uri, mlflow_login=settings.mlflow_login(),
-            service_env=prefixed(SERVICE_ENV_PREFIX))
+            service_env=prefixed(SERVICE_ENV_PREFIX),
+            api_keys_file=(str(settings.service_api_keys_file)
+                           if settings.service_api_keys_file else None))
+
+    def service_options(self, color: str) -> dict[str, Any]:
+        """The `color` Bento container's `environment` (the CATSDOGS_SERVICE_ENV_ settings, its
+        slot label CATSDOGS_SLOT) and, with an API keys file, its read-only bind `mounts` at
+        `API_KEYS_TARGET`, named there by CATSDOGS_API_KEYS_FILE (the service then answers 401
+        without a key: docs/serving.md)."""
+        environment = {**self.service_env, "CATSDOGS_SLOT": color}
+        if not self.api_keys_file:
+            return {"environment": environment}
+        from docker.types import Mount
+
+        return {"environment": {**environment, "CATSDOGS_API_KEYS_FILE": API_KEYS_TARGET},
+                "mounts": [Mount(target=API_KEYS_TARGET, source=self.api_keys_file, type="bind",
+                                 read_only=True)]}
 
     # --- Docker -------------------------------------------------------------------------------
     @property
@@ -231,18 +251,26 @@ class ComposeTarget:
         stale = self._container(color)
         if stale is not None:
             stale.remove(force=True)
+        from docker.errors import APIError
         from docker.types import EndpointConfig
 
-        container = self.docker.containers.run(
-            built.image, name=self._container_name(color), detach=True,
-            network=self.network, environment={**self.service_env, "CATSDOGS_SLOT": color},
-            networking_config={self.network: EndpointConfig(
-                self.docker.api._version, aliases=[f"bento-{color}"])},
-            restart_policy={"Name": "unless-stopped"},
-            labels={"com.docker.compose.project": self.project,
-                    "com.docker.compose.service": f"bento-{color}",
-                    "com.docker.compose.oneoff": "False",
-                    "org.catsdogs.model.version": release.version})
+        try:
+            container = self.docker.containers.run(
+                built.image, name=self._container_name(color), detach=True,
+                network=self.network, **self.service_options(color),
+                networking_config={self.network: EndpointConfig(
+                    self.docker.api._version, aliases=[f"bento-{color}"])},
+                restart_policy={"Name": "unless-stopped"},
+                labels={"com.docker.compose.project": self.project,
+                        "com.docker.compose.service": f"bento-{color}",
+                        "com.docker.compose.oneoff": "False",
+                        "org.catsdogs.model.version": release.version})
+        except APIError as exc:
+            keys = (f" (CATSDOGS_SERVICE_API_KEYS_FILE={self.api_keys_file} must be a file on "
+                    "the Docker host)" if self.api_keys_file else "")
+            raise UserError(f"the {color} container of v{release.version} could not start: "
+                            f"{exc.explanation or exc}{keys}; traffic stays where it was"
+                            ) from None
 
         def alive() -> bool:
             container.reload()
