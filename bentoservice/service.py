@@ -75,13 +75,13 @@ from bentoservice.settings import (
     prediction_log_target,
 )
 from bentoservice.web import CARD_FILE, read_card, web_app
-from catsdogs.config import FEEDBACK_LABELS
+from catsdogs.config import CLASSES, FEEDBACK_LABELS
 from catsdogs.console import bind_log_fields, log_handler
 from catsdogs.data.images import ImageLimits, ImageRejected, decode_image, square_image
 from catsdogs.inference.compute import serving_device
 from catsdogs.inference.explain import GradCam, overlay, png
 from catsdogs.inference.variants import REFERENCE, Choice, Predicting, build_predictor, choose
-from catsdogs.monitoring.prediction_log import PredictionLog, PredictionRecord
+from catsdogs.monitoring.prediction_log import Labelled, PredictionLog, PredictionRecord
 
 logger = logging.getLogger("bentoservice")
 logger.setLevel(logging.INFO)  # BentoML's server logging passes the root logger's WARNING on only
@@ -122,6 +122,13 @@ EXPLANATIONS = bentoml.metrics.Histogram(
     name="catsdogs_explain_seconds",
     documentation="Seconds the explain thread spent on one Grad-CAM picture (load excluded), "
                   "by model version and slot", labelnames=VERSIONED, buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+FEEDBACK = bentoml.metrics.Counter(
+    name="catsdogs_feedback",
+    documentation="Answers labelled through /feedback, counted at their first label (a relabel "
+                  "is recorded in the log, not counted again), by the true label, whether the "
+                  "answer was right (correct: true/false; n/a for neither: the model only "
+                  "answers cat or dog) and the model version that answered",
+    labelnames=["label", "correct", "version"])
 MODEL_INFO = bentoml.metrics.Gauge(
     name="catsdogs_model_info", documentation="The model being served and the slot serving it "
     "(value 1): join BentoML's request metrics with it on (job, instance) for their version",
@@ -296,6 +303,14 @@ class Upload:
     picture: bytes | None   # the bytes, only when picture sampling picked it
 
 
+def _count_feedback(label: str, labelled: Labelled) -> None:
+    """Count an answer's first feedback label in `catsdogs_feedback_total` (live accuracy:
+    correct="true" over correct=~"true|false"; docs/monitoring.md)."""
+    if labelled.first:
+        correct = "n/a" if label not in CLASSES else str(labelled.predicted == label).lower()
+        FEEDBACK.labels(label=label, correct=correct, version=labelled.model_version).inc()
+
+
 def _error(status: int, reason: str, message: str) -> JSONResponse:
     """The refusal answer; logged with its reason and status (not the request's content)."""
     logger.info("refused a request: %s (%d)", reason, status,
@@ -356,6 +371,7 @@ class CatsDogs:
             sample_dir=prediction_log_pictures(SETTINGS),
             on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(
                 outcome=outcome, **self.versioned).inc(n),
+            on_label=_count_feedback,
         ).start() if SETTINGS.prediction_log else None)
         MODEL_INFO.labels(name=self.info.name, **self.versioned).set(1)
         data = self.info.data

@@ -5,7 +5,10 @@ provisioning and dashboard are checked here; the e2e test runs everything else f
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -209,7 +212,7 @@ def test_dashboard_has_the_documented_panels_on_the_provisioned_data_source() ->
     for topic in ("request rate", "latency", "predictions by label", "confidence",
                   "model version", "rejected", "drift", "out-of-distribution",
                   "per version: prediction requests", "per version: 5xx error ratio",
-                  "per version: p99 latency"):
+                  "per version: p99 latency", "live accuracy", "feedback labels"):
         assert topic in titles, f"no panel about {topic!r}"
     for panel in panels:
         assert panel["datasource"]["uid"] == uid
@@ -218,6 +221,22 @@ def test_dashboard_has_the_documented_panels_on_the_provisioned_data_source() ->
             expr = target["expr"]
             assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
             assert target["datasource"]["uid"] == uid
+
+
+def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
+    """Every dashboard query through `promtool check rules` as a recording rule (Grafana's
+    `$__rate_interval` as 1m), as the e2e test does inside the compose Prometheus."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: `make system-deps` installs Debian's prometheus")
+    rules = tmp_path / "dashboard-rules.yml"
+    rules.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{i}", "expr": expr.replace("$__rate_interval", "1m")}
+        for i, expr in enumerate(sorted(dashboard_exprs()))]}]}))
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(dashboard_exprs())} rules found" in result.stdout
 
 
 def dashboard_metrics() -> set[str]:

@@ -20,6 +20,7 @@ ALERTMANAGER = REPO_ROOT / "docker" / "alertmanager" / "alertmanager.yml"
 PROMETHEUS = REPO_ROOT / "docker" / "prometheus" / "prometheus.yml"
 EXPECTED = {"CatsdogsHighErrorRatio", "CatsdogsHighLatencyP99", "CatsdogsNoTraffic",
             "CatsdogsConfidenceMedianDrop", "CatsdogsOutOfDistributionRatio",
+            "CatsdogsLiveAccuracyLow",
             "CatsdogsDataDrift", "CatsdogsDriftCheckStale"}
 
 

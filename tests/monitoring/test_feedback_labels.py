@@ -1,5 +1,6 @@
 """The prediction log's label store (feedback): `PredictionLog.label` on a real SQLite store, a
-row still queued, the later label winning (also when written first), ids unknown or deleted by the cap, the content hash,
+row still queued, the later label winning (also when written first), the first label of a row
+told to `on_label` once (the service counts it), ids unknown or deleted by the cap, the content hash,
 tables written before these columns, and several processes writing rows and labels at once."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from catsdogs.config import FEEDBACK_LABELS
 from catsdogs.monitoring.prediction_log import (
+    Labelled,
     PredictionLog,
     PredictionRecord,
     content_hash,
@@ -38,10 +40,15 @@ def test_a_written_row_takes_the_later_label_and_nothing_else_changes(tmp_path: 
     assert all(writer.submit(r) for r in records)
     writer.close()
     before = read_predictions(url)
-    writer = PredictionLog(url, flush_s=0.05).start()   # a restarted service: nothing pending
+    told: list[tuple[str, Labelled]] = []
+    writer = PredictionLog(url, flush_s=0.05,   # a restarted service: nothing pending
+                           on_label=lambda label, labelled: told.append((label, labelled))).start()
     assert writer.label(records[1].prediction_id, "dog", at(1))
     assert writer.label(records[1].prediction_id, "neither", at(2))
     writer.close()
+    answer = records[1]   # record(1): "cat" by version "3"
+    assert told == [("dog", Labelled(answer.label, answer.model_version, first=True)),
+                    ("neither", Labelled(answer.label, answer.model_version, first=False))]
     after = read_predictions(url)
     assert after["prediction_id"].tolist() == [r.prediction_id for r in records]
     labelled = after.set_index("prediction_id").loc[records[1].prediction_id]
@@ -61,8 +68,12 @@ def test_an_earlier_label_written_last_does_not_win(tmp_path: Path) -> None:
     writer.close()
     engine = make_engine(url)
     try:
-        assert record_label(engine, one.prediction_id, "dog", at(9))
-        assert record_label(engine, one.prediction_id, "cat", at(8))   # found, and older
+        assert record_label(engine, one.prediction_id, "dog", at(9)) == Labelled(
+            one.label, one.model_version, first=True)
+        # found, and older: not recorded, and not a first label either
+        assert record_label(engine, one.prediction_id, "cat", at(8)) == Labelled(
+            one.label, one.model_version, first=False)
+        assert record_label(engine, "0" * 32, "cat", at(9)) is None
     finally:
         engine.dispose()
     row = read_predictions(url).iloc[0]
@@ -71,12 +82,16 @@ def test_an_earlier_label_written_last_does_not_win(tmp_path: Path) -> None:
 
 def test_a_label_for_a_queued_row_lands_after_its_insert(tmp_path: Path) -> None:
     url = default_url(tmp_path)
-    writer = PredictionLog(url, batch_rows=1000, flush_s=60).start()   # holds rows a minute
+    told: list[tuple[str, Labelled]] = []
+    writer = PredictionLog(url, batch_rows=1000, flush_s=60,           # holds rows a minute
+                           on_label=lambda label, labelled: told.append((label, labelled))).start()
     queued = record(4)
     writer.submit(queued)
     assert writer.label(queued.prediction_id, "cat", at(3), wait_s=0)
     assert writer.label(queued.prediction_id, "dog", at(4), wait_s=0)  # later wins
+    assert told == []                                    # told when the label lands, not before
     writer.close()                                                      # flushes
+    assert told == [("dog", Labelled("dog", "3", first=True))]   # record(4) answered "dog"
     row = read_predictions(url).iloc[0]
     assert (row["prediction_id"], row["true_label"]) == (queued.prediction_id, "dog")
 
@@ -172,3 +187,39 @@ def test_several_processes_write_rows_and_labels_at_once(tmp_path: Path) -> None
         mine = frame[frame["prediction_id"].str.startswith(f"{index:02d}")]
         assert (mine["true_label"] == FEEDBACK_LABELS[labeller % 3]).all(), index
         assert mine["labelled_at"].notna().all()
+
+
+def _labeller_process(url: str, ids: list[str], start: multiprocessing.synchronize.Barrier,
+                      firsts: multiprocessing.Queue) -> None:
+    """Label every row of `ids` (written before; none queued here) at once with the others, and
+    report how many of those labels were their row's first."""
+    counted = []
+    writer = PredictionLog(url, on_label=lambda _label, labelled: counted.append(labelled.first)
+                           ).start()
+    start.wait(timeout=60)
+    for prediction_id in ids:
+        assert writer.label(prediction_id, "dog", dt.datetime.now(dt.UTC), wait_s=0)
+    writer.close()
+    firsts.put(sum(counted))
+
+
+def test_of_several_replicas_labelling_one_row_at_once_exactly_one_counts_it(
+        tmp_path: Path) -> None:
+    url = default_url(tmp_path)
+    writer = PredictionLog(url, batch_rows=ROWS_EACH, flush_s=0.05).start()
+    records = [record(i) for i in range(ROWS_EACH)]
+    for one in records:
+        writer.submit(one)
+    writer.close()
+    ids = [r.prediction_id for r in records]
+    context = multiprocessing.get_context("spawn")
+    start, firsts = context.Barrier(WRITERS), context.Queue()
+    processes = [context.Process(target=_labeller_process, args=(url, ids, start, firsts))
+                 for _ in range(WRITERS)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * WRITERS
+    assert sum(firsts.get(timeout=10) for _ in range(WRITERS)) == ROWS_EACH
+    assert (read_predictions(url)["true_label"] == "dog").all()

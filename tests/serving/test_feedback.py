@@ -1,7 +1,8 @@
 """Feedback against a real `bentoml serve` of the tiny model (conftest.py): every logged answer
 of /predict, /predict_batch and /predict_base64 carries its prediction-log row's
 `prediction_id`; POST /feedback records the true label (and when) in that row, the later label
-winning and nothing else changing; an unknown id is 404, a bad label or body 400, in the
+winning and nothing else changing; `catsdogs_feedback_total` counts each answer's first label
+(right, wrong, neither; a relabel not again); an unknown id is 404, a bad label or body 400, in the
 service's `{"error", "reason"}` shape; a row the log's cap deleted is 404; with the log off
 answers carry no id; /docs describes the route; the web page's buttons post it."""
 
@@ -26,6 +27,7 @@ from catsdogs.monitoring.prediction_log import read_predictions
 from tests.servers import free_port, start_process, stop_process, wait_http
 from tests.serving.conftest import REPO_ROOT, BentoServer
 from tests.serving.test_prediction_log_serving import photo
+from tests.serving.test_service import metric
 
 pytestmark = pytest.mark.services
 TIMEOUT = 60
@@ -108,6 +110,52 @@ def test_feedback_records_the_true_label_and_the_later_wins(bento_server: BentoS
     assert after[untouched].equals(before[untouched])
     for label in FEEDBACK_LABELS:
         assert feedback(url, {"prediction_id": prediction_id, "label": label}).ok
+
+
+def feedback_counts(url: str, version: str) -> dict[tuple[str, str], float]:
+    """`catsdogs_feedback_total` by (label, correct) for answers of model `version`."""
+    text = requests.get(f"{url}/metrics", timeout=TIMEOUT).text
+    return {(label, correct): metric(text, "catsdogs_feedback_total", label=label,
+                                     correct=correct, version=version)
+            for label in FEEDBACK_LABELS for correct in ("true", "false", "n/a")}
+
+
+def test_feedback_counts_right_wrong_and_neither_once_per_answer(
+        bento_server: BentoServer) -> None:
+    url = bento_server.url
+    right, wrong, other = (predict(url, seed) for seed in (140, 141, 142))
+    version = right["model"]["version"]
+    flip = {"cat": "dog", "dog": "cat"}
+    before = feedback_counts(url, version)
+    # `right` labelled at once (its row likely still queued: counted when it lands), `wrong`
+    # once its row is in the store (counted by the request itself)
+    assert feedback(url, {"prediction_id": right["prediction_id"], "label": right["label"]}).ok
+    logged(bento_server.prediction_log_url, [wrong["prediction_id"]])
+    assert feedback(url, {"prediction_id": wrong["prediction_id"],
+                          "label": flip[wrong["label"]]}).ok
+    assert feedback(url, {"prediction_id": other["prediction_id"], "label": "neither"}).ok
+    expected = {key: 0.0 for key in before}
+    for key in ((right["label"], "true"), (flip[wrong["label"]], "false"), ("neither", "n/a")):
+        expected[key] += 1
+
+    def moved() -> dict[tuple[str, str], float]:
+        now = feedback_counts(url, version)
+        return {key: now[key] - before[key] for key in now}
+
+    deadline = time.monotonic() + 30
+    while moved() != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert moved() == expected
+    logged(bento_server.prediction_log_url, [right["prediction_id"], other["prediction_id"]])
+    # relabels (every row is in the store now: each is recorded, and counted or not, by its
+    # request): recorded in the row, not counted again
+    for answer in (right, wrong, other):
+        relabel = feedback(url, {"prediction_id": answer["prediction_id"], "label": "dog"})
+        assert relabel.ok, relabel.text
+    rows = logged(bento_server.prediction_log_url, [a["prediction_id"] for a in (right, wrong,
+                                                                                 other)])
+    assert (rows["true_label"] == "dog").all()
+    assert moved() == expected
 
 
 def test_unknown_ids_bad_labels_and_bad_bodies_are_refused(bento_server: BentoServer) -> None:

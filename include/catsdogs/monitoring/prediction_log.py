@@ -55,6 +55,9 @@ gets its label right after its insert, in the writer thread, so feedback sent a 
 answer is never lost; an id this process does not know is looked up in the store, and once more
 after `flush_s` + 1 s when absent (another replica's writer may still hold it). A row the cap or
 the retention deleted, or one never written (queue full, store down), has no label to take.
+`record_label` says whether a label is its row's first (the UPDATE that finds `labelled_at`
+NULL, atomic in the store), so a counter of first labels counts each answer once across
+replicas and relabels (`PredictionLog(on_label=)`).
 """
 
 from __future__ import annotations
@@ -154,19 +157,36 @@ def content_hash(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def record_label(engine: sa.Engine, prediction_id: str, label: str, at: dt.datetime) -> bool:
+@dataclass(frozen=True)
+class Labelled:
+    """A feedback label recorded on a row: the row's answer (`predicted`, by `model_version`)
+    and whether the label is the row's first (`first`; a relabel is not)."""
+
+    predicted: str
+    model_version: str
+    first: bool
+
+
+def record_label(engine: sa.Engine, prediction_id: str, label: str,
+                 at: dt.datetime) -> Labelled | None:
     """Set the row's `true_label` and `labelled_at` unless it holds a label given later than
-    `at` (the later label wins, whichever is written last); False when no row has
-    `prediction_id` (unknown, deleted, or not written yet). Raises SQLAlchemyError when the
-    store fails."""
+    `at` (the later label wins, whichever is written last). Returns None when no row has
+    `prediction_id` (unknown, deleted, or not written yet), else the row's answer and whether
+    this call gave the row its first label: decided by the one UPDATE that finds `labelled_at`
+    NULL, so of two labels written at once exactly one is first. Raises SQLAlchemyError when
+    the store fails."""
     moment = _utc(at)
     row = PREDICTIONS.c.prediction_id == prediction_id
+    values = {"true_label": label, "labelled_at": moment}
     with engine.begin() as connection:
-        updated = connection.execute(PREDICTIONS.update().where(row).where(sa.or_(
-            PREDICTIONS.c.labelled_at.is_(None), PREDICTIONS.c.labelled_at <= moment))
-            .values(true_label=label, labelled_at=moment))
-        return bool(updated.rowcount) or connection.execute(
-            sa.select(PREDICTIONS.c.id).where(row)).first() is not None
+        first = bool(connection.execute(PREDICTIONS.update().where(row).where(
+            PREDICTIONS.c.labelled_at.is_(None)).values(**values)).rowcount)
+        if not first:
+            connection.execute(PREDICTIONS.update().where(row).where(
+                PREDICTIONS.c.labelled_at <= moment).values(**values))
+        answer = connection.execute(sa.select(PREDICTIONS.c.label, PREDICTIONS.c.model_version)
+                                    .where(row)).first()
+    return None if answer is None else Labelled(answer.label, answer.model_version, first)
 
 
 def _connect_timeout(parsed: sa.URL) -> dict[str, Any]:
@@ -265,17 +285,22 @@ class PredictionLog:
     """Background writer of `PredictionRecord`s (see the module docstring).
 
     `on_rows(outcome, n)` is told of every row's fate: "written", "dropped_queue_full",
-    "dropped_store_error" (the service turns it into a Prometheus counter)."""
+    "dropped_store_error" (the service turns it into a Prometheus counter). `on_label(true_label,
+    labelled)` is told of every label this process records (`Labelled.first`: the row's first;
+    the service counts those in `catsdogs_feedback_total`); a label held for a queued row is
+    told when its row is inserted."""
 
     def __init__(self, url: str, batch_rows: int = 256, flush_s: float = 2.0,
                  queue_size: int = 1024, retention_days: float = 30.0, max_rows: int = 0,
                  sample_rate: float = 0.0, sample_dir: Path | None = None,
-                 on_rows: Callable[[str, int], None] = lambda _outcome, _n: None) -> None:
+                 on_rows: Callable[[str, int], None] = lambda _outcome, _n: None,
+                 on_label: Callable[[str, Labelled], None] = lambda _label, _labelled: None,
+                 ) -> None:
         self.url, self.batch_rows, self.flush_s = url, batch_rows, flush_s
         self.retention_days, self.sample_rate, self.sample_dir = (retention_days, sample_rate,
                                                                   sample_dir)
         self.max_rows = max_rows  # 0: no cap
-        self.on_rows = on_rows
+        self.on_rows, self.on_label = on_rows, on_label
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self.engine: sa.Engine | None = None
         self.table_ready = False
@@ -326,11 +351,19 @@ class PredictionLog:
                 engine = make_engine(self.url)
                 upgrade(engine)
                 self.label_engine = engine
-        if record_label(self.label_engine, prediction_id, label, at):
+        if self._record(self.label_engine, prediction_id, label, at):
             return True
         time.sleep(self.flush_s + 1.0 if wait_s is None else wait_s)
-        return self._held(prediction_id, label, at) or record_label(
+        return self._held(prediction_id, label, at) or self._record(
             self.label_engine, prediction_id, label, at)
+
+    def _record(self, engine: sa.Engine, prediction_id: str, label: str,
+                at: dt.datetime) -> bool:
+        """`record_label`, telling `on_label`; False when the row is not in the store."""
+        labelled = record_label(engine, prediction_id, label, at)
+        if labelled is not None:
+            self.on_label(label, labelled)
+        return labelled is not None
 
     def _held(self, prediction_id: str, label: str, at: dt.datetime) -> bool:
         """Keep the label of a row still queued here (applied right after its insert)."""
@@ -406,7 +439,7 @@ class PredictionLog:
                     labels[record.prediction_id] = self.pending_labels.pop(record.prediction_id)
         try:
             for prediction_id, (label, at) in labels.items() if engine is not None else ():
-                record_label(engine, prediction_id, label, at)
+                self._record(engine, prediction_id, label, at)
         except sa.exc.SQLAlchemyError as exc:   # the rows are in: only the labels are lost
             log.warning("prediction log: %d feedback label(s) not recorded (%s: %s)",
                         len(labels), type(exc).__name__, str(exc).splitlines()[0][:300])
