@@ -6,14 +6,18 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.client import HTTPResponse
 from pathlib import Path
 
 # Loopback servers are reached directly: never through a proxy from the environment, which
 # urllib's shared opener would otherwise keep from whichever test first opened a URL.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -97,3 +101,29 @@ def start_mlflow_server(workdir: Path, python_bin: Path, app_name: str | None = 
         stop_process(process)
         raise
     return process, url
+
+
+def mlflow_env(mlflow_server: str, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess that works on `mlflow_server`: the registry too (MLflow
+    copies a URI it was pointed at in this process into MLFLOW_REGISTRY_URI, and a subprocess
+    would register on that server instead), the project on PYTHONPATH, `extra` on top."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+            "MLFLOW_REGISTRY_URI": mlflow_server, "BENTOML_DO_NOT_TRACK": "true",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)]),
+            **extra}
+
+
+@contextmanager
+def registered_tiny_model(workdir: Path, name: str) -> Iterator[tuple[str, Path, str]]:
+    """A real MLflow server (artifact store in `workdir/artifacts`) with one version of `name`
+    registered as training does (`tests.serving.register_tiny`, 64 px): (url, artifact folder on
+    disk, version); the server is stopped on exit."""
+    process, url = start_mlflow_server(workdir, Path(sys.executable))
+    try:
+        done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", url, name,
+                               "64"], env=mlflow_env(url), cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield url, workdir / "artifacts", done.stdout.strip().splitlines()[-1]
+    finally:
+        stop_process(process)

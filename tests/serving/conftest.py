@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -100,3 +101,25 @@ def bento_server(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
     with serve_tiny(mlflow_server, workdir, extra_env={
             "CATSDOGS_SLOT": SLOT, "CATSDOGS_DRAIN_FILE": str(workdir / "draining")}) as server:
         yield server
+
+
+@contextlib.contextmanager
+def another_server(bento_server: BentoServer, workdir: Path, env: dict[str, str]
+                   ) -> Iterator[str]:
+    """Another `bentoml serve` of the same model with `env` on top, in its own BentoML home (a
+    copy of the model store: a server clears its home's Prometheus folder at start)."""
+    home = workdir / "bentoml"
+    shutil.copytree(Path(bento_server.env["BENTOML_HOME"]) / "models", home / "models")
+    port = free_port()
+    log_file = workdir / "serve.log"
+    process = start_process(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE, "--host", "127.0.0.1",
+         "--port", str(port)], log_file, cwd=REPO_ROOT,
+        env={**bento_server.env, "BENTOML_HOME": str(home), "CATSDOGS_STARTUP_DELAY_S": "0",
+             **env})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, process=process,
+                  log_file=log_file)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(process)

@@ -9,12 +9,8 @@ answers carry no id; /docs describes the route; the web page's buttons post it."
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
-import shutil
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +18,8 @@ import pytest
 import requests
 
 from catsdogs.config import FEEDBACK_LABELS
-from catsdogs.deployment.service_entry import SERVICE
 from catsdogs.monitoring.prediction_log import read_predictions
-from tests.servers import free_port, start_process, stop_process, wait_http
-from tests.serving.conftest import REPO_ROOT, BentoServer
+from tests.serving.conftest import BentoServer, another_server
 from tests.serving.test_prediction_log_serving import photo
 from tests.serving.test_service import metric
 
@@ -193,32 +187,10 @@ def test_openapi_describes_feedback(bento_server: BentoServer) -> None:
     assert "neither" in text and "prediction_id" in text
 
 
-@contextlib.contextmanager
-def second_server(bento_server: BentoServer, workdir: Path, env: dict[str, str]
-                  ) -> Iterator[str]:
-    """Another `bentoml serve` of the same model with `env` on top, in its own BentoML home (a
-    copy of the model store: a server clears its home's Prometheus folder at start)."""
-    home = workdir / "bentoml"
-    shutil.copytree(Path(bento_server.env["BENTOML_HOME"]) / "models", home / "models")
-    port = free_port()
-    log_file = workdir / "serve.log"
-    process = start_process(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE, "--host", "127.0.0.1",
-         "--port", str(port)], log_file, cwd=REPO_ROOT,
-        env={**bento_server.env, "BENTOML_HOME": str(home), "CATSDOGS_STARTUP_DELAY_S": "0",
-             **env})
-    try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, process=process,
-                  log_file=log_file)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(process)
-
-
 def test_a_row_the_cap_deleted_is_404(bento_server: BentoServer, tmp_path: Path) -> None:
     log_url = f"sqlite:///{tmp_path / 'capped.db'}"
-    with second_server(bento_server, tmp_path, {"CATSDOGS_PREDICTION_LOG_URL": log_url,
-                                                "CATSDOGS_PREDICTION_LOG_MAX_ROWS": "2"}) as url:
+    with another_server(bento_server, tmp_path, {"CATSDOGS_PREDICTION_LOG_URL": log_url,
+                                                 "CATSDOGS_PREDICTION_LOG_MAX_ROWS": "2"}) as url:
         ids = []
         for seed in range(140, 143):
             ids.append(predict(url, seed)["prediction_id"])
@@ -230,7 +202,7 @@ def test_a_row_the_cap_deleted_is_404(bento_server: BentoServer, tmp_path: Path)
 
 
 def test_with_the_log_off_answers_carry_no_id(bento_server: BentoServer, tmp_path: Path) -> None:
-    with second_server(bento_server, tmp_path, {"CATSDOGS_PREDICTION_LOG": "0"}) as url:
+    with another_server(bento_server, tmp_path, {"CATSDOGS_PREDICTION_LOG": "0"}) as url:
         assert predict(url, 150)["prediction_id"] is None
         message = refused(feedback(url, {"prediction_id": "0" * 32, "label": "dog"}), 404,
                           "unknown_prediction")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from bentoservice.import_model import default_calibration_dir
 from catsdogs.paths import DataPaths
 from catsdogs.registry.history import move_champion
 from catsdogs.registry.names import BY_ROLLBACK
+from tests.servers import mlflow_env
 from tests.serving.conftest import REPO_ROOT
 
 
@@ -42,19 +42,10 @@ def test_calibration_dir_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def _register_tiny(mlflow_server: str, name: str) -> str:
     """A tiny version of `name` registered as training does (and made @champion); its number."""
     done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", mlflow_server,
-                           name, "64"], env=_env(mlflow_server), cwd=REPO_ROOT,
+                           name, "64"], env=mlflow_env(mlflow_server), cwd=REPO_ROOT,
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
-
-
-def _env(mlflow_server: str, **extra: str) -> dict[str, str]:
-    # the registry too: MLflow copies a URI it was pointed at in this process into
-    # MLFLOW_REGISTRY_URI, and a subprocess would register on that server instead
-    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
-            "MLFLOW_REGISTRY_URI": mlflow_server, "BENTOML_DO_NOT_TRACK": "true",
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)]),
-            **extra}
 
 
 @pytest.mark.services
@@ -71,7 +62,7 @@ def test_a_promotion_during_the_import_cannot_change_what_is_stored(
     runs = {v: client.get_model_version(name, v).run_id for v in (v1, v2)}
     done = subprocess.run(
         [sys.executable, "-m", "tests.serving.import_race_probe", name, v2, str(tmp_path / "data")],
-        env=_env(mlflow_server, BENTOML_HOME=str(tmp_path / "bentoml")), cwd=REPO_ROOT,
+        env=mlflow_env(mlflow_server, BENTOML_HOME=str(tmp_path / "bentoml")), cwd=REPO_ROOT,
         capture_output=True, text=True, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])

@@ -19,8 +19,7 @@ from catsdogs.errors import UserError
 from catsdogs.registry.integrity import download_verified, tree_digest
 from catsdogs.registry.names import DIGEST_TAG
 from catsdogs.registry.record import VersionRecord, load_model
-from tests.servers import start_mlflow_server, stop_process
-from tests.serving.test_import_model import _env
+from tests.servers import mlflow_env, registered_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAME = "CatsDogsIntegrity"
@@ -46,16 +45,8 @@ def test_tree_digest_changes_with_any_file_change(tmp_path: Path) -> None:
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
     """A server with one version of NAME registered as training does: (url, artifact folder on
     disk, version)."""
-    workdir = tmp_path_factory.mktemp("mlflow-integrity")
-    process, url = start_mlflow_server(workdir, Path(sys.executable))
-    try:
-        done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", url, NAME,
-                               "64"], env=_env(url), cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        yield url, workdir / "artifacts", done.stdout.strip().splitlines()[-1]
-    finally:
-        stop_process(process)
+    with registered_tiny_model(tmp_path_factory.mktemp("mlflow-integrity"), NAME) as registered:
+        yield registered
 
 
 @pytest.mark.services
@@ -82,7 +73,7 @@ def test_a_tampered_artifact_is_refused_naming_the_version(
     imported = subprocess.run(
         [sys.executable, "-m", "bentoservice.import_model", "--model-uri",
          f"models:/{NAME}/{version}", "--data-dir", str(tmp_path / "data")],
-        env=_env(url, BENTOML_HOME=str(tmp_path / "bentoml")), cwd=REPO_ROOT,
+        env=mlflow_env(url, BENTOML_HOME=str(tmp_path / "bentoml")), cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=600)
     assert imported.returncode != 0
     assert refused in imported.stderr, imported.stderr[-2000:]

@@ -6,8 +6,6 @@ second server whose store is unusable still answers every request."""
 from __future__ import annotations
 
 import io
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from catsdogs.deployment.service_entry import SERVICE
 from catsdogs.monitoring.prediction_log import read_predictions
-from tests.servers import free_port, start_process, stop_process, wait_http
-from tests.serving.conftest import REPO_ROOT, BentoServer
+from tests.serving.conftest import BentoServer, another_server
 from tests.serving.test_service import metric
 
 pytestmark = pytest.mark.services
@@ -105,24 +101,10 @@ def broken_store_server(bento_server: BentoServer, tmp_path_factory: pytest.Temp
     workdir = tmp_path_factory.mktemp("broken-store")
     blocker = workdir / "not-a-folder"
     blocker.write_text("where the database's folder should be")
-    # its own BentoML home (a copy of the model store): a server clears the Prometheus
-    # multiprocess folder of its home at start, which would reset the first server's metrics
-    home = workdir / "bentoml"
-    shutil.copytree(Path(bento_server.env["BENTOML_HOME"]) / "models", home / "models")
-    env = {**bento_server.env, "BENTOML_HOME": str(home), "CATSDOGS_STARTUP_DELAY_S": "0",
-           "CATSDOGS_PREDICTION_LOG_URL": f"sqlite:///{blocker}/predictions.db",
-           "CATSDOGS_PREDICTION_LOG_QUEUE": "2", "CATSDOGS_PREDICTION_LOG_BATCH_ROWS": "1"}
-    port = free_port()
-    log_file = workdir / "serve.log"
-    process = start_process(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE,
-         "--host", "127.0.0.1", "--port", str(port)], log_file, env=env, cwd=REPO_ROOT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, process=process,
-                  log_file=log_file)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(process)
+    with another_server(bento_server, workdir, {
+            "CATSDOGS_PREDICTION_LOG_URL": f"sqlite:///{blocker}/predictions.db",
+            "CATSDOGS_PREDICTION_LOG_QUEUE": "2", "CATSDOGS_PREDICTION_LOG_BATCH_ROWS": "1"}) as url:
+        yield url
 
 
 def test_an_unusable_store_never_fails_a_request(broken_store_server: str) -> None:

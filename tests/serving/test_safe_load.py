@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +23,8 @@ from catsdogs.registry.integrity import download_verified, record_digest
 from catsdogs.registry.record import VersionRecord, load_model
 from catsdogs.registry.safeload import WEIGHTS_PATH, load_network, save_weights
 from catsdogs.training.model import build_model
-from tests.servers import start_mlflow_server, stop_process
-from tests.serving.test_import_model import _env
+from tests.servers import registered_tiny_model
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NAME = "CatsDogsSafeLoad"
 CPU = torch.device("cpu")
 
@@ -47,16 +43,8 @@ class Payload:
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
     """A server with one version of NAME registered as training does: (url, artifact folder on
     disk, version)."""
-    workdir = tmp_path_factory.mktemp("mlflow-safeload")
-    process, url = start_mlflow_server(workdir, Path(sys.executable))
-    try:
-        done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", url, NAME,
-                               "64"], env=_env(url), cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        yield url, workdir / "artifacts", done.stdout.strip().splitlines()[-1]
-    finally:
-        stop_process(process)
+    with registered_tiny_model(tmp_path_factory.mktemp("mlflow-safeload"), NAME) as registered:
+        yield registered
 
 
 def _retag(client: MlflowClient, version: str, folder: Path) -> VersionRecord:
