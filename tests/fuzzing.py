@@ -105,6 +105,17 @@ def png_iccp_chunk(profile: bytes) -> bytes:
     return _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile, 9))
 
 
+def png_bomb_chunk(inflated: int, kind: str = "iCCP") -> bytes:
+    """An iCCP or zTXt chunk whose body inflates to `inflated` zero bytes (a decompression bomb
+    in metadata: 200 MB deflate to about 200 KB), compressed 1 MiB at a time."""
+    packer = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    stream = b"".join(packer.compress(block[: min(len(block), inflated - at)])
+                      for at in range(0, inflated, len(block))) + packer.flush()
+    head = b"ICC profile" if kind == "iCCP" else b"Comment"
+    return _png_chunk(kind.encode(), head + b"\x00\x00" + stream)
+
+
 def xmp_packet(size: int) -> bytes:
     """An XMP packet of about `size` bytes (keywords repeated, as big Lightroom exports are)."""
     item = b"<rdf:li>cat, pet, whiskers</rdf:li>"

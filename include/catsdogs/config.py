@@ -52,7 +52,7 @@ class DataParams(_Section):
 
 class ValidationParams(_Section):
     allowed_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png", "heic",
-                                                                   "heif"])
+                                                                   "heif", "avif"])
     min_samples_per_class: int = Field(20, ge=1)
     min_decodable_fraction: float = Field(0.95, ge=0, le=1)
     max_imbalance_ratio: float = Field(1.5, ge=1)

@@ -1,5 +1,6 @@
-"""Issue 28 in the pipeline: HEIC/HEIF photos (iPhone) in a class folder and PNGs whose XMP or ICC
-profile inflates past Pillow's default 1 MB are pictures like any other: validate counts them
+"""Issue 28 in the pipeline: HEIC/HEIF photos (iPhone) in a class folder, PNGs whose XMP, zTXt
+comment or ICC profile inflates past Pillow's default 1 MB and AVIFs whose EXIF carries an
+Orientation beside an XResolution stored as text are pictures like any other: validate counts them
 decodable, prepare keeps them, transform squares them (the same decode path as the service)."""
 
 from __future__ import annotations
@@ -9,23 +10,37 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 
 from catsdogs.config import load_params
 from catsdogs.paths import DataPaths
 from catsdogs.stages import ingest, prepare, transform, validate
 from tests.data.helpers import REPO, encode, good_files, noise_image, write_tree
-from tests.fuzzing import png_iccp_chunk, png_text_chunk, png_with_chunks, xmp_packet
+from tests.fuzzing import (
+    odd_exif_avif,
+    png_iccp_chunk,
+    png_text_chunk,
+    png_with_chunks,
+    xmp_packet,
+)
 
+AVIF_KINDS = ("cat/odd_exif.avif", "dog/odd_exif_only.avif") if features.check("avif") else ()
 NEW_KINDS = ("cat/iphone.heic", "dog/photo.heif", "cat/big_xmp.png", "dog/big_icc.png",
-             "dog/rotated.heic")
+             "dog/rotated.heic", "cat/big_comment.png", *AVIF_KINDS)
 
 
 def _new_kinds() -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6
     profile = np.random.default_rng(60).integers(0, 256, 2_000_000, dtype=np.uint8).tobytes()
+    avif = {}
+    if AVIF_KINDS:  # the irot-rotated one, and the one with its orientation in EXIF alone
+        avif = {AVIF_KINDS[0]: odd_exif_avif(noise_image(66, (160, 120)))[0],
+                AVIF_KINDS[1]: odd_exif_avif(noise_image(67, (160, 120)), True)[0]}
     return {
+        **avif,
+        "cat/big_comment.png": png_with_chunks(noise_image(68), [png_text_chunk(
+            xmp_packet(3_000_000), key=b"Comment", compressed="zTXt")]),
         "cat/iphone.heic": encode(noise_image(61, (160, 120)), "HEIF", quality=90),
         "dog/photo.heif": encode(noise_image(62, (160, 120)), "HEIF", quality=90),
         "cat/big_xmp.png": png_with_chunks(noise_image(63), [png_text_chunk(xmp_packet(3_000_000))]),
@@ -57,6 +72,9 @@ def test_heic_and_big_metadata_pngs_are_validated_kept_and_transformed(tmp_path:
         assert inspected[name]["decodable"] == "True", inspected[name]
     assert inspected["cat/iphone.heic"]["format"] == "HEIF"
     assert inspected["dog/rotated.heic"]["width"] == "120"  # libheif applied the rotation
+    if AVIF_KINDS:
+        assert inspected["cat/odd_exif.avif"]["format"] == "AVIF"
+        assert inspected["dog/odd_exif_only.avif"]["format"] == "AVIF"
 
     prepare.run(params, paths)
     assert _rows(paths.prepared / "dropped.csv") == []
@@ -64,6 +82,7 @@ def test_heic_and_big_metadata_pngs_are_validated_kept_and_transformed(tmp_path:
     assert set(NEW_KINDS) <= set(kept)
     eda = json.loads((paths.eda / "eda.json").read_text())
     assert eda["formats"].get("HEIF") == 3
+    assert eda["formats"].get("AVIF") == (2 if AVIF_KINDS else None)
 
     transform.run(params, paths)
     sources = {row["source"]: row["path"] for row in _rows(paths.transformed / "splits.csv")}

@@ -86,6 +86,34 @@ def test_bad_inputs_are_rejected_with_a_reason(data: bytes, limits: ImageLimits,
     assert str(caught.value)
 
 
+def _cut(fmt: str, keep: float | int) -> bytes:
+    data = encode(noise_image(8, (160, 120)), fmt, quality=90)
+    return data[: keep if isinstance(keep, int) else int(len(data) * keep)]
+
+
+@pytest.mark.parametrize(("data", "fmt"), [
+    (_cut("HEIF", 200), "HEIF"),
+    (_cut("PNG", 30), "PNG"),
+    (_cut("WEBP", 30), "WEBP"),
+    pytest.param(_cut("AVIF", 0.5) if features.check("avif") else b"", "AVIF",
+                 marks=pytest.mark.skipif(not features.check("avif"), reason="no AVIF codec")),
+], ids=["heic-header", "png-header", "webp-header", "avif-half"])
+def test_a_damaged_picture_is_named_by_its_format(data: bytes, fmt: str) -> None:
+    """Issue 28: a cut AVIF or HEIC was `not_an_image` ("send a JPEG or PNG image"), telling an
+    iPhone user their photo is not a picture. A file that starts with a format's signature and
+    cannot be opened is `corrupt`, and the message names the format."""
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data)
+    assert caught.value.reason == "corrupt", caught.value
+    assert fmt in str(caught.value)
+
+
+def test_a_cut_heic_is_truncated() -> None:
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(_cut("HEIF", 0.5))
+    assert caught.value.reason == "truncated"
+
+
 def test_pixel_limit_is_checked_before_decoding() -> None:
     """A 20000x20000 PNG of zeros is tiny on disk; the header check refuses it unexpanded."""
     bomb = encode(Image.new("1", (20000, 20000)), "PNG")

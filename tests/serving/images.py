@@ -72,10 +72,17 @@ def odd_formats(base: Image.Image) -> dict[str, tuple[bytes, Image.Image]]:
 
 
 def issue_28_formats(base: Image.Image) -> dict[str, tuple[bytes, Image.Image]]:
-    """HEIC (an iPhone's default, here with EXIF Orientation=6), a PNG whose XMP packet inflates to
-    3 MB (past Pillow's default 1 MB) and an AVIF whose EXIF holds an XResolution stored as text:
-    name -> (encoded file, the RGB picture the service should see)."""
-    from tests.fuzzing import odd_exif_avif, png_text_chunk, png_with_chunks, xmp_packet
+    """HEIC (an iPhone's default, here with EXIF Orientation=6), PNGs whose XMP packet (iTXt),
+    comment (zTXt) or ICC profile (iCCP) inflates to 2-3 MB (past Pillow's default 1 MB) and an
+    AVIF whose EXIF holds an XResolution stored as text: name -> (encoded file, the RGB picture
+    the service should see)."""
+    from tests.fuzzing import (
+        odd_exif_avif,
+        png_iccp_chunk,
+        png_text_chunk,
+        png_with_chunks,
+        xmp_packet,
+    )
 
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -83,6 +90,11 @@ def issue_28_formats(base: Image.Image) -> dict[str, tuple[bytes, Image.Image]]:
                   exif=exif.tobytes())
     formats = {"iphone.heic": (heic, as_decoded(heic)),
                "big-xmp.png": (png_with_chunks(base, [png_text_chunk(xmp_packet(3_000_000))]),
+                               base),
+               "big-ztxt.png": (png_with_chunks(base, [png_text_chunk(
+                   xmp_packet(3_000_000), key=b"Comment", compressed="zTXt")]), base),
+               "big-icc.png": (png_with_chunks(base, [png_iccp_chunk(
+                   np.random.default_rng(28).integers(0, 256, 2_000_000, np.uint8).tobytes())]),
                                base)}
     if features.check("avif"):
         odd, twin = odd_exif_avif(base)

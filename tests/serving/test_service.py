@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fuzzing import png_text_chunk, png_with_chunks
+from tests.fuzzing import png_bomb_chunk, png_text_chunk, png_with_chunks
 from tests.serving.conftest import MODEL_NAME, SLOT, BentoServer
 from tests.serving.images import (
     animated_gif,
     as_decoded,
     encode,
     exif_rotated_jpeg,
+    issue_28_formats,
     minimal_pdf,
     multipage_tiff,
     odd_formats,
@@ -140,6 +141,55 @@ def test_odd_formats_predicted_like_their_rgb_picture(bento_server: BentoServer,
     assert close(got, expected, 1e-3), (name, got, expected)
 
 
+MEDIA_TYPES = {"heic": "image/heic", "png": "image/png", "avif": "image/avif"}
+
+
+def _form(field: str, disposition: str, media_type: str, data: bytes, copies: int = 1
+          ) -> tuple[bytes, str]:
+    """A multipart body of `copies` parts `field` with the given Content-Disposition parameters
+    after the name, and a Content-Type part header: (body, the request's Content-Type)."""
+    part = (f'--b28\r\nContent-Disposition: form-data; name="{field}"{disposition}\r\n'
+            f"Content-Type: {media_type}\r\n\r\n").encode() + data + b"\r\n"
+    return part * copies + b"--b28--\r\n", "multipart/form-data; boundary=b28"
+
+
+# how a client names the file of its part: curl and browsers, RFC 5987 alone, .NET's
+# MultipartFormDataContent.Add(content, "image") (no file name; the part's image/* type)
+WRAPPERS = {"filename": '; filename="photo.{ext}"',
+            "filename*": "; filename*=UTF-8''chat%20noir%C3%A9.{ext}",
+            "no filename": ""}
+
+
+@pytest.mark.parametrize("name", sorted(issue_28_formats(picture(0))))
+def test_issue_28_pictures_are_predicted_in_every_wrapper(bento_server: BentoServer,
+                                                          name: str) -> None:
+    """Each held-back kind of picture (HEIC, PNGs with 2-3 MB of ICC/XMP/zTXt, the odd-EXIF AVIF)
+    in each standard wrapper: a form part with a filename, with only filename*, with no file name
+    but an image/* type, on /predict and /predict_batch; base64 and a `data:` URL in either case on
+    /predict_base64. Every one is answered 200 with the answer of the picture it holds."""
+    data, seen = issue_28_formats(picture(9))[name]
+    ext = name.rsplit(".", 1)[1]
+    media_type = MEDIA_TYPES[ext]
+    expected = probabilities(predict(bento_server, encode(seen, "PNG")))
+    for wrapper, disposition in WRAPPERS.items():
+        for path, field, copies in (("/predict", "image", 1), ("/predict_batch", "images", 2)):
+            body, content_type = _form(field, disposition.format(ext=ext), media_type, data,
+                                       copies)
+            response = requests.post(f"{bento_server.url}{path}", data=body, timeout=TIMEOUT,
+                                     headers={"Content-Type": content_type})
+            assert response.status_code == 200, (wrapper, path, response.text)
+            answers = response.json() if path == "/predict_batch" else [response.json()]
+            assert len(answers) == copies
+            for answer in answers:
+                assert close(answer["probabilities"], expected, 1e-3), (wrapper, path, answer)
+    encoded = base64.b64encode(data).decode()
+    for text in (encoded, f"data:{media_type};base64,{encoded}",
+                 f"DATA:{media_type.upper()};BASE64,{encoded}"):
+        response = requests.post(f"{bento_server.url}/predict_base64", json={"image": text},
+                                 timeout=TIMEOUT)
+        assert close(probabilities(response), expected, 1e-3), text[:40]
+
+
 def test_exif_rotation_is_applied(bento_server: BentoServer) -> None:
     data = exif_rotated_jpeg(picture(5))
     got = probabilities(predict(bento_server, data))
@@ -167,6 +217,10 @@ BAD_UPLOADS = {
     "decompression-bomb": (png_header_only(30000, 30000), "too_many_pixels", 400),
     "png-metadata-bomb": (png_with_chunks(picture(1), [png_text_chunk(b"\0" * (20 << 20))]),
                           "metadata_too_large", 400),
+    "png-icc-bomb-200MB": (png_with_chunks(picture(1), [png_bomb_chunk(200 << 20)]),
+                           "metadata_too_large", 400),
+    "png-ztxt-bomb-200MB": (png_with_chunks(picture(1), [png_bomb_chunk(200 << 20, "zTXt")]),
+                            "metadata_too_large", 400),
     "one-pixel": (encode(picture(1, (1, 1)), "PNG"), "bad_dimensions", 400),
     "20000x10": (encode(picture(1, (20000, 10)), "PNG"), "bad_dimensions", 400),
     "over-10MB": (b"\xff\xd8\xff" + bytes(10 * 1024 * 1024), "too_large", 413),
@@ -183,6 +237,34 @@ def test_bad_uploads_get_a_json_4xx(bento_server: BentoServer, case: str) -> Non
     assert body["reason"] == reason
     assert body["error"]
     assert requests.get(f"{bento_server.url}/livez", timeout=TIMEOUT).status_code == 200
+
+
+PHONE_PHOTO = {fmt: encode(picture(6, (320, 240)), fmt, quality=90) for fmt in ("HEIF", "AVIF")}
+DAMAGED = {  # name -> (file, reason, what the message must name)
+    "heic-header-only": (PHONE_PHOTO["HEIF"][:200], "corrupt", "HEIF"),
+    "heic-cut-in-half": (PHONE_PHOTO["HEIF"][: len(PHONE_PHOTO["HEIF"]) // 2], "truncated",
+                         "truncated"),
+    "avif-cut-in-half": (PHONE_PHOTO["AVIF"][: len(PHONE_PHOTO["AVIF"]) // 2], "corrupt", "AVIF"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_a_damaged_phone_photo_is_refused_naming_the_problem(bento_server: BentoServer,
+                                                             case: str) -> None:
+    """A cut HEIC or AVIF was `not_an_image` ("send a JPEG or PNG image"); it is now `corrupt`
+    naming its format, or `truncated`, on every upload route."""
+    data, reason, named = DAMAGED[case]
+    answers = [predict(bento_server, data, "photo.bin"),
+               requests.post(f"{bento_server.url}/predict_base64", timeout=TIMEOUT,
+                             json={"image": base64.b64encode(data).decode()}),
+               requests.post(f"{bento_server.url}/predict_batch", timeout=TIMEOUT,
+                             files=[("images", ("a.heic", PHONE_PHOTO["HEIF"])),
+                                    ("images", ("b.bin", data))])]
+    for response in answers:
+        assert response.status_code == 400, response.text
+        assert response.json()["reason"] == reason, response.text
+        assert named in response.json()["error"], response.text
+    assert answers[2].json()["error"].startswith("image 2 of 2")
 
 
 def test_malformed_requests_get_a_json_4xx(bento_server: BentoServer) -> None:

@@ -22,6 +22,9 @@ three things once, for every user of Pillow in the process, each only widening w
   file unidentifiable. `_TolerantAvifFile`, registered in place of Pillow's reader, keeps the
   container's orientation and drops only that EXIF block (the tolerance the JPEG path has in
   `_upright`).
+A file that starts with a format's signature (each Pillow reader's own check) and still cannot be
+opened is refused as `corrupt` naming that format (a cut HEIC or AVIF is a damaged photo, not "not
+an image"); `not_an_image` is kept for files no reader claims.
 `square_image` adds THE geometric preprocessing (the square resize): the transform stage stores its
 output for training and the Bento service applies it to every upload.
 """
@@ -60,6 +63,7 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+_PREFIX_BYTES = 16  # what Image.open hands each reader's signature check
 _PNG_TEXT_LIMIT = "MAX_TEXT_"  # in Pillow's ValueError for a chunk past MAX_TEXT_CHUNK/_MEMORY
 
 
@@ -252,19 +256,43 @@ def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
                             f"{exc}); send a JPEG or PNG image") from exc
 
 
+def _claimed_formats(data: bytes) -> list[str]:
+    """The formats whose signature the file starts with (each reader's own check of the first
+    16 bytes, as `Image.open` does it; readers with no signature check are left out): a file
+    that claims a format and still cannot be opened is that format damaged, not a non-image."""
+    Image.init()
+    prefix = data[:_PREFIX_BYTES]
+    claimed = []
+    for name, (_factory, accept) in Image.OPEN.items():
+        try:
+            result = accept(prefix) if accept else False
+        except Exception:  # noqa: BLE001 - a reader's check failing is not a claim
+            result = False
+        if result and not isinstance(result, str):
+            claimed.append(name)
+    return claimed
+
+
 def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
+        claimed = _claimed_formats(data)
+        if claimed:
+            raise ImageRejected("corrupt", f"the file starts as {' or '.join(claimed)} but its "
+                                "header cannot be read (truncated or damaged)") from exc
         raise ImageRejected("not_an_image", "not a recognised image file; send a JPEG or PNG "
                             "image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, ValueError) and _PNG_TEXT_LIMIT in str(exc):
             raise _metadata_too_large(exc) from exc
-        reason = "truncated" if "runcated" in str(exc) else "not_an_image"
-        raise ImageRejected(reason, f"unreadable image header: {exc}") from exc
+        claimed = _claimed_formats(data)
+        reason = ("truncated" if "runcated" in str(exc) else "corrupt" if claimed
+                  else "not_an_image")
+        what = " or ".join(claimed) if claimed else "image"
+        raise ImageRejected(reason, f"unreadable {what} header: {exc}") from exc
     _check_header(image, limits)
     if draft_size and image.format == "JPEG":
         image.draft(None, (draft_size, draft_size))
