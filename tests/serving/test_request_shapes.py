@@ -233,21 +233,78 @@ def _check_answer(response: requests.Response) -> None:
         assert set(body) == {"error", "reason"} and body["error"], body
 
 
+def _part(field: str, disposition: str, part_type: str | None, data: bytes) -> bytes:
+    """One multipart part (boundary `fz`): Content-Disposition `form-data; name="<field>"` plus
+    `disposition`, and a Content-Type part header unless `part_type` is None."""
+    head = f'--fz\r\nContent-Disposition: form-data; name="{field}"{disposition}\r\n'.encode()
+    typed = f"Content-Type: {part_type}\r\n".encode() if part_type is not None else b""
+    return head + typed + b"\r\n" + data + b"\r\n"
+
+
+def _post_parts(url: str, parts: list[bytes]) -> requests.Response:
+    return requests.post(url, data=b"".join(parts) + b"--fz--\r\n", timeout=TIMEOUT,
+                         headers={"Content-Type": "multipart/form-data; boundary=fz"})
+
+
+# how real clients name an uploaded file (issue 28): a filename, RFC 5987 filename* alone (with
+# the seed's own extension), no file name but an image/* part type (.NET's
+# MultipartFormDataContent.Add(content, "image"))
+FILE_WRAPPERS = {"filename": ('; filename="x.{ext}"', "application/octet-stream"),
+                 "filename*": ("; filename*=UTF-8''%C3%A9t%C3%A9.{ext}", None),
+                 "image/* type": ("", "image/{ext}")}
+# how /predict_base64 takes the same bytes: bare base64, a data: URL in any case of its scheme
+DATA_URL_PREFIXES = ("", "data:image/jpeg;base64,", "DATA:image/jpeg;base64,",
+                     "Data:;base64,", " data:application/octet-stream;BASE64,")
+
+
 @examples(150)
-@given(mutated_files(), st.sampled_from(["/predict", "/predict_base64", "/predict_batch"]))
+@given(mutated_files(), st.sampled_from(["/predict", "/predict_base64", "/predict_batch"]),
+       st.sampled_from(sorted(FILE_WRAPPERS)), st.sampled_from(DATA_URL_PREFIXES))
 def test_fuzzed_pictures_never_get_a_5xx(bento_server: BentoServer, case: tuple[str, bytes],
-                                         path: str) -> None:
-    _name, data = case
+                                         path: str, wrapper: str, prefix: str) -> None:
+    """Mutated pictures (JPEG, PNG, WebP, GIF, TIFF, AVIF, HEIC, big-XMP PNG seeds) in every
+    standard wrapper of each route."""
+    name, data = case
     url = f"{bento_server.url}{path}"
+    disposition, part_type = FILE_WRAPPERS[wrapper]
+    ext = name.rsplit(".", 1)[1]
+    disposition, part_type = disposition.format(ext=ext), part_type and part_type.format(ext=ext)
     if path == "/predict":
-        response = requests.post(url, files={"image": ("x.jpg", data)}, timeout=TIMEOUT)
+        response = _post_parts(url, [_part("image", disposition, part_type, data)])
     elif path == "/predict_base64":
-        response = requests.post(url, json={"image": base64.b64encode(data).decode()},
+        response = requests.post(url, json={"image": prefix + base64.b64encode(data).decode()},
                                  timeout=TIMEOUT)
     else:
-        response = requests.post(url, files=[("images", ("a.jpg", GOOD)),
-                                             ("images", ("b.jpg", data))], timeout=TIMEOUT)
+        response = _post_parts(url, [_part("images", '; filename="a.jpg"', None, GOOD),
+                                     _part("images", disposition, part_type, data)])
     _check_answer(response)
+
+
+@examples(100)
+@given(st.sampled_from(["data:", "DATA:", "dAtA:", " data:", "data:,", "data"]),
+       st.sampled_from(["", "image/jpeg", "image/heic", "IMAGE/PNG", "text/plain;charset=utf-8",
+                        "image/jpeg;name=a,b", "x" * 300, ";;;", "image/jpeg;base64;base64"]),
+       st.sampled_from([";base64", ";BASE64", "", ";charset=x;base64", ";base64 "]),
+       st.sampled_from([",", "", ",,", " , ", ";,"]),
+       st.one_of(st.sampled_from([base64.b64encode(GOOD).decode(),
+                                  base64.b64encode(seeds()["exif.heic"]).decode(),
+                                  base64.b64encode(seeds()["odd-exif.avif"]).decode(),
+                                  "", "====", "%FF%D8%FF", "AAAA" * 3]),
+                 st.text(max_size=64)))
+def test_fuzzed_data_urls_never_get_a_5xx(bento_server: BentoServer, scheme: str, media: str,
+                                          encoding: str, comma: str, payload: str) -> None:
+    """`data:` URLs built from well-formed and broken pieces (scheme case, media type,
+    parameters, the comma, the payload): never a 5xx; a malformed one is a 4xx naming the
+    problem, and one well-formed around a valid picture is answered 200."""
+    text = scheme + media + encoding + comma + payload
+    response = requests.post(f"{bento_server.url}/predict_base64", json={"image": text},
+                             timeout=TIMEOUT)
+    _check_answer(response)
+    if scheme.strip().lower() == "data:" and comma == "," and encoding.lower() == ";base64" \
+            and "," not in media and payload == base64.b64encode(GOOD).decode():
+        assert response.status_code == 200, (text[:60], response.text)
+    if scheme.strip().lower() == "data:" and "," not in text:
+        assert response.json()["reason"] == "bad_data_url", (text[:60], response.text)
 
 
 NAMES = st.sampled_from(["image", "images", "file", "Image", "image[]", "", "x" * 300,
@@ -285,14 +342,55 @@ FORM = (b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\
         b"Content-Type: image/jpeg\r\n\r\n" + GOOD + b"\r\n--B--\r\n")
 
 
+# the same valid form as each wrapper of issue 28 writes it
+FORMS = {"filename": FORM,
+         "filename*": FORM.replace(b'filename="a.jpg"', b"filename*=UTF-8''chat%20noir.jpg"),
+         "image/* type": FORM.replace(b'; filename="a.jpg"', b"")}
+
+
 @examples(100)
-@given(mutations, st.sampled_from(["/predict", "/predict_batch"]))
+@given(mutations, st.sampled_from(["/predict", "/predict_batch"]), st.sampled_from(sorted(FORMS)))
 def test_fuzzed_form_bytes_never_get_a_5xx(bento_server: BentoServer,
                                            changes: list[tuple[str, str, float, int, int]],
-                                           path: str) -> None:
-    """A valid form with its bytes mutated (boundaries, part headers, lengths, truncation)."""
-    body = mutate(FORM.replace(b'name="image"', b'name="images"') if path == "/predict_batch"
-                  else FORM, changes)
+                                           path: str, wrapper: str) -> None:
+    """A valid form (a file part named by filename, by filename* alone, or typed image/* with no
+    file name) with its bytes mutated (boundaries, part headers, lengths, truncation)."""
+    form = FORMS[wrapper]
+    body = mutate(form.replace(b'name="image"', b'name="images"') if path == "/predict_batch"
+                  else form, changes)
     response = requests.post(f"{bento_server.url}{path}", data=body, timeout=TIMEOUT,
                              headers={"Content-Type": "multipart/form-data; boundary=B"})
     _check_answer(response)
+
+
+DISPOSITIONS = st.sampled_from(['; filename="a.jpg"', "; filename*=UTF-8''a.jpg",
+                                "; filename*=", "; FILENAME*=utf-8'en'%FF%FE.heic",
+                                "; filename*=UTF-8''a.jpg; filename=\"b.jpg\"", "; filename",
+                                "; filename*=x" * 40, ""])
+PART_TYPES = st.sampled_from([None, "image/jpeg", "IMAGE/HEIC", "image/", "image/avif; q=1",
+                              "text/plain", "application/octet-stream", "image/jpeg; boundary=fz",
+                              "", "image/*"])
+
+
+@examples(100)
+@given(st.sampled_from(["/predict", "/predict_batch"]),
+       st.lists(st.tuples(DISPOSITIONS, PART_TYPES,
+                          st.sampled_from([GOOD, seeds()["exif.heic"], seeds()["big-xmp.png"],
+                                           b"", b"text", b"http://127.0.0.1:1/x"])),
+                min_size=1, max_size=3))
+def test_fuzzed_part_headers_never_get_a_5xx(bento_server: BentoServer, path: str,
+                                             parts: list[tuple[str, str | None, bytes]]) -> None:
+    """Forms whose parts name their file in every way a client might (filename, filename* in any
+    case, both, neither, broken ones) and carry any part type: never a 5xx, and one part that is
+    a valid picture with a filename or an image/* type is answered 200."""
+    field = "image" if path == "/predict" else "images"
+    response = _post_parts(f"{bento_server.url}{path}",
+                           [_part(field, disposition, part_type, data)
+                            for disposition, part_type, data in parts])
+    _check_answer(response)
+    if len(parts) == 1:
+        disposition, part_type, data = parts[0]
+        named = disposition in ('; filename="a.jpg"', "; filename*=UTF-8''a.jpg")
+        typed = part_type in ("image/jpeg", "IMAGE/HEIC", "image/avif; q=1")
+        if data == GOOD and (named or typed):
+            assert response.status_code == 200, (parts[0][:2], response.text)
