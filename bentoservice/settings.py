@@ -34,7 +34,8 @@ def load_settings(cls: type[ServingSettings] | type[LoggingSettings] = ServingSe
 
 
 def load_review() -> ReviewParams:
-    """params.yaml's `review:` section (`load_settings`'s file rule); SystemExit when invalid."""
+    """The params file's `review:` section (module docstring); SystemExit naming the problem
+    when the file or the section is invalid."""
     try:
         return load_params(load(StageSettings).params).review
     except (SettingsError, UserError) as exc:

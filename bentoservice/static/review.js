@@ -7,6 +7,7 @@ const KEY = "catsdogs-api-key";
 let items = [];
 let current = null;
 let pictureUrl = null;
+let waiting = {};                 // unlabelled pictures by reason, as the last load said
 const skipped = new Set();
 
 function headers(extra = {}) {
@@ -30,10 +31,15 @@ async function load() {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) return fail(`No queue: ${body.error || response.statusText}`);
   items = body.items.filter((item) => !skipped.has(item.prediction_id));
-  const total = Object.values(body.waiting).reduce((a, b) => a + b, 0);
-  $("waiting").textContent = `${total} waiting (` + Object.entries(body.waiting)
-    .map(([reason, n]) => `${reason} ${n}`).join(", ") + ")";
+  waiting = body.waiting;
+  showWaiting();
   show();
+}
+
+function showWaiting() {
+  const total = Object.values(waiting).reduce((a, b) => a + b, 0);
+  $("waiting").textContent = `${total} waiting (` + Object.entries(waiting)
+    .map(([reason, n]) => `${reason} ${n}`).join(", ") + ")";
 }
 
 async function show() {
@@ -71,6 +77,8 @@ async function label(value) {
   if (!response.ok) return fail(`Not recorded: ${body.error || response.statusText}`);
   $("status").textContent = `Recorded as ${body.label}.`;
   skipped.add(id);                // labelled: not shown again even if the queue lags
+  waiting[current.kept_for] -= 1;
+  showWaiting();
   if (items.length === 0) return load();
   show();
 }

@@ -50,7 +50,8 @@ at most once a minute), never a request. Rows older than `retention_days` are de
 thread (at start and hourly), and so are the oldest rows past `max_rows` (after each insert):
 the log's size is bounded (4.2 KB a row in SQLite with MobileNetV2's embedding). A deleted row's
 picture file is deleted after the transaction, and so are kept pictures past the keeping
-policy's time (`keeping.expired_pictures`, in the hourly pass: their `picture` is set NULL). Written here rather than with a logging library because the
+policy's time (`expired_pictures`, in the hourly pass: their `picture` is set NULL).
+Written here rather than with a logging library because the
 writer must batch, bound its memory and drop under pressure, which those do not do for a
 database.
 
