@@ -11,8 +11,11 @@ limit, as ASGI middleware in front of the service (both off by default; docs/ser
   `CATSDOGS_RATE_LIMIT_CLIENT_HEADER` (e.g. `x-real-ip`, set by a proxy you trust), else the
   connection's address. At most `MAX_CLIENTS` buckets are kept (the least recently seen go).
 
-Only the API paths (`guard.API_PATHS`: the prediction endpoints, /explain and /feedback) are
-checked: health, readiness and metrics stay open to the orchestrator and Prometheus.
+Only the API paths (`guard.API_PATHS`: the prediction endpoints, /explain and /feedback) and the
+review queue's data (`guard.REVIEW_DATA_PATHS`: the queue and its pictures, which users
+uploaded) are checked: health, readiness and metrics stay open to the orchestrator and
+Prometheus, and so do the pages (/ and /review hold no user data: the review page asks for a
+key and sends it with its requests).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bentoservice.guard import API_PATHS
+from bentoservice.guard import API_PATHS, REVIEW_DATA_PATHS
 from catsdogs.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,8 @@ class ApiAccess:
     `keys`: sha256 digests (`read_keys`), empty = no key needed; `per_minute` 0 = no limit."""
 
     def __init__(self, app: Any, keys: Iterable[str] = (), per_minute: int = 0, burst: int = 0,
-                 client_header: str = "", paths: Iterable[str] = API_PATHS) -> None:
+                 client_header: str = "",
+                 paths: Iterable[str] = (*API_PATHS, *REVIEW_DATA_PATHS)) -> None:
         self.app = app
         self.keys = frozenset(keys)
         self.buckets = (TokenBuckets(per_minute, burst or per_minute) if per_minute > 0
@@ -147,7 +151,8 @@ def access_options(settings: ServingSettings) -> dict[str, Any]:
             keys = read_keys(settings.api_keys_file)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"bad service setting: CATSDOGS_API_KEYS_FILE: {exc}") from None
-        log.info("API keys required on %s (%d keys)", ", ".join(sorted(API_PATHS)), len(keys))
+        log.info("API keys required on %s (%d keys)",
+                 ", ".join(sorted((*API_PATHS, *REVIEW_DATA_PATHS))), len(keys))
     if settings.rate_limit_per_minute:
         log.info("rate limit: %d requests a minute per client", settings.rate_limit_per_minute)
     return {"keys": keys, "per_minute": settings.rate_limit_per_minute,

@@ -41,6 +41,8 @@ logger = logging.getLogger("bentoservice.guard")
 
 REJECT_HEADER = "x-catsdogs-reject-reason"
 API_PATHS = ("/predict", "/predict_batch", "/predict_base64", "/explain", "/feedback")
+REVIEW_DATA_PATHS = ("/review/queue", "/review/picture")
+"""The review page's data (pictures users uploaded): behind the API keys like `API_PATHS`."""
 JSON_FIELDS = {"/predict_base64": ("image",), "/feedback": ("prediction_id", "label")}
 """The JSON endpoints: the string fields their object must have."""
 FEEDBACK_BYTES = 4096

@@ -70,6 +70,7 @@ from bentoservice.runtime import (
 )
 from bentoservice.settings import (
     LOG_FORMAT,
+    REVIEW,
     SETTINGS,
     prediction_log_pictures,
     prediction_log_target,
@@ -82,6 +83,7 @@ from catsdogs.inference.compute import serving_device
 from catsdogs.inference.explain import GradCam, overlay, png
 from catsdogs.inference.variants import REFERENCE, Choice, Predicting, build_predictor, choose
 from catsdogs.monitoring.prediction_log import Labelled, PredictionLog, PredictionRecord
+from catsdogs.monitoring.review import ReviewDesk
 
 logger = logging.getLogger("bentoservice")
 logger.setLevel(logging.INFO)  # BentoML's server logging passes the root logger's WARNING on only
@@ -300,7 +302,11 @@ class Upload:
     width: int | None
     height: int | None
     format: str | None
-    picture: bytes | None   # the bytes, only when picture sampling picked it
+    source: bytes | Path    # the upload (a request's temporary file lives as long as it does)
+
+    def picture(self) -> bytes:
+        """The upload's bytes, for a kept picture (read while the request is still open)."""
+        return self.source.read_bytes() if isinstance(self.source, Path) else bytes(self.source)
 
 
 def _count_feedback(label: str, labelled: Labelled) -> None:
@@ -367,7 +373,7 @@ class CatsDogs:
             flush_s=SETTINGS.prediction_log_flush_s, queue_size=SETTINGS.prediction_log_queue,
             retention_days=SETTINGS.prediction_log_retention_days,
             max_rows=SETTINGS.prediction_log_max_rows,
-            sample_rate=SETTINGS.prediction_log_sample_rate,
+            policy=REVIEW, sample_rate=SETTINGS.prediction_log_sample_rate,
             sample_dir=prediction_log_pictures(SETTINGS),
             on_rows=lambda outcome, n: PREDICTION_LOG_ROWS.labels(
                 outcome=outcome, **self.versioned).inc(n),
@@ -381,6 +387,9 @@ class CatsDogs:
                                "data": data.as_dict() if data is not None else None,
                                "card": read_card(Path(stored.path_of(CARD_FILE)))}
         web_app.state.runtime = self._runtime
+        web_app.state.review = (ReviewDesk(prediction_log_target(SETTINGS),
+                                           prediction_log_pictures(SETTINGS))
+                                if self.prediction_log is not None else None)
         if data is not None and data.synthetic:
             logger.warning("serving %s v%s: %s", self.info.name, self.info.version, data.note())
         freeze_startup_heap()
@@ -399,6 +408,8 @@ class CatsDogs:
         """Write what the prediction log still holds before the process ends."""
         if self.prediction_log is not None:
             self.prediction_log.close()
+        if web_app.state.review is not None:
+            web_app.state.review.close()
 
     def _prepare(self, source: bytes | Path) -> tuple[np.ndarray, Upload | None]:
         started = time.thread_time()
@@ -408,19 +419,17 @@ class CatsDogs:
         finally:
             DECODE_CPU.inc(time.thread_time() - started)
 
-    def _upload(self, source: bytes | Path) -> Upload:
+    @staticmethod
+    def _upload(source: bytes | Path) -> Upload:
         """What the prediction log keeps of an upload that decoded: its stored size and
-        format (a header read), and its bytes when picture sampling picks it."""
-        assert self.prediction_log is not None
+        format (a header read), and the upload itself (its bytes are copied only when the
+        answer's keeping policy keeps it: `_answer`)."""
         try:
             with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
                 width, height, kind = image.width, image.height, image.format
         except (OSError, ValueError):  # decoded a moment ago; a race with the temp file
             width = height = kind = None
-        picture = None
-        if self.prediction_log.wants_picture():
-            picture = source.read_bytes() if isinstance(source, Path) else bytes(source)
-        return Upload(width, height, kind, picture)
+        return Upload(width, height, kind, source)
 
     async def _pixels(self, sources: list[bytes | Path]
                       ) -> tuple[np.ndarray, list[Upload | None]]:
@@ -461,12 +470,14 @@ class CatsDogs:
                     OUT_OF_DISTRIBUTION.labels(**self.versioned).inc()
             upload, prediction_id = uploads[index], None
             if record and self.prediction_log is not None and upload is not None:
+                kept_for = self.prediction_log.keep_for(row[best], inside)
                 logged = PredictionRecord(
                     time=now, model_name=self.info.name, model_version=self.info.version,
                     label=label, confidence=row[best], width=upload.width,
                     height=upload.height, format=upload.format, pixels=pixels[index],
                     embedding=None if embeddings is None else embeddings[index],
-                    ood_score=score, in_distribution=inside, picture=upload.picture)
+                    ood_score=score, in_distribution=inside, kept_for=kept_for,
+                    picture=upload.picture() if kept_for else None)
                 if self.prediction_log.submit(logged):
                     prediction_id = logged.prediction_id
             answers.append(Prediction(

@@ -1,5 +1,8 @@
 """The web page at / (mounted into the Bento service): pick or drop a photo, see the label, and
-say when it is wrong (buttons that post the true label to /feedback).
+say when it is wrong (buttons that post the true label to /feedback). The review page at
+/review labels the review queue (catsdogs.monitoring.review) with the keyboard; its data comes
+from /review/queue (JSON) and /review/picture?prediction_id=ID (a kept picture, found by its
+row's id only, never by a path a caller gives), both behind the API keys when they are on.
 
 Everything it needs is served from bentoservice/static (no CDN: it works offline). It also serves
 BentoML's OpenAPI page at /docs (the page at / replaces BentoML's own index), the served model's
@@ -9,9 +12,13 @@ facts at /model (JSON; `card` holds its model card as markdown) and the model ca
 
 from __future__ import annotations
 
+import mimetypes
+import re
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -19,6 +26,8 @@ from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
 CARD_FILE = "model_card.md"   # in the Bento model's folder, written by bentoservice.import_model
+PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
+QUEUE_LIMIT = 200             # pictures /review/queue answers at most
 
 
 def read_card(path: Path) -> str | None:
@@ -68,11 +77,69 @@ async def docs(_: Request) -> Response:
                         media_type="text/html")
 
 
+async def review(_: Request) -> Response:
+    return FileResponse(STATIC / "review.html", media_type="text/html")
+
+
+def _no_review() -> Response:
+    return JSONResponse({"error": "this service keeps no prediction log "
+                         "(CATSDOGS_PREDICTION_LOG=0): there is no review queue",
+                         "reason": "review_unavailable"}, status_code=404)
+
+
+def _store_down(exc: SQLAlchemyError) -> Response:
+    return JSONResponse({"error": f"the prediction log's store is not answering "
+                         f"({type(exc).__name__}); retry in a moment",
+                         "reason": "review_unavailable"}, status_code=503)
+
+
+async def review_queue(request: Request) -> Response:
+    """`{"items": [...], "waiting": {reason: n}}`: the first `limit` (query, 1-200, default 20)
+    unlabelled kept pictures, most useful first, and how many wait by reason."""
+    desk = getattr(request.app.state, "review", None)
+    if desk is None:
+        return _no_review()
+    try:
+        limit = min(max(int(request.query_params.get("limit", "20")), 1), QUEUE_LIMIT)
+    except ValueError:
+        return JSONResponse({"error": "`limit` takes a whole number", "reason": "bad_limit"},
+                            status_code=400)
+    try:
+        items, waiting = await run_in_threadpool(desk.waiting, limit)
+    except SQLAlchemyError as exc:
+        return _store_down(exc)
+    return JSONResponse({"items": [item.as_dict() for item in items], "waiting": waiting},
+                        headers={"cache-control": "no-store"})
+
+
+async def review_picture(request: Request) -> Response:
+    """The kept picture of `?prediction_id=` (32 hex digits); 404 when there is none."""
+    desk = getattr(request.app.state, "review", None)
+    if desk is None:
+        return _no_review()
+    prediction_id = request.query_params.get("prediction_id", "")
+    path = None
+    if PREDICTION_ID.fullmatch(prediction_id):
+        try:
+            path = await run_in_threadpool(desk.picture, prediction_id)
+        except SQLAlchemyError as exc:
+            return _store_down(exc)
+    if path is None:
+        return JSONResponse({"error": f"no kept picture for prediction {prediction_id[:64]!r}",
+                             "reason": "unknown_picture"}, status_code=404)
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, headers={
+        "cache-control": "private, no-store", "x-content-type-options": "nosniff"})
+
+
 web_app = Starlette(routes=[
     Route("/", index, methods=["GET"]),
     Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/model", model, methods=["GET"]),
     Route("/model/card", model_card, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
+    Route("/review", review, methods=["GET"]),
+    Route("/review/queue", review_queue, methods=["GET"]),
+    Route("/review/picture", review_picture, methods=["GET"]),
     Mount("/ui", StaticFiles(directory=STATIC), name="ui"),
 ])

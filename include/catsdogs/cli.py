@@ -108,7 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if str(exc) == "SIGTERM" else 130
     if summary_file:
         summary.write(Path(summary_file))
-    print(json.dumps(summary.to_dict(), indent=2) if args.as_json else summary.line())
+    # a command whose stdout carries its data (`review export`) says so: its summary goes to stderr
+    data_on_stdout = getattr(module, "writes_stdout", lambda **_: False)(**options)
+    print(json.dumps(summary.to_dict(), indent=2) if args.as_json else summary.line(),
+          file=sys.stderr if data_on_stdout else sys.stdout)
     return 0
 
 

@@ -140,6 +140,18 @@ class MonitorParams(_Section):
     cooldown_hours: float = Field(24.0, ge=0)
 
 
+class ReviewParams(_Section):
+    """Which uploads the service keeps as pictures for the review queue, and for how long
+    (docs/serving.md, "Review queue"). The service reads this section at its start."""
+
+    low_confidence: float = Field(0.75, ge=0, le=1)   # keep when the answer's confidence < this
+    keep_ood: bool = True                             # keep out-of-distribution uploads
+    random_share: float = Field(0.01, ge=0, le=1)     # a random share kept for review
+    recent_share: float = Field(0.05, ge=0, le=1)     # kept `recent_hours` for a drift event
+    recent_hours: float = Field(48.0, gt=0)           # a `recent` picture not promoted goes then
+    retention_days: float = Field(30.0, ge=0)         # a kept picture goes then (0: with its row)
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     validation: ValidationParams = ValidationParams()
@@ -151,6 +163,7 @@ class Params(_Section):
     promote: PromoteParams = PromoteParams()
     monitor: MonitorParams = MonitorParams()
     deploy: DeployParams = DeployParams()
+    review: ReviewParams = ReviewParams()
 
     def flat(self) -> dict[str, Any]:
         """Every parameter as `section.key -> value` (for MLflow params and stamps)."""

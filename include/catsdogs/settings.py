@@ -111,7 +111,8 @@ class StageSettings(Settings):
     data_dir: Path | None = Field(None, description="the data dir (`--data-dir` wins); unset: "
                                   "`./data`", json_schema_extra={"shown": "`./data`"})
     params: Path | None = Field(None, description="the params file the DAGs read for the "
-                                "trigger form's defaults; unset: the checkout's params.yaml",
+                                "trigger form's defaults, and the service its `review` keeping "
+                                "policy from; unset: `./params.yaml`",
                                 json_schema_extra={"shown": "the checkout's params.yaml"})
     summary_file: Path | None = Field(None, description="where a stage also writes its JSON "
                                       "summary (the runners set it; `--summary-file` wins)")
@@ -436,11 +437,13 @@ class ServingSettings(Settings):
                                          "oldest past it are deleted after each insert (4.2 KB "
                                          "a row in SQLite with MobileNetV2's embedding: about "
                                          "1 GB); 0 = no cap")
-    prediction_log_sample_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of "
-                                              "uploaded pictures saved (0-1)")
+    prediction_log_sample_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="share of the uploads no other reason keeps that are "
+        "kept for review at random (0-1; 1 keeps every upload)",
+        json_schema_extra={"shown": "`review.random_share` of params.yaml"})
     prediction_log_sample_dir: Path | None = Field(
-        None, description="where sampled pictures go (`<dir>/<YYYY-MM-DD>/<random>.<ext>`, "
-        "linked from the row's `picture`)", json_schema_extra={"shown": "`<data dir>/monitoring"
+        None, description="where kept pictures go (`<dir>/<YYYY-MM-DD>/<random>.<ext>`, "
+        "linked from the row's `picture`; the review queue serves only files under it)", json_schema_extra={"shown": "`<data dir>/monitoring"
                                                                        "/pictures`"})
     api_keys_file: Path | None = Field(None, description="file of API keys, one a line (e.g. a "
                                        "mounted Secret); set: the prediction endpoints answer "

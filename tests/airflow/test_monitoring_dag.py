@@ -19,7 +19,8 @@ from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, PIPELINE, STAG
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 DRIFT = {"drift_detected": True, "drift_score": 0.5, "model_version": "3", "rows": 80,
-         "report": "/data/reports/monitoring/drift.html", "run_id": "abc"}
+         "report": "/data/reports/monitoring/drift.html", "run_id": "abc",
+         "queued_for_review": 12}
 
 
 @pytest.mark.parametrize("runner", ["docker", "local", "kubernetes"])
@@ -90,6 +91,7 @@ def test_drift_emits_an_event_with_its_evidence() -> None:
     assert outlet.extra == extra
     assert extra["drift_score"] == 0.5 and extra["model_version"] == "3"
     assert extra["mlflow_run_id"] == "abc"
+    assert extra["queued_for_review"] == 12   # the drift event's pictures waiting for labels
 
 
 def test_cool_down_after_the_last_drift_event() -> None:

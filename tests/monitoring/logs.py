@@ -52,7 +52,8 @@ def ensure_registered(name: str = MODEL) -> object:
 
 def write_log(url: str, rows: pd.DataFrame, version: str, end: dt.datetime | None = None,
               name: str = MODEL) -> None:
-    """Insert `rows` (prediction-log columns + emb_*) as predictions of `name` v`version`, one
+    """Insert `rows` (prediction-log columns + emb_*; `picture`, `kept_for`, `prediction_id` and
+    `content_hash` when present) as predictions of `name` v`version`, one
     second apart, the newest at `end` (now)."""
     from catsdogs.monitoring.prediction_log import METADATA, PREDICTIONS, make_engine
 
@@ -64,7 +65,8 @@ def write_log(url: str, rows: pd.DataFrame, version: str, end: dt.datetime | Non
         "width": int(row["width"]), "height": int(row["height"]), "format": row["format"],
         "brightness": float(row["brightness"]), "contrast": float(row["contrast"]),
         "saturation": float(row["saturation"]), "ood_score": None, "in_distribution": None,
-        "embedding": embeddings[i].tobytes(), "picture": None,
+        "embedding": embeddings[i].tobytes(), "picture": row.get("picture"),
+        "kept_for": row.get("kept_for"), "prediction_id": row.get("prediction_id"),
         "content_hash": row.get("content_hash")}
         for i, (_, row) in enumerate(rows.iterrows())]
     engine = make_engine(url)

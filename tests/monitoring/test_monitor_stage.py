@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from catsdogs.cli import main
 from catsdogs.config import load_params
 from catsdogs.errors import UserError
-from catsdogs.monitoring.prediction_log import default_url
+from catsdogs.monitoring.prediction_log import default_url, read_predictions
 from catsdogs.paths import DataPaths
 from catsdogs.stages import monitor
 from tests.conftest import REPO_ROOT
@@ -85,6 +85,7 @@ def test_clean_then_drifted_window(tmp_path: Path, tracking_uri: str, params, mo
         assert summary["drift_detected"] is False and summary["model_version"] == version
         assert summary["rows"] == 80 and summary["reference_rows"] == 200  # the val rows only
         assert summary["pushed"] is True
+        assert summary["queued_for_review"] == 0   # no drift: nothing asks for labels
         report = Path(summary["report"])
         assert report.is_file() and report.parent == clean.root / "reports" / "monitoring"
         assert "Drift in embeddings 'embedding'" in report.read_text()  # Evidently's report
@@ -97,9 +98,17 @@ def test_clean_then_drifted_window(tmp_path: Path, tracking_uri: str, params, mo
         assert again["skipped"] is True and again["run_id"] == summary["run_id"]
 
         drifted = DataPaths(tmp_path / "drifted")
-        write_log(default_url(drifted.root), generated_rows(80, shift=1.5, seed=4), version)
+        # the service kept a share of the window briefly (`recent`): the drift event queues them
+        shifted = generated_rows(80, shift=1.5, seed=4).assign(
+            kept_for=[("recent" if i % 4 == 0 else None) for i in range(80)],
+            picture=[(f"/pictures/{i}.jpg" if i % 4 == 0 else None) for i in range(80)])
+        write_log(default_url(drifted.root), shifted, version)
         found = monitor.run(params, drifted).to_dict()
         assert found["drift_detected"] is True
+        assert found["queued_for_review"] == 20
+        assert "20 pictures of the window queued for review" in found["message"]
+        assert read_predictions(default_url(drifted.root))["kept_for"].value_counts().to_dict(
+        ) == {"drift": 20}
         assert found["signals"]["embedding"]["drifted"] is True
         assert found["signals"]["brightness"]["drifted"] is True
         assert "DRIFT detected" in found["message"]

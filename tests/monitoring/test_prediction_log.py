@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from catsdogs.config import ReviewParams
 from catsdogs.monitoring import prediction_log
 from catsdogs.monitoring.features import image_statistics
 from catsdogs.monitoring.prediction_log import (
@@ -175,19 +176,25 @@ def test_full_queue_drops_with_a_count_without_blocking(tmp_path: Path) -> None:
     assert accepted == [True] * 3 + [False] * 7 and fates == {"dropped_queue_full": 7}
 
 
-def test_sampled_pictures_are_saved_and_linked(tmp_path: Path) -> None:
+def test_kept_pictures_are_saved_and_linked(tmp_path: Path) -> None:
+    """A record the policy keeps (`kept_for`) has its picture saved and linked; one it keeps
+    not (no reason) has none, even with bytes."""
     url = default_url(tmp_path)
-    writer = PredictionLog(url, flush_s=0.1, sample_rate=1.0, sample_dir=tmp_path / "samples")
-    assert writer.wants_picture()
+    writer = PredictionLog(url, flush_s=0.1, policy=ReviewParams(), sample_rate=1.0,
+                           sample_dir=tmp_path / "samples")
+    assert writer.keep_for(0.99, True) == "random"
     writer.start()
-    writer.submit(record(1, picture=b"\xff\xd8jpeg bytes"))
-    writer.submit(record(2))
+    kept = record(1, picture=b"\xff\xd8jpeg bytes")
+    kept.kept_for = "low_confidence"
+    writer.submit(kept)
+    writer.submit(record(2, picture=b"not kept"))
     writer.close()
     frame = read_predictions(url)
     saved = [Path(p) for p in frame["picture"] if isinstance(p, str)]
     assert len(saved) == 1 and saved[0].read_bytes() == b"\xff\xd8jpeg bytes"
     assert saved[0].suffix == ".jpg" and saved[0].is_relative_to(tmp_path / "samples")
-    assert not PredictionLog(url).wants_picture()
+    assert frame["kept_for"].fillna("").tolist() == ["low_confidence", ""]
+    assert PredictionLog(url, policy=ReviewParams()).keep_for(0.1, False) is None  # no folder
 
 
 def test_absent_table_reads_as_no_rows(tmp_path: Path) -> None:

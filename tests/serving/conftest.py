@@ -62,6 +62,8 @@ def serve_tiny(mlflow_server: str, workdir: Path, model_name: str = MODEL_NAME,
            "CATSDOGS_STARTUP_DELAY_S": str(STARTUP_DELAY_S),
            "CATSDOGS_PREDICTION_LOG_URL": prediction_log_url,
            "CATSDOGS_PREDICTION_LOG_FLUSH_S": "0.2",
+           # kept pictures (params.yaml's review policy) stay in the test's folder
+           "CATSDOGS_PREDICTION_LOG_SAMPLE_DIR": str(workdir / "pictures"),
            # this checkout's package first, whatever the venv has installed
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)]),
            **(extra_env or {})}

@@ -20,7 +20,9 @@ Postgres (database `monitoring`). Table `predictions` (`TABLE`):
                      resnet18), NULL when the network gives none: `EMBEDDING_F16` then D float16
                      little-endian (2D+1 bytes; an odd length), or, in rows written before it,
                      D float32 (4D bytes); `encode_embedding` / `decode_embedding`
-    picture          text, NULL unless picture sampling is on: the saved picture's path
+    picture          text, NULL unless the upload was kept (`kept_for`): the saved picture's
+                     path, set NULL (and the file deleted) when the keeping policy's time for
+                     it is up; the file is deleted with its row too
     prediction_id    text (32 hex digits, uuid4), unique: the answer's `prediction_id`, the key
                      feedback labels a row by (NULL in rows written before it)
     content_hash     text (64 hex digits): sha256 of the model's input pixels (S,S,3 uint8, C
@@ -28,6 +30,8 @@ Postgres (database `monitoring`). Table `predictions` (`TABLE`):
                      metadata or container; the monitor counts a picture once per window by it
     true_label       text, NULL until feedback: cat, dog or neither (`FEEDBACK_LABELS`)
     labelled_at      timestamp with time zone (UTC), NULL likewise: when the label was recorded
+    kept_for         text, NULL when no picture was kept: why it was (ood, low_confidence,
+                     random, recent, drift: `catsdogs.monitoring.review`)
 
 Tables written before a column existed get it added (nullable) when a writer first opens the
 store (`upgrade`).
@@ -40,11 +44,14 @@ writes several times faster.
 
 Writing (`PredictionLog`): the request path only puts a record on a bounded queue (never blocks:
 when the queue is full the record is dropped and counted); a background thread computes the
-image statistics and the content hash, saves sampled pictures, and inserts every `batch_rows` rows or `flush_s`
+image statistics and the content hash, saves the kept pictures, and inserts every `batch_rows` rows or `flush_s`
 seconds in one transaction. A store that is down costs the rows of that batch (counted, logged
 at most once a minute), never a request. Rows older than `retention_days` are deleted by the same
 thread (at start and hourly), and so are the oldest rows past `max_rows` (after each insert):
-the log's size is bounded (4.2 KB a row in SQLite with MobileNetV2's embedding). Written here rather than with a logging library because the
+the log's size is bounded (4.2 KB a row in SQLite with MobileNetV2's embedding). A deleted row's
+picture file is deleted after the transaction, and so are kept pictures past the keeping
+policy's time (`expired_pictures`, in the hourly pass: their `picture` is set NULL).
+Written here rather than with a logging library because the
 writer must batch, bound its memory and drop under pressure, which those do not do for a
 database.
 
@@ -66,7 +73,6 @@ import datetime as dt
 import hashlib
 import logging
 import queue
-import random
 import threading
 import time
 import uuid
@@ -78,7 +84,9 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from catsdogs.config import ReviewParams
 from catsdogs.monitoring.features import embedding_columns, image_statistics
+from catsdogs.monitoring.keeping import RECENT, keep_reason
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,7 @@ PREDICTIONS = sa.Table(
     sa.Column("content_hash", sa.String(64)),
     sa.Column("true_label", sa.String(20)),
     sa.Column("labelled_at", sa.DateTime(timezone=True)),
+    sa.Column("kept_for", sa.String(20)),
 )
 ROW_COLUMNS = tuple(c.name for c in PREDICTIONS.columns if c.name != "id")
 
@@ -133,7 +142,13 @@ def make_engine(url: str) -> sa.Engine:
 
 def upgrade(engine: sa.Engine) -> None:
     """Create the table, or add the columns (nullable) and unique indexes an older table lacks."""
-    METADATA.create_all(engine, checkfirst=True)
+    try:
+        METADATA.create_all(engine, checkfirst=True)
+    except sa.exc.DBAPIError:
+        # another writer (a replica, a process starting beside this one) created it between
+        # the check and the CREATE; anything else is raised
+        if not sa.inspect(engine).has_table(TABLE):
+            raise
     inspector = sa.inspect(engine)
     present = {column["name"] for column in inspector.get_columns(TABLE)}
     missing = [column for column in PREDICTIONS.columns if column.name not in present]
@@ -271,7 +286,8 @@ class PredictionRecord:
     embedding: np.ndarray | None       # D float32
     ood_score: float | None
     in_distribution: bool | None
-    picture: bytes | None = None       # the upload, only when sampled
+    picture: bytes | None = None       # the upload, only when kept
+    kept_for: str | None = None        # why (`keeping.keep_reason`), with `picture`
     prediction_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -292,13 +308,16 @@ class PredictionLog:
 
     def __init__(self, url: str, batch_rows: int = 256, flush_s: float = 2.0,
                  queue_size: int = 1024, retention_days: float = 30.0, max_rows: int = 0,
-                 sample_rate: float = 0.0, sample_dir: Path | None = None,
+                 policy: ReviewParams | None = None, sample_rate: float | None = None,
+                 sample_dir: Path | None = None,
                  on_rows: Callable[[str, int], None] = lambda _outcome, _n: None,
                  on_label: Callable[[str, Labelled], None] = lambda _label, _labelled: None,
                  ) -> None:
         self.url, self.batch_rows, self.flush_s = url, batch_rows, flush_s
         self.retention_days, self.sample_rate, self.sample_dir = (retention_days, sample_rate,
                                                                   sample_dir)
+        # None: no picture is ever kept
+        self.policy = policy if sample_dir is not None else None
         self.max_rows = max_rows  # 0: no cap
         self.on_rows, self.on_label = on_rows, on_label
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
@@ -321,9 +340,12 @@ class PredictionLog:
         self.thread.start()
         return self
 
-    def wants_picture(self) -> bool:
-        """Whether to keep this upload (picture sampling, `sample_rate` of the predictions)."""
-        return self.sample_rate > 0 and random.random() < self.sample_rate
+    def keep_for(self, confidence: float, in_distribution: bool | None) -> str | None:
+        """Why to keep this answer's upload as a picture (`keeping.keep_reason` with `sample_rate`
+        as the random share when set), None when the policy keeps none or there is none."""
+        if self.policy is None:
+            return None
+        return keep_reason(self.policy, confidence, in_distribution, self.sample_rate)
 
     def submit(self, record: PredictionRecord) -> bool:
         """Queue one record without blocking; False (and counted) when the queue is full."""
@@ -409,9 +431,9 @@ class PredictionLog:
             engine = self._engine()
             with engine.begin() as connection:
                 connection.execute(PREDICTIONS.insert(), rows)
-                self._retention(connection)
-                self._cap(connection)
+                gone = self._retention(connection) + self._cap(connection)
             self._release(records, engine)
+            _delete_files(gone)
         except Exception as exc:  # noqa: BLE001 (a store problem must never reach a request)
             lost = self._release(records, None)
             if lost:
@@ -458,43 +480,60 @@ class PredictionLog:
             self.engine.dispose()
         self.engine, self.table_ready = None, False
 
-    def _retention(self, connection: sa.Connection) -> None:
-        if self.retention_days <= 0 or not _due(self.last_retention, RETENTION_EVERY_S):
-            return
+    def _retention(self, connection: sa.Connection) -> list[str]:
+        """Hourly: delete rows older than `retention_days`, and unlink kept pictures past the
+        keeping policy's time. Returns the picture files to delete once committed."""
+        if not _due(self.last_retention, RETENTION_EVERY_S):
+            return []
         self.last_retention = time.monotonic()
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=self.retention_days)
-        deleted = connection.execute(PREDICTIONS.delete().where(PREDICTIONS.c.time < cutoff))
-        if deleted.rowcount:
-            log.info("prediction log: deleted %d rows older than %s days", deleted.rowcount,
-                     self.retention_days)
+        now = dt.datetime.now(dt.UTC)
+        gone = []
+        if self.policy is not None:
+            expired = expired_pictures(self.policy, now)
+            gone += _pictures(connection, expired)
+            connection.execute(PREDICTIONS.update().where(expired).values(picture=None))
+        if self.retention_days > 0:
+            old = PREDICTIONS.c.time < now - dt.timedelta(days=self.retention_days)
+            gone += _pictures(connection, old)
+            deleted = connection.execute(PREDICTIONS.delete().where(old))
+            if deleted.rowcount:
+                log.info("prediction log: deleted %d rows older than %s days", deleted.rowcount,
+                         self.retention_days)
+        return gone
 
-    def _cap(self, connection: sa.Connection) -> None:
-        """Delete the oldest rows past `max_rows` (by id: the order rows were written in)."""
+    def _cap(self, connection: sa.Connection) -> list[str]:
+        """Delete the oldest rows past `max_rows` (by id: the order rows were written in);
+        returns their picture files."""
         if self.max_rows <= 0:
-            return
+            return []
         newest_dropped = connection.execute(
             sa.select(PREDICTIONS.c.id).order_by(PREDICTIONS.c.id.desc())
             .offset(self.max_rows).limit(1)).scalar()
-        if newest_dropped is not None:
-            deleted = connection.execute(
-                PREDICTIONS.delete().where(PREDICTIONS.c.id <= newest_dropped))
-            log.debug("prediction log: deleted the %d oldest rows (cap %d rows)",
-                      deleted.rowcount, self.max_rows)
+        if newest_dropped is None:
+            return []
+        oldest = PREDICTIONS.c.id <= newest_dropped
+        gone = _pictures(connection, oldest)
+        deleted = connection.execute(PREDICTIONS.delete().where(oldest))
+        log.debug("prediction log: deleted the %d oldest rows (cap %d rows)",
+                  deleted.rowcount, self.max_rows)
+        return gone
 
     def _row(self, record: PredictionRecord) -> dict[str, Any]:
         stats = image_statistics(record.pixels)
         embedding = None if record.embedding is None else encode_embedding(record.embedding)
+        picture = self._save_picture(record)
         return {"time": record.time, "model_name": record.model_name,
                 "model_version": record.model_version, "label": record.label,
                 "confidence": float(record.confidence), "width": record.width,
                 "height": record.height, "format": record.format, **stats,
                 "ood_score": record.ood_score, "in_distribution": record.in_distribution,
-                "embedding": embedding, "picture": self._save_picture(record),
+                "embedding": embedding, "picture": picture,
+                "kept_for": record.kept_for if picture is not None else None,
                 "prediction_id": record.prediction_id,
                 "content_hash": content_hash(record.pixels)}
 
     def _save_picture(self, record: PredictionRecord) -> str | None:
-        if record.picture is None or self.sample_dir is None:
+        if record.picture is None or record.kept_for is None or self.sample_dir is None:
             return None
         folder = self.sample_dir / record.time.strftime("%Y-%m-%d")
         folder.mkdir(parents=True, exist_ok=True)
@@ -502,3 +541,30 @@ class PredictionLog:
         target = folder / f"{uuid.uuid4().hex}.{suffix}"
         target.write_bytes(record.picture)
         return str(target)
+
+
+def expired_pictures(policy: ReviewParams, now: dt.datetime) -> Any:
+    """The WHERE clause of rows whose kept picture is past the policy's time: `recent` ones older
+    than `recent_hours`, any older than `retention_days` (when > 0)."""
+    c = PREDICTIONS.c
+    clauses = [sa.and_(c.kept_for == RECENT, c.time < now - dt.timedelta(hours=policy.recent_hours))]
+    if policy.retention_days > 0:
+        clauses.append(c.time < now - dt.timedelta(days=policy.retention_days))
+    return sa.and_(c.picture.is_not(None), sa.or_(*clauses))
+
+
+def _pictures(connection: sa.Connection, where: Any) -> list[str]:
+    """The picture files of the rows `where` selects."""
+    return [path for (path,) in connection.execute(sa.select(PREDICTIONS.c.picture).where(
+        where, PREDICTIONS.c.picture.is_not(None)))]
+
+
+def _delete_files(paths: list[str]) -> None:
+    """Delete picture files whose rows (or picture links) are gone; one already gone is fine."""
+    for path in paths:
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("prediction log: picture %s not deleted: %s", path, exc)
+    if paths:
+        log.info("prediction log: deleted %d kept picture(s)", len(paths))

@@ -61,7 +61,8 @@ def drift_event(summary: Mapping[str, Any] | None, earlier: Sequence[Any], outle
     extra = {"drift_score": summary.get("drift_score"),
              "model_version": summary.get("model_version"),
              "rows": summary.get("rows"), "report": summary.get("report"),
-             "mlflow_run_id": summary.get("run_id")}
+             "mlflow_run_id": summary.get("run_id"),
+             "queued_for_review": summary.get("queued_for_review")}
     outlet.extra = extra
     log.info("drift event: %s", extra)
     return extra

@@ -92,6 +92,8 @@ STAGES: tuple[Stage, ...] = (
           "(Evidently drift report)", outputs=("reports/monitoring",), dag_task=False,
           timeout_minutes=30, logs_mlflow=True, cpu="1", memory="2Gi",
           private_env=("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")),
+    Stage("review", "The review queue: its size, and its labels to and from Label Studio's JSON",
+          dag_task=False, private_env=("CATSDOGS_PREDICTION_LOG_URL",)),
 )
 
 PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)

@@ -13,6 +13,9 @@ compares the two with Evidently (`catsdogs.monitoring.drift`). It writes
   a log line, when unset; a Pushgateway that is down is logged, never fatal),
 
 and its summary says `drift_detected` (the monitoring DAG turns that into the drift Asset event).
+A drift event asks for labels: the window's `recent` pictures (the share the service keeps
+briefly, `review.recent_share`) join the review queue as `drift` (`catsdogs.monitoring.review.
+promote_drift`); the summary's `queued_for_review` says how many.
 Fewer than `monitor.min_rows` predictions: a clear skip, nothing compared. The same window and
 params as the last check: up to date, nothing redone.
 """
@@ -85,6 +88,25 @@ def read_window(url: str, params: Params, now: dt.datetime, version: str | None
     distinct, duplicates = distinct_pictures(newest_first)
     return (distinct.head(settings.max_rows).iloc[::-1].reset_index(drop=True), version,
             duplicates)
+
+
+def queue_drifted(url: str, since: dt.datetime, until: dt.datetime, version: str) -> int:
+    """Move the drifted window's `recent` pictures into the review queue; how many moved. A
+    store that fails here is logged, not fatal: the drift decision stands."""
+    import sqlalchemy as sa
+
+    from catsdogs.monitoring.prediction_log import make_engine
+    from catsdogs.monitoring.review import promote_drift
+
+    engine = make_engine(url)
+    try:
+        return promote_drift(engine, since, until, version)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("drift pictures not queued for review (%s: %s)", type(exc).__name__,
+                    str(exc).splitlines()[0][:200])
+        return 0
+    finally:
+        engine.dispose()
 
 
 def reference_rows(run_id: str, version: str, params: Params) -> Any:
@@ -237,6 +259,8 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
     details["run_id"], details["experiment_id"] = log_to_mlflow(result, details, html, params,
                                                                 paths)
     details["pushed"] = push_metrics(result, name, version)
+    details["queued_for_review"] = (queue_drifted(url, now - dt.timedelta(
+        hours=settings.window_hours), now, version) if result.detected else 0)
     with atomic_file(reports / f"drift-{moment}-v{version}.json") as tmp:
         tmp.write_text(json.dumps(details, indent=2))
     with atomic_file(latest) as tmp:
@@ -246,5 +270,7 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
     verdict = (f"DRIFT detected (score {result.score:.3f}; drifted: {', '.join(drifted)})"
                if result.detected else f"no drift (score {result.score:.3f})") + (
         f"; informational only: {', '.join(moved)} moved" if moved else "")
+    if result.detected:
+        verdict += f"; {details['queued_for_review']} pictures of the window queued for review"
     return Summary("monitor", f"{name} v{version}, {result.current_rows} predictions vs "
                    f"{result.reference_rows} reference rows: {verdict}", details=details)
