@@ -59,8 +59,10 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "Download or copy the raw images into raw/{cat,dog}/ with a manifest",
-          outputs=("raw",), timeout_minutes=120, needs_kaggle=True, cpu="1", memory="1Gi"),
+    Stage("ingest", "Download or copy the raw images into raw/{cat,dog}/ with a manifest, "
+          "merged with the labelled production pictures",
+          outputs=("raw", "feedback"), timeout_minutes=120, needs_kaggle=True, cpu="1",
+          memory="1Gi", private_env=("CATSDOGS_PREDICTION_LOG_URL",)),
     Stage("validate", "Great Expectations gate over the raw manifest",
           outputs=("reports/validation",), retryable=False, timeout_minutes=30, cpu="1",
           memory="2Gi"),

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catsdogs.config import CLASSES
+from catsdogs.data.feedback import HELD_OUT
 from catsdogs.data.lineage import DATASET_NAME, TrainingData, from_run
 from catsdogs.data.provenance import Provenance
 from catsdogs.registry.names import (
@@ -170,6 +171,19 @@ def _intended_use(facts: CardFacts, classes: list[str]) -> list[str]:
     ]
 
 
+def _production_line(production: dict[str, Any]) -> str:
+    """The card's line on labelled production pictures (`TrainingData.production`)."""
+    per_split = production.get("per_split") or {}
+    trained = sum(n for split, n in per_split.items() if split in ("train", "val"))
+    if not per_split:
+        return "- From production: none (no labelled production pictures merged)"
+    held = per_split.get(HELD_OUT, 0)
+    return (f"- From production: {trained} training pictures (train {per_split.get('train', 0)}, "
+            f"val {per_split.get('val', 0)}) labelled from {production.get('labelled_from') or '?'}"
+            f" to {production.get('labelled_to') or '?'}; {held} held out as the "
+            "recent-production test set")
+
+
 def _data_section(facts: CardFacts, classes: list[str]) -> list[str]:
     lines = ["## Training data", ""]
     data = facts.data
@@ -185,7 +199,8 @@ def _data_section(facts: CardFacts, classes: list[str]) -> list[str]:
         f"- MLflow data set: `{DATASET_NAME}`, digest `{data.transformed_digest}` (logged with "
         f"`mlflow.log_input`, context `training`, run `{facts.run_id}`)",
         f"- Prepared manifest sha256: `{data.manifest_sha256}`",
-        f"- Transformed files digest: `{data.transformed_digest}` ({data.total} pictures)", "",
+        f"- Transformed files digest: `{data.transformed_digest}` ({data.total} pictures)",
+        _production_line(data.production), "",
         "| split | " + " | ".join(classes) + " | total |",
         "|---" * (len(classes) + 2) + "|",
     ]
