@@ -115,7 +115,7 @@ class PromoteParams(_Section):
 
 
 class FeedbackParams(_Section):
-    """Labelled production pictures in training and promotion (docs/pipeline.md)."""
+    """Labelled production pictures in training and promotion (docs/data.md)."""
 
     min_labels: int = Field(20, ge=1)          # ingest merges them only from this many on
     since: str = ""                            # ISO time: only pictures labelled at/after it ("" all)

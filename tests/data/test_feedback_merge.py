@@ -2,8 +2,8 @@
 validate, prepare and transform stages over a source folder plus a real SQLite prediction log
 whose rows carry kept pictures and feedback labels (`PredictionLog`, as the service writes them).
 
-Pictures are smooth (a 4x4 random image scaled up), so a resized, re-encoded copy has the same
-average hash, as a photo would, while two different pictures do not.
+Pictures are smooth (`smooth_jpeg`), so a resized, re-encoded copy has the same average hash,
+as a photo would, while two different pictures do not.
 """
 
 from __future__ import annotations
@@ -16,29 +16,17 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from catsdogs.config import Params, load_params
 from catsdogs.data import feedback
-from catsdogs.monitoring.prediction_log import PredictionLog, default_url, make_engine
+from catsdogs.monitoring.prediction_log import default_url, make_engine
 from catsdogs.paths import DataPaths
 from catsdogs.stages import ingest, prepare, transform, validate
-from tests.data.helpers import REPO, encode, write_tree
-from tests.monitoring.test_prediction_log import record
+from tests.data.helpers import REPO, encode, label_pictures, smooth_jpeg, write_tree
 
 BASE_PER_CLASS = 30
-
-
-def smooth(seed: int, size: tuple[int, int] = (120, 90)) -> Image.Image:
-    """A picture with large smooth blobs (unique per seed)."""
-    cells = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return Image.fromarray(cells, "RGB").resize(size, Image.Resampling.BICUBIC)
-
-
-def jpeg(seed: int) -> bytes:
-    return encode(smooth(seed), "JPEG", quality=90)
 
 
 def _params(*extra: str) -> Params:
@@ -60,21 +48,9 @@ def _splits(paths: DataPaths) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _label(url: str, kept: Path, pictures: list[tuple[bytes, str]], start: int,
-           first: dt.datetime) -> None:
-    """Predictions with kept pictures, each then labelled (an hour apart, in order)."""
-    writer = PredictionLog(url, batch_rows=1, flush_s=0.05, sample_rate=1.0,
-                           sample_dir=kept).start()
-    records = [record(start + i, picture=data) for i, (data, _label) in enumerate(pictures)]
-    assert all(writer.submit(r) for r in records)
-    for i, (r, (_data, label)) in enumerate(zip(records, pictures, strict=True)):
-        assert writer.label(r.prediction_id, label, first + dt.timedelta(hours=i))
-    writer.close()
-
-
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    files = {f"{label}/{label}.{i}.jpg": jpeg(seed * 1000 + i)
+    files = {f"{label}/{label}.{i}.jpg": smooth_jpeg(seed * 1000 + i)
              for seed, label in ((1, "cat"), (2, "dog")) for i in range(BASE_PER_CLASS)}
     return write_tree(tmp_path / "source", files)
 
@@ -92,14 +68,14 @@ def test_labelled_pictures_merge_into_train_and_val_never_into_test(source: Path
     a_test_picture = alone.prepared / fixed_test[0]
     with Image.open(a_test_picture) as image:   # the same photo, resized and re-encoded
         near_copy = encode(image.resize((100, 75)), "JPEG", quality=70)
-    new = [(jpeg(5000 + i), "cat" if i % 2 else "dog") for i in range(24)]
+    new = [(smooth_jpeg(5000 + i), "cat" if i % 2 else "dog") for i in range(24)]
     pictures = [*new,
                 (new[0][0], new[0][1]),                       # the same picture labelled twice
-                (jpeg(7000), "neither"), (jpeg(7001), "neither"),
+                (smooth_jpeg(7000), "neither"), (smooth_jpeg(7001), "neither"),
                 ((source / "cat" / "cat.3.jpg").read_bytes(), "cat"),   # bytes the source has
                 (near_copy, "cat" if fixed_test[0].startswith("cat") else "dog")]
     first = dt.datetime(2026, 3, 1, 8, tzinfo=dt.UTC)
-    _label(url, kept, pictures, 0, first)
+    label_pictures(url, kept, pictures, 0, first)
 
     summary = _chain(source, paths, params)
     assert summary["feedback"] == 25   # 24 new + the near copy (transform screens it)
@@ -139,7 +115,7 @@ def test_labelled_pictures_merge_into_train_and_val_never_into_test(source: Path
     assert sorted(p.read_bytes() for p in paths.raw.rglob("*") if p.is_file()) == before
 
     # a relabel and a new label later: merged beside the stored ones, the split still fixed
-    _label(url, tmp_path / "kept2", [(new[1][0], "neither"), (jpeg(9000), "dog")], 100,
+    label_pictures(url, tmp_path / "kept2", [(new[1][0], "neither"), (smooth_jpeg(9000), "dog")], 100,
            first + dt.timedelta(days=2))
     later = _chain(source, paths, params)
     assert later["feedback"] == 25 - 1 + 1 and later["feedback_store"]["relabelled"] == 1
@@ -149,7 +125,7 @@ def test_labelled_pictures_merge_into_train_and_val_never_into_test(source: Path
 def test_too_few_labels_or_feedback_off_merge_nothing(source: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     paths = DataPaths(tmp_path / "data")
-    _label(default_url(paths.root), tmp_path / "kept", [(jpeg(5000 + i), "cat") for i in range(3)],
+    label_pictures(default_url(paths.root), tmp_path / "kept", [(smooth_jpeg(5000 + i), "cat") for i in range(3)],
            0, dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
     summary = ingest.run(_params(), paths, source=f"dir:{source}").to_dict()
     assert summary["feedback"] == 0

@@ -94,6 +94,12 @@ STAGES: tuple[Stage, ...] = (
           "(Evidently drift report)", outputs=("reports/monitoring",), dag_task=False,
           timeout_minutes=30, logs_mlflow=True, cpu="1", memory="2Gi",
           private_env=("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")),
+    # The catsdogs_monitoring DAG's second stage: enough new labels become the labelled-data
+    # Asset event that triggers catsdogs_training (catsdogs.orchestration.monitoring).
+    Stage("labels", "Count the labelled production pictures newer than the last ingest "
+          "(retraining starts at feedback.retrain_labels)", dag_task=False, timeout_minutes=10,
+          cpu="0.5", memory="512Mi",
+          private_env=("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")),
 )
 
 PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)
