@@ -149,16 +149,18 @@ def smooth_jpeg(seed: int, size: tuple[int, int] = (120, 90)) -> bytes:
 
 
 def label_pictures(url: str, kept: Path, pictures: list[tuple[bytes, str]], seed: int,
-                   first: dt.datetime) -> None:
-    """Labelled production pictures, as the service makes them: predictions written by
-    `PredictionLog` with their upload kept (picture sampling on) into `kept`, each then labelled
-    (`pictures`: bytes and label), an hour apart from `first`."""
+                   first: dt.datetime, answered: dt.datetime | None = None) -> None:
+    """Labelled production pictures, as the service makes them: predictions (answered at
+    `answered`, default now) written by `PredictionLog` with their upload kept (picture sampling
+    on) into `kept`, each then labelled (`pictures`: bytes and label), an hour apart from
+    `first`."""
     from catsdogs.monitoring.prediction_log import PredictionLog
     from tests.monitoring.test_prediction_log import record
 
     writer = PredictionLog(url, batch_rows=1, flush_s=0.05, sample_rate=1.0,
                            sample_dir=kept).start()
-    records = [record(seed + i, picture=data) for i, (data, _label) in enumerate(pictures)]
+    records = [record(seed + i, when=answered, picture=data)
+               for i, (data, _label) in enumerate(pictures)]
     assert all(writer.submit(r) for r in records)
     for i, (answer, (_data, label)) in enumerate(zip(records, pictures, strict=True)):
         assert writer.label(answer.prediction_id, label, first + dt.timedelta(hours=i))

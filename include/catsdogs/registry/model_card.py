@@ -58,6 +58,9 @@ from catsdogs.registry.names import (
     PROMOTION_DECISION_TAG,
     PROMOTION_METRIC_TAG,
     PROMOTION_MIN_DELTA_TAG,
+    PROMOTION_PRODUCTION_CHALLENGER_TAG,
+    PROMOTION_PRODUCTION_CHAMPION_TAG,
+    PROMOTION_PRODUCTION_PICTURES_TAG,
     PROMOTION_REASON_TAG,
     SERVING_VARIANTS_TAG,
 )
@@ -300,6 +303,20 @@ def _variant_lines(tags: dict[str, str]) -> list[str]:
     return [*lines, ""]
 
 
+def _production_yardstick(tags: dict[str, str]) -> str:
+    """The card's line on promote's second yardstick (the recent-production test set)."""
+    pictures = tags.get(PROMOTION_PRODUCTION_PICTURES_TAG)
+    if pictures is None:
+        return "- Recent-production test set: not recorded (judged before it existed)"
+    ours = tags.get(PROMOTION_PRODUCTION_CHALLENGER_TAG, "none")
+    if ours == "none":
+        return (f"- Recent-production test set: {pictures} pictures, not judged (too few, or "
+                "no champion): the fixed test split alone decided")
+    return (f"- Recent-production test set: {pictures} pictures; `{tags.get(PROMOTION_METRIC_TAG, '?')}` "
+            f"{float(ours):.4f} vs champion "
+            f"{float(tags.get(PROMOTION_PRODUCTION_CHAMPION_TAG, 'nan')):.4f}")
+
+
 def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
     tags = facts.tags
     lines = ["## Promotion and deployment", ""]
@@ -314,6 +331,7 @@ def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
                      f"(min_delta {tags.get(PROMOTION_MIN_DELTA_TAG, '?')}, "
                      + ("no champion before" if against == "none" else f"against v{against}")
                      + f"): {tags.get(PROMOTION_REASON_TAG, '')}")
+        lines.append(_production_yardstick(tags))
     else:
         lines.append("- Promotion: not judged yet")
     status = tags.get(DEPLOY_STATUS_TAG)
