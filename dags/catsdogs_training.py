@@ -1,5 +1,5 @@
 """catsdogs_training: ingest → validate → prepare → transform → train → promote → deploy,
-nightly or on drift.
+nightly or when enough new labels exist.
 
 Wiring only: the stages come from `catsdogs.orchestration.stage_table.PIPELINE`, the tasks from
 `catsdogs.orchestration.runners.make_task` ($CATSDOGS_RUNNER=docker|local|kubernetes).
@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, chain
 
-from catsdogs.orchestration.monitoring import DRIFT_ASSET
+from catsdogs.orchestration.monitoring import LABELLED_ASSET
 from catsdogs.orchestration.runners import make_task, runner
 from catsdogs.orchestration.runners.common import (
     TEMPLATE_FILTERS,
@@ -45,9 +45,10 @@ Each task runs one stage of the `catsdogs` CLI (mode: **{MODE}**;
   *Use GPUs* param is on.
 * The trigger form's params become `--set section.key=value` overrides of `params.yaml`.
 * `validate` is a gate: a refused data set fails the run at once (no retries), nothing is trained.
-* Besides the nightly schedule, a drift event of `catsdogs_monitoring` (asset
-  `catsdogs://monitoring/drift`, at most one per cool-down) starts a run
-  (`CATSDOGS_RETRAIN_ON_DRIFT=0` turns that off).
+* Besides the nightly schedule, a labelled-data event of `catsdogs_monitoring` (asset
+  `catsdogs://feedback/labelled`: at least `feedback.retrain_labels` labelled production pictures
+  newer than the last ingest) starts a run whose ingest merges them
+  (`CATSDOGS_RETRAIN_ON_LABELS=0` turns that off). A drift event alone does not retrain.
 * `train` registers a challenger in MLflow (`CatsDogsCNN`); its **MLflow run** button opens the run.
   `promote` moves `@champion` to it when it beats the champion on the chosen metric.
 * `deploy` rolls `@champion` out behind a health-gated switch and checks it on the live endpoint
@@ -61,9 +62,9 @@ with DAG(
     dag_id=TRAINING_DAG_ID,
     description="Cats vs dogs: ingest, validate, prepare, transform, train, promote, deploy",
     # No start date: the first run is the next 02:00 after the DAG appears (never a missed one).
-    # Nightly OR on drift: the monitoring DAG's drift event starts a run at once.
-    schedule=(AssetOrTimeSchedule(timetable=NIGHTLY, assets=DRIFT_ASSET) if SETTINGS.retrain_on_drift
-              else NIGHTLY),
+    # Nightly OR on new labels: the monitoring DAG's labelled-data event starts a run at once.
+    schedule=(AssetOrTimeSchedule(timetable=NIGHTLY, assets=LABELLED_ASSET)
+              if SETTINGS.retrain_on_labels else NIGHTLY),
     catchup=False,
     max_active_runs=1,
     is_paused_upon_creation=False,   # active from its first appearance: no toggle to find

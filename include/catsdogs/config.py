@@ -5,6 +5,7 @@ This is the only module that reads the params file.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -40,6 +41,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     source: str = "kaggle:bhavikjikadara/dog-and-cat-classification-dataset"
     classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+    feedback: bool = True   # ingest merges the labelled production pictures (`feedback` section)
 
     @field_validator("classes")
     @classmethod
@@ -112,6 +114,34 @@ class PromoteParams(_Section):
     min_delta: float = Field(0.0, ge=-1, le=1)
 
 
+class FeedbackParams(_Section):
+    """Labelled production pictures in training and promotion (docs/data.md)."""
+
+    min_labels: int = Field(20, ge=1)          # ingest merges them only from this many on
+    since: str = ""                            # ISO time: only pictures labelled at/after it ("" all)
+    holdout_share: float = Field(0.2, ge=0, lt=1)  # held out by content hash: the production test set
+    min_holdout: int = Field(30, ge=1)         # promote judges on it only with this many pictures
+    near_duplicate_bits: int = Field(4, ge=0, le=64)  # average-hash distance that counts as the same picture
+    retrain_labels: int = Field(50, ge=1)      # new labels since the last ingest that start training
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _iso_time(cls, since: object) -> object:
+        if isinstance(since, dt.datetime | dt.date):   # YAML reads an unquoted time as one
+            return since.isoformat()
+        if isinstance(since, str) and since:
+            dt.datetime.fromisoformat(since)   # ValueError: pydantic reports the field
+        return since
+
+    @property
+    def since_time(self) -> dt.datetime | None:
+        """`since` as an aware UTC time (a time without a zone is UTC); None when unset."""
+        if not self.since:
+            return None
+        moment = dt.datetime.fromisoformat(self.since)
+        return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
 class DeployParams(_Section):
     """The rollout after promotion (docs/rollout.md)."""
 
@@ -162,6 +192,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
     monitor: MonitorParams = MonitorParams()
+    feedback: FeedbackParams = FeedbackParams()
     deploy: DeployParams = DeployParams()
     review: ReviewParams = ReviewParams()
 

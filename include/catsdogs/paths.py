@@ -25,6 +25,11 @@ class DataPaths:
         return self.root / "raw"
 
     @property
+    def feedback(self) -> Path:
+        """The labelled production pictures ingest has copied (`catsdogs.data.feedback`)."""
+        return self.root / "feedback"
+
+    @property
     def raw_manifest(self) -> Path:
         return self.raw / "manifest.csv"
 

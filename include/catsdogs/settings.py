@@ -178,8 +178,9 @@ class RunnerSettings(Settings):
     monitor_schedule: str = Field("", description="cron or preset of `catsdogs_monitoring`; "
                                   "unset: the Airflow Variable `catsdogs_monitor_schedule`, "
                                   "else `@hourly`")
-    retrain_on_drift: bool = Field(True, description="`catsdogs_training` also runs on drift "
-                                   "events (0: cron only)")
+    retrain_on_labels: bool = Field(True, description="`catsdogs_training` also runs when "
+                                    "enough new labels exist (the labelled-data asset; 0: "
+                                    "cron only)")
     drift_cooldown_hours: float | None = Field(
         None, ge=0, description="no new drift event within this many hours of the last",
         json_schema_extra={"shown": "`monitor.cooldown_hours` (24)"})

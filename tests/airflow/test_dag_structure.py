@@ -9,7 +9,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 from airflow.sdk.definitions.param import ParamValidationError
 
 from catsdogs.config import load_params
-from catsdogs.orchestration.monitoring import DRIFT_ASSET
+from catsdogs.orchestration.monitoring import LABELLED_ASSET
 from catsdogs.orchestration.runners import runner
 from catsdogs.orchestration.runners.common import (
     SCHEDULES,
@@ -67,12 +67,13 @@ def test_each_task_goes_to_its_stages_celery_queue(parse_dag, runner: str) -> No
     assert {task.task_id: task.queue for task in dag.tasks} == {s.name: s.queue for s in PIPELINE}
 
 
-def test_nightly_or_on_drift_schedule_without_catchup(parse_dag) -> None:
+def test_nightly_or_on_new_labels_schedule_without_catchup(parse_dag) -> None:
     dag = parse_dag("local")
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
     assert dag.timetable.timetable.expression == DEFAULT_SCHEDULE == "0 2 * * *"
     assert str(dag.timetable.timetable.timezone) == "UTC"
-    assert dag.timetable.asset_condition.uri == DRIFT_ASSET.uri == "catsdogs://monitoring/drift"
+    # drift alone never retrains: only the labelled-data asset (enough new labels) does
+    assert dag.timetable.asset_condition.uri == LABELLED_ASSET.uri == "catsdogs://feedback/labelled"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
 
@@ -83,8 +84,8 @@ def test_schedule_is_overridable(parse_dag, name: str) -> None:
     assert timetable.timetable.expression == "30 4 * * 1-5"
 
 
-def test_retraining_on_drift_can_be_switched_off(parse_dag) -> None:
-    timetable = parse_dag("local", CATSDOGS_RETRAIN_ON_DRIFT="0").timetable
+def test_retraining_on_new_labels_can_be_switched_off(parse_dag) -> None:
+    timetable = parse_dag("local", CATSDOGS_RETRAIN_ON_LABELS="0").timetable
     assert isinstance(timetable, CronTriggerTimetable)
     assert timetable.expression == DEFAULT_SCHEDULE
 

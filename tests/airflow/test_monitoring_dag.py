@@ -1,5 +1,6 @@
-"""catsdogs_monitoring: its shape (monitor → drift_event), hourly schedule, the drift asset it
-announces, the stage's private environment, and the drift-event decision with its cool-down."""
+"""catsdogs_monitoring: its shape (monitor → drift_event, labels → labelled_data_event), hourly
+schedule, the drift and labelled-data assets it announces, the stages' private environment, the
+drift-event decision with its cool-down, and the labelled-data decision."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 from airflow.sdk import CronTriggerTimetable
 from airflow.sdk.exceptions import AirflowSkipException
 
-from catsdogs.orchestration.monitoring import DRIFT_ASSET, drift_event
+from catsdogs.orchestration.monitoring import (
+    DRIFT_ASSET,
+    LABELLED_ASSET,
+    drift_event,
+    labels_event,
+)
 from catsdogs.orchestration.runners.common import overrides_from_params
 from catsdogs.orchestration.runners.docker import StageDockerOperator
 from catsdogs.orchestration.runners.kubernetes import StageKubernetesPodOperator
@@ -27,21 +33,29 @@ DRIFT = {"drift_detected": True, "drift_score": 0.5, "model_version": "3", "rows
 def test_monitor_then_drift_event(parse_dag, runner: str) -> None:
     dag = parse_dag(runner, dag_id=MONITORING_DAG_ID)
     dag.check_cycle()
-    assert sorted(dag.task_ids) == ["drift_event", "monitor"]
+    assert sorted(dag.task_ids) == ["drift_event", "labelled_data_event", "labels", "monitor"]
     assert [t.task_id for t in dag.get_task("monitor").downstream_list] == ["drift_event"]
+    assert [t.task_id for t in dag.get_task("labels").downstream_list] == [
+        "labelled_data_event"]
+    assert not dag.get_task("labels").upstream_list   # counted even when the drift check fails
     kind = {"docker": StageDockerOperator, "local": StageBashOperator,
             "kubernetes": StageKubernetesPodOperator}[runner]
-    assert isinstance(dag.get_task("monitor"), kind)
+    assert isinstance(dag.get_task("monitor"), kind) and isinstance(dag.get_task("labels"), kind)
     event = dag.get_task("drift_event")
     assert [a.uri for a in event.outlets] == [a.uri for a in event.inlets] == [DRIFT_ASSET.uri]
+    labelled = dag.get_task("labelled_data_event")
+    assert [a.uri for a in labelled.outlets] == [a.uri for a in labelled.inlets] == [
+        LABELLED_ASSET.uri]
     assert dag.catchup is False and dag.max_active_runs == 1
     for task in dag.tasks:
         assert task.retries >= 1 and task.execution_timeout is not None
 
 
-def test_monitor_is_a_stage_but_not_a_training_task() -> None:
+def test_monitor_and_labels_are_stages_but_not_training_tasks() -> None:
     monitor = next(stage for stage in STAGES if stage.name == "monitor")
+    labels = next(stage for stage in STAGES if stage.name == "labels")
     assert monitor not in PIPELINE and monitor.dag_task is False
+    assert labels not in PIPELINE and labels.dag_task is False
     assert "reports/monitoring" in monitor.outputs
 
 
@@ -67,9 +81,10 @@ def test_monitor_command_takes_overrides(parse_dag) -> None:
 def test_docker_mode_passes_the_log_url_privately(parse_dag, monkeypatch) -> None:
     secret = "postgresql://monitor:pa55word@postgres/monitoring"
     monkeypatch.setenv("CATSDOGS_PREDICTION_LOG_URL", secret)
-    task = parse_dag("docker", dag_id=MONITORING_DAG_ID).get_task("monitor")
-    assert task.private_env == ("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")
-    assert secret not in str(task.environment) and secret not in str(task.command)
+    dag = parse_dag("docker", dag_id=MONITORING_DAG_ID)
+    for task in (dag.get_task("monitor"), dag.get_task("labels")):
+        assert task.private_env == ("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")
+        assert secret not in str(task.environment) and secret not in str(task.command)
 
 
 def _outlet() -> SimpleNamespace:
@@ -102,3 +117,29 @@ def test_cool_down_after_the_last_drift_event() -> None:
     old = [SimpleNamespace(timestamp=NOW - dt.timedelta(hours=25))]
     assert drift_event(DRIFT, old, _outlet(), 24, NOW)["rows"] == 80
     assert drift_event(DRIFT, recent, _outlet(), 0, NOW)["rows"] == 80
+
+
+LABELS = {"new_labels": 60, "needed": 50, "enough": True, "since": NOW.isoformat()}
+
+
+@pytest.mark.parametrize("summary", [None, {"enough": False, "message": "10 new labels"}])
+def test_too_few_labels_no_event(summary) -> None:
+    outlet = _outlet()
+    with pytest.raises(AirflowSkipException, match="no labelled-data event"):
+        labels_event(summary, [], outlet)
+    assert outlet.extra == {}
+
+
+def test_enough_labels_emit_one_event_until_an_ingest_reads_them() -> None:
+    outlet = _outlet()
+    assert labels_event(LABELS, [], outlet) == outlet.extra == {
+        "new_labels": 60, "needed": 50, "since": NOW.isoformat()}
+    # an event before the last ingest: that run merged its labels, these are new
+    older = [SimpleNamespace(timestamp=NOW - dt.timedelta(hours=1))]
+    assert labels_event(LABELS, older, _outlet())["new_labels"] == 60
+    # an event after it: its training run has not ingested yet, no second run
+    newer = [SimpleNamespace(timestamp=NOW + dt.timedelta(minutes=5))]
+    with pytest.raises(AirflowSkipException, match="newer than the last ingest"):
+        labels_event(LABELS, newer, _outlet())
+    with pytest.raises(AirflowSkipException, match="newer than the last ingest"):
+        labels_event(LABELS | {"since": None}, older, _outlet())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import subprocess
@@ -137,3 +138,30 @@ def zip_of(root: Path) -> bytes:
             if path.is_file():
                 bundle.write(path, path.relative_to(root.parent).as_posix())
     return buffer.getvalue()
+
+
+def smooth_jpeg(seed: int, size: tuple[int, int] = (120, 90)) -> bytes:
+    """A JPEG of large smooth blobs (a 4x4 random image scaled up; unique per seed): unlike
+    noise, a resized or re-encoded copy keeps its average hash, as a photo does."""
+    cells = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return encode(Image.fromarray(cells, "RGB").resize(size, Image.Resampling.BICUBIC), "JPEG",
+                  quality=90)
+
+
+def label_pictures(url: str, kept: Path, pictures: list[tuple[bytes, str]], seed: int,
+                   first: dt.datetime, answered: dt.datetime | None = None) -> None:
+    """Labelled production pictures, as the service makes them: predictions (answered at
+    `answered`, default now) written by `PredictionLog` with their upload kept (picture sampling
+    on) into `kept`, each then labelled (`pictures`: bytes and label), an hour apart from
+    `first`."""
+    from catsdogs.monitoring.prediction_log import PredictionLog
+    from tests.monitoring.test_prediction_log import record
+
+    writer = PredictionLog(url, batch_rows=1, flush_s=0.05, sample_rate=1.0,
+                           sample_dir=kept).start()
+    records = [record(seed + i, when=answered, picture=data)
+               for i, (data, _label) in enumerate(pictures)]
+    assert all(writer.submit(r) for r in records)
+    for i, (answer, (_data, label)) in enumerate(zip(records, pictures, strict=True)):
+        assert writer.label(answer.prediction_id, label, first + dt.timedelta(hours=i))
+    writer.close()

@@ -21,7 +21,7 @@ PROMETHEUS = REPO_ROOT / "docker" / "prometheus" / "prometheus.yml"
 EXPECTED = {"CatsdogsHighErrorRatio", "CatsdogsHighLatencyP99", "CatsdogsNoTraffic",
             "CatsdogsConfidenceMedianDrop", "CatsdogsOutOfDistributionRatio",
             "CatsdogsLiveAccuracyLow",
-            "CatsdogsDataDrift", "CatsdogsDriftCheckStale"}
+            "CatsdogsDataDrift", "CatsdogsLabelsNeeded", "CatsdogsDriftCheckStale"}
 
 
 def _tool(name: str) -> str:

@@ -5,6 +5,7 @@ confusion matrix), the moves of @champion through promote / post-deploy check / 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -222,6 +223,28 @@ def test_description_fits_the_registry_with_a_long_history() -> None:
     assert full.count("| rollback |") == 80
     assert short.count("| rollback |") == model_card.SHORT_HISTORY
     assert "75 earlier moves" in short and CARD_ARTIFACT in short
+
+
+def test_card_shows_the_production_pictures_of_the_training_data() -> None:
+    from catsdogs.data.lineage import TrainingData
+
+    production = {"per_split": {"production_test": 5, "train": 17, "val": 2},
+                  "labelled_from": "2026-03-01T08:00:00+00:00",
+                  "labelled_to": "2026-03-02T09:00:00+00:00"}
+    data = TrainingData(source="dir:/x", synthetic=False, manifest_sha256="m",
+                        transformed_digest="d", counts={"train": {"cat": 9, "dog": 8}},
+                        production=production)
+    assert TrainingData.from_profile(data.profile()) == data   # the MLflow profile round trip
+    facts = model_card.CardFacts(
+        name="M", version="2", run_id="r", experiment_id="1", registered="2026-01-01T00:00:00",
+        aliases=(), tags={}, params={}, metrics={}, data=data, confusion=None, moves=[])
+    assert ("- From production: 19 training pictures (train 17, val 2) labelled from "
+            "2026-03-01T08:00:00+00:00 to 2026-03-02T09:00:00+00:00; 5 held out as the "
+            "recent-production test set") in model_card.render(facts)
+    older = TrainingData.from_profile({k: v for k, v in data.profile().items()
+                                       if k != "production"})   # a run logged before it
+    assert "- From production: none" in model_card.render(
+        dataclasses.replace(facts, data=older))
 
 
 def test_misclassified_most_confident_first_within_the_limit(tmp_path: Path) -> None:

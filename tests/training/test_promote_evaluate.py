@@ -21,13 +21,13 @@ from tests.training.crafted import ColourRule
 NAME = "CatsDogsCNN-promotion-test"
 
 
-def _register(model: ColourRule, paths: DataPaths) -> str:
-    """Log and register `model` as a new @challenger of NAME, like the train stage does."""
+def _register(model: ColourRule, paths: DataPaths, name: str = NAME) -> str:
+    """Log and register `model` as a new @challenger of `name`, like the train stage does."""
     tracking.connect(paths)
     experiment = tracking.experiment_id("Cats vs Dogs CNN", paths)
     example = np.random.default_rng(0).normal(size=(2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32")
     with mlflow.start_run(experiment_id=experiment):
-        version = register(model, NAME, example, version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
+        version = register(model, name, example, version_tags(IMAGE_SIZE, ("cat", "dog"), "colour"))
     return version.version
 
 
@@ -85,6 +85,75 @@ def test_decide_needs_a_gain_above_min_delta() -> None:
     assert promote.decide(0.91, 0.90, 0.0, "f1")[0]
     assert not promote.decide(0.90, 0.90, 0.0, "f1")[0]
     assert not promote.decide(0.91, 0.90, 0.02, "f1")[0]
+
+
+def test_two_yardsticks_no_regression_on_either_and_a_gain_on_one() -> None:
+    # a gain on recent production with the fixed split equal: promoted
+    promoted, reason = promote.decide(0.90, 0.90, 0.0, "f1", production=(0.85, 0.70))
+    assert promoted and "on recent production and regresses on neither" in reason
+    # better on the fixed split but worse on recent production: rejected, and the other way
+    promoted, reason = promote.decide(0.95, 0.90, 0.0, "f1", production=(0.69, 0.70))
+    assert not promoted and "regresses on recent production" in reason
+    assert not promote.decide(0.89, 0.90, 0.0, "f1", production=(0.99, 0.70))[0]
+    # equal on both: no gain, not promoted; a drill's negative margin allows a small drop
+    assert not promote.decide(0.90, 0.90, 0.0, "f1", production=(0.70, 0.70))[0]
+    assert promote.decide(0.89, 0.90, -0.02, "f1", production=(0.69, 0.70))[0]
+
+
+@pytest.mark.usefixtures("pickled_models_allowed")
+def test_recent_production_is_a_second_yardstick(tiny_data: DataPaths, tracking_uri: str,
+                                                  tmp_path) -> None:
+    """transformed/production_test holds the test pictures under the other label (what users
+    now send, where the colour rule is wrong): the colour rule, better on the fixed split,
+    regresses there and is rejected; with fewer pictures than feedback.min_holdout it is judged
+    on the fixed split alone and promoted."""
+    import shutil
+
+    from catsdogs.data.feedback import HELD_OUT
+
+    name = f"{NAME}-production"
+    data = DataPaths(tmp_path / "data")
+    shutil.copytree(tiny_data.root, data.root)
+    for label, other in (("cat", "dog"), ("dog", "cat")):
+        shutil.copytree(tiny_data.split_dir("test") / label, data.split_dir(HELD_OUT) / other)
+    pictures = promote.production_pictures(data)
+    assert pictures == sum(1 for p in tiny_data.split_dir("test").rglob("*.jpg"))
+    client = MlflowClient()
+    two = tiny_params(f"mlflow.registered_model_name={name}",
+                      f"feedback.min_holdout={pictures}")
+    first = _register(ColourRule(weight=0, bias=1), data, name)        # always "dog"
+    assert promote.run(two, data).details["production"]["judged"] is False   # no champion
+
+    colour = _register(ColourRule(weight=1, bias=0), data, name)
+    summary = promote.run(two, data).details
+    assert not summary["promoted"] and summary["production"]["judged"] is True
+    assert summary["challenger_score"] > summary["champion_score"]      # the fixed split
+    production = summary["production"]
+    assert production["challenger_score"] < production["champion_score"]
+    assert "regresses on recent production" in summary["reason"]
+    tags = client.get_model_version(name, colour).tags
+    assert tags["promotion.production_pictures"] == str(pictures)
+    assert float(tags["promotion.production_challenger_score"]) == pytest.approx(
+        production["challenger_score"], abs=1e-6)
+    card = client.get_model_version(name, colour).description
+    assert f"Recent-production test set: {pictures} pictures; `f1`" in card
+    assert find(client, name, CHAMPION).version == first
+    assert promote.run(two, data).skipped   # the same question again: up to date
+    extra = data.split_dir(HELD_OUT) / "cat" / "extra.jpg"   # a grown production set: judged again
+    shutil.copyfile(next((data.split_dir(HELD_OUT) / "cat").glob("*.jpg")), extra)
+    assert not promote.run(two, data).skipped
+    extra.unlink()
+
+    again = _register(ColourRule(weight=1, bias=0), data, name)
+    one = tiny_params(f"mlflow.registered_model_name={name}",
+                      f"feedback.min_holdout={pictures + 1}")
+    summary = promote.run(one, data).details
+    assert summary["promoted"] and summary["production"]["judged"] is False
+    assert f"{pictures} pictures, fewer than feedback.min_holdout={pictures + 1}" in \
+        summary["production"]["note"]
+    assert find(client, name, CHAMPION).version == again
+    assert "not judged (too few, or no champion)" in client.get_model_version(
+        name, again).description
 
 
 def test_evaluate_json_matches_sklearn(trained: dict, tiny_data: DataPaths, tracking_uri: str,

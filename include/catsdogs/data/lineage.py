@@ -9,7 +9,8 @@ The Dataset is an MLflow `MetaDataset` (metadata only: the pictures stay where t
 - digest: the digest of every transformed file the run trained, validated and tested on (the
   train stage's `data_hash`, 16 hex characters);
 - profile (JSON): the ingest source as written, whether the pictures were generated, the sha256 of
-  the prepared manifest, the transformed digest, and the pictures per split and class.
+  the prepared manifest, the transformed digest, the pictures per split and class, and how many
+  of them are labelled production pictures and when they were labelled (`production`).
 
 MLflow shows it on the run page (Inputs) and keeps it with the run; `from_run` reads the profile
 back without downloading anything, which is what keeps rendering a model card cheap.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ class TrainingData:
     manifest_sha256: str        # sha256 of prepared/manifest.csv ("absent" when there was none)
     transformed_digest: str     # digest of the transformed files (relative path + content)
     counts: dict[str, dict[str, int]]
+    # labelled production pictures (`catsdogs.data.feedback.in_splits`): per_split counts and
+    # labelled_from / labelled_to of the trained ones; empty when none (or not recorded)
+    production: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -60,7 +64,8 @@ class TrainingData:
                    manifest_sha256=str(profile["manifest_sha256"]),
                    transformed_digest=str(profile["transformed_digest"]),
                    counts={str(split): {str(label): int(n) for label, n in per_class.items()}
-                           for split, per_class in profile["counts"].items()})
+                           for split, per_class in profile["counts"].items()},
+                   production=dict(profile.get("production") or {}))
 
 
 def count_pictures(transformed: Path, splits: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -77,13 +82,15 @@ def count_pictures(transformed: Path, splits: tuple[str, ...]) -> dict[str, dict
 
 
 def describe(transformed: Path, splits: tuple[str, ...], provenance: Provenance | None,
-             manifest_sha256: str, transformed_digest: str) -> TrainingData:
-    """The `TrainingData` of the transformed folder (its digests computed by the caller)."""
+             manifest_sha256: str, transformed_digest: str,
+             production: dict[str, Any] | None = None) -> TrainingData:
+    """The `TrainingData` of the transformed folder (its digests and production pictures
+    computed by the caller)."""
     return TrainingData(
         source=provenance.source if provenance is not None else str(transformed),
         synthetic=provenance.synthetic if provenance is not None else None,
         manifest_sha256=manifest_sha256, transformed_digest=transformed_digest,
-        counts=count_pictures(transformed, splits))
+        counts=count_pictures(transformed, splits), production=dict(production or {}))
 
 
 def _source(source: str) -> Any:

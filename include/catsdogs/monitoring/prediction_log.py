@@ -204,6 +204,61 @@ def record_label(engine: sa.Engine, prediction_id: str, label: str,
     return None if answer is None else Labelled(answer.label, answer.model_version, first)
 
 
+@dataclass(frozen=True)
+class LabelledPicture:
+    """A labelled production picture: a row with a kept `picture` and a `true_label`."""
+
+    prediction_id: str
+    picture: str               # the kept upload's path, as the service wrote it
+    label: str                 # cat, dog or neither (`FEEDBACK_LABELS`)
+    labelled_at: dt.datetime   # UTC
+
+
+def _labelled_rows(url: str, columns: tuple[str, ...], since: dt.datetime | None,
+                   pictures_only: bool) -> list[Any]:
+    """Rows with a true label (and, when `pictures_only`, a kept picture), labelled at or after
+    `since`, oldest label first. No store yet (an SQLite file not written) or no table: none."""
+    parsed = sa.make_url(url)
+    if (parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+            and not Path(parsed.database).is_file()):
+        return []
+    engine = make_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        if not inspector.has_table(TABLE):
+            return []
+        present = {column["name"] for column in inspector.get_columns(TABLE)}
+        if not {"true_label", "labelled_at", *columns} <= present:
+            return []   # written before feedback existed: nothing labelled
+        query = (sa.select(*(PREDICTIONS.c[name] for name in columns))
+                 .where(PREDICTIONS.c.true_label.is_not(None))
+                 .order_by(PREDICTIONS.c.labelled_at))
+        if pictures_only:
+            query = query.where(PREDICTIONS.c.picture.is_not(None))
+        if since is not None:
+            query = query.where(PREDICTIONS.c.labelled_at >= _utc(since))
+        with engine.connect() as connection:
+            return list(connection.execute(query).all())
+    finally:
+        engine.dispose()
+
+
+def read_labelled(url: str, since: dt.datetime | None = None) -> list[LabelledPicture]:
+    """Every labelled production picture (`picture` and `true_label` not NULL) labelled at or
+    after `since` (UTC; None: all), oldest label first. Raises `sqlalchemy.exc.OperationalError`
+    when the store cannot be reached."""
+    rows = _labelled_rows(url, ("prediction_id", "picture", "true_label", "labelled_at"), since,
+                          pictures_only=True)
+    return [LabelledPicture(str(r.prediction_id), str(r.picture), str(r.true_label),
+                            _utc(r.labelled_at)) for r in rows]
+
+
+def count_labelled(url: str, since: dt.datetime | None = None) -> int:
+    """Labelled production pictures labelled after `since` (strictly; None: all)."""
+    rows = _labelled_rows(url, ("labelled_at",), since, pictures_only=True)
+    return sum(1 for r in rows if since is None or _utc(r.labelled_at) > _utc(since))
+
+
 def _connect_timeout(parsed: sa.URL) -> dict[str, Any]:
     return {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
 

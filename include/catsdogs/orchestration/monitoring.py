@@ -1,13 +1,18 @@
-"""The drift → retraining link: the `catsdogs_monitoring` DAG's schedule, the drift Asset, and
-the decision to emit a drift event (with a cool-down).
+"""The monitoring → retraining link: the `catsdogs_monitoring` DAG's schedule, its two Assets,
+and the decisions to emit their events.
 
 - `DRIFT_ASSET` (`catsdogs://monitoring/drift`): the monitoring DAG's `drift_event` task announces
-  it when the `monitor` stage detected drift; `catsdogs_training` is scheduled on
-  `AssetOrTimeSchedule(nightly cron, DRIFT_ASSET)`, so drift starts a training run at once.
+  it when the `monitor` stage detected drift. Drift alone does not retrain (retraining on the
+  same pictures cannot fix what users now send): the event asks for labels; while too few exist
+  the `CatsdogsLabelsNeeded` alert says so.
+- `LABELLED_ASSET` (`catsdogs://feedback/labelled`): the `labels_event` task announces it when the
+  `labels` stage counts at least `feedback.retrain_labels` labelled production pictures newer
+  than the last ingest; `catsdogs_training` is scheduled on
+  `AssetOrTimeSchedule(nightly cron, LABELLED_ASSET)`, and its ingest merges them.
 - Cool-down: no drift event within `monitor.cooldown_hours` of the last one (read from the
-  asset's own event history, `inlet_events`), so a drifting week retrains once per cool-down
-  rather than every hour. Every drift event starts a training run, so this is also the time since
-  the last drift-triggered training.
+  asset's own event history, `inlet_events`), so a drifting week alerts once per cool-down
+  rather than every hour; no labelled-data event while the last one is newer than the last
+  ingest (its training run has not merged the labels yet).
 
 Only imported by `dags/`; nothing heavy is imported here.
 """
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DRIFT_ASSET = Asset(name="catsdogs_drift", uri="catsdogs://monitoring/drift",
                     group="monitoring")
+LABELLED_ASSET = Asset(name="catsdogs_labelled_data", uri="catsdogs://feedback/labelled",
+                       group="monitoring")
 
 
 def cooldown_hours(settings: RunnerSettings) -> float:
@@ -65,4 +72,30 @@ def drift_event(summary: Mapping[str, Any] | None, earlier: Sequence[Any], outle
              "queued_for_review": summary.get("queued_for_review")}
     outlet.extra = extra
     log.info("drift event: %s", extra)
+    return extra
+
+
+def labels_event(summary: Mapping[str, Any] | None, earlier: Sequence[Any],
+                 outlet: Any) -> dict[str, Any]:
+    """Decide whether this monitoring run announces LABELLED_ASSET (which starts
+    catsdogs_training).
+
+    `summary`: the labels stage's summary (XCom); `earlier`: the asset's past events (each with
+    a `timestamp`, oldest first); `outlet`: this task's outlet event accessor. Returns the
+    event's extra; raises AirflowSkipException (no event) when fewer new labels than
+    `feedback.retrain_labels` exist, or when an event was announced after the last ingest read
+    the labels (`since`): that training run has not ingested them yet, one run is enough."""
+    if not summary or not summary.get("enough"):
+        reason = (summary or {}).get("message", "the labels stage returned no summary")
+        raise AirflowSkipException(f"no labelled-data event: {reason}")
+    since = summary.get("since")
+    if earlier and (since is None or earlier[-1].timestamp > dt.datetime.fromisoformat(since)):
+        raise AirflowSkipException(
+            f"{summary['new_labels']} new labels, but a labelled-data event "
+            f"({earlier[-1].timestamp.isoformat()}) is newer than the last ingest: the training "
+            "run it started has not merged them yet")
+    extra = {"new_labels": summary.get("new_labels"), "needed": summary.get("needed"),
+             "since": since}
+    outlet.extra = extra
+    log.info("labelled-data event: %s", extra)
     return extra

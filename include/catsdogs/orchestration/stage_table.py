@@ -59,8 +59,10 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "Download or copy the raw images into raw/{cat,dog}/ with a manifest",
-          outputs=("raw",), timeout_minutes=120, needs_kaggle=True, cpu="1", memory="1Gi"),
+    Stage("ingest", "Download or copy the raw images into raw/{cat,dog}/ with a manifest, "
+          "merged with the labelled production pictures",
+          outputs=("raw", "feedback"), timeout_minutes=120, needs_kaggle=True, cpu="1",
+          memory="1Gi", private_env=("CATSDOGS_PREDICTION_LOG_URL",)),
     Stage("validate", "Great Expectations gate over the raw manifest",
           outputs=("reports/validation",), retryable=False, timeout_minutes=30, cpu="1",
           memory="2Gi"),
@@ -94,6 +96,12 @@ STAGES: tuple[Stage, ...] = (
           private_env=("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")),
     Stage("review", "The review queue: its size, and its labels to and from Label Studio's JSON",
           dag_task=False, private_env=("CATSDOGS_PREDICTION_LOG_URL",)),
+    # The catsdogs_monitoring DAG's second stage: enough new labels become the labelled-data
+    # Asset event that triggers catsdogs_training (catsdogs.orchestration.monitoring).
+    Stage("labels", "Count the labelled production pictures newer than the last ingest "
+          "(retraining starts at feedback.retrain_labels)", dag_task=False, timeout_minutes=10,
+          cpu="0.5", memory="512Mi",
+          private_env=("CATSDOGS_PREDICTION_LOG_URL", "CATSDOGS_PUSHGATEWAY_URL")),
 )
 
 PIPELINE: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.dag_task)

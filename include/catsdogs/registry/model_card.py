@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catsdogs.config import CLASSES
+from catsdogs.data.feedback import HELD_OUT
 from catsdogs.data.lineage import DATASET_NAME, TrainingData, from_run
 from catsdogs.data.provenance import Provenance
 from catsdogs.registry.names import (
@@ -57,6 +58,9 @@ from catsdogs.registry.names import (
     PROMOTION_DECISION_TAG,
     PROMOTION_METRIC_TAG,
     PROMOTION_MIN_DELTA_TAG,
+    PROMOTION_PRODUCTION_CHALLENGER_TAG,
+    PROMOTION_PRODUCTION_CHAMPION_TAG,
+    PROMOTION_PRODUCTION_PICTURES_TAG,
     PROMOTION_REASON_TAG,
     SERVING_VARIANTS_TAG,
 )
@@ -170,6 +174,19 @@ def _intended_use(facts: CardFacts, classes: list[str]) -> list[str]:
     ]
 
 
+def _production_line(production: dict[str, Any]) -> str:
+    """The card's line on labelled production pictures (`TrainingData.production`)."""
+    per_split = production.get("per_split") or {}
+    trained = sum(n for split, n in per_split.items() if split in ("train", "val"))
+    if not per_split:
+        return "- From production: none (no labelled production pictures merged)"
+    held = per_split.get(HELD_OUT, 0)
+    return (f"- From production: {trained} training pictures (train {per_split.get('train', 0)}, "
+            f"val {per_split.get('val', 0)}) labelled from {production.get('labelled_from') or '?'}"
+            f" to {production.get('labelled_to') or '?'}; {held} held out as the "
+            "recent-production test set")
+
+
 def _data_section(facts: CardFacts, classes: list[str]) -> list[str]:
     lines = ["## Training data", ""]
     data = facts.data
@@ -185,7 +202,8 @@ def _data_section(facts: CardFacts, classes: list[str]) -> list[str]:
         f"- MLflow data set: `{DATASET_NAME}`, digest `{data.transformed_digest}` (logged with "
         f"`mlflow.log_input`, context `training`, run `{facts.run_id}`)",
         f"- Prepared manifest sha256: `{data.manifest_sha256}`",
-        f"- Transformed files digest: `{data.transformed_digest}` ({data.total} pictures)", "",
+        f"- Transformed files digest: `{data.transformed_digest}` ({data.total} pictures)",
+        _production_line(data.production), "",
         "| split | " + " | ".join(classes) + " | total |",
         "|---" * (len(classes) + 2) + "|",
     ]
@@ -285,6 +303,20 @@ def _variant_lines(tags: dict[str, str]) -> list[str]:
     return [*lines, ""]
 
 
+def _production_yardstick(tags: dict[str, str]) -> str:
+    """The card's line on promote's second yardstick (the recent-production test set)."""
+    pictures = tags.get(PROMOTION_PRODUCTION_PICTURES_TAG)
+    if pictures is None:
+        return "- Recent-production test set: not recorded (judged before it existed)"
+    ours = tags.get(PROMOTION_PRODUCTION_CHALLENGER_TAG, "none")
+    if ours == "none":
+        return (f"- Recent-production test set: {pictures} pictures, not judged (too few, or "
+                "no champion): the fixed test split alone decided")
+    return (f"- Recent-production test set: {pictures} pictures; `{tags.get(PROMOTION_METRIC_TAG, '?')}` "
+            f"{float(ours):.4f} vs champion "
+            f"{float(tags.get(PROMOTION_PRODUCTION_CHAMPION_TAG, 'nan')):.4f}")
+
+
 def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
     tags = facts.tags
     lines = ["## Promotion and deployment", ""]
@@ -299,6 +331,7 @@ def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
                      f"(min_delta {tags.get(PROMOTION_MIN_DELTA_TAG, '?')}, "
                      + ("no champion before" if against == "none" else f"against v{against}")
                      + f"): {tags.get(PROMOTION_REASON_TAG, '')}")
+        lines.append(_production_yardstick(tags))
     else:
         lines.append("- Promotion: not judged yet")
     status = tags.get(DEPLOY_STATUS_TAG)

@@ -38,6 +38,10 @@ PROMOTION_CHALLENGER_SCORE_TAG = "promotion.challenger_score"
 PROMOTION_CHAMPION_SCORE_TAG = "promotion.champion_score"   # "none" without a champion
 PROMOTION_CHAMPION_VERSION_TAG = "promotion.champion_version"   # "none" without a champion
 PROMOTION_REASON_TAG = "promotion.reason"
+# the second yardstick: the recent-production test set (transformed/production_test)
+PROMOTION_PRODUCTION_PICTURES_TAG = "promotion.production_pictures"   # str(int)
+PROMOTION_PRODUCTION_CHALLENGER_TAG = "promotion.production_challenger_score"   # "none": not judged
+PROMOTION_PRODUCTION_CHAMPION_TAG = "promotion.production_champion_score"       # "none" likewise
 PROMOTED = "promoted"
 REJECTED = "rejected"
 

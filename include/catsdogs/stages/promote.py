@@ -2,8 +2,14 @@
 
 Both models are scored by the same code on the same current test split (the champion is
 re-evaluated there), by `promote.metric`; the challenger must beat the champion by more than
-`promote.min_delta`. The decision, both scores and the reason become tags on the challenger's model
-version and its run, and its model card shows them. A worse model is never promoted.
+`promote.min_delta`. Two yardsticks when the recent-production test set
+(`transformed/production_test/`: labelled production pictures held out by content hash, never
+trained on; `catsdogs.data.feedback`) holds at least `feedback.min_holdout` pictures: both models
+are scored there too, and the challenger must not regress on either set and must beat the
+champion by more than `min_delta` on at least one (`decide`). With fewer, the summary says so and
+the fixed split alone decides. The decision, the scores and the reason become tags on the
+challenger's model version and its run, and its model card shows them. A worse model is never
+promoted.
 
 An MLflow server lost mid-way (`catsdogs.tracking.talking_to_mlflow`) ends the stage with one
 line naming the step; the next run repairs what was left: the decision tag on the version is
@@ -32,6 +38,9 @@ from catsdogs.registry.names import (
     PROMOTION_DECISION_TAG,
     PROMOTION_METRIC_TAG,
     PROMOTION_MIN_DELTA_TAG,
+    PROMOTION_PRODUCTION_CHALLENGER_TAG,
+    PROMOTION_PRODUCTION_CHAMPION_TAG,
+    PROMOTION_PRODUCTION_PICTURES_TAG,
     PROMOTION_REASON_TAG,
     REJECTED,
 )
@@ -43,8 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) -> float:
-    """`metric` of a registered model version on transformed/test (preprocessed at its own size)."""
+def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params,
+          split: str = "test") -> float:
+    """`metric` of a registered model version on transformed/<split> (preprocessed at its own
+    size)."""
     from catsdogs.inference.compute import Compute, pick_device
     from catsdogs.registry.record import load_model
     from catsdogs.training.loading import ImageFolderDataset, make_loader
@@ -55,7 +66,7 @@ def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) 
     device = pick_device()
     compute = Compute.resolve(params.train.precision, device)
     model = load_model(record, device)
-    loader = make_loader(ImageFolderDataset(paths.split_dir("test"),
+    loader = make_loader(ImageFolderDataset(paths.split_dir(split),
                                             eval_transform(record.image_size)),
                          params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
@@ -63,23 +74,51 @@ def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) 
     return classification_metrics(labels, probs)[metric]
 
 
-def decide(challenger: float, champion: float | None, min_delta: float,
-           metric: str) -> tuple[bool, str]:
-    """(promote?, reason). No champion yet: promote. Else only a gain above min_delta."""
+def decide(challenger: float, champion: float | None, min_delta: float, metric: str,
+           production: tuple[float, float] | None = None) -> tuple[bool, str]:
+    """(promote?, reason). No champion yet: promote. One yardstick (`production` None): only a
+    gain above min_delta on the fixed test split. Two (`production`: the challenger's and the
+    champion's score on the recent-production test set): no regression on either (a drop below
+    the champion's score; with a negative min_delta, a drop larger than |min_delta|) and a gain
+    above min_delta on at least one."""
     if champion is None:
         return True, "no champion yet"
-    if challenger > champion + min_delta:
-        return True, (f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} "
-                      f"by more than {min_delta}")
-    return False, (f"challenger {metric} {challenger:.4f} does not beat champion "
-                   f"{champion:.4f} by more than {min_delta}")
+    if production is None:
+        if challenger > champion + min_delta:
+            return True, (f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} "
+                          f"by more than {min_delta}")
+        return False, (f"challenger {metric} {challenger:.4f} does not beat champion "
+                       f"{champion:.4f} by more than {min_delta}")
+    sets = {"the fixed test split": (challenger, champion), "recent production": production}
+    scores = "; ".join(f"{where}: {ours:.4f} vs champion {theirs:.4f}"
+                       for where, (ours, theirs) in sets.items())
+    regressed = [where for where, (ours, theirs) in sets.items()
+                 if ours < theirs + min(0.0, min_delta)]
+    if regressed:
+        return False, f"challenger {metric} regresses on {' and '.join(regressed)} ({scores})"
+    gained = [where for where, (ours, theirs) in sets.items() if ours > theirs + min_delta]
+    if not gained:
+        return False, (f"challenger {metric} beats the champion by more than {min_delta} on "
+                       f"neither set ({scores})")
+    return True, (f"challenger {metric} beats the champion by more than {min_delta} on "
+                  f"{' and '.join(gained)} and regresses on neither ({scores})")
+
+
+def production_pictures(paths: DataPaths) -> int:
+    """Pictures in the recent-production test set (`transformed/production_test/<class>/`)."""
+    from catsdogs.data.feedback import HELD_OUT
+    from catsdogs.data.lineage import count_pictures
+
+    return sum(sum(per_class.values())
+               for per_class in count_pictures(paths.transformed, (HELD_OUT,)).values())
 
 
 def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
-                      params: Params) -> str | None:
+                      params: Params, pictures: int) -> str | None:
     """Why there is nothing to decide (the stage is up to date), or None: the challenger is the
-    champion, or it was already rejected against this champion with this metric and margin (a
-    version's training data are fixed, so the same comparison gives the same answer)."""
+    champion, or it was already rejected against this champion with this metric and margin and
+    the same number of recent-production test pictures (a version's training data are fixed, so
+    the same comparison gives the same answer; a grown production set is a new question)."""
     if champion is None:
         return None
     if champion.version == challenger.version:
@@ -88,7 +127,8 @@ def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
     if (tags.get(PROMOTION_DECISION_TAG) == REJECTED
             and tags.get(PROMOTION_CHAMPION_VERSION_TAG) == champion.version
             and tags.get(PROMOTION_METRIC_TAG) == params.promote.metric
-            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)):
+            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)
+            and tags.get(PROMOTION_PRODUCTION_PICTURES_TAG) == str(pictures)):
         return (f"was already rejected against champion v{champion.version}: "
                 f"{tags.get(PROMOTION_REASON_TAG, '')}")
     return None
@@ -128,7 +168,8 @@ def run(params: Params, paths: DataPaths) -> Summary:
         if challenger is None:
             raise UserError(f"no {name}@{CHALLENGER} in the registry; run `catsdogs train` first")
         champion = find(client, name, CHAMPION)
-    judged = _earlier_decision(challenger, champion, params)
+    pictures = production_pictures(paths)
+    judged = _earlier_decision(challenger, champion, params, pictures)
     if judged is not None:
         run_id = challenger.run_id
         if champion is not None and champion.version == challenger.version:
@@ -145,11 +186,24 @@ def run(params: Params, paths: DataPaths) -> Summary:
                            "run_id": run_id,
                            "experiment_id": client.get_run(run_id).info.experiment_id,
                            "reason": judged})
+    from catsdogs.data.feedback import HELD_OUT
+
     with tracking.talking_to_mlflow(f"scoring challenger v{challenger.version}"):
         challenger_score = score(challenger, paths, metric, params)
     with tracking.talking_to_mlflow(f"scoring champion v{champion.version if champion else ''}"):
         champion_score = None if champion is None else score(champion, paths, metric, params)
-    promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
+    production: tuple[float, float] | None = None
+    if champion is not None and pictures >= params.feedback.min_holdout:
+        with tracking.talking_to_mlflow("scoring both on the recent-production test set"):
+            production = (score(challenger, paths, metric, params, HELD_OUT),
+                          score(champion, paths, metric, params, HELD_OUT))
+    yardstick = ("judged on the fixed test split and on recent production" if production
+                 else "no champion to compare on recent production" if champion is None
+                 else f"recent-production test set: {pictures} pictures, fewer than "
+                      f"feedback.min_holdout={params.feedback.min_holdout}: judged on the fixed "
+                      "test split alone")
+    promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric,
+                              production)
     tags = {
         PROMOTION_DECISION_TAG: PROMOTED if promoted else REJECTED,
         PROMOTION_METRIC_TAG: metric,
@@ -159,6 +213,11 @@ def run(params: Params, paths: DataPaths) -> Summary:
         else f"{champion_score:.6f}",
         PROMOTION_CHAMPION_VERSION_TAG: "none" if champion is None else champion.version,
         PROMOTION_REASON_TAG: reason,
+        PROMOTION_PRODUCTION_PICTURES_TAG: str(pictures),
+        PROMOTION_PRODUCTION_CHALLENGER_TAG: "none" if production is None
+        else f"{production[0]:.6f}",
+        PROMOTION_PRODUCTION_CHAMPION_TAG: "none" if production is None
+        else f"{production[1]:.6f}",
     }
     with tracking.talking_to_mlflow(f"tagging the decision on v{challenger.version}"):
         _write_decision(client, name, challenger, tags)
@@ -171,11 +230,15 @@ def run(params: Params, paths: DataPaths) -> Summary:
             refresh_card(client, name, challenger.version)
     champion_now = challenger.version if promoted else champion.version
     message = (f"{tags[PROMOTION_DECISION_TAG]} {name} v{challenger.version}: {reason}; "
-               f"@champion is v{champion_now}")
+               f"@champion is v{champion_now} ({yardstick})")
     log.info("%s", message)
     return Summary("promote", message, details={
         "promoted": promoted, "run_id": challenger.run_id,
         "experiment_id": client.get_run(challenger.run_id).info.experiment_id,
         "challenger_version": challenger.version,
         "champion_version": champion_now, "challenger_score": challenger_score,
-        "champion_score": champion_score, "metric": metric, "reason": reason})
+        "champion_score": champion_score, "metric": metric, "reason": reason,
+        "production": {"pictures": pictures, "judged": production is not None,
+                       "challenger_score": None if production is None else production[0],
+                       "champion_score": None if production is None else production[1],
+                       "note": yardstick}})

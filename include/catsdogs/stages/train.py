@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from catsdogs.config import Params
-from catsdogs.data import lineage, provenance
+from catsdogs.data import feedback, lineage, provenance
 from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.registry.names import CONFUSION_PICTURE, CONFUSION_TAG, REGISTERED_VERSION_TAG
@@ -171,7 +171,8 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
                     "%s=true. %s", trained_on.source, provenance.SYNTHETIC_TAG,
                     provenance.REAL_DATA_HINT)
     manifest_sha256 = _manifest_hash(paths)
-    training_data = lineage.describe(paths.transformed, SPLITS, trained_on, manifest_sha256, hashed)
+    training_data = lineage.describe(paths.transformed, SPLITS, trained_on, manifest_sha256, hashed,
+                                     feedback.in_splits(paths.splits_csv, paths.raw))
     return _train(params, paths, experiment, compute, choice.measured, data, training_data,
                   tags={"device": str(compute.device), "precision": compute.precision,
                         "channels_last": str(compute.channels_last).lower(),
