@@ -193,6 +193,11 @@ class RunnerSettings(Settings):
     _lower_runner = field_validator("runner", mode="before")(_lower)
 
 
+# Where the compose stack's kept pictures are, in the Bento containers and the stage containers
+# alike: the prediction log stores each picture's absolute path, so both must see one path.
+PICTURES_MOUNT = "/pictures"
+
+
 class DockerSettings(Settings):
     """The Docker engine the docker runner and the compose target use."""
 
@@ -204,6 +209,11 @@ class DockerSettings(Settings):
                                 "containers and the Bento containers (reaches `mlflow`)")
     data_volume: str = Field("catsdogs-data", min_length=1, description="named volume "
                              "mounted at /data in every stage container")
+    pictures_volume: str = Field("catsdogs-pictures", min_length=1, description="named volume "
+                                 "of the pictures the service keeps (the review queue's): "
+                                 f"read-write at {PICTURES_MOUNT} in each Bento container, "
+                                 "read-only there in every stage container (ingest merges the "
+                                 "labelled ones, docs/monitoring.md)")
     docker_socket: str = Field("/var/run/docker.sock", description="the host's engine socket "
                                "bind-mounted into the rollout stages (deploy, rollback)")
     docker_gid: int | None = Field(None, ge=0, description="group owning that socket, given to "

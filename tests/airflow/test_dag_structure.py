@@ -151,9 +151,12 @@ def test_docker_mode_operators(parse_dag) -> None:
                     CATSDOGS_LOG_FORMAT="json")
     for task in dag.tasks:
         assert task.image == "registry.local/catsdogs-worker:1.2"
-        mount, *engine = task.mounts
+        mount, pictures, *engine = task.mounts
         assert (mount["Type"], mount["Source"], mount["Target"]) == ("volume", "catsdogs-data",
                                                                      "/data")
+        # the pictures the service keeps, for ingest and review: read-only
+        assert (pictures["Source"], pictures["Target"], pictures["ReadOnly"]) == (
+            "catsdogs-pictures", "/pictures", True)
         # only the rollout gets the Docker engine (and the deployment settings)
         if task.task_id == "deploy":
             assert [(m["Type"], m["Source"], m["Target"]) for m in engine] == [
@@ -264,6 +267,7 @@ def test_rollout_stages_get_the_deploy_settings_and_nothing_else(monkeypatch) ->
                         "CATSDOGS_MODEL_IMAGE": "reg/cd:v{version}",
                         "CATSDOGS_KUBE_ENDPOINT": "http://svc:3000",
                         "CATSDOGS_DOCKER_NETWORK": "net", "CATSDOGS_DATA_VOLUME": "vol",
+                        "CATSDOGS_PICTURES_VOLUME": "pics",
                         "CATSDOGS_SERVICE_ENV_CATSDOGS_PREDICTION_LOG_URL": "postgresql://u:p@db/m",
                         "MLFLOW_TRACKING_URI": "http://localhost:5000",
                         "CATSDOGS_WORKER_IMAGE": "w:1", "CATSDOGS_DOCKER_GID": "999"}.items():
@@ -271,7 +275,8 @@ def test_rollout_stages_get_the_deploy_settings_and_nothing_else(monkeypatch) ->
     assert deploy_environment() == {
         "CATSDOGS_DEPLOY_TARGET": "compose", "CATSDOGS_COMPOSE_PROJECT": "cd",
         "CATSDOGS_MODEL_IMAGE": "reg/cd:v{version}", "CATSDOGS_K8S_RELEASE_ENDPOINT": "http://svc:3000",
-        "CATSDOGS_DOCKER_NETWORK": "net", "CATSDOGS_DATA_VOLUME": "vol"}
+        "CATSDOGS_DOCKER_NETWORK": "net", "CATSDOGS_DATA_VOLUME": "vol",
+        "CATSDOGS_PICTURES_VOLUME": "pics"}
 
 
 def test_docker_stages_get_the_mlflow_login_only_privately(parse_dag, monkeypatch) -> None:

@@ -15,7 +15,7 @@ import pytest
 from catsdogs.config import load_params
 from catsdogs.deployment.targets.compose import API_KEYS_TARGET, ComposeTarget
 from catsdogs.orchestration.runners.common import deploy_environment
-from catsdogs.settings import SettingsError
+from catsdogs.settings import PICTURES_MOUNT, SettingsError
 from tests.e2e.compose import REPO_ROOT, compose_config, env_file_with_secrets
 
 KEYS = "/etc/catsdogs/api-keys"
@@ -35,7 +35,8 @@ def _target() -> ComposeTarget:
 @pytest.mark.usefixtures("compose_env")
 def test_without_a_keys_file_the_pair_gets_no_key_setting_and_no_mount() -> None:
     options = _target().service_options("blue")
-    assert "mounts" not in options and "CATSDOGS_API_KEYS_FILE" not in options["environment"]
+    assert [mount["Target"] for mount in options["mounts"]] == [PICTURES_MOUNT]
+    assert "CATSDOGS_API_KEYS_FILE" not in options["environment"]
     assert options["environment"]["CATSDOGS_SLOT"] == "blue"
 
 
@@ -46,12 +47,35 @@ def test_the_keys_file_is_mounted_read_only_and_named_by_the_service_setting(
     monkeypatch.setenv("CATSDOGS_SERVICE_ENV_CATSDOGS_RATE_LIMIT_PER_MINUTE", "120")
     assert deploy_environment()["CATSDOGS_SERVICE_API_KEYS_FILE"] == KEYS
     options = _target().service_options("green")
-    [mount] = options["mounts"]
+    [_, mount] = options["mounts"]
     assert (mount["Type"], mount["Source"], mount["Target"], mount["ReadOnly"]) == (
         "bind", KEYS, API_KEYS_TARGET, True)
     assert options["environment"]["CATSDOGS_API_KEYS_FILE"] == API_KEYS_TARGET
     assert options["environment"]["CATSDOGS_RATE_LIMIT_PER_MINUTE"] == "120"
     assert options["environment"]["CATSDOGS_SLOT"] == "green"
+
+
+@pytest.mark.usefixtures("compose_env")
+def test_both_colours_keep_pictures_on_the_volume_the_stage_containers_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A picture kept by blue is still there after the rollout to green (one named volume, not
+    the container's own layer), at the path its prediction-log row names, which is where every
+    stage container (ingest, review) finds it, read-only."""
+    from catsdogs.orchestration.runners.docker import docker_settings
+    from catsdogs.settings import RunnerSettings
+
+    monkeypatch.setenv("CATSDOGS_PICTURES_VOLUME", "shop-pictures")
+    assert deploy_environment()["CATSDOGS_PICTURES_VOLUME"] == "shop-pictures"
+    for color in ("blue", "green"):
+        options = _target().service_options(color)
+        [mount] = options["mounts"]
+        assert (mount["Type"], mount["Source"], mount["Target"], mount["ReadOnly"]) == (
+            "volume", "shop-pictures", PICTURES_MOUNT, False)
+        assert options["environment"]["CATSDOGS_PREDICTION_LOG_SAMPLE_DIR"] == PICTURES_MOUNT
+    stage_mounts = {mount["Target"]: mount for mount in
+                    docker_settings(RunnerSettings())["mounts"]}
+    assert (stage_mounts[PICTURES_MOUNT]["Source"], stage_mounts[PICTURES_MOUNT]["ReadOnly"]) == (
+        "shop-pictures", True)
 
 
 @pytest.mark.usefixtures("compose_env")

@@ -128,7 +128,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> Iter
     settings = {
         **images,
         "COMPOSE_PROJECT_NAME": PROJECT,
-        "CATSDOGS_DATA_VOLUME": f"{PROJECT}-data", "CATSDOGS_DOCKER_NETWORK": PROJECT,
+        "CATSDOGS_DATA_VOLUME": f"{PROJECT}-data", "CATSDOGS_PICTURES_VOLUME": f"{PROJECT}-pictures",
+        "CATSDOGS_DOCKER_NETWORK": PROJECT,
         # each version's image (one model layer on the runtime image); tagged TAG for tear-down
         "CATSDOGS_MODEL_IMAGE": f"catsdogs-service-v{{version}}:{TAG}",
         "AIRFLOW_PORT": str(ports["airflow"]), "MLFLOW_PORT": str(ports["mlflow"]),

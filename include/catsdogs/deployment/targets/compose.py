@@ -43,6 +43,7 @@ from catsdogs.deployment.release import (
 )
 from catsdogs.errors import UserError
 from catsdogs.settings import (
+    PICTURES_MOUNT,
     SERVICE_ENV_PREFIX,
     ComposeTargetSettings,
     DockerSettings,
@@ -84,6 +85,7 @@ class ComposeTarget:
     image_template: str
     service_url: str
     data_volume: str | None = None
+    pictures_volume: str = "catsdogs-pictures"
     proxy_service: str = "bento-proxy"
     ready_timeout_s: float = 300.0
     drain_s: float = 5.0
@@ -107,6 +109,7 @@ class ComposeTarget:
             project=settings.compose_project, network=docker.docker_network,
             runtime_image=settings.service_runtime_image, image_template=settings.model_image,
             service_url=settings.service_url, data_volume=docker.data_volume,
+            pictures_volume=docker.pictures_volume,
             proxy_service=settings.proxy_service,
             ready_timeout_s=params.deploy.ready_timeout_s, drain_s=params.deploy.drain_s,
             mlflow_uri=settings.mlflow_tracking_uri, mlflow_login=settings.mlflow_login(),
@@ -116,17 +119,21 @@ class ComposeTarget:
 
     def service_options(self, color: str) -> dict[str, Any]:
         """The `color` Bento container's `environment` (the CATSDOGS_SERVICE_ENV_ settings, its
-        slot label CATSDOGS_SLOT) and, with an API keys file, its read-only bind `mounts` at
-        `API_KEYS_TARGET`, named there by CATSDOGS_API_KEYS_FILE (the service then answers 401
-        without a key: docs/serving.md)."""
-        environment = {**self.service_env, "CATSDOGS_SLOT": color}
-        if not self.api_keys_file:
-            return {"environment": environment}
+        slot label CATSDOGS_SLOT, its kept pictures' folder) and `mounts`: the pictures volume
+        read-write at `PICTURES_MOUNT` (shared by both colours and read by the stage containers,
+        so a picture kept before a rollout is still there for review and ingest after it) and,
+        with an API keys file, that file read-only at `API_KEYS_TARGET`, named there by
+        CATSDOGS_API_KEYS_FILE (the service then answers 401 without a key: docs/serving.md)."""
         from docker.types import Mount
 
-        return {"environment": {**environment, "CATSDOGS_API_KEYS_FILE": API_KEYS_TARGET},
-                "mounts": [Mount(target=API_KEYS_TARGET, source=self.api_keys_file, type="bind",
-                                 read_only=True)]}
+        environment = {**self.service_env, "CATSDOGS_SLOT": color,
+                       "CATSDOGS_PREDICTION_LOG_SAMPLE_DIR": PICTURES_MOUNT}
+        mounts = [Mount(target=PICTURES_MOUNT, source=self.pictures_volume, type="volume")]
+        if self.api_keys_file:
+            environment["CATSDOGS_API_KEYS_FILE"] = API_KEYS_TARGET
+            mounts.append(Mount(target=API_KEYS_TARGET, source=self.api_keys_file, type="bind",
+                                read_only=True))
+        return {"environment": environment, "mounts": mounts}
 
     # --- Docker -------------------------------------------------------------------------------
     @property

@@ -299,11 +299,12 @@ def stage_environment(summary_file: str, mlflow_uri: str) -> dict[str, str]:
 def deploy_environment() -> dict[str, str]:
     """The deployment settings of this Airflow environment for the rollout stages (deploy,
     rollback): the set `CATSDOGS_*` variables of `settings.DEPLOY_CLASSES` (renamed ones under
-    their new names) and the compose network and data volume; never the service's own settings
+    their new names) and the compose network, data volume and pictures volume; never the service's own settings
     (`SERVICE_ENV_PREFIX`, private) nor standard names such as MLFLOW_TRACKING_URI."""
     found = set_variables(DEPLOY_CLASSES)
     docker = set_variables([DockerSettings])
     found.update({name: docker[name] for name in ("CATSDOGS_DOCKER_NETWORK",
-                                                  "CATSDOGS_DATA_VOLUME") if name in docker})
+                                                  "CATSDOGS_DATA_VOLUME",
+                                                  "CATSDOGS_PICTURES_VOLUME") if name in docker})
     return {name: value for name, value in found.items()
             if name.startswith(PREFIX) and not name.startswith(SERVICE_ENV_PREFIX)}

@@ -32,7 +32,14 @@ from catsdogs.orchestration.runners.common import (
     stage_environment,
 )
 from catsdogs.orchestration.stage_table import Stage
-from catsdogs.settings import SERVICE_ENV_PREFIX, DockerSettings, RunnerSettings, load, prefixed
+from catsdogs.settings import (
+    PICTURES_MOUNT,
+    SERVICE_ENV_PREFIX,
+    DockerSettings,
+    RunnerSettings,
+    load,
+    prefixed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +142,9 @@ def docker_settings(settings: RunnerSettings) -> dict[str, Any]:
         "image": settings.worker_image,
         "docker_url": docker.docker_host,
         "network_mode": docker.docker_network,
-        "mounts": [Mount(target="/data", type="volume", source=docker.data_volume)],
+        "mounts": [Mount(target="/data", type="volume", source=docker.data_volume),
+                   Mount(target=PICTURES_MOUNT, type="volume", source=docker.pictures_volume,
+                         read_only=True)],
         "mount_tmp_dir": False,
         "auto_remove": "success",
         "shm_size": settings.shm_bytes,
