@@ -2,7 +2,10 @@
 
 Both models are scored by the same code on the same current test split (the champion is
 re-evaluated there), by `promote.metric`; the challenger must beat the champion by more than
-`promote.min_delta`. The decision, both scores and the reason become tags on the challenger's model
+`promote.min_delta`. With `promote.rule: paired_bootstrap` (the default) "beat" means beyond the
+noise of the split: the 95% paired-bootstrap interval of metric(challenger) - metric(champion)
+over the same test pictures (`catsdogs.training.metrics.paired_difference`) must lie wholly
+above `min_delta`; with `point` the two point figures are compared. The decision, both scores and the reason become tags on the challenger's model
 version and its run, and its model card shows them. A worse model is never promoted.
 
 An MLflow server lost mid-way (`catsdogs.tracking.talking_to_mlflow`) ends the stage with one
@@ -30,26 +33,30 @@ from catsdogs.registry.names import (
     PROMOTION_CHAMPION_SCORE_TAG,
     PROMOTION_CHAMPION_VERSION_TAG,
     PROMOTION_DECISION_TAG,
+    PROMOTION_DIFFERENCE_CI_TAG,
     PROMOTION_METRIC_TAG,
     PROMOTION_MIN_DELTA_TAG,
     PROMOTION_REASON_TAG,
+    PROMOTION_RULE_TAG,
     REJECTED,
 )
 from catsdogs.summary import Summary
 
 if TYPE_CHECKING:
     from catsdogs.registry.record import VersionRecord
+    from catsdogs.training.metrics import Interval
 
 log = logging.getLogger(__name__)
 
 
-def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) -> float:
-    """`metric` of a registered model version on transformed/test (preprocessed at its own size)."""
+def predictions(record: VersionRecord, paths: DataPaths,
+                params: Params) -> tuple[list[int], list[float]]:
+    """(true labels, P(dog)) of a registered model version on transformed/test (preprocessed at
+    its own size), in the split's file order: the same pictures for every version."""
     from catsdogs.inference.compute import Compute, pick_device
     from catsdogs.registry.record import load_model
     from catsdogs.training.loading import ImageFolderDataset, make_loader
     from catsdogs.training.loop import predict
-    from catsdogs.training.metrics import classification_metrics
     from catsdogs.training.model import eval_transform
 
     device = pick_device()
@@ -59,20 +66,28 @@ def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params) 
                                             eval_transform(record.image_size)),
                          params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
-    labels, probs = predict(model, loader, compute)
-    return classification_metrics(labels, probs)[metric]
+    return predict(model, loader, compute)
 
 
-def decide(challenger: float, champion: float | None, min_delta: float,
-           metric: str) -> tuple[bool, str]:
-    """(promote?, reason). No champion yet: promote. Else only a gain above min_delta."""
+def decide(challenger: float, champion: float | None, min_delta: float, metric: str,
+           difference: Interval | None = None) -> tuple[bool, str]:
+    """(promote?, reason). No champion yet: promote. Else only a gain above min_delta: with
+    `difference` (the paired-bootstrap interval of challenger - champion) its lower bound must
+    be above min_delta, so a gain inside the noise is "not better"; without, the point gain."""
     if champion is None:
         return True, "no champion yet"
-    if challenger > champion + min_delta:
-        return True, (f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} "
-                      f"by more than {min_delta}")
-    return False, (f"challenger {metric} {challenger:.4f} does not beat champion "
-                   f"{champion:.4f} by more than {min_delta}")
+    scores = f"challenger {metric} {challenger:.4f}"
+    if difference is None:
+        if challenger > champion + min_delta:
+            return True, f"{scores} beats champion {champion:.4f} by more than {min_delta}"
+        return False, f"{scores} does not beat champion {champion:.4f} by more than {min_delta}"
+    gain = (f"gain {challenger - champion:+.4f}, 95% paired-bootstrap interval "
+            f"[{difference.low:+.4f}, {difference.high:+.4f}]")
+    if difference.low > min_delta:
+        return True, (f"{scores} beats champion {champion:.4f} beyond the noise ({gain}, above "
+                      f"{min_delta})")
+    return False, (f"{scores} does not beat champion {champion:.4f} beyond the noise ({gain} "
+                   f"reaches {min_delta} or below)")
 
 
 def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
@@ -88,10 +103,15 @@ def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
     if (tags.get(PROMOTION_DECISION_TAG) == REJECTED
             and tags.get(PROMOTION_CHAMPION_VERSION_TAG) == champion.version
             and tags.get(PROMOTION_METRIC_TAG) == params.promote.metric
-            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)):
+            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)
+            and tags.get(PROMOTION_RULE_TAG, "point") == params.promote.rule):
         return (f"was already rejected against champion v{champion.version}: "
                 f"{tags.get(PROMOTION_REASON_TAG, '')}")
     return None
+
+
+def _shown_interval(metrics: dict[str, float], metric: str) -> str:
+    return f"[{metrics[f'{metric}_ci_low']:.4f}, {metrics[f'{metric}_ci_high']:.4f}]"
 
 
 def _write_decision(client: Any, name: str, challenger: VersionRecord,
@@ -145,18 +165,32 @@ def run(params: Params, paths: DataPaths) -> Summary:
                            "run_id": run_id,
                            "experiment_id": client.get_run(run_id).info.experiment_id,
                            "reason": judged})
+    from catsdogs.training.metrics import finite, paired_difference, with_intervals
+
     with tracking.talking_to_mlflow(f"scoring challenger v{challenger.version}"):
-        challenger_score = score(challenger, paths, metric, params)
-    with tracking.talking_to_mlflow(f"scoring champion v{champion.version if champion else ''}"):
-        champion_score = None if champion is None else score(champion, paths, metric, params)
-    promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric)
+        labels, challenger_probs = predictions(challenger, paths, params)
+    challenger_metrics = with_intervals(labels, challenger_probs)
+    challenger_score = challenger_metrics[metric]
+    champion_score, champion_metrics, difference = None, None, None
+    if champion is not None:
+        with tracking.talking_to_mlflow(f"scoring champion v{champion.version}"):
+            _, champion_probs = predictions(champion, paths, params)
+        champion_metrics = with_intervals(labels, champion_probs)
+        champion_score = champion_metrics[metric]
+        if params.promote.rule == "paired_bootstrap":
+            difference = paired_difference(metric, labels, challenger_probs, champion_probs)
+    promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric,
+                              difference)
     tags = {
         PROMOTION_DECISION_TAG: PROMOTED if promoted else REJECTED,
         PROMOTION_METRIC_TAG: metric,
         PROMOTION_MIN_DELTA_TAG: str(params.promote.min_delta),
+        PROMOTION_RULE_TAG: params.promote.rule,
         PROMOTION_CHALLENGER_SCORE_TAG: f"{challenger_score:.6f}",
         PROMOTION_CHAMPION_SCORE_TAG: "none" if champion_score is None
         else f"{champion_score:.6f}",
+        PROMOTION_DIFFERENCE_CI_TAG: "none" if difference is None
+        else f"{difference.low:.6f} {difference.high:.6f}",
         PROMOTION_CHAMPION_VERSION_TAG: "none" if champion is None else champion.version,
         PROMOTION_REASON_TAG: reason,
     }
@@ -170,12 +204,19 @@ def run(params: Params, paths: DataPaths) -> Summary:
         else:
             refresh_card(client, name, challenger.version)
     champion_now = challenger.version if promoted else champion.version
+    interval = _shown_interval(challenger_metrics, metric)
     message = (f"{tags[PROMOTION_DECISION_TAG]} {name} v{challenger.version}: {reason}; "
-               f"@champion is v{champion_now}")
+               f"challenger {metric} 95% interval {interval}"
+               + ("" if champion_metrics is None else
+                  f", champion's {_shown_interval(champion_metrics, metric)}")
+               + f"; @champion is v{champion_now}")
     log.info("%s", message)
     return Summary("promote", message, details={
         "promoted": promoted, "run_id": challenger.run_id,
         "experiment_id": client.get_run(challenger.run_id).info.experiment_id,
         "challenger_version": challenger.version,
         "champion_version": champion_now, "challenger_score": challenger_score,
-        "champion_score": champion_score, "metric": metric, "reason": reason})
+        "champion_score": champion_score, "metric": metric, "rule": params.promote.rule,
+        "challenger_metrics": finite(challenger_metrics),
+        "champion_metrics": None if champion_metrics is None else finite(champion_metrics),
+        "difference_ci": None if difference is None else list(difference), "reason": reason})
