@@ -95,6 +95,8 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     ood_quantile: float = Field(0.99, gt=0, lt=1)
+    # fit a temperature on the val split and fold it into the head (catsdogs.training.calibration)
+    temperature_scaling: bool = True
 
 
 class ModelParams(_Section):
@@ -112,6 +114,10 @@ class PromoteParams(_Section):
     metric: Literal["accuracy", "precision", "recall", "f1", "roc_auc"] = "f1"
     # below zero: a challenger up to |min_delta| worse is promoted too (rollout drills, tests)
     min_delta: float = Field(0.0, ge=-1, le=1)
+    # paired_bootstrap: promote only when the 95% paired-bootstrap interval of
+    # metric(challenger) - metric(champion) on the test pictures lies wholly above min_delta (a
+    # gain inside the noise is "not better"); point: compare the two point figures only
+    rule: Literal["paired_bootstrap", "point"] = "paired_bootstrap"
 
 
 class FeedbackParams(_Section):

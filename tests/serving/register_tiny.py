@@ -6,7 +6,10 @@ records them; @champion moves to the version the way promote moves it (recorded 
 history, the model card refreshed).
 
 The head's weights are scaled up so different pictures get clearly different probabilities:
-that lets the tests tell answers apart (batching mix-ups, EXIF handling). Like training, the run
+that lets the tests tell answers apart (batching mix-ups, EXIF handling). Then a temperature
+`TEMPERATURE` (not 1) is folded into the head the way training's temperature scaling does
+(`catsdogs.training.calibration.fold_temperature`), so every serving test serves a calibrated
+version, and `tiny_network` rebuilds the network before the fold for comparisons. Like training, the run
 carries an out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`), here fitted on
 generated smooth colour pictures, so the service scores and logs every answer."""
 
@@ -28,6 +31,7 @@ from catsdogs.monitoring.reference import ARTIFACT_DIR, run_network
 from catsdogs.registry.history import move_champion
 from catsdogs.registry.names import BY_PROMOTE
 from catsdogs.registry.record import register, version_tags
+from catsdogs.training.calibration import fold_temperature
 from catsdogs.training.model import build_model
 
 
@@ -47,12 +51,22 @@ def log_calibration(net: torch.nn.Module, image_size: int) -> None:
         mlflow.log_artifacts(tmp, ARTIFACT_DIR)
 
 
-def main(url: str, name: str, image_size: int, data: Provenance | None = None) -> None:
-    mlflow.set_tracking_uri(url)
+TEMPERATURE = 2.0
+
+
+def tiny_network() -> torch.nn.Module:
+    """The tiny network as built, before the temperature is folded in (eval mode)."""
     torch.manual_seed(0)
     net = build_model("resnet18", weights="none").eval()
     with torch.no_grad():
         net.fc.weight.mul_(20.0)
+    return net
+
+
+def main(url: str, name: str, image_size: int, data: Provenance | None = None) -> None:
+    mlflow.set_tracking_uri(url)
+    net = tiny_network()
+    fold_temperature(net, TEMPERATURE)
     example = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
     mlflow.set_experiment("catsdogs serving tests")
     with mlflow.start_run():

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.fuzzing import png_bomb_chunk, png_text_chunk, png_with_chunks
-from tests.serving.conftest import MODEL_NAME, SLOT, BentoServer
+from tests.serving.conftest import IMAGE_SIZE, MODEL_NAME, SLOT, BentoServer
 from tests.serving.images import (
     animated_gif,
     as_decoded,
@@ -106,6 +107,41 @@ def test_predict_real_photos(bento_server: BentoServer, sample_dir: Path) -> Non
     singles = [probabilities(predict(bento_server, p.read_bytes())) for p in photos]
     assert [close(a["probabilities"], s, 1e-3) for a, s in zip(batch.json(), singles,
                                                                  strict=True)] == [True] * 8
+
+
+def test_a_calibrated_version_answers_as_evaluate_scores_it(
+        bento_server: BentoServer, mlflow_server: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The served version has a temperature of 2 folded in (register_tiny): the service's
+    P(dog) for a picture equals what `catsdogs evaluate` gives the same file, and both equal
+    softmax(logits / 2) of the network before the fold: temperature scaling is applied
+    identically by evaluate (and promote, through the same `Scorer`) and serving."""
+    import torch
+
+    from catsdogs.config import load_params
+    from catsdogs.paths import DataPaths
+    from catsdogs.stages import evaluate
+    from catsdogs.training.model import eval_transform
+    from tests.serving.register_tiny import TEMPERATURE, tiny_network
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    folder = tmp_path / "images"
+    for label, seed in (("cat", 11), ("dog", 12)):
+        (folder / label).mkdir(parents=True)
+        picture(seed).save(folder / label / f"{label}.png")
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml",
+                         ["train.num_workers=0", "train.precision=fp32"])
+    scored = evaluate.evaluate(params, DataPaths(tmp_path / "data"), folder,
+                               f"models:/{MODEL_NAME}/{bento_server.version}")
+    for found in scored["predictions"]:
+        file = Path(found["path"])
+        served = probabilities(predict(bento_server, file.read_bytes(), file.name))["dog"]
+        assert served == pytest.approx(found["prob_dog"], abs=1e-4), file
+        with torch.no_grad():
+            logits = tiny_network()(eval_transform(IMAGE_SIZE)(Image.open(file))[None])
+        by_hand = torch.softmax(logits / TEMPERATURE, dim=1)[0, 1].item()
+        assert found["prob_dog"] == pytest.approx(by_hand, abs=1e-4), file
+        assert abs(by_hand - torch.softmax(logits, dim=1)[0, 1].item()) > 1e-3   # T matters
 
 
 def test_predict_batch_keeps_order(bento_server: BentoServer) -> None:

@@ -84,7 +84,11 @@ def test_trained_version_card_lineage_and_confusion(trained: dict, tiny_data: Da
     assert sum(map(sum, matrix)) == on_disk[("test", "cat")] + on_disk[("test", "dog")]
     for label, row in zip(("cat", "dog"), matrix, strict=True):
         assert f"| {label} | {row[0]} | {row[1]} |" in card
-    assert f"{trained['test']['f1']:.4f}" in card
+    test = trained["test"]
+    assert (f"{test['f1']:.4f} [{test['f1_ci_low']:.4f}, {test['f1_ci_high']:.4f}]" in card
+            and f"{test['accuracy']:.4f} [{test['accuracy_ci_low']:.4f}, " in card)
+    assert "| log_loss | ece |" in card and "Wilson" in card
+    assert f"Calibration: T = {run.data.metrics['temperature']:.3f} fitted on the val" in card
     # the confusion matrix as a picture, and the misclassified test pictures with their heatmaps
     assert f"![Test confusion matrix]({CONFUSION_PICTURE})" in card
     assert CONFUSION_PICTURE in {a.path for a in client.list_artifacts(trained["run_id"],

@@ -60,7 +60,11 @@ def test_promotes_first_refuses_worse_promotes_better(tiny_data: DataPaths,
     assert run_tags["promotion.decision"] == "rejected"
     assert run_tags["promotion.reason"] == tags["promotion.reason"]
     card = client.get_model_version(NAME, worse).description     # its model card says so too
-    assert f"Promotion: rejected by `f1` (min_delta 0.0, against v{first})" in card
+    assert (f"Promotion: rejected by `f1` (min_delta 0.0, rule paired_bootstrap, against "
+            f"v{first})") in card
+    assert tags["promotion.rule"] == "paired_bootstrap"
+    low, high = map(float, tags["promotion.difference_ci"].split())
+    assert low <= high <= 0
     # The same comparison again is up to date (idempotent): no re-scoring, the same answer.
     again = promote.run(params, tiny_data)
     assert again.skipped and not again.details["promoted"]
@@ -69,9 +73,19 @@ def test_promotes_first_refuses_worse_promotes_better(tiny_data: DataPaths,
     assert not promote.run(tiny_params(f"mlflow.registered_model_name={NAME}",
                                        "promote.min_delta=0.01"), tiny_data).skipped
 
-    better = _register(ColourRule(weight=1, bias=0), tiny_data)         # the colour rule
+    better = _register(ColourRule(weight=1, bias=0), tiny_data)         # the colour rule: F1 1
+    # On 6 test pictures F1 1 against 2/3 is inside the noise: resamples without a dog (or
+    # without a cat) score both 0 (or both 1), so the paired interval reaches 0: not better.
     summary = promote.run(params, tiny_data)
-    assert summary.details["promoted"]
+    assert not summary.details["promoted"] and _champion() == first
+    assert summary.details["challenger_score"] == 1.0
+    assert summary.details["difference_ci"][0] <= 0 < summary.details["difference_ci"][1]
+    assert "does not beat champion 0.6667 beyond the noise" in summary.details["reason"]
+    assert "challenger f1 95% interval [" in summary.message
+    # Comparing the point figures only (promote.rule=point), the same challenger wins.
+    params = tiny_params(f"mlflow.registered_model_name={NAME}", "promote.rule=point")
+    summary = promote.run(params, tiny_data)
+    assert summary.details["promoted"] and summary.details["difference_ci"] is None
     assert summary.details["challenger_score"] > summary.details["champion_score"]
     assert _champion() == better
     assert promote.run(params, tiny_data).skipped                       # already champion
@@ -156,6 +170,26 @@ def test_recent_production_is_a_second_yardstick(tiny_data: DataPaths, tracking_
         name, again).description
 
 
+def test_decide_refuses_a_gain_inside_the_noise() -> None:
+    """One more right answer out of 200 (accuracy 0.975 -> 0.980) is inside the noise of the
+    paired bootstrap: not better; the point rule would promote it. Ten more are beyond it."""
+    from catsdogs.training.metrics import paired_difference
+
+    labels = [0] * 100 + [1] * 100
+    champion = [0.9 if i < 5 else float(label) for i, label in enumerate(labels)]   # 5 wrong
+    slightly = [0.9 if i < 4 else float(label) for i, label in enumerate(labels)]   # 4 wrong
+    difference = paired_difference("accuracy", labels, slightly, champion)
+    assert difference.low <= 0 < difference.high
+    promoted, reason = promote.decide(0.980, 0.975, 0.0, "accuracy", difference)
+    assert not promoted and "beyond the noise" in reason and "[+0.0000, +0.0150]" in reason
+    assert promote.decide(0.980, 0.975, 0.0, "accuracy")[0]
+    perfect = [float(label) for label in labels]
+    champion = [0.9 if i < 15 else float(label) for i, label in enumerate(labels)]  # 15 wrong
+    beyond = paired_difference("accuracy", labels, perfect, champion)
+    assert beyond.low > 0
+    assert promote.decide(1.0, 0.925, 0.0, "accuracy", beyond)[0]
+
+
 def test_evaluate_json_matches_sklearn(trained: dict, tiny_data: DataPaths, tracking_uri: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """`catsdogs evaluate --json` on a folder: its metrics equal sklearn's on its predictions."""
@@ -177,8 +211,14 @@ def test_evaluate_json_matches_sklearn(trained: dict, tiny_data: DataPaths, trac
         "recall": sk.recall_score(labels, predicted, zero_division=0),
         "f1": sk.f1_score(labels, predicted, zero_division=0),
         "roc_auc": sk.roc_auc_score(labels, probs),
+        "log_loss": sk.log_loss(labels, np.clip(probs, 1e-7, 1 - 1e-7)),
     }
-    assert result["metrics"] == pytest.approx(expected)
+    assert {k: result["metrics"][k] for k in expected} == pytest.approx(expected)
+    found = result["metrics"]
+    for name in ("accuracy", "f1", "log_loss"):          # defined whatever the model answers
+        assert found[f"{name}_ci_low"] <= found[name] <= found[f"{name}_ci_high"], name
+    # precision of a model that calls nothing a dog is 0 of 0: no interval, recorded as absent
+    assert (found["precision_ci_low"] is None) == (predicted.count(1) == 0)
     assert result["confusion_matrix"]["rows_true_cols_predicted"] == \
         sk.confusion_matrix(labels, predicted).tolist()
 

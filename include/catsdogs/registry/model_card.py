@@ -62,10 +62,11 @@ from catsdogs.registry.names import (
     PROMOTION_PRODUCTION_CHAMPION_TAG,
     PROMOTION_PRODUCTION_PICTURES_TAG,
     PROMOTION_REASON_TAG,
+    PROMOTION_RULE_TAG,
     SERVING_VARIANTS_TAG,
 )
 from catsdogs.registry.record import AliasMove, VersionRecord
-from catsdogs.training.metrics import METRIC_NAMES
+from catsdogs.training.metrics import ECE_BINS, METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,8 @@ def _metrics_section(facts: CardFacts, classes: list[str]) -> list[str]:
                   + (f" (epoch {int(best)})" if best is not None else "")
                   + f"; the positive class is {classes[-1]}.", "",
                   "| " + " | ".join(METRIC_NAMES) + " |", "|---" * len(METRIC_NAMES) + "|",
-                  "| " + " | ".join(_number(metrics.get(f"test_{m}")) for m in METRIC_NAMES)
-                  + " |", ""]
+                  "| " + " | ".join(_with_interval(metrics, m) for m in METRIC_NAMES) + " |"]
+        lines += ["", CARD_INTERVALS_NOTE, "", *_calibration_lines(metrics)]
     if facts.confusion is not None:
         lines += ["Confusion matrix (test split; rows: true class, columns: predicted):", "",
                   "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
@@ -252,6 +253,30 @@ def _metrics_section(facts: CardFacts, classes: list[str]) -> list[str]:
                   for label, row in zip(classes, facts.confusion, strict=False)]
         lines += ["", f"![Test confusion matrix]({CONFUSION_PICTURE})", ""]
     return lines + _misclassified_lines(facts.misclassified) + _variant_lines(facts.tags)
+
+
+CARD_INTERVALS_NOTE = ("[95% interval]: Wilson for accuracy, precision, recall; seeded bootstrap "
+                       f"for the rest. ECE: {ECE_BINS} equal-width confidence bins.")
+
+
+def _with_interval(metrics: dict[str, float], name: str) -> str:
+    """'0.9750 [0.9428, 0.9893]' from the run's test_<name>(_ci_low/_ci_high) metrics."""
+    value = _number(metrics.get(f"test_{name}"))
+    if f"test_{name}_ci_low" not in metrics:
+        return value
+    return (f"{value} [{_number(metrics.get(f'test_{name}_ci_low'))}, "
+            f"{_number(metrics.get(f'test_{name}_ci_high'))}]")
+
+
+def _calibration_lines(metrics: dict[str, float]) -> list[str]:
+    """How the probabilities were calibrated: the temperature fitted on the val split and folded
+    into the head (`catsdogs.training.calibration`), or that none was."""
+    if "temperature" not in metrics:
+        return ["Calibration: none (`train.temperature_scaling` false).", ""]
+    return [f"Calibration: T = {_number(metrics['temperature'], 3)} fitted on the val split "
+            f"(log loss {_number(metrics.get('val_log_loss_before'))} -> "
+            f"{_number(metrics.get('val_log_loss_after'))}), folded into the head: evaluate, "
+            "promote and serving give these probabilities.", ""]
 
 
 def _misclassified_lines(found: dict[str, Any] | None) -> list[str]:
@@ -329,6 +354,7 @@ def _history_section(facts: CardFacts, limit: int | None) -> list[str]:
         against = tags.get(PROMOTION_CHAMPION_VERSION_TAG, "none")
         lines.append(f"- Promotion: {decision} by `{tags.get(PROMOTION_METRIC_TAG, '?')}` "
                      f"(min_delta {tags.get(PROMOTION_MIN_DELTA_TAG, '?')}, "
+                     + (f"rule {tags[PROMOTION_RULE_TAG]}, " if PROMOTION_RULE_TAG in tags else "")
                      + ("no champion before" if against == "none" else f"against v{against}")
                      + f"): {tags.get(PROMOTION_REASON_TAG, '')}")
         lines.append(_production_yardstick(tags))

@@ -34,6 +34,9 @@ CONFUSION_PICTURE = "reports/confusion_matrix.png"   # the run's confusion matri
 PROMOTION_DECISION_TAG = "promotion.decision"               # promoted | rejected
 PROMOTION_METRIC_TAG = "promotion.metric"                   # e.g. f1
 PROMOTION_MIN_DELTA_TAG = "promotion.min_delta"             # str(float)
+PROMOTION_RULE_TAG = "promotion.rule"                       # paired_bootstrap | point
+# "low high": 95% paired-bootstrap interval of challenger - champion ("none" without a champion)
+PROMOTION_DIFFERENCE_CI_TAG = "promotion.difference_ci"
 PROMOTION_CHALLENGER_SCORE_TAG = "promotion.challenger_score"
 PROMOTION_CHAMPION_SCORE_TAG = "promotion.champion_score"   # "none" without a champion
 PROMOTION_CHAMPION_VERSION_TAG = "promotion.champion_version"   # "none" without a champion

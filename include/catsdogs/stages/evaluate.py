@@ -1,7 +1,9 @@
 """The evaluate stage: score a registered model on any folder of class sub-folders.
 
 `catsdogs evaluate --images DIR [--model models:/CatsDogsCNN@champion] [--json]` prints accuracy,
-precision, recall, F1, ROC-AUC (dog is the positive class) and the confusion matrix; with `--json`
+precision, recall, F1, ROC-AUC (dog is the positive class), log loss and ECE, each with its 95%
+interval (`metrics.<name>_ci_low` / `_ci_high`: `catsdogs.training.metrics`), and the confusion
+matrix; with `--json`
 a JSON document that also lists every prediction. It only reads the registry: it never creates a
 store, and names the store it read (`store`, credentials left out).
 """
@@ -9,7 +11,6 @@ store, and names the store it read (`store`, credentials left out).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     from catsdogs.registry.record import load_model, resolve
     from catsdogs.training.loading import ImageFolderDataset, list_images, make_loader
     from catsdogs.training.loop import predict
-    from catsdogs.training.metrics import classification_metrics, confusion
+    from catsdogs.training.metrics import confusion, finite, with_intervals
     from catsdogs.training.model import eval_transform
 
     if not images.is_dir():
@@ -56,11 +57,11 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     loader = make_loader(dataset, params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
     labels, probs = predict(network.to(device), loader, compute)
-    metrics = classification_metrics(labels, probs)
+    metrics = with_intervals(labels, probs)
     return {
         "store": store, "model": uri, "version": record.version, "run_id": record.run_id, "images": str(images),
         "count": len(labels), "precision_mode": compute.precision,
-        "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
+        "metrics": finite(metrics),
         "confusion_matrix": {"labels": list(CLASSES), "rows_true_cols_predicted":
                              confusion(labels, probs)},
         "predictions": [
@@ -71,13 +72,20 @@ def evaluate(params: Params, paths: DataPaths, images: Path, model: str | None) 
     }
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def run(params: Params, paths: DataPaths, images: Path, model: str | None = None) -> Summary:
     """Score `model` on `images`; `--json` prints every field of `evaluate` (predictions too)."""
+    from catsdogs.training.metrics import METRIC_NAMES
+
     result = evaluate(params, paths, images, model)
     metrics = result["metrics"]
     matrix = result["confusion_matrix"]["rows_true_cols_predicted"]
-    shown = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items())
+    shown = ", ".join(f"{name} {_number(metrics[name])} [{_number(metrics[f'{name}_ci_low'])}, "
+                      f"{_number(metrics[f'{name}_ci_high'])}]" for name in METRIC_NAMES)
     message = (f"{result['model']} (v{result['version']}, {result['store']}) on "
-               f"{result['count']} images: {shown}; "
+               f"{result['count']} images: {shown} (95% intervals); "
                f"confusion [[cat->cat, cat->dog], [dog->cat, dog->dog]] = {matrix}")
     return Summary("evaluate", message, details=result)

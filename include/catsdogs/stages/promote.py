@@ -2,14 +2,19 @@
 
 Both models are scored by the same code on the same current test split (the champion is
 re-evaluated there), by `promote.metric`; the challenger must beat the champion by more than
-`promote.min_delta`. Two yardsticks when the recent-production test set
-(`transformed/production_test/`: labelled production pictures held out by content hash, never
-trained on; `catsdogs.data.feedback`) holds at least `feedback.min_holdout` pictures: both models
-are scored there too, and the challenger must not regress on either set and must beat the
-champion by more than `min_delta` on at least one (`decide`). With fewer, the summary says so and
-the fixed split alone decides. The decision, the scores and the reason become tags on the
-challenger's model version and its run, and its model card shows them. A worse model is never
-promoted.
+`promote.min_delta`. With `promote.rule: paired_bootstrap` (the default) "beat" means beyond the
+noise of the split: the 95% paired-bootstrap interval of metric(challenger) - metric(champion)
+over the same test pictures (`catsdogs.training.metrics.paired_difference`) must lie wholly
+above `min_delta`; with `point` the two point figures are compared.
+
+Two yardsticks when the recent-production test set (`transformed/production_test/`: labelled
+production pictures held out by content hash, never trained on; `catsdogs.data.feedback`) holds
+at least `feedback.min_holdout` pictures: both models are scored there too, and the challenger
+must not regress on either set (its point score below the champion's) and must beat the
+champion, by the same rule, on at least one (`decide`). With fewer, the summary says so and the
+fixed split alone decides. The decision, the scores, the intervals and the reason become tags on
+the challenger's model version and its run, and its model card shows them. A worse model is
+never promoted.
 
 An MLflow server lost mid-way (`catsdogs.tracking.talking_to_mlflow`) ends the stage with one
 line naming the step; the next run repairs what was left: the decision tag on the version is
@@ -36,31 +41,33 @@ from catsdogs.registry.names import (
     PROMOTION_CHAMPION_SCORE_TAG,
     PROMOTION_CHAMPION_VERSION_TAG,
     PROMOTION_DECISION_TAG,
+    PROMOTION_DIFFERENCE_CI_TAG,
     PROMOTION_METRIC_TAG,
     PROMOTION_MIN_DELTA_TAG,
     PROMOTION_PRODUCTION_CHALLENGER_TAG,
     PROMOTION_PRODUCTION_CHAMPION_TAG,
     PROMOTION_PRODUCTION_PICTURES_TAG,
     PROMOTION_REASON_TAG,
+    PROMOTION_RULE_TAG,
     REJECTED,
 )
 from catsdogs.summary import Summary
 
 if TYPE_CHECKING:
     from catsdogs.registry.record import VersionRecord
+    from catsdogs.training.metrics import Interval
 
 log = logging.getLogger(__name__)
 
 
-def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params,
-          split: str = "test") -> float:
-    """`metric` of a registered model version on transformed/<split> (preprocessed at its own
-    size)."""
+def predictions(record: VersionRecord, paths: DataPaths, params: Params,
+                split: str = "test") -> tuple[list[int], list[float]]:
+    """(true labels, P(dog)) of a registered model version on transformed/<split> (preprocessed
+    at its own size), in the split's file order: the same pictures for every version."""
     from catsdogs.inference.compute import Compute, pick_device
     from catsdogs.registry.record import load_model
     from catsdogs.training.loading import ImageFolderDataset, make_loader
     from catsdogs.training.loop import predict
-    from catsdogs.training.metrics import classification_metrics
     from catsdogs.training.model import eval_transform
 
     device = pick_device()
@@ -70,38 +77,56 @@ def score(record: VersionRecord, paths: DataPaths, metric: str, params: Params,
                                             eval_transform(record.image_size)),
                          params.train.batch_size, shuffle=False, seed=0,
                          num_workers=params.train.num_workers, device=device)
-    labels, probs = predict(model, loader, compute)
-    return classification_metrics(labels, probs)[metric]
+    return predict(model, loader, compute)
 
 
 def decide(challenger: float, champion: float | None, min_delta: float, metric: str,
-           production: tuple[float, float] | None = None) -> tuple[bool, str]:
-    """(promote?, reason). No champion yet: promote. One yardstick (`production` None): only a
-    gain above min_delta on the fixed test split. Two (`production`: the challenger's and the
-    champion's score on the recent-production test set): no regression on either (a drop below
-    the champion's score; with a negative min_delta, a drop larger than |min_delta|) and a gain
-    above min_delta on at least one."""
+           difference: Interval | None = None, production: tuple[float, float] | None = None,
+           production_difference: Interval | None = None) -> tuple[bool, str]:
+    """(promote?, reason). No champion yet: promote. A gain on a set is one above min_delta: with
+    that set's paired-bootstrap interval of challenger - champion (`difference`,
+    `production_difference`) its lower bound must be above min_delta, so a gain inside the noise
+    is "not better"; without, the point gain. One yardstick (`production` None): a gain on the
+    fixed test split. Two (`production`: the challenger's and the champion's score on the
+    recent-production test set): no regression on either (the challenger's point score below
+    the champion's; with a negative min_delta, a drop larger than |min_delta|) and a gain on at
+    least one."""
     if champion is None:
         return True, "no champion yet"
     if production is None:
-        if challenger > champion + min_delta:
-            return True, (f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} "
-                          f"by more than {min_delta}")
-        return False, (f"challenger {metric} {challenger:.4f} does not beat champion "
-                       f"{champion:.4f} by more than {min_delta}")
-    sets = {"the fixed test split": (challenger, champion), "recent production": production}
+        scores = f"challenger {metric} {challenger:.4f}"
+        if difference is None:
+            if challenger > champion + min_delta:
+                return True, f"{scores} beats champion {champion:.4f} by more than {min_delta}"
+            return False, (f"{scores} does not beat champion {champion:.4f} by more than "
+                           f"{min_delta}")
+        gain = _gain(challenger, champion, difference)
+        if difference.low > min_delta:
+            return True, (f"{scores} beats champion {champion:.4f} beyond the noise ({gain}, "
+                          f"above {min_delta})")
+        return False, (f"{scores} does not beat champion {champion:.4f} beyond the noise ({gain} "
+                       f"reaches {min_delta} or below)")
+    sets = {"the fixed test split": (challenger, champion, difference),
+            "recent production": (*production, production_difference)}
     scores = "; ".join(f"{where}: {ours:.4f} vs champion {theirs:.4f}"
-                       for where, (ours, theirs) in sets.items())
-    regressed = [where for where, (ours, theirs) in sets.items()
+                       + ("" if interval is None else f" ({_gain(ours, theirs, interval)})")
+                       for where, (ours, theirs, interval) in sets.items())
+    regressed = [where for where, (ours, theirs, _) in sets.items()
                  if ours < theirs + min(0.0, min_delta)]
     if regressed:
         return False, f"challenger {metric} regresses on {' and '.join(regressed)} ({scores})"
-    gained = [where for where, (ours, theirs) in sets.items() if ours > theirs + min_delta]
+    gained = [where for where, (ours, theirs, interval) in sets.items()
+              if (interval.low > min_delta if interval is not None else ours > theirs + min_delta)]
+    beat = "beyond the noise" if difference is not None else f"by more than {min_delta}"
     if not gained:
-        return False, (f"challenger {metric} beats the champion by more than {min_delta} on "
-                       f"neither set ({scores})")
-    return True, (f"challenger {metric} beats the champion by more than {min_delta} on "
-                  f"{' and '.join(gained)} and regresses on neither ({scores})")
+        return False, f"challenger {metric} beats the champion {beat} on neither set ({scores})"
+    return True, (f"challenger {metric} beats the champion {beat} on {' and '.join(gained)} "
+                  f"and regresses on neither ({scores})")
+
+
+def _gain(ours: float, theirs: float, interval: Interval) -> str:
+    return (f"gain {ours - theirs:+.4f}, 95% paired-bootstrap interval "
+            f"[{interval.low:+.4f}, {interval.high:+.4f}]")
 
 
 def production_pictures(paths: DataPaths) -> int:
@@ -116,9 +141,9 @@ def production_pictures(paths: DataPaths) -> int:
 def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
                       params: Params, pictures: int) -> str | None:
     """Why there is nothing to decide (the stage is up to date), or None: the challenger is the
-    champion, or it was already rejected against this champion with this metric and margin and
-    the same number of recent-production test pictures (a version's training data are fixed, so
-    the same comparison gives the same answer; a grown production set is a new question)."""
+    champion, or it was already rejected against this champion with this metric, margin and rule
+    and the same number of recent-production test pictures (a version's training data are fixed,
+    so the same comparison gives the same answer; a grown production set is a new question)."""
     if champion is None:
         return None
     if champion.version == challenger.version:
@@ -128,10 +153,15 @@ def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
             and tags.get(PROMOTION_CHAMPION_VERSION_TAG) == champion.version
             and tags.get(PROMOTION_METRIC_TAG) == params.promote.metric
             and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)
+            and tags.get(PROMOTION_RULE_TAG, "point") == params.promote.rule
             and tags.get(PROMOTION_PRODUCTION_PICTURES_TAG) == str(pictures)):
         return (f"was already rejected against champion v{champion.version}: "
                 f"{tags.get(PROMOTION_REASON_TAG, '')}")
     return None
+
+
+def _shown_interval(metrics: dict[str, float], metric: str) -> str:
+    return f"[{metrics[f'{metric}_ci_low']:.4f}, {metrics[f'{metric}_ci_high']:.4f}]"
 
 
 def _write_decision(client: Any, name: str, challenger: VersionRecord,
@@ -186,31 +216,49 @@ def run(params: Params, paths: DataPaths) -> Summary:
                            "run_id": run_id,
                            "experiment_id": client.get_run(run_id).info.experiment_id,
                            "reason": judged})
-    from catsdogs.data.feedback import HELD_OUT
+    from catsdogs.training.metrics import finite, paired_difference, with_intervals
 
     with tracking.talking_to_mlflow(f"scoring challenger v{challenger.version}"):
-        challenger_score = score(challenger, paths, metric, params)
-    with tracking.talking_to_mlflow(f"scoring champion v{champion.version if champion else ''}"):
-        champion_score = None if champion is None else score(champion, paths, metric, params)
-    production: tuple[float, float] | None = None
+        labels, challenger_probs = predictions(challenger, paths, params)
+    challenger_metrics = with_intervals(labels, challenger_probs)
+    challenger_score = challenger_metrics[metric]
+    champion_score, champion_metrics, difference = None, None, None
+    if champion is not None:
+        with tracking.talking_to_mlflow(f"scoring champion v{champion.version}"):
+            _, champion_probs = predictions(champion, paths, params)
+        champion_metrics = with_intervals(labels, champion_probs)
+        champion_score = champion_metrics[metric]
+        if params.promote.rule == "paired_bootstrap":
+            difference = paired_difference(metric, labels, challenger_probs, champion_probs)
+    production, production_difference = None, None
     if champion is not None and pictures >= params.feedback.min_holdout:
+        from catsdogs.data.feedback import HELD_OUT
+        from catsdogs.training.metrics import classification_metrics
+
         with tracking.talking_to_mlflow("scoring both on the recent-production test set"):
-            production = (score(challenger, paths, metric, params, HELD_OUT),
-                          score(champion, paths, metric, params, HELD_OUT))
+            held_labels, ours = predictions(challenger, paths, params, HELD_OUT)
+            _, theirs = predictions(champion, paths, params, HELD_OUT)
+        production = (classification_metrics(held_labels, ours)[metric],
+                      classification_metrics(held_labels, theirs)[metric])
+        if params.promote.rule == "paired_bootstrap":
+            production_difference = paired_difference(metric, held_labels, ours, theirs)
     yardstick = ("judged on the fixed test split and on recent production" if production
                  else "no champion to compare on recent production" if champion is None
                  else f"recent-production test set: {pictures} pictures, fewer than "
                       f"feedback.min_holdout={params.feedback.min_holdout}: judged on the fixed "
                       "test split alone")
     promoted, reason = decide(challenger_score, champion_score, params.promote.min_delta, metric,
-                              production)
+                              difference, production, production_difference)
     tags = {
         PROMOTION_DECISION_TAG: PROMOTED if promoted else REJECTED,
         PROMOTION_METRIC_TAG: metric,
         PROMOTION_MIN_DELTA_TAG: str(params.promote.min_delta),
+        PROMOTION_RULE_TAG: params.promote.rule,
         PROMOTION_CHALLENGER_SCORE_TAG: f"{challenger_score:.6f}",
         PROMOTION_CHAMPION_SCORE_TAG: "none" if champion_score is None
         else f"{champion_score:.6f}",
+        PROMOTION_DIFFERENCE_CI_TAG: "none" if difference is None
+        else f"{difference.low:.6f} {difference.high:.6f}",
         PROMOTION_CHAMPION_VERSION_TAG: "none" if champion is None else champion.version,
         PROMOTION_REASON_TAG: reason,
         PROMOTION_PRODUCTION_PICTURES_TAG: str(pictures),
@@ -229,16 +277,25 @@ def run(params: Params, paths: DataPaths) -> Summary:
         else:
             refresh_card(client, name, challenger.version)
     champion_now = challenger.version if promoted else champion.version
+    interval = _shown_interval(challenger_metrics, metric)
     message = (f"{tags[PROMOTION_DECISION_TAG]} {name} v{challenger.version}: {reason}; "
-               f"@champion is v{champion_now} ({yardstick})")
+               f"challenger {metric} 95% interval {interval}"
+               + ("" if champion_metrics is None else
+                  f", champion's {_shown_interval(champion_metrics, metric)}")
+               + f"; @champion is v{champion_now} ({yardstick})")
     log.info("%s", message)
     return Summary("promote", message, details={
         "promoted": promoted, "run_id": challenger.run_id,
         "experiment_id": client.get_run(challenger.run_id).info.experiment_id,
         "challenger_version": challenger.version,
         "champion_version": champion_now, "challenger_score": challenger_score,
-        "champion_score": champion_score, "metric": metric, "reason": reason,
+        "champion_score": champion_score, "metric": metric, "rule": params.promote.rule,
+        "challenger_metrics": finite(challenger_metrics),
+        "champion_metrics": None if champion_metrics is None else finite(champion_metrics),
+        "difference_ci": None if difference is None else list(difference), "reason": reason,
         "production": {"pictures": pictures, "judged": production is not None,
                        "challenger_score": None if production is None else production[0],
                        "champion_score": None if production is None else production[1],
+                       "difference_ci": None if production_difference is None
+                       else list(production_difference),
                        "note": yardstick}})

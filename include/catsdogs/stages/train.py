@@ -5,6 +5,10 @@ The training data set is recorded on the run with `mlflow.log_input` (`catsdogs.
 source, digests of the prepared manifest and of the transformed files, pictures per split and
 class); the card (`catsdogs.registry.model_card`) is rendered from the run and the version.
 
+The test figures carry their 95% intervals (`catsdogs.training.metrics`). With
+`train.temperature_scaling` a temperature fitted on the val split is folded into the head before
+the test split is scored (`catsdogs.training.calibration`): the registered weights carry it.
+
 Besides metrics and reports, the run carries the model's reference profile and out-of-distribution
 calibration (`monitoring/reference.parquet`, `monitoring/ood.json`, `monitoring/ood.npz`:
 `catsdogs.monitoring.reference`), which the service and the monitor read by the version's run id.
@@ -18,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -232,15 +235,12 @@ def _manifest_hash(paths: DataPaths) -> str:
     return sha256_file(manifest) if manifest.exists() else "absent"
 
 
-def _finite(values: dict[str, float]) -> dict[str, float | None]:
-    """NaN (ROC-AUC of a one-class split) recorded as absent: None."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
-
-
 def _log_metrics(values: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: v for k, v in _finite(values).items() if v is not None}, step=step)
+    from catsdogs.training.metrics import finite
+
+    mlflow.log_metrics({k: v for k, v in finite(values).items() if v is not None}, step=step)
 
 
 def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
@@ -275,9 +275,10 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
     from catsdogs.monitoring.reference import log_reference
     from catsdogs.registry.model_card import refresh_card
     from catsdogs.registry.record import register, version_tags
+    from catsdogs.training.calibration import calibrate
     from catsdogs.training.loading import TensorBatches, seed_everything
     from catsdogs.training.loop import fit, predict
-    from catsdogs.training.metrics import classification_metrics
+    from catsdogs.training.metrics import finite, with_intervals
     from catsdogs.training.model import build_model, train_augment
     from catsdogs.training.top_blocks import fit_top_blocks
 
@@ -312,9 +313,11 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
                 compute=compute, on_epoch=lambda e, v: _log_metrics(v, e),
                 on_head_epoch=lambda e, v: _log_metrics({f"head_{k}": x for k, x in v.items()}, e))
         model.load_state_dict(result.best_state)
+        if settings.temperature_scaling:
+            _log_metrics(calibrate(model, batches["val"], compute))
         labels, probs = predict(model, batches["test"], compute)
         mlflow.set_tag("choice.measured_img_s", json.dumps(measured))
-        test = classification_metrics(labels, probs)
+        test = with_intervals(labels, probs)
         _log_metrics({f"test_{k}": v for k, v in test.items()}
                      | {"best_epoch": result.best_epoch,
                         "train_images_per_second": result.images_per_second,
@@ -334,16 +337,24 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
     if (ui := tracking.ui_base_url()) is not None:
         log.info("MLflow run: %s", tracking.run_url(ui, experiment, active.info.run_id))
         log.info("MLflow experiment (all runs): %s", tracking.experiment_url(ui, experiment))
-    message = (f"{params.model.arch} ({settings.recipe}) test F1 {test['f1']:.4f}, accuracy "
-               f"{test['accuracy']:.4f} (best epoch {result.best_epoch}); registered "
+    message = (f"{params.model.arch} ({settings.recipe}) test {_shown(test, 'f1')}, "
+               f"{_shown(test, 'accuracy')}, {_shown(test, 'roc_auc')}, log loss "
+               f"{test['log_loss']:.4f}, ECE {test['ece']:.4f} on {len(labels)} pictures "
+               f"(best epoch {result.best_epoch}); registered "
                f"{params.mlflow.registered_model_name} v{version.version} @challenger "
                f"(run {active.info.run_id})")
     return Summary("train", message, details={
         "run_id": active.info.run_id, "experiment_id": experiment, "version": version.version,
-        "test": _finite(test),
+        "test": finite(test),
         "best_epoch": result.best_epoch, "device": str(compute.device),
         "precision": compute.precision,
         "train_images_per_second": result.images_per_second})
+
+
+def _shown(metrics: dict[str, float], name: str) -> str:
+    """'f1 0.9750 [0.9512, 0.9893]': a figure with its 95% interval."""
+    return (f"{name} {metrics[name]:.4f} [{metrics[f'{name}_ci_low']:.4f}, "
+            f"{metrics[f'{name}_ci_high']:.4f}]")
 
 
 def _log_misclassified(model: Any, test: Any, paths: DataPaths, labels: list[int],

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.config import CLASSES
-from catsdogs.training.metrics import METRIC_NAMES, confusion
+from catsdogs.training.metrics import INTERVALS_NOTE, METRIC_NAMES, confusion
 
 
 def plot_confusion(labels: Sequence[int], probs: Sequence[float], target: Path) -> None:
@@ -109,6 +109,11 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
+def _interval(metrics: dict[str, float], name: str) -> str:
+    """'[low, high]' from `<name>_ci_low` / `_ci_high` (`catsdogs.training.metrics`)."""
+    return f"[{_fmt(metrics[f'{name}_ci_low'])}, {_fmt(metrics[f'{name}_ci_high'])}]"
+
+
 def performance_report(*, run_id: str, arch: str, device: str, precision: str,
                        params: dict[str, Any], history: list[dict[str, float]], best_epoch: int,
                        test: dict[str, float], labels: Sequence[int], probs: Sequence[float],
@@ -132,8 +137,10 @@ def performance_report(*, run_id: str, arch: str, device: str, precision: str,
     lines += [f"| {i} | " + " | ".join(_fmt(row[k]) for k in epoch_names) + " |"
               for i, row in enumerate(history, 1)]
     lines += ["", f"## Test set ({len(labels)} images)", "",
-              "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {_fmt(test[name])} |" for name in METRIC_NAMES]
+              "| metric | value | 95% interval |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(test[name])} | {_interval(test, name)} |"
+              for name in METRIC_NAMES]
+    lines += ["", INTERVALS_NOTE]
     lines += ["", "Confusion matrix (rows true, columns predicted):", "",
               f"| | {CLASSES[0]} | {CLASSES[1]} |", "|---|---|---|",
               f"| {CLASSES[0]} | {matrix[0][0]} | {matrix[0][1]} |",
