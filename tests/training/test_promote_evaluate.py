@@ -133,8 +133,9 @@ def test_recent_production_is_a_second_yardstick(tiny_data: DataPaths, tracking_
     pictures = promote.production_pictures(data)
     assert pictures == sum(1 for p in tiny_data.split_dir("test").rglob("*.jpg"))
     client = MlflowClient()
+    # point rule: the yardsticks are the question here, not the noise of a 12-picture split
     two = tiny_params(f"mlflow.registered_model_name={name}",
-                      f"feedback.min_holdout={pictures}")
+                      f"feedback.min_holdout={pictures}", "promote.rule=point")
     first = _register(ColourRule(weight=0, bias=1), data, name)        # always "dog"
     assert promote.run(two, data).details["production"]["judged"] is False   # no champion
 
@@ -160,7 +161,7 @@ def test_recent_production_is_a_second_yardstick(tiny_data: DataPaths, tracking_
 
     again = _register(ColourRule(weight=1, bias=0), data, name)
     one = tiny_params(f"mlflow.registered_model_name={name}",
-                      f"feedback.min_holdout={pictures + 1}")
+                      f"feedback.min_holdout={pictures + 1}", "promote.rule=point")
     summary = promote.run(one, data).details
     assert summary["promoted"] and summary["production"]["judged"] is False
     assert f"{pictures} pictures, fewer than feedback.min_holdout={pictures + 1}" in \
@@ -229,3 +230,17 @@ def test_evaluate_refuses_a_folder_without_class_folders(tmp_path, tracking_uri:
     with pytest.raises(UserError, match="no images found"):
         evaluate.evaluate(tiny_params(), DataPaths(tmp_path), tmp_path,
                           "models:/CatsDogsCNN@challenger")
+
+
+def test_two_yardsticks_follow_the_noise_rule() -> None:
+    """With the paired-bootstrap rule each set's gain must be beyond its own noise; a point gain
+    on both sets that is inside the noise on both is "not better"."""
+    from catsdogs.training.metrics import Interval
+
+    inside, beyond = Interval(-0.01, 0.03), Interval(0.02, 0.08)
+    promoted, reason = promote.decide(0.92, 0.90, 0.0, "f1", inside, (0.80, 0.78), inside)
+    assert not promoted and "beyond the noise on neither set" in reason
+    promoted, reason = promote.decide(0.92, 0.90, 0.0, "f1", inside, (0.85, 0.78), beyond)
+    assert promoted and "beyond the noise on recent production and regresses" in reason
+    # a point drop on the fixed split still blocks, whatever production gained
+    assert not promote.decide(0.89, 0.90, 0.0, "f1", inside, (0.95, 0.78), beyond)[0]
