@@ -53,12 +53,14 @@ pytestmark = pytest.mark.skipif(
     reason="haproxy is not installed (scripts/ensure-system-deps.sh)")
 
 
-def register(mlflow_url: str, test_accuracy: float) -> str:
-    """A tiny model version registered as training does, with its recorded test accuracy."""
+def register(mlflow_url: str, test_accuracy: float, image_size: int = 64,
+             swapped: bool = False) -> str:
+    """A tiny model version registered as training does, with its recorded test accuracy (a
+    larger `image_size` is a slower version; `swapped`: its labels swapped)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url,
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
     done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", mlflow_url, MODEL,
-                           "64"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                           str(image_size), *(["--swapped"] if swapped else [])], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     version = done.stdout.strip().splitlines()[-1]

@@ -1,6 +1,7 @@
 """Register a tiny untrained model in a real MLflow server the way training does (used by the
 serving tests' fixture, run as
-`python -m tests.serving.register_tiny URL NAME IMAGE_SIZE [DATA_SOURCE true|false]`).
+`python -m tests.serving.register_tiny URL NAME IMAGE_SIZE [DATA_SOURCE true|false]
+[--swapped]`).
 The optional data source becomes the version's `data.source`/`data.synthetic` tags, as training
 records them; @champion moves to the version the way promote moves it (recorded in the champion
 history, the model card refreshed).
@@ -8,7 +9,9 @@ history, the model card refreshed).
 The head's weights are scaled up so different pictures get clearly different probabilities:
 that lets the tests tell answers apart (batching mix-ups, EXIF handling). Like training, the run
 carries an out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`), here fitted on
-generated smooth colour pictures, so the service scores and logs every answer."""
+generated smooth colour pictures, so the service scores and logs every answer. `--swapped`
+negates the head (weights and bias): the same network with its two labels swapped, a version
+that disagrees with the others on every picture (the rollout's shadow tests)."""
 
 from __future__ import annotations
 
@@ -47,12 +50,15 @@ def log_calibration(net: torch.nn.Module, image_size: int) -> None:
         mlflow.log_artifacts(tmp, ARTIFACT_DIR)
 
 
-def main(url: str, name: str, image_size: int, data: Provenance | None = None) -> None:
+def main(url: str, name: str, image_size: int, data: Provenance | None = None,
+         swapped: bool = False) -> None:
     mlflow.set_tracking_uri(url)
     torch.manual_seed(0)
     net = build_model("resnet18", weights="none").eval()
     with torch.no_grad():
-        net.fc.weight.mul_(20.0)
+        net.fc.weight.mul_(-20.0 if swapped else 20.0)
+        if swapped:
+            net.fc.bias.neg_()
     example = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
     mlflow.set_experiment("catsdogs serving tests")
     with mlflow.start_run():
@@ -64,5 +70,7 @@ def main(url: str, name: str, image_size: int, data: Provenance | None = None) -
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]),
-         Provenance(sys.argv[4], sys.argv[5] == "true") if len(sys.argv) > 5 else None)
+    args = [a for a in sys.argv[1:] if a != "--swapped"]
+    main(args[0], args[1], int(args[2]),
+         Provenance(args[3], args[4] == "true") if len(args) > 4 else None,
+         swapped="--swapped" in sys.argv)

@@ -18,9 +18,9 @@ traffic at all the labelled post-deploy check decides alone. A phase with 0 seco
 
 Why the shadow gets its copy from HAProxy's Lua (`mirror.lua`, loaded by the local target and the
 compose proxy alike): HAProxy is already the one hop every request takes in both targets, and
-Debian's haproxy 2.6 is built with Lua 5.3 and `core.httpclient`. The request path only appends
-the buffered body to a bounded queue (64 copies; more, or a body not whole in the 64 KiB buffer,
-are dropped), and two background tasks send the copies and throw the answers away, so a client's
+Debian's haproxy 2.6 is built with Lua 5.3. The request path only appends the buffered body to a
+bounded queue (64 copies; more, or a body not whole in the 64 KiB buffer, are dropped), and two
+background tasks send the copies (`core.tcp`) and throw the answers away, so a client's
 latency never waits on the shadow and a shadow answer has no way back to a client
 (tests/deployment/test_mirror.py measures both). The shadow is named by the deploy through the
 runtime API (`set map <mirror.map> shadow host:port`, `off` to stop), never by a caller. nginx's
