@@ -176,13 +176,12 @@ def _phased(params: Params, paths: DataPaths, target: phases.Phased, release: Re
     """Stage the release beside the live version `live`, run the live-traffic phases, then
     finish (the old version drained and stopped). Anything raised (a failed gate, an error,
     SIGTERM, Ctrl-C) sends traffic back to `live` and stops the new version first."""
-    from catsdogs.monitoring.prediction_log import read_predictions
-    from catsdogs.stages.monitor import prediction_log_url
+    from catsdogs.monitoring.prediction_log import log_url, read_predictions
 
     facts = target.stage(release)
     try:
         reports = phases.run(params.deploy, target,
-                             functools.partial(read_predictions, prediction_log_url(paths)),
+                             functools.partial(read_predictions, log_url(paths.root)),
                              release.version, live)
     except BaseException:
         target.abandon()
