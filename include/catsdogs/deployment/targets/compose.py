@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 COLORS = ("blue", "green")
 ROUTE_FILE = "/var/lib/haproxy/routes/route.map"   # docker/proxy/haproxy.cfg's route map
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
+SERVICE_PORT = 3000   # the Bento containers' port on the compose network
 SLOT_HEADER = proxy.SLOT_HEADER
 ROUTE = "live {color}\nversion {version}\n"
 CANARY, CANARY_PERCENT = "canary", "canary_percent"   # the route map's canary entries
@@ -300,8 +301,8 @@ class ComposeTarget:
             return container.status in ("created", "running")
 
         try:
-            ready_s = wait_ready(f"http://bento-{color}:3000/readyz", self.ready_timeout_s,
-                                 alive=alive, what=f"{built.image} ({color})")
+            ready_s = wait_ready(f"http://bento-{color}:{SERVICE_PORT}/readyz",
+                                 self.ready_timeout_s, alive=alive, what=f"{built.image} ({color})")
         except UserError as exc:
             tail = container.logs(tail=30).decode(errors="replace")
             container.remove(force=True)
@@ -322,7 +323,7 @@ class ComposeTarget:
 
     def staged_metrics(self) -> str:
         """The staged container's own /metrics. UserError when it does not answer."""
-        url = f"http://bento-{self._staging().color}:3000/metrics"
+        url = f"http://bento-{self._staging().color}:{SERVICE_PORT}/metrics"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(url, timeout=30) as response:
@@ -339,7 +340,7 @@ class ComposeTarget:
             staged.container.reload()
             address = staged.container.attrs["NetworkSettings"]["Networks"][self.network][
                 "IPAddress"]
-            shadow = f"{address}:3000"
+            shadow = f"{address}:{SERVICE_PORT}"
         self._set_route(self._proxy(), proxy.MIRROR_KEY, shadow)
 
     def shift(self, percent: int) -> None:
