@@ -4,7 +4,8 @@
                       N already live? -> nothing rebuilt or restarted (summary says so)
                       preflight: the target's needs (HAProxy, ports, engine, helm) and the
                                  check's labelled pictures, before any work or traffic change
-                      a version live and a target that shares traffic (local, compose):
+                      a version live, a target that shares traffic (local, compose), and
+                      not a rollback (that one switches at once):
                         stage(N), shadow, canary, switch, watch (catsdogs.deployment.phases),
                         finish: drain and stop the old version
                         a gate failed -> traffic back to the old version (never stopped), N
@@ -130,7 +131,8 @@ def _roll_out(params: Params, paths: DataPaths, target: Target, client: Any,
     try:
         pictures = preflight(params, paths, target)
         started = time.monotonic()
-        if live is not None and isinstance(target, phases.Phased):
+        # a rollback is urgent: it switches at once, without the live-traffic phases
+        if live is not None and isinstance(target, phases.Phased) and trigger != "rollback":
             facts, reports = _phased(params, paths, target, Release(name, version), live)
         else:
             facts = target.deploy(Release(name, version))
