@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 from catsdogs.config import DeployParams, load_params
+from catsdogs.deployment import phases
 from catsdogs.deployment.phases import FAILED, NO_TRAFFIC, PASSED, Counts, PhaseReport, judge
 from catsdogs.deployment.rollout import deploy_champion
 from catsdogs.deployment.targets.local import LocalTarget
@@ -76,6 +78,92 @@ def test_judge_names_the_failing_gate(report: PhaseReport, decision: str,
     judge(report, DeployParams())   # params.yaml's defaults: min_requests 20, p99 2 s, ...
     assert (report.decision, report.gate) == (decision, gate), report
     assert (report.reason is None) == (gate is None)
+
+
+class _Target:
+    """A Phased stand-in: its /metrics grows by `per_poll` answered /predict requests (`slow`:
+    each in the 5 s bucket) every time it is read; every command recorded in `calls`."""
+
+    def __init__(self, per_poll: int, slow: bool = False) -> None:
+        self.per_poll, self.slow, self.served, self.calls = per_poll, slow, 0, []
+
+    def staged_metrics(self) -> str:
+        self.served += self.per_poll
+        fast = 0 if self.slow else self.served
+        return (f'bentoml_service_request_total{{endpoint="/predict",http_response_code="200"}} '
+                f"{self.served}\n" + "".join(
+                    f'bentoml_service_request_duration_seconds_bucket{{endpoint="/predict",'
+                    f'le="{le}"}} {n}\n' for le, n in (("0.1", fast), ("5.0", self.served),
+                                                        ("+Inf", self.served))))
+
+    def mirror(self, on: bool) -> None:
+        self.calls.append(("mirror", on))
+
+    def shift(self, percent: int) -> None:
+        self.calls.append(("shift", percent))
+
+
+def _log(rows: list[tuple[str, str, float, str]]) -> Any:
+    """read_predictions' stand-in over (version, label, confidence, content_hash) rows."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["model_version", "label", "confidence", "content_hash"])
+    frame["in_distribution"] = True
+
+    def read(since: object = None, model_version: str | None = None) -> Any:
+        return frame[frame["model_version"] == model_version]
+    return read
+
+
+def _gates(**changes: float) -> DeployParams:
+    return DeployParams(**{"min_requests": 10, "shadow_requests": 30, "shadow_s": 60,
+                           "canary_s": 0.01, "watch_s": 0.01, **changes})
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(phases, "POLL_S", 0.0)
+    monkeypatch.setattr(phases, "LOG_SETTLE_S", 0.0)
+
+
+AGREE = [(v, "cat" if i % 2 else "dog", 0.9, f"h{i}") for v in ("1", "2") for i in range(40)]
+
+
+@pytest.mark.usefixtures("quick")
+def test_phases_run_in_order_and_the_shadow_ends_at_its_request_count() -> None:
+    fake = _Target(per_poll=12)
+    reports = phases.run(_gates(), fake, _log(AGREE), "2", "1")
+    assert [r.phase for r in reports] == ["shadow", "canary", "watch"]
+    assert fake.calls == [("mirror", True), ("mirror", False), ("shift", 10), ("shift", 100)]
+    shadow = reports[0]
+    assert (shadow.decision, shadow.agreement, shadow.compared) == (PASSED, 1.0, 40)
+    assert shadow.requests >= 30 and shadow.p99_s is not None and shadow.p99_s <= 0.1
+    assert "shadow:" in phases.summary_line(reports)
+
+
+@pytest.mark.usefixtures("quick")
+def test_a_failing_gate_stops_the_phases_naming_it() -> None:
+    swapped = [(v, ("cat" if i % 2 else "dog") if v == "1" else ("dog" if i % 2 else "cat"),
+                0.9, f"h{i}") for v in ("1", "2") for i in range(40)]
+    fake = _Target(per_poll=12)
+    with pytest.raises(phases.GateFailed) as failed:
+        phases.run(_gates(), fake, _log(swapped), "2", "1")
+    assert (failed.value.report.phase, failed.value.report.gate) == ("shadow", "agreement")
+    assert fake.calls == [("mirror", True), ("mirror", False)], "traffic moved after a fail"
+    assert "shadow gate 'agreement' failed" in str(failed.value)
+
+    slow = _Target(per_poll=12, slow=True)
+    with pytest.raises(phases.GateFailed) as failed:
+        phases.run(_gates(shadow_s=0, canary_s=60), slow, _log(AGREE), "2", "1")
+    assert (failed.value.report.phase, failed.value.report.gate) == ("canary", "p99")
+    assert slow.calls == [("shift", 10)]
+
+
+@pytest.mark.usefixtures("quick")
+def test_without_traffic_the_phases_pass_on_to_the_post_deploy_check() -> None:
+    reports = phases.run(_gates(shadow_s=0.01), _Target(per_poll=0), _log([]), "2", "1")
+    assert [r.decision for r in reports] == [NO_TRAFFIC] * 3
+    assert "the post-deploy check decided" in phases.summary_line(reports)
 
 
 def _photos(sample_dir: Path) -> list[Path]:
