@@ -97,8 +97,10 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
         target: tuple[LocalTarget, DataPaths], mlflow_server: str, sample_dir: Path,
         artifacts_dir: Path) -> None:
     local, paths = target
+    # the plain switch and the check's rollback; the live-traffic phases are test_phases.py's
     params = load_params(REPO_ROOT / "params.yaml", [
-        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50", "deploy.drain_s=2"])
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50", "deploy.drain_s=2",
+        "deploy.shadow_s=0", "deploy.canary_s=0", "deploy.watch_s=0"])
     client = MlflowClient(mlflow_server)
     v1 = register(mlflow_server, test_accuracy=0.0)   # register_tiny makes it @champion
 
