@@ -129,6 +129,7 @@ class DeployParams(_Section):
     canary_s: float = Field(600.0, ge=0)             # canary watch window
     watch_s: float = Field(300.0, ge=0)              # watch after the full switch, old still up
     min_requests: int = Field(20, ge=1)              # fewer in a phase: it cannot judge
+    idle_s: float = Field(60.0, gt=0)                # no request at all by then: phase ends
     min_agreement: float = Field(0.9, ge=0, le=1)    # shadow: same label as the champion
     max_error_ratio: float = Field(0.01, ge=0, le=1)  # 5xx answers / requests to the new version
     max_p99_s: float = Field(2.0, gt=0)              # p99 of the new version's /predict

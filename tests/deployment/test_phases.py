@@ -161,7 +161,10 @@ def test_a_failing_gate_stops_the_phases_naming_it() -> None:
 
 @pytest.mark.usefixtures("quick")
 def test_without_traffic_the_phases_pass_on_to_the_post_deploy_check() -> None:
-    reports = phases.run(_gates(shadow_s=0.01), _Target(per_poll=0), _log([]), "2", "1")
+    started = time.monotonic()
+    reports = phases.run(_gates(shadow_s=600, canary_s=600, watch_s=600, idle_s=0.05),
+                         _Target(per_poll=0), _log([]), "2", "1")
+    assert time.monotonic() - started < 60, "a quiet endpoint waited out the windows"
     assert [r.decision for r in reports] == [NO_TRAFFIC] * 3
     assert "the post-deploy check decided" in phases.summary_line(reports)
 

@@ -14,7 +14,9 @@ A failing gate raises `GateFailed` (a UserError naming the phase and the gate); 
 (catsdogs.deployment.rollout) then sends traffic back to the old version, which never stopped,
 stops the new one and moves @champion back. A phase that saw fewer than deploy.min_requests
 requests (shadow: compared requests) cannot judge: its decision is `no_traffic`, and with no
-traffic at all the labelled post-deploy check decides alone. A phase with 0 seconds is skipped.
+traffic at all the labelled post-deploy check decides alone. A phase that has had no request at
+all after deploy.idle_s ends then (a quiet demo does not wait out every window). A phase with 0
+seconds is skipped.
 
 Why the shadow gets its copy from HAProxy's Lua (`mirror.lua`, loaded by the local target and the
 compose proxy alike): HAProxy is already the one hop every request takes in both targets, and
@@ -290,8 +292,10 @@ def observe(phase: str, target: Phased, window: LogWindow, gates: DeployParams, 
     while True:
         sleep(POLL_S)
         report = measure()
-        done = clock() - started >= seconds or (
-            until_requests is not None and report.requests >= until_requests)
+        elapsed = clock() - started
+        done = elapsed >= seconds or (
+            until_requests is not None and report.requests >= until_requests) or (
+            report.requests == 0 and elapsed >= gates.idle_s)   # nobody is calling
         if report.decision == FAILED or done:
             break
     if report.decision != FAILED:
