@@ -158,6 +158,19 @@ class DeployParams(_Section):
     ready_timeout_s: float = Field(300.0, gt=0)      # new version's /readyz must answer by then
     drain_s: float = Field(5.0, ge=0)                # old version keeps serving in-flight requests
     seed: int = 0                                    # which test pictures the check sends
+    # live-traffic phases (local and compose targets; catsdogs.deployment.phases), 0 s skips one
+    shadow_requests: int = Field(200, ge=1)          # shadow ends after this many mirrored requests
+    shadow_s: float = Field(600.0, ge=0)             # ... or this many seconds
+    canary_percent: int = Field(10, ge=0, le=99)     # share of live requests the canary answers
+    canary_s: float = Field(600.0, ge=0)             # canary watch window
+    watch_s: float = Field(300.0, ge=0)              # watch after the full switch, old still up
+    min_requests: int = Field(20, ge=1)              # fewer in a phase: it cannot judge
+    idle_s: float = Field(60.0, gt=0)                # no request at all by then: phase ends
+    min_agreement: float = Field(0.9, ge=0, le=1)    # shadow: same label as the champion
+    max_error_ratio: float = Field(0.01, ge=0, le=1)  # 5xx answers / requests to the new version
+    max_p99_s: float = Field(2.0, gt=0)              # p99 of the new version's /predict
+    max_ood_ratio_gap: float = Field(0.1, ge=0, le=1)  # shadow: its OOD ratio - the champion's
+    max_confidence_drop: float = Field(0.1, ge=0, le=1)  # median confidence vs the champion's
 
 
 class MonitorParams(_Section):

@@ -12,16 +12,18 @@ from catsdogs.deployment.check import predict
 
 
 class Load:
-    """Calls `<endpoint>/predict` with `picture` from `threads` threads (pausing `pause_s`
+    """Calls `<endpoint>/predict` with `picture` (or a list of pictures, each in turn) from
+    `threads` threads (pausing `pause_s`
     between calls) until stopped: a new connection a call, or with `keep_alive` one
     `requests.Session` a thread (its connection kept open between calls, as browsers and HTTP/1.1
     pools do; a POST that meets a closed connection is not retried). `failures`: every failed
     call; `versions`: the served `model.version` each time it changed; `changes`: (epoch
     seconds, version) of those changes."""
 
-    def __init__(self, endpoint: str, picture: Path, threads: int = 2,
+    def __init__(self, endpoint: str, picture: Path | list[Path], threads: int = 2,
                  pause_s: float = 0.0, keep_alive: bool = False) -> None:
-        self.endpoint, self.picture, self.pause_s = endpoint, picture, pause_s
+        self.endpoint, self.pause_s = endpoint, pause_s
+        self.pictures = picture if isinstance(picture, list) else [picture]
         self.keep_alive = keep_alive
         self.sent = 0
         self.failures: list[str] = []
@@ -34,11 +36,14 @@ class Load:
 
     def _loop(self) -> None:
         session = requests.Session() if self.keep_alive else None
-        files = {"image": (self.picture.name, self.picture.read_bytes(), "image/jpeg")}
+        uploads = [(p, {"image": (p.name, p.read_bytes(), "image/jpeg")}) for p in self.pictures]
+        turn = 0
         while not self._stop.is_set():
+            picture, files = uploads[turn % len(uploads)]
+            turn += 1
             try:
                 if session is None:
-                    answer = predict(self.endpoint, self.picture, timeout=60)
+                    answer = predict(self.endpoint, picture, timeout=60)
                 else:
                     response = session.post(self.endpoint.rstrip("/") + "/predict", files=files,
                                             timeout=60)

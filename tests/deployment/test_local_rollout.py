@@ -53,12 +53,14 @@ pytestmark = pytest.mark.skipif(
     reason="haproxy is not installed (scripts/ensure-system-deps.sh)")
 
 
-def register(mlflow_url: str, test_accuracy: float) -> str:
-    """A tiny model version registered as training does, with its recorded test accuracy."""
+def register(mlflow_url: str, test_accuracy: float, image_size: int = 64,
+             swapped: bool = False) -> str:
+    """A tiny model version registered as training does, with its recorded test accuracy (a
+    larger `image_size` is a slower version; `swapped`: its labels swapped)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url,
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT)])}
     done = subprocess.run([sys.executable, "-m", "tests.serving.register_tiny", mlflow_url, MODEL,
-                           "64"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                           str(image_size), *(["--swapped"] if swapped else [])], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     version = done.stdout.strip().splitlines()[-1]
@@ -95,8 +97,10 @@ def test_local_rollout_switches_without_a_failed_request_and_rolls_back(
         target: tuple[LocalTarget, DataPaths], mlflow_server: str, sample_dir: Path,
         artifacts_dir: Path) -> None:
     local, paths = target
+    # the plain switch and the check's rollback; the live-traffic phases are test_phases.py's
     params = load_params(REPO_ROOT / "params.yaml", [
-        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50", "deploy.drain_s=2"])
+        f"mlflow.registered_model_name={MODEL}", "deploy.check_images=50", "deploy.drain_s=2",
+        "deploy.shadow_s=0", "deploy.canary_s=0", "deploy.watch_s=0"])
     client = MlflowClient(mlflow_server)
     v1 = register(mlflow_server, test_accuracy=0.0)   # register_tiny makes it @champion
 

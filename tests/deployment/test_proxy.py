@@ -2,12 +2,15 @@
 slot up): its limits (header size, connections per client, request time) answer in the service's
 `{"error", "reason"}` JSON, a stalled upload is cut at the request timeout, the runtime API
 switches and refuses what it does not know, and `stop` leaves nothing listening. Compose's
-(docker/proxy/haproxy.cfg): the same limits verbatim, accepted by HAProxy, routing by its map.
+(docker/proxy/haproxy.cfg): the same limits and mirror rules verbatim, accepted by HAProxy,
+routing by its map: `live`, then at run time a `canary` share and a `shadow` copy (two small HTTP
+servers in the colours' places).
 The switch under real slots and keep-alive clients is in test_local_rollout.py; compose's, in
 tests/e2e/test_compose_e2e.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -16,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -90,8 +94,8 @@ def test_the_proxy_answers_its_limits_in_json(proxy: LocalTarget) -> None:
 def test_the_runtime_api_switches_and_refuses_unknown_servers(proxy: LocalTarget) -> None:
     proxy._route("b", "2")                                   # the running HAProxy, no restart
     config = (proxy.run_dir / "haproxy.cfg").read_text()
-    assert f"server a 127.0.0.1:{proxy.slots[0]} disabled" in config
-    assert f"server b 127.0.0.1:{proxy.slots[1]}\n" in config
+    assert f"server a 127.0.0.1:{proxy.slots[0]} weight 100 disabled" in config
+    assert f"server b 127.0.0.1:{proxy.slots[1]} weight 100\n" in config
     with pytest.raises(UserError, match="haproxy refused"):
         proxy._admin("set server catsdogs/c state ready")
     assert (proxy.run_dir / "haproxy.sock").stat().st_mode & 0o077 == 0   # only this user
@@ -103,10 +107,46 @@ def test_the_runtime_api_switches_and_refuses_unknown_servers(proxy: LocalTarget
 COMPOSE_CONFIG = Path(__file__).resolve().parents[2] / "docker" / "proxy" / "haproxy.cfg"
 
 
-def test_the_compose_proxy_routes_by_its_map_with_the_same_limits(tmp_path: Path) -> None:
+def _compose_admin(sock_path: Path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(sock_path))
+        sock.sendall(command.encode() + b"\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer.decode().strip()
+
+
+@dataclass
+class ComposeProxy:
+    """docker/proxy/haproxy.cfg run here: its paths moved into `tmp`, the colours two stub
+    servers (tests.deployment.test_mirror) recording what they get in <colour>.jsonl."""
+
+    tmp: Path
+    port: int
+    routes_map: Path
+    admin: Path
+    ports: dict[str, int]
+
+    def colours(self, n: int) -> list[str]:
+        """Which colour answered each of `n` POST /predict (a new connection each)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        got = []
+        for _ in range(n):
+            request = urllib.request.Request(f"http://127.0.0.1:{self.port}/predict", b"x" * 64,
+                                             {"content-type": "image/jpeg"})
+            with opener.open(request, timeout=10) as response:
+                got.append(response.headers["X-Catsdogs-Slot"])
+        return got
+
+
+@contextlib.contextmanager
+def compose_proxy(tmp_path: Path) -> Iterator[ComposeProxy]:
+    from tests.deployment.test_mirror import _stub
+
     text = COMPOSE_CONFIG.read_text()
-    assert proxy_module.defaults() in text and proxy_module.limits() in text
-    assert ROUTE_FILE in text
+    ports = {"blue": free_port(), "green": free_port()}
     routes = tmp_path / "routes"
     routes.mkdir()
     (routes / "route.map").write_text("live none\nversion none\n")
@@ -115,7 +155,10 @@ def test_the_compose_proxy_routes_by_its_map_with_the_same_limits(tmp_path: Path
              .replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock"))
              .replace("bind :8080", f"bind 127.0.0.1:{port}")
              .replace("  user haproxy\n  group haproxy\n", "")
-             .replace("127.0.0.11:53", "127.0.0.1:1"))   # no Docker DNS here
+             .replace("127.0.0.11:53", "127.0.0.1:1")    # no Docker DNS here
+             .replace("bento-blue:3000", f"127.0.0.1:{ports['blue']}")
+             .replace("bento-green:3000", f"127.0.0.1:{ports['green']}")
+             .replace("/usr/local/etc/haproxy/mirror.lua", str(proxy_module.MIRROR_LUA)))
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(local)
     binary = shutil.which("haproxy", path="/usr/sbin:/usr/bin:/sbin")
@@ -125,19 +168,149 @@ def test_the_compose_proxy_routes_by_its_map_with_the_same_limits(tmp_path: Path
     assert checked.returncode == 0, checked.stdout + checked.stderr
     process = subprocess.Popen([binary, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
+    stubs = [_stub(ports[c], str(i + 1), 0.0, tmp_path / f"{c}.jsonl")
+             for i, c in enumerate(("blue", "green"))]
     try:
         deadline = time.monotonic() + 10
         while _listener(port) is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:{port}/proxy-health", timeout=10) as response:
-            assert response.status == 200
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            opener.open(f"http://127.0.0.1:{port}/predict", timeout=10)
-        assert refused.value.code == 503
-        assert "no model deployed yet" in json.loads(refused.value.read())["error"]
+        yield ComposeProxy(tmp_path, port, routes / "route.map", tmp_path / "admin.sock", ports)
     finally:
         process.terminate()
         process.wait(timeout=10)
+        for stub in stubs:
+            if stub.poll() is None:
+                stub.kill()
+            stub.wait()
+
+
+def test_the_compose_proxy_routes_by_its_map_with_the_same_limits(tmp_path: Path) -> None:
+    from tests.deployment.test_mirror import _records
+
+    text = COMPOSE_CONFIG.read_text()
+    assert proxy_module.defaults() in text and proxy_module.limits() in text
+    assert proxy_module.mirror_rules(ROUTE_FILE) in text
+    assert ROUTE_FILE in text
+    with compose_proxy(tmp_path) as compose:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{compose.port}/proxy-health", timeout=10) as answer:
+            assert answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"http://127.0.0.1:{compose.port}/predict", timeout=10)
+        assert refused.value.code == 503
+        assert "no model deployed yet" in json.loads(refused.value.read())["error"]
+        routes_map = compose.routes_map
+        assert _compose_admin(compose.admin, f"set map {routes_map} live blue") == ""
+        assert set(compose.colours(10)) == {"blue"}
+        for key, value in (("canary", "green"), ("canary_percent", "30"),
+                           ("shadow", f"127.0.0.1:{compose.ports['green']}")):
+            assert _compose_admin(compose.admin, f"add map {routes_map} {key} {value}") == ""
+        shared = compose.colours(100)
+        assert 10 <= shared.count("green") <= 50, shared.count("green")
+        deadline = time.monotonic() + 10
+        while len(_records(tmp_path / "green.jsonl")) < 100 + shared.count("green") \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        copies = [r for r in _records(tmp_path / "green.jsonl") if r["mirror"] == "1"]
+        assert len(copies) == 100, len(copies)   # every request copied, whoever answered it
     assert parse_route(route("green", "7")) == ("green", "7")
     assert parse_route("live none\nversion none\n") is None
+
+
+class _Done:
+    def __init__(self, exit_code: int, output: bytes) -> None:
+        self.exit_code, self.output = exit_code, output
+
+
+class _ProxyContainer:
+    """The compose proxy container as the compose target drives it (`exec_run` of `cat`, the
+    route file's rewrite, and socat on the admin socket), carried out here on `compose`."""
+
+    def __init__(self, compose: ComposeProxy) -> None:
+        self.compose = compose
+
+    def exec_run(self, command: list[str], environment: dict[str, str] | None = None) -> _Done:
+        environment = environment or {}
+        if command[0] == "cat":
+            return _Done(0, self.compose.routes_map.read_bytes())
+        if "ROUTE" in environment:
+            self.compose.routes_map.write_text(environment["ROUTE"])
+            return _Done(0, b"")
+        assert "socat" in command[-1], command
+        command_here = environment["COMMAND"].replace(ROUTE_FILE, str(self.compose.routes_map))
+        return _Done(0, _compose_admin(self.compose.admin, command_here).encode())
+
+
+class _Container:
+    def __init__(self, network: str) -> None:
+        self.attrs = {"NetworkSettings": {"Networks": {network: {"IPAddress": "127.0.0.1"}}}}
+        self.removed = False
+
+    def reload(self) -> None:
+        pass
+
+    def remove(self, force: bool = False) -> None:
+        self.removed = True
+
+
+class _Containers:
+    def __init__(self, proxy: _ProxyContainer) -> None:
+        self.proxy = proxy
+
+    def list(self, filters: dict) -> list[_ProxyContainer]:
+        return [self.proxy]
+
+
+class _Docker:
+    def __init__(self, proxy: _ProxyContainer) -> None:
+        self.containers = _Containers(proxy)
+
+
+def test_the_compose_target_phase_commands_on_its_proxy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComposeTarget's mirror, shift and abandon through docker/proxy/haproxy.cfg's runtime API
+    (the Docker engine replaced by a stand-in that runs its exec_run calls here): the copies go
+    to the staged colour's address, a 30% canary shares traffic, abandon sets everything back;
+    a full switch that is abandoned points `live` back at the old colour."""
+    from catsdogs.deployment.release import Release
+    from catsdogs.deployment.targets import compose as compose_target
+    from tests.deployment.test_mirror import _records
+
+    with compose_proxy(tmp_path) as compose:
+        monkeypatch.setattr(compose_target, "SERVICE_PORT", compose.ports["green"])
+        compose.routes_map.write_text(route("blue", "1"))
+        assert _compose_admin(compose.admin, f"set map {compose.routes_map} live blue") == ""
+        target = compose_target.ComposeTarget(
+            project="p", network="net", runtime_image="r", image_template="m:{version}",
+            service_url=f"http://127.0.0.1:{compose.port}", drain_s=0,
+            _docker=_Docker(_ProxyContainer(compose)))
+
+        def stage() -> _Container:
+            green = _Container("net")
+            target._staged = compose_target._Staged(Release("m", "2"), "green", green,
+                                                    ("blue", "1"), time.monotonic())
+            return green
+
+        green = stage()
+        target.mirror(True)
+        assert set(compose.colours(20)) == {"blue"}
+        target.shift(30)
+        shared = compose.colours(100)
+        assert 10 <= shared.count("green") <= 50, shared.count("green")
+        target.abandon()
+        assert green.removed and target._staged is None
+        time.sleep(1)
+        copies = len([r for r in _records(tmp_path / "green.jsonl") if r["mirror"] == "1"])
+        assert copies == 120, copies
+        assert set(compose.colours(20)) == {"blue"}
+        time.sleep(1)
+        assert len([r for r in _records(tmp_path / "green.jsonl") if r["mirror"] == "1"]) == 120
+        assert parse_route(compose.routes_map.read_text()) == ("blue", "1")
+
+        stage()
+        target.shift(100)
+        assert set(compose.colours(10)) == {"green"}
+        assert parse_route(compose.routes_map.read_text()) == ("green", "2")
+        target.abandon()
+        assert set(compose.colours(10)) == {"blue"}
+        assert parse_route(compose.routes_map.read_text()) == ("blue", "1")

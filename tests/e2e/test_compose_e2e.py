@@ -206,6 +206,11 @@ def seed_photos(stack: Stack, sample_dir: Path, tmp: Path) -> str:
     return "dir:/data/incoming"
 
 
+PHASES = ("deploy.shadow_s=20", "deploy.shadow_requests=50", "deploy.canary_percent=50",
+          "deploy.canary_s=15", "deploy.watch_s=10", "deploy.min_agreement=0",
+          "deploy.max_confidence_drop=1", "deploy.max_ood_ratio_gap=1", "deploy.max_p99_s=10")
+
+
 def trigger_training(client: AirflowClient, source: str, epochs: int = 1,
                      extra: tuple[str, ...] = ()) -> str:
     client.wait_for_dag(TRAINING_DAG_ID, timeout=300)
@@ -218,7 +223,11 @@ def trigger_training(client: AirflowClient, source: str, epochs: int = 1,
                           "train.num_workers=0", "train.precision=fp32",
                           "split.train=0.65", "split.val=0.1", "split.test=0.25",
                           "deploy.check_images=50", "deploy.accuracy_tolerance=0.2",
-                          "deploy.drain_s=3", "deploy.ready_timeout_s=600", *extra]}
+                          "deploy.drain_s=3", "deploy.ready_timeout_s=600",
+                          # the live-traffic phases, short; their quality gates open (models
+                          # near chance disagree and are unsure), the mechanics and the
+                          # error-ratio gate real: the mirror, a 50 % canary, the watch
+                          *PHASES, *extra]}
     return client.trigger(TRAINING_DAG_ID, conf, run_id=f"e2e-{uuid.uuid4().hex[:8]}")
 
 
@@ -441,6 +450,8 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
     deploy = client.xcom(TRAINING_DAG_ID, run_2, "deploy")
     new = deploy["version"]
     assert deploy["deployed"] is True and new != old and deploy["color"] == "green", deploy
+    assert [p["phase"] for p in deploy["phases"]] == ["shadow", "canary", "watch"], deploy
+    assert all(p["decision"] != "failed" for p in deploy["phases"]), deploy["phases"]
     assert load.failures == [], load.failures[:5]
     assert load.versions[0] == old and load.versions[-1] == new, load.versions
     assert not deploy["image_reused"] and deploy["image_bytes_added"] < 200 * 1024**2, deploy
@@ -452,7 +463,7 @@ def test_platform_trains_registers_and_serves_end_to_end(stack: Stack, sample_di
         "challenger_score": promote.get("challenger_score"),
         "champion_score_before": promote.get("champion_score"),
         **{k: deploy.get(k) for k in ("image", "image_build_s", "image_bytes_added", "ready_s",
-                                      "switch_s", "check")}}
+                                      "switch_s", "check", "phases")}}
     # the blue container was drained and removed; green serves
     running = run(["docker", "ps", "--format", "{{.Names}}", "--filter",
                    f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split()

@@ -1,6 +1,7 @@
 """Register a tiny untrained model in a real MLflow server the way training does (used by the
 serving tests' fixture, run as
-`python -m tests.serving.register_tiny URL NAME IMAGE_SIZE [DATA_SOURCE true|false]`).
+`python -m tests.serving.register_tiny URL NAME IMAGE_SIZE [DATA_SOURCE true|false]
+[--swapped]`).
 The optional data source becomes the version's `data.source`/`data.synthetic` tags, as training
 records them; @champion moves to the version the way promote moves it (recorded in the champion
 history, the model card refreshed).
@@ -11,7 +12,9 @@ that lets the tests tell answers apart (batching mix-ups, EXIF handling). Then a
 (`catsdogs.training.calibration.fold_temperature`), so every serving test serves a calibrated
 version, and `tiny_network` rebuilds the network before the fold for comparisons. Like training, the run
 carries an out-of-distribution calibration (`monitoring/ood.json`, `ood.npz`), here fitted on
-generated smooth colour pictures, so the service scores and logs every answer."""
+generated smooth colour pictures, so the service scores and logs every answer. `--swapped`
+negates the head (weights and bias): the same network with its two labels swapped, a version
+that disagrees with the others on every picture (the rollout's shadow tests)."""
 
 from __future__ import annotations
 
@@ -54,18 +57,22 @@ def log_calibration(net: torch.nn.Module, image_size: int) -> None:
 TEMPERATURE = 2.0
 
 
-def tiny_network() -> torch.nn.Module:
-    """The tiny network as built, before the temperature is folded in (eval mode)."""
+def tiny_network(swapped: bool = False) -> torch.nn.Module:
+    """The tiny network as built, before the temperature is folded in (eval mode); `swapped`
+    negates its head (weights and bias): the same network with its two labels swapped."""
     torch.manual_seed(0)
     net = build_model("resnet18", weights="none").eval()
     with torch.no_grad():
-        net.fc.weight.mul_(20.0)
+        net.fc.weight.mul_(-20.0 if swapped else 20.0)
+        if swapped:
+            net.fc.bias.neg_()
     return net
 
 
-def main(url: str, name: str, image_size: int, data: Provenance | None = None) -> None:
+def main(url: str, name: str, image_size: int, data: Provenance | None = None,
+         swapped: bool = False) -> None:
     mlflow.set_tracking_uri(url)
-    net = tiny_network()
+    net = tiny_network(swapped)
     fold_temperature(net, TEMPERATURE)
     example = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
     mlflow.set_experiment("catsdogs serving tests")
@@ -78,5 +85,7 @@ def main(url: str, name: str, image_size: int, data: Provenance | None = None) -
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]),
-         Provenance(sys.argv[4], sys.argv[5] == "true") if len(sys.argv) > 5 else None)
+    args = [a for a in sys.argv[1:] if a != "--swapped"]
+    main(args[0], args[1], int(args[2]),
+         Provenance(args[3], args[4] == "true") if len(args) > 4 else None,
+         swapped="--swapped" in sys.argv)

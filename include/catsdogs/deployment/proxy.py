@@ -12,13 +12,18 @@ keep-alive clients nginx lost 14 requests in 8,988, HAProxy none in 32,647).
 
 This module holds what both targets share: the limits the proxy enforces and answers in the
 service's `{"error", "reason"}` JSON (docs/rollout.md, "Limits at the proxy"), the `defaults`
-section, and the header that names the slot that answered. The local target renders its whole
+section, the shadow mirror's rules (`mirror_rules`; the Lua action is `mirror.lua`, beside this
+module), and the header that names the slot that answered. The local target renders its whole
 configuration (catsdogs.deployment.targets.local); compose's is `docker/proxy/haproxy.cfg`, which
 holds `defaults()` and `limits()` verbatim (tests/deployment/test_local_proxy.py keeps them equal).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+MIRROR_LUA = Path(__file__).with_name("mirror.lua")   # the shadow's copies (deployment.phases)
+MIRROR_KEY = "shadow"           # the mirror map's one key: `host:port` of the shadow, or `off`
 SLOT_HEADER = "X-Catsdogs-Slot"
 HEADER_LIMIT = 16384            # bytes of request headers; more: 431
 REQUEST_TIMEOUT_S = 15          # headers and the body's first buffer (64 KiB); slower: 408
@@ -60,3 +65,13 @@ def limits() -> str:
     own plain-text 400 or 408: its parser answers before any rule or error section applies."""
     return _LIMITS.format(per_client=PER_CLIENT_CONNECTIONS, header_limit=HEADER_LIMIT,
                           timeout_s=REQUEST_TIMEOUT_S)
+
+
+def mirror_rules(map_file: str) -> str:
+    """The public frontend's mirror lines (indented), after `limits()` so a refused request is
+    never copied: the shadow's `host:port` read from `map_file` (key MIRROR_KEY, `off` when no
+    shadow runs; changed at run time with `set map`), then `mirror.lua`'s action for every
+    POST /predict* while it is not `off`."""
+    return (f"  http-request set-var(txn.catsdogs_shadow) str({MIRROR_KEY}),map({map_file})\n"
+            "  http-request lua.catsdogs_mirror if METH_POST { path_beg /predict } "
+            "!{ var(txn.catsdogs_shadow) -m str off }\n")

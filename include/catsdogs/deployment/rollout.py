@@ -4,7 +4,15 @@
                       N already live? -> nothing rebuilt or restarted (summary says so)
                       preflight: the target's needs (HAProxy, ports, engine, helm) and the
                                  check's labelled pictures, before any work or traffic change
-                      target.deploy(N)               start new, /readyz, switch, drain, stop old
+                      a version live, a target that shares traffic (local, compose), and
+                      not a rollback (that one switches at once):
+                        stage(N), shadow, canary, switch, watch (catsdogs.deployment.phases),
+                        finish: drain and stop the old version
+                        a gate failed -> traffic back to the old version (never stopped), N
+                                stopped, @champion back (by `live traffic gate`),
+                                deploy.status=rolled_back + deploy.reason naming the gate on N,
+                                UserError naming the phase and the gate
+                      otherwise: target.deploy(N)    start new, /readyz, switch, drain, stop old
                       post-deploy check (check.py)   >= 50 labelled test pictures, live endpoint
                       passed -> deploy.status=deployed on N
                       failed -> @champion back to the champion before N (post-deploy check),
@@ -20,19 +28,22 @@ through `catsdogs.registry.history.mark_deployment`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from catsdogs.config import Params
 from catsdogs.console import bind_log_fields
+from catsdogs.deployment import phases
 from catsdogs.deployment.check import labelled_pictures, run_check, verdict
 from catsdogs.deployment.release import Release, Skipped, Target
 from catsdogs.errors import MlflowUnavailable, UserError
 from catsdogs.paths import DataPaths
 from catsdogs.registry.history import mark_deployment, move_champion, previous_champion
 from catsdogs.registry.names import (
+    BY_LIVE_GATE,
     BY_POST_DEPLOY_CHECK,
     BY_ROLLBACK,
     CHAMPION,
@@ -116,23 +127,32 @@ def _roll_out(params: Params, paths: DataPaths, target: Target, client: Any,
                        f"{target.name}: nothing rebuilt or restarted", skipped=True,
                        details={"deployed": False, "version": version, "target": target.name,
                                 "trigger": trigger, "endpoint": target.endpoint()})
+    reports: list[phases.PhaseReport] = []
     try:
         pictures = preflight(params, paths, target)
         started = time.monotonic()
-        facts = target.deploy(Release(name, version))
+        # a rollback is urgent: it switches at once, without the live-traffic phases
+        if live is not None and isinstance(target, phases.Phased) and trigger != "rollback":
+            facts, reports = _phased(params, paths, target, Release(name, version), live)
+        else:
+            facts = target.deploy(Release(name, version))
     except Skipped as exc:
         return _skipped(target, version, exc)
+    except phases.GateFailed as exc:
+        _gate_failed(client, target, champion, live, exc)
     switch_s = time.monotonic() - started
     reason, check = _check(params, pictures, target, client, champion)
     details: dict[str, Any] = {"version": version, "previous_version": live,
                                "target": target.name, "trigger": trigger,
                                "endpoint": target.endpoint(), "switch_s": round(switch_s, 1),
-                               "check": check, **facts}
+                               "check": check, **facts,
+                               "phases": [r.to_dict() for r in reports]}
     if reason is None:
         mark_deployment(client, name, version, DEPLOYED, target.name)
         message = (f"{name} v{version} live on {target.name} at {target.endpoint()} "
-                   f"(was {'v' + live if live else 'nothing'}); post-deploy check: "
-                   f"{check['sent']} requests, accuracy {check['accuracy']:.3f}")
+                   f"(was {'v' + live if live else 'nothing'}){phases.summary_line(reports)}; "
+                   f"post-deploy check: {check['sent']} requests, accuracy "
+                   f"{check['accuracy']:.3f}")
         log.info("%s", message)
         return Summary("deploy", message, details={"deployed": True, **details})
 
@@ -151,6 +171,45 @@ def _roll_out(params: Params, paths: DataPaths, target: Target, client: Any,
     raise UserError(f"post-deploy check of {name} v{version} failed: {reason}; rolled back: "
                     f"@champion is v{previous} again and serving on {target.name} "
                     f"(v{version} tagged {DEPLOY_STATUS_TAG}={ROLLED_BACK})")
+
+
+def _phased(params: Params, paths: DataPaths, target: phases.Phased, release: Release,
+            live: str) -> tuple[dict[str, Any], list[phases.PhaseReport]]:
+    """Stage the release beside the live version `live`, run the live-traffic phases, then
+    finish (the old version drained and stopped). Anything raised (a failed gate, an error,
+    SIGTERM, Ctrl-C) sends traffic back to `live` and stops the new version first."""
+    from catsdogs.monitoring.prediction_log import log_url, read_predictions
+
+    facts = target.stage(release)
+    try:
+        reports = phases.run(params.deploy, target,
+                             functools.partial(read_predictions, log_url(paths.root)),
+                             release.version, live)
+    except BaseException:
+        target.abandon()
+        raise
+    return {**facts, **target.finish()}, reports
+
+
+def _gate_failed(client: Any, target: Target, champion: VersionRecord, live: str,
+                 exc: phases.GateFailed) -> NoReturn:
+    """A live-traffic gate failed (traffic is back on `live`): the version is tagged
+    rolled_back with the gate as its reason, @champion goes back. Always raises UserError
+    naming the phase and the gate."""
+    name, version = champion.name, champion.version
+    reason = f"{exc.report.phase} gate '{exc.report.gate}': {exc.report.reason}"
+    log.error("v%s stopped at the %s phase: %s", version, exc.report.phase, reason)
+    mark_deployment(client, name, version, ROLLED_BACK, target.name, reason)
+    previous = previous_champion(client, name, current=version)
+    if previous is not None:
+        move_champion(client, name, previous, reason=f"v{version} {reason}", by=BY_LIVE_GATE)
+    seen = "; ".join(r.line() for r in exc.reports)
+    back = (f"@champion is v{previous} again" if previous is not None
+            else "@champion stays (no earlier champion)")
+    raise UserError(f"{exc.report.phase} gate '{exc.report.gate}' failed for {name} v{version}: "
+                    f"{exc.report.reason}; rolled back: {back}, v{live} kept serving on "
+                    f"{target.name} ({DEPLOY_STATUS_TAG}={ROLLED_BACK} on v{version}; {seen})"
+                    ) from None
 
 
 def rollback(params: Params, paths: DataPaths, target: Target | None, client: Any,

@@ -128,6 +128,15 @@ def default_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'monitoring' / 'predictions.db'}"
 
 
+def log_url(data_dir: Path, given: str | None = None) -> str:
+    """The prediction log's SQLAlchemy URL as its readers (`catsdogs monitor`, the rollout's
+    phases) find it: `given`, else $CATSDOGS_PREDICTION_LOG_URL (MonitoringSettings), else
+    `default_url(data_dir)`."""
+    from catsdogs.settings import MonitoringSettings, load
+
+    return given or load(MonitoringSettings).prediction_log_url or default_url(data_dir)
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine for `url`; for SQLite the folder is created and writers wait up to 30 s for a
     lock (the monitor may be reading)."""

@@ -62,6 +62,7 @@ MOVE_TAG_PREFIX = "champion.move."
 BY_PROMOTE = "promote"
 BY_ROLLBACK = "rollback"
 BY_POST_DEPLOY_CHECK = "post-deploy check"
+BY_LIVE_GATE = "live traffic gate"     # a shadow, canary or watch gate (deployment.phases)
 
 # the serving import's measurement of the serving variants (catsdogs.inference.variants), JSON:
 # {"cpu", "min_agreement", "chosen", "measured": [{"variant", "agreement", "images",

@@ -53,14 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "newest prediction in the window)")
 
 
-def prediction_log_url(paths: DataPaths, given: str | None = None) -> str:
-    """The prediction log's SQLAlchemy URL: `given`, else $CATSDOGS_PREDICTION_LOG_URL, else the
-    SQLite file in the data dir."""
-    from catsdogs.monitoring.prediction_log import default_url
-
-    return given or load(MonitoringSettings).prediction_log_url or default_url(paths.root)
-
-
 def read_window(url: str, params: Params, now: dt.datetime, version: str | None
                 ) -> tuple[Any, str | None, int]:
     """The window's rows (newest `max_rows` distinct pictures of one version, oldest first),
@@ -212,10 +204,11 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None,
 
     from catsdogs import tracking
     from catsdogs.monitoring.drift import compare
+    from catsdogs.monitoring.prediction_log import log_url as resolve_log_url
 
     settings, name = params.monitor, params.mlflow.registered_model_name
     now = dt.datetime.now(dt.UTC)
-    url = prediction_log_url(paths, log_url)
+    url = resolve_log_url(paths.root, log_url)
     frame, version, duplicates = read_window(url, params, now, model_version)
     if len(frame) < settings.min_rows:
         which = f"model version {version}" if version else "any model version"

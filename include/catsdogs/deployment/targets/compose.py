@@ -16,6 +16,14 @@ A rollout (run by the deploy stage's container, which gets the Docker engine's s
 5. after deploy.drain_s the old colour is stopped (SIGTERM, BentoML finishes in-flight requests)
    and removed.
 
+With a version live, the rollout runs steps 1-3, then the live-traffic phases
+(catsdogs.deployment.phases), then 4-5 (`Phased`). Both are entries of the same route map, set
+at run time only (a restarted proxy mirrors nothing and sends all to `live`): `shadow` (the new
+container's address on the compose network, read by docker/proxy/haproxy.cfg's Lua mirror,
+`mirror.lua`), `canary` and `canary_percent` (that share of requests, `rand(100)`, goes to the
+`canary` colour's backend). A failed gate (or any error) sets them back, points `live` back
+when it had moved, and removes the new container.
+
 Settings ($CATSDOGS_*, set by docker-compose.yaml on the Airflow services and passed to the
 deploy stage): COMPOSE_PROJECT, DOCKER_NETWORK, DATA_VOLUME, SERVICE_RUNTIME_IMAGE,
 MODEL_IMAGE (with `{version}`), SERVICE_URL (the proxy as the stage reaches it), PROXY_SERVICE,
@@ -56,8 +64,10 @@ log = logging.getLogger(__name__)
 COLORS = ("blue", "green")
 ROUTE_FILE = "/var/lib/haproxy/routes/route.map"   # docker/proxy/haproxy.cfg's route map
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
+SERVICE_PORT = 3000   # the Bento containers' port on the compose network
 SLOT_HEADER = proxy.SLOT_HEADER
 ROUTE = "live {color}\nversion {version}\n"
+CANARY, CANARY_PERCENT = "canary", "canary_percent"   # the route map's canary entries
 API_KEYS_TARGET = "/run/secrets/catsdogs-api-keys"   # where a Bento container reads its keys
 _ROUTE_RE = re.compile(r"^live (\S+)\nversion (\S+)$", re.MULTILINE)
 # Passed to each Bento container as <NAME> (the service's own settings, docs/serving.md); the
@@ -75,6 +85,17 @@ def parse_route(text: str) -> tuple[str, str] | None:
     if not found or found.group(1) not in COLORS:
         return None
     return found.group(1), found.group(2)
+
+
+@dataclass
+class _Staged:
+    """A version started beside the live colour (`ComposeTarget.stage`), until finish/abandon."""
+
+    release: Release
+    color: str
+    container: Any
+    live: tuple[str, str] | None
+    started: float
 
 
 @dataclass
@@ -96,6 +117,7 @@ class ComposeTarget:
     api_keys_file: str | None = None   # on the Docker host; None: no key needed
     name: str = "compose"
     _docker: Any = None
+    _staged: _Staged | None = None
 
     @classmethod
     def from_env(cls, params: Params) -> ComposeTarget:
@@ -196,7 +218,7 @@ class ComposeTarget:
             ["sh", "-c", f'printf "%s\\n" "$COMMAND" | socat -t 10 stdio unix-connect:{ADMIN_SOCKET}'],
             environment={"COMMAND": command})
         answer = done.output.decode(errors="replace").strip()
-        if done.exit_code != 0 or (command.startswith("set ") and answer):
+        if done.exit_code != 0 or (command.startswith(("set ", "add ")) and answer):
             raise UserError(f"the proxy's runtime API refused {command!r}: {answer[-800:]}")
         return answer
 
@@ -244,7 +266,9 @@ class ComposeTarget:
         (UserError otherwise)."""
         self._proxy()
 
-    def deploy(self, release: Release) -> dict[str, Any]:
+    def stage(self, release: Release) -> dict[str, Any]:
+        """Steps 1-3 of the module docstring: the version's image, its container on the idle
+        colour, its /readyz; no traffic moves. UserError (the container removed) otherwise."""
         self.preflight()
         started = time.monotonic()
         built = model_image(self.docker, self.runtime_image, self.image_template, release,
@@ -284,20 +308,106 @@ class ComposeTarget:
             return container.status in ("created", "running")
 
         try:
-            ready_s = wait_ready(f"http://bento-{color}:3000/readyz", self.ready_timeout_s,
-                                 alive=alive, what=f"{built.image} ({color})")
+            ready_s = wait_ready(f"http://bento-{color}:{SERVICE_PORT}/readyz",
+                                 self.ready_timeout_s, alive=alive, what=f"{built.image} ({color})")
         except UserError as exc:
             tail = container.logs(tail=30).decode(errors="replace")
             container.remove(force=True)
             raise UserError(f"{exc}; its log ends:\n{tail}") from None
-        self._switch(color, release.version)
-        switch_s = time.monotonic() - started
+        self._staged = _Staged(release, color, container, live, started)
+        return {**built.facts(), "color": color, "ready_s": round(ready_s, 1)}
+
+    def _staging(self) -> _Staged:
+        if self._staged is None:
+            raise UserError("compose: no version is staged (stage() first)")
+        return self._staged
+
+    def _set_route(self, proxy_container: Any, key: str, value: str) -> None:
+        """Set one route map entry at run time (`del map` then `add map`: entries the file
+        of an older proxy lacks are added); the file itself keeps what a restart comes back to."""
+        self._admin(proxy_container, f"del map {ROUTE_FILE} {key}")
+        self._admin(proxy_container, f"add map {ROUTE_FILE} {key} {value}")
+
+    def staged_metrics(self) -> str:
+        """The staged container's own /metrics. UserError when it does not answer."""
+        url = f"http://bento-{self._staging().color}:{SERVICE_PORT}/metrics"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(url, timeout=30) as response:
+                return response.read().decode()
+        except OSError as exc:
+            raise UserError(f"the staged container's {url} did not answer: {exc}") from None
+
+    def mirror(self, on: bool) -> None:
+        """Copies of live /predict requests to the staged container (by its address on the
+        compose network: the Lua client resolves no names), or none."""
+        staged = self._staging()
+        shadow = "off"
+        if on:
+            staged.container.reload()
+            address = staged.container.attrs["NetworkSettings"]["Networks"][self.network][
+                "IPAddress"]
+            shadow = f"{address}:{SERVICE_PORT}"
+        self._set_route(self._proxy(), proxy.MIRROR_KEY, shadow)
+
+    def shift(self, percent: int) -> None:
+        """`percent` of requests to the staged colour (the route map's canary entries); 100 is
+        the switch (step 4)."""
+        staged = self._staging()
+        proxy_container = self._proxy()
+        if percent >= 100:
+            self._switch(staged.color, staged.release.version)
+            self._set_route(proxy_container, CANARY_PERCENT, "0")
+            return
+        self._wait_resolved(proxy_container, staged.color)
+        self._set_route(proxy_container, CANARY, staged.color)
+        self._set_route(proxy_container, CANARY_PERCENT, str(percent))
+
+    def finish(self) -> dict[str, Any]:
+        """Step 5: after deploy.drain_s the old colour is stopped and removed. Its facts."""
+        staged = self._staging()
+        self._staged = None
+        switch_s = time.monotonic() - staged.started
+        old_color = staged.live[0] if staged.live else None
         if old_color:
             time.sleep(self.drain_s)
             old = self._container(old_color)
             if old is not None:
                 old.stop(timeout=30)
                 old.remove(force=True)
-        log.info("compose: v%s live on %s behind %s", release.version, color, self.service_url)
-        return {**built.facts(), "color": color, "previous_color": old_color,
-                "ready_s": round(ready_s, 1), "switch_s": round(switch_s, 1)}
+        log.info("compose: v%s live on %s behind %s", staged.release.version, staged.color,
+                 self.service_url)
+        return {"previous_color": old_color, "switch_s": round(switch_s, 1)}
+
+    def abandon(self) -> None:
+        """Mirror and canary off, `live` back to the old colour when it had moved, the staged
+        container removed. Never raises (what fails is logged)."""
+        from docker.errors import DockerException
+
+        staged, self._staged = self._staged, None
+        if staged is None:
+            return
+        try:
+            proxy_container = self._proxy()
+            self._set_route(proxy_container, proxy.MIRROR_KEY, "off")
+            self._set_route(proxy_container, CANARY_PERCENT, "0")
+            now = self.live_route()
+            if staged.live and now and now[0] == staged.color:
+                self._switch(*staged.live)
+        except (UserError, DockerException, OSError) as exc:
+            log.error("compose: could not point the proxy back after the failed deploy: %s", exc)
+        try:
+            staged.container.remove(force=True)
+        except DockerException as exc:
+            log.error("compose: could not remove the %s container: %s", staged.color, exc)
+
+    def deploy(self, release: Release) -> dict[str, Any]:
+        """Steps 1-5 at once: the plain blue/green rollout (nothing live yet, or the rollback
+        after a failed post-deploy check)."""
+        facts = self.stage(release)
+        try:
+            self.shift(100)
+        except BaseException:   # a failure, SIGTERM or Ctrl-C: traffic back, then let it through
+            self.abandon()
+            raise
+        return {**facts, **self.finish()}

@@ -10,8 +10,15 @@ what the proxy enforces: catsdogs.deployment.proxy). The admin socket is a Unix 
 `deploy.drain_s`, then stops the old slot. Debian package `haproxy`
 (scripts/ensure-system-deps.sh).
 
+With a version live, the rollout runs it in steps instead (`Phased`, catsdogs.deployment.phases):
+`stage` (started and ready beside the live slot, no traffic), `mirror` (a copy of live /predict
+requests through HAProxy's Lua action, `set map mirror.map shadow 127.0.0.1:<port>`), `shift`
+(`set server catsdogs/<slot> weight <percent>`, the old slot the rest; 100 is the switch),
+`finish` (drain and stop the old slot) or `abandon` (traffic back, the new slot stopped).
+
 State lives in $CATSDOGS_SERVE_DIR (default `<data dir>/serving`): haproxy.cfg (rewritten at each
 switch, so a restarted HAProxy comes back on the live slot), haproxy.pid and its admin socket,
+mirror.lua and mirror.map (the shadow's copies: catsdogs.deployment.phases),
 active.json (the live slot: slot, port, pid, version, Bento model tag), `slots/<slot>.json` (every
 slot process, written the moment it starts, before it is ready) and one log per slot.
 
@@ -46,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +62,7 @@ from catsdogs.deployment import proxy
 from catsdogs.deployment.release import Release, http_status, wait_ready
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE, project_dir
 from catsdogs.errors import UserError
-from catsdogs.paths import DataPaths
+from catsdogs.paths import DATA_DIR_ENV, DataPaths
 from catsdogs.settings import LocalTargetSettings, load
 
 log = logging.getLogger(__name__)
@@ -71,14 +78,15 @@ global
   maxconn 4096
   stats socket {dir}/haproxy.sock mode 600 level admin
   tune.bufsize 65536
+  lua-load {dir}/mirror.lua
 {defaults}frontend public
   bind {host}:{public_port}
-{limits}  http-error status 503 content-type application/json string '{{"error": "no model is being served here", "reason": "unavailable"}}'
+{limits}{mirror}  http-error status 503 content-type application/json string '{{"error": "no model is being served here", "reason": "unavailable"}}'
   default_backend catsdogs
 backend catsdogs
   http-response set-header {header} %[srv_name]
-  server a 127.0.0.1:{port_a}{disabled_a}
-  server b 127.0.0.1:{port_b}{disabled_b}
+  server a 127.0.0.1:{port_a} weight 100{disabled_a}
+  server b 127.0.0.1:{port_b} weight 100{disabled_b}
 """
 
 
@@ -152,6 +160,19 @@ def _listener(port: int) -> int | None:
 
 
 @dataclass
+class _Staged:
+    """A version started beside the live slot (`LocalTarget.stage`), until `finish`/`abandon`."""
+
+    release: Release
+    slot: str
+    port: int
+    process: subprocess.Popen
+    model_tag: str
+    old: dict[str, Any] | None
+    started: float
+
+
+@dataclass
 class LocalTarget:
     """HAProxy on `host:public_port` in front of slot ports `slots` (two), state in `run_dir`."""
 
@@ -164,6 +185,7 @@ class LocalTarget:
     drain_s: float = 5.0
     haproxy: str = "haproxy"
     name: str = "local"
+    _staged: _Staged | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_env(cls, paths: DataPaths, params: Params) -> LocalTarget:
@@ -354,8 +376,9 @@ class LocalTarget:
 
     def _start_slot(self, port: int, model_tag: str, slot: str) -> subprocess.Popen:
         project = project_dir()
+        # both slots log to the deploy's data dir, where the phases read the prediction log
         env = {**os.environ, "CATSDOGS_BENTO_MODEL": model_tag, "CATSDOGS_SLOT": slot,
-               "BENTOML_HOME": str(self._slot_home(slot)),
+               DATA_DIR_ENV: str(self.data_dir), "BENTOML_HOME": str(self._slot_home(slot)),
                SERVING_MARKER_ENV: str(self.run_dir), "PYTHONPATH": os.pathsep.join(
             [str(project / "include"), str(project), os.environ.get("PYTHONPATH", "")])}
         bentoml_bin = Path(sys.executable).parent / "bentoml"
@@ -373,11 +396,17 @@ class LocalTarget:
             public_port=self.public_port, header=SLOT_HEADER, port_a=self.slots[0],
             port_b=self.slots[1], disabled_a="" if slot == "a" else " disabled",
             disabled_b="" if slot == "b" else " disabled", defaults=proxy.defaults(),
-            limits=proxy.limits())
+            limits=proxy.limits(), mirror=proxy.mirror_rules(str(self._mirror_map)))
+        shutil.copyfile(proxy.MIRROR_LUA, self.run_dir / "mirror.lua")
+        self._mirror_map.write_text(f"{proxy.MIRROR_KEY} off\n")   # a restart mirrors nothing
         tmp = conf.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(conf)
         return conf
+
+    @property
+    def _mirror_map(self) -> Path:
+        return self.run_dir / "mirror.map"
 
     def _start_proxy(self) -> None:
         """Start HAProxy on the written haproxy.cfg (checked first: `haproxy -c`), in its own
@@ -428,8 +457,11 @@ class LocalTarget:
         if not self._proxy_running():
             self._start_proxy()
             return
+        other = "b" if slot == "a" else "a"
+        self._admin(f"set server catsdogs/{slot} weight 100")
         self._admin(f"set server catsdogs/{slot} state ready")
-        self._admin(f"set server catsdogs/{'b' if slot == 'a' else 'a'} state maint")
+        self._admin(f"set server catsdogs/{other} state maint")
+        self._admin(f"set server catsdogs/{other} weight 100")
 
     def _proxy_pid(self) -> int | None:
         try:
@@ -455,7 +487,10 @@ class LocalTarget:
         except OSError:
             return False
 
-    def deploy(self, release: Release) -> dict[str, Any]:
+    def stage(self, release: Release) -> dict[str, Any]:
+        """Import `release`, start it on the idle slot and wait for its /readyz; no traffic
+        moves. UserError (after stopping it) when it never gets ready; SIGTERM or Ctrl-C stop it
+        too."""
         self.preflight()
         started = time.monotonic()
         model_tag = self._import(release)
@@ -464,36 +499,99 @@ class LocalTarget:
         process = self._start_slot(port, model_tag, slot)
         self._record_slot(slot, {"slot": slot, "port": port, "pid": process.pid,
                                  "version": release.version, "model_tag": model_tag})
-        switched = False
         try:
             ready_s = wait_ready(f"http://127.0.0.1:{port}/readyz", self.ready_timeout_s,
                                  alive=lambda: process.poll() is None,
                                  what=f"bentoml serve of v{release.version} (slot {slot}, log "
                                       f"{self.run_dir / f'bento-{slot}.log'})")
-            switched = True
-            self._route(slot, release.version)
-            deadline = time.monotonic() + 30
-            while not self._slot_live(slot):
-                if time.monotonic() > deadline:
-                    raise UserError(f"haproxy did not switch to slot {slot} within 30 s; see "
-                                    f"{self.run_dir / 'haproxy.log'}")
-                time.sleep(0.2)
-        except BaseException:  # a failure, SIGTERM or Ctrl-C: undo, then let it through
-            self._undo(slot, process, old, switched)
+        except BaseException:
+            self._undo(slot, process, old, switched=False)
             raise
-        switched_s = time.monotonic() - started
-        record = {"slot": slot, "port": port, "pid": process.pid, "version": release.version,
-                  "model_tag": model_tag, "name": release.name}
+        self._staged = _Staged(release, slot, port, process, model_tag, old, started)
+        return {"slot": slot, "model_tag": model_tag, "ready_s": round(ready_s, 1)}
+
+    def _staging(self) -> _Staged:
+        if self._staged is None:
+            raise UserError("local: no version is staged (stage() first)")
+        return self._staged
+
+    def staged_metrics(self) -> str:
+        """The staged slot's own /metrics. UserError when it does not answer."""
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://127.0.0.1:{self._staging().port}/metrics"
+        try:
+            with opener.open(url, timeout=30) as response:
+                return response.read().decode()
+        except OSError as exc:
+            raise UserError(f"the staged slot's {url} did not answer: {exc}") from None
+
+    def mirror(self, on: bool) -> None:
+        """Copies of live /predict requests to the staged slot (`on`), or none."""
+        shadow = f"127.0.0.1:{self._staging().port}" if on else "off"
+        self._admin(f"set map {self._mirror_map} {proxy.MIRROR_KEY} {shadow}")
+
+    def shift(self, percent: int) -> None:
+        """`percent` of new requests to the staged slot, the rest to the live one (HAProxy
+        server weights); 100 is the switch, confirmed through the public endpoint."""
+        staged = self._staging()
+        if percent >= 100:
+            self._route(staged.slot, staged.release.version)
+            deadline = time.monotonic() + 30
+            while not self._slot_live(staged.slot):
+                if time.monotonic() > deadline:
+                    raise UserError(f"haproxy did not switch to slot {staged.slot} within 30 s; "
+                                    f"see {self.run_dir / 'haproxy.log'}")
+                time.sleep(0.2)
+            return
+        if staged.old is None:
+            raise UserError("local: a traffic share needs a live slot beside the staged one")
+        self._admin(f"set server catsdogs/{staged.slot} weight {percent}")
+        self._admin(f"set server catsdogs/{staged.old['slot']} weight {100 - percent}")
+        self._admin(f"set server catsdogs/{staged.slot} state ready")
+
+    def finish(self) -> dict[str, Any]:
+        """The staged slot is the live one: recorded in active.json, the old slot drained
+        (`drain_s`) and stopped. The rollout's facts."""
+        staged = self._staging()
+        record = {"slot": staged.slot, "port": staged.port, "pid": staged.process.pid,
+                  "version": staged.release.version, "model_tag": staged.model_tag,
+                  "name": staged.release.name}
         self.state_file.write_text(json.dumps(record))
+        switched_s = time.monotonic() - staged.started
+        old = staged.old
+        self._staged = None
         if old:
             time.sleep(self.drain_s)
             self._stop_slot(str(old.get("slot")))
             _stop_group(old.get("pid"))
-        log.info("local: v%s live on slot %s (:%d) behind HAProxy %s", release.version, slot,
-                 port, self.endpoint())
-        return {"slot": slot, "model_tag": model_tag, "ready_s": round(ready_s, 1),
-                "switch_s": round(switched_s, 1),
+        log.info("local: v%s live on slot %s (:%d) behind HAProxy %s", staged.release.version,
+                 staged.slot, staged.port, self.endpoint())
+        return {"slot": staged.slot, "switch_s": round(switched_s, 1),
                 "previous_slot": old.get("slot") if old else None}
+
+    def abandon(self) -> None:
+        """Mirror off, traffic back to the slot that was live (HAProxy stopped when none was),
+        the staged slot stopped and forgotten. Never raises."""
+        staged, self._staged = self._staged, None
+        if staged is None:
+            return
+        if self._proxy_running():
+            with contextlib.suppress(UserError):
+                self._admin(f"set map {self._mirror_map} {proxy.MIRROR_KEY} off")
+        self._undo(staged.slot, staged.process, staged.old, switched=True)
+
+    def deploy(self, release: Release) -> dict[str, Any]:
+        """Stage, switch all traffic, finish: the plain blue/green rollout (nothing live yet,
+        or the rollback after a failed post-deploy check)."""
+        facts = self.stage(release)
+        try:
+            self.shift(100)
+        except BaseException:   # a failure, SIGTERM or Ctrl-C: undo, then let it through
+            self.abandon()
+            raise
+        return {**facts, **self.finish()}
 
     def _undo(self, slot: str, process: subprocess.Popen, old: dict[str, Any] | None,
               switched: bool) -> None:
