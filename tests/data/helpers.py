@@ -154,12 +154,15 @@ def label_pictures(url: str, kept: Path, pictures: list[tuple[bytes, str]], seed
     `answered`, default now) written by `PredictionLog` with their upload kept (picture sampling
     on) into `kept`, each then labelled (`pictures`: bytes and label), an hour apart from
     `first`."""
+    import dataclasses
+
+    from catsdogs.monitoring.keeping import RANDOM
     from catsdogs.monitoring.prediction_log import PredictionLog
     from tests.monitoring.test_prediction_log import record
 
-    writer = PredictionLog(url, batch_rows=1, flush_s=0.05, sample_rate=1.0,
-                           sample_dir=kept).start()
-    records = [record(seed + i, when=answered, picture=data)
+    writer = PredictionLog(url, batch_rows=1, flush_s=0.05, sample_dir=kept).start()
+    # kept as the service keeps an upload its policy chose (`kept_for` beside the bytes)
+    records = [dataclasses.replace(record(seed + i, when=answered, picture=data), kept_for=RANDOM)
                for i, (data, _label) in enumerate(pictures)]
     assert all(writer.submit(r) for r in records)
     for i, (answer, (_data, label)) in enumerate(zip(records, pictures, strict=True)):

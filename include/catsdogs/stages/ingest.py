@@ -25,8 +25,8 @@ from catsdogs.config import CLASSES, Params
 from catsdogs.data import feedback, provenance, sources
 from catsdogs.data.manifest import RAW_COLUMNS, write_csv
 from catsdogs.errors import UserError
+from catsdogs.monitoring.prediction_log import log_url
 from catsdogs.paths import DataPaths
-from catsdogs.stages.monitor import prediction_log_url
 from catsdogs.storage import atomic_dir, fingerprint, is_up_to_date, sha256_file
 from catsdogs.summary import Summary
 
@@ -95,7 +95,7 @@ def _feedback(params: Params, paths: DataPaths) -> tuple[list[dict[str, str]], d
     prediction log), and the summary's `feedback_store` details."""
     if not params.data.feedback:
         return [], {"merged": False, "reason": "data.feedback is off"}
-    synced = _sync(prediction_log_url(paths), paths)
+    synced = _sync(log_url(paths.root), paths)
     entries = feedback.chosen(synced.entries, params.feedback.since_time)
     labelled = sum(1 for entry in entries if entry["label"] in CLASSES)
     details: dict[str, Any] = {"stored": len(synced.entries), "added": synced.added,

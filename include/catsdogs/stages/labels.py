@@ -18,9 +18,10 @@ import logging
 
 from catsdogs.config import Params
 from catsdogs.data import feedback
+from catsdogs.monitoring.prediction_log import log_url as resolve_log_url
 from catsdogs.paths import DataPaths
 from catsdogs.settings import MonitoringSettings, load
-from catsdogs.stages.monitor import LOG_URL_ENV, PUSHGATEWAY_ENV, prediction_log_url
+from catsdogs.stages.monitor import LOG_URL_ENV, PUSHGATEWAY_ENV
 from catsdogs.summary import Summary
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def run(params: Params, paths: DataPaths, log_url: str | None = None) -> Summary
     from catsdogs.monitoring.prediction_log import count_labelled
 
     since = feedback.read_at(paths.feedback)
-    waiting = count_labelled(prediction_log_url(paths, log_url), since)
+    waiting = count_labelled(resolve_log_url(paths.root, log_url), since)
     needed = params.feedback.retrain_labels
     enough = waiting >= needed
     pushed = push_metrics(waiting, needed)

@@ -66,11 +66,11 @@ def run(params: Params, paths: DataPaths, action: str = "status", file: Path | N
     import sqlalchemy as sa
 
     from catsdogs.monitoring import review
+    from catsdogs.monitoring.prediction_log import log_url as resolve_log_url
     from catsdogs.monitoring.prediction_log import make_engine
-    from catsdogs.stages.monitor import prediction_log_url
 
     del params, fmt   # one format; the policy is the service's
-    url = prediction_log_url(paths, log_url)
+    url = resolve_log_url(paths.root, log_url)
     shown = sa.make_url(url).render_as_string(hide_password=True)
     if action == "import" and file is None:
         raise UserError("`catsdogs review import` needs the Label Studio export: "
