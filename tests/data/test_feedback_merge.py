@@ -111,7 +111,7 @@ def test_labelled_pictures_merge_into_train_and_val_never_into_test(source: Path
     with make_engine(url).begin() as connection:
         connection.exec_driver_sql("DELETE FROM predictions")
     again = ingest.run(params, paths, source=f"dir:{source}")
-    assert again.skipped
+    assert again.skipped and again.details["feedback"] == 25
     assert sorted(p.read_bytes() for p in paths.raw.rglob("*") if p.is_file()) == before
 
     # a relabel and a new label later: merged beside the stored ones, the split still fixed
@@ -132,6 +132,7 @@ def test_too_few_labels_or_feedback_off_merge_nothing(source: Path, tmp_path: Pa
     assert "fewer than feedback.min_labels=5" in summary["feedback_store"]["reason"]
     off = ingest.run(_params("data.feedback=false"), paths, source=f"dir:{source}").to_dict()
     assert off["feedback_store"] == {"merged": False, "reason": "data.feedback is off"}
+    assert off["skipped"]   # nothing merged either time: the source's own stamp, no re-ingest
     since = _params("feedback.min_labels=1", "feedback.since=2026-03-01T00:00:01")
     assert ingest.run(since, paths, source=f"dir:{source}").to_dict()["feedback"] == 2
     synced = json.loads((paths.feedback / feedback.SYNCED).read_text())

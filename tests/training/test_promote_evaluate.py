@@ -138,6 +138,11 @@ def test_recent_production_is_a_second_yardstick(tiny_data: DataPaths, tracking_
     card = client.get_model_version(name, colour).description
     assert f"Recent-production test set: {pictures} pictures; `f1`" in card
     assert find(client, name, CHAMPION).version == first
+    assert promote.run(two, data).skipped   # the same question again: up to date
+    extra = data.split_dir(HELD_OUT) / "cat" / "extra.jpg"   # a grown production set: judged again
+    shutil.copyfile(next((data.split_dir(HELD_OUT) / "cat").glob("*.jpg")), extra)
+    assert not promote.run(two, data).skipped
+    extra.unlink()
 
     again = _register(ColourRule(weight=1, bias=0), data, name)
     one = tiny_params(f"mlflow.registered_model_name={name}",

@@ -115,12 +115,16 @@ def run(params: Params, paths: DataPaths, source: str | None = None) -> Summary:
     kind, value = sources.parse_source(spec)
     classes = list(params.data.classes)
     entries, store = _feedback(params, paths)
-    stamp = fingerprint(_stamp(kind, value, classes),
-                        [(e["sha256"], e["label"]) for e in entries])
+    stamp = _stamp(kind, value, classes)
+    if entries:   # without any, the stamp of a source alone (an existing raw/ stays valid)
+        stamp = fingerprint(stamp, [(e["sha256"], e["label"]) for e in entries])
     if is_up_to_date([paths.raw], stamp) and provenance.read(paths.raw) is not None:
+        merged_before = len(feedback.production(paths.raw))
         return Summary("ingest", f"{paths.raw} already holds {spec}"
-                       + (f" and {len(entries)} labelled production pictures" if entries else ""),
-                       skipped=True, details={"feedback_store": store})
+                       + (f" and {merged_before} labelled production pictures"
+                          if merged_before else ""),
+                       skipped=True, details={"feedback": merged_before,
+                                              "feedback_store": store})
 
     with atomic_dir(paths.raw, stamp=stamp) as tmp:
         if kind == "dir":

@@ -114,10 +114,11 @@ def production_pictures(paths: DataPaths) -> int:
 
 
 def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
-                      params: Params) -> str | None:
+                      params: Params, pictures: int) -> str | None:
     """Why there is nothing to decide (the stage is up to date), or None: the challenger is the
-    champion, or it was already rejected against this champion with this metric and margin (a
-    version's training data are fixed, so the same comparison gives the same answer)."""
+    champion, or it was already rejected against this champion with this metric and margin and
+    the same number of recent-production test pictures (a version's training data are fixed, so
+    the same comparison gives the same answer; a grown production set is a new question)."""
     if champion is None:
         return None
     if champion.version == challenger.version:
@@ -126,7 +127,8 @@ def _earlier_decision(challenger: VersionRecord, champion: VersionRecord | None,
     if (tags.get(PROMOTION_DECISION_TAG) == REJECTED
             and tags.get(PROMOTION_CHAMPION_VERSION_TAG) == champion.version
             and tags.get(PROMOTION_METRIC_TAG) == params.promote.metric
-            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)):
+            and tags.get(PROMOTION_MIN_DELTA_TAG) == str(params.promote.min_delta)
+            and tags.get(PROMOTION_PRODUCTION_PICTURES_TAG) == str(pictures)):
         return (f"was already rejected against champion v{champion.version}: "
                 f"{tags.get(PROMOTION_REASON_TAG, '')}")
     return None
@@ -166,7 +168,8 @@ def run(params: Params, paths: DataPaths) -> Summary:
         if challenger is None:
             raise UserError(f"no {name}@{CHALLENGER} in the registry; run `catsdogs train` first")
         champion = find(client, name, CHAMPION)
-    judged = _earlier_decision(challenger, champion, params)
+    pictures = production_pictures(paths)
+    judged = _earlier_decision(challenger, champion, params, pictures)
     if judged is not None:
         run_id = challenger.run_id
         if champion is not None and champion.version == challenger.version:
@@ -189,7 +192,6 @@ def run(params: Params, paths: DataPaths) -> Summary:
         challenger_score = score(challenger, paths, metric, params)
     with tracking.talking_to_mlflow(f"scoring champion v{champion.version if champion else ''}"):
         champion_score = None if champion is None else score(champion, paths, metric, params)
-    pictures = production_pictures(paths)
     production: tuple[float, float] | None = None
     if champion is not None and pictures >= params.feedback.min_holdout:
         with tracking.talking_to_mlflow("scoring both on the recent-production test set"):
