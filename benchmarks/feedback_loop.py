@@ -7,7 +7,7 @@ champion better on what users now send, with no regression on the fixed test spl
    rest, against a real `mlflow server`.
 3. Production traffic shifts: the unseen photos, made darker and blurred with Pillow (`--shift
    dark-blur`, a phone camera indoors at night: the commonest shift of pet photos, and it takes
-   away the fur texture an ImageNet network leans on). Half of them (by hash) are the traffic,
+   away the fur texture an ImageNet network leans on; `turn-blur` is the test's). Half of them (by hash) are the traffic,
    the other half the shifted pictures no model ever trains on.
 4. The traffic goes to a real `bentoml serve` of the champion (every upload kept as a picture);
    `--labels` of the answers are labelled through `POST /feedback`.
@@ -78,17 +78,19 @@ def dark_blur(image: Image.Image) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius=0.015 * min(image.size)))
 
 
-def channel_turn(image: Image.Image) -> Image.Image:
-    """Colour channels turned (R, G, B) -> (B, R, G): a camera with another colour pipeline. On
-    the generated stand-in set (warm cats, cool dogs) it makes the champion's colour rule wrong,
-    and the turned classes stay apart by colour: a small from-scratch network learns them from
-    a few labels (the test's shift)."""
+def turn_blur(image: Image.Image) -> Image.Image:
+    """Colour channels turned (R, G, B) -> (B, R, G) and a blur of 8 % of the shorter side: a
+    camera with another colour pipeline, out of focus. On the generated stand-in set (warm cats
+    with triangles, cool dogs with ellipses) the blur wipes out the shapes an ImageNet network
+    reads and the turn inverts the colour rule that is left, while the turned classes stay apart
+    by colour: a few labels teach them (the test's shift)."""
     red, green, blue = image.convert("RGB").split()
-    return Image.merge("RGB", (blue, red, green))
+    turned = Image.merge("RGB", (blue, red, green))
+    return turned.filter(ImageFilter.GaussianBlur(radius=0.08 * min(image.size)))
 
 
 SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {"dark-blur": dark_blur,
-                                                            "channel-turn": channel_turn}
+                                                            "turn-blur": turn_blur}
 
 
 def share_of(data: bytes) -> float:
