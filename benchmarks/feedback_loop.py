@@ -37,7 +37,6 @@ from pathlib import Path
 
 import requests
 from PIL import Image, ImageEnhance, ImageFilter
-from statsmodels.stats.proportion import proportion_confint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "include"), str(REPO_ROOT)]
@@ -45,6 +44,7 @@ sys.path[:0] = [str(REPO_ROOT / "include"), str(REPO_ROOT)]
 from catsdogs.data.lineage import from_run  # noqa: E402
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE  # noqa: E402
 from catsdogs.monitoring.prediction_log import default_url  # noqa: E402
+from catsdogs.training.metrics import wilson  # noqa: E402
 from tests.servers import (  # noqa: E402
     free_port,
     mlflow_env,
@@ -96,12 +96,6 @@ SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {"dark-blur": dark_blu
 def share_of(data: bytes) -> float:
     """Where `data`'s SHA-256 falls in [0, 1): a fixed, content-based draw."""
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2 ** 64
-
-
-def wilson(correct: int, total: int) -> tuple[float, float]:
-    """The 95 % Wilson score interval of `correct` / `total`."""
-    low, high = proportion_confint(correct, total, alpha=0.05, method="wilson")
-    return float(low), float(high)
 
 
 @dataclass
