@@ -41,6 +41,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "include"), str(REPO_ROOT)]
 
+from benchmarks.isa import MAX_ISA, cap_isa  # noqa: E402
 from catsdogs.data.lineage import from_run  # noqa: E402
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE  # noqa: E402
 from catsdogs.monitoring.prediction_log import default_url  # noqa: E402
@@ -60,10 +61,6 @@ CATSDOGS = Path(sys.executable).with_name("catsdogs")
 BENTOML = Path(sys.executable).with_name("bentoml")
 TIMEOUT = 60
 log = logging.getLogger("feedback_loop")
-# --max-isa: oneDNN's names (ONEDNN_MAX_CPU_ISA), lowest first, and torch's own kernels' level
-MAX_ISA = {"SSE41": "default", "AVX": "default", "AVX2": "avx2", "AVX2_VNNI": "avx2",
-           "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512",
-           "AVX512_CORE_AMX": "avx512"}
 # the benchmark's model (what fits a shared 2-core machine twice in about half an hour): ImageNet
 # mobilenet_v2 (torchvision's cached file) at 128 px, its last block and head trained
 DEFAULT_SET = ("model.arch=mobilenet_v2", "transform.image_size=128", "train.epochs=1",
@@ -353,8 +350,7 @@ def main() -> int:
         print(f"photos not found at {args.photos}; the benchmark needs them", file=sys.stderr)
         return 2
     if args.max_isa:  # before anything loads torch; every child inherits it
-        os.environ["ONEDNN_MAX_CPU_ISA"] = args.max_isa
-        os.environ["ATEN_CPU_CAPABILITY"] = MAX_ISA[args.max_isa]
+        cap_isa(args.max_isa)
     from catsdogs.inference.compute import cpu_description  # after the caps: torch reads them
 
     print(f"CPU: {cpu_description()}", flush=True)

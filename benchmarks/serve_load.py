@@ -81,11 +81,8 @@ LOGGING_SERVERS = ("log-on", "log-off")  # --logging-cost: the prediction log on
 LevelResult = tuple[float, float, float, int]  # requests/s, p50 ms, p99 ms, errors
 DECODE_METRIC = "catsdogs_decode_cpu_seconds"  # bentoservice/service.py DECODE_CPU
 API_SERVICE, MODEL_SERVICE = "catsdogs", "catsdogs_model"  # the two BentoML services
-# --max-isa: oneDNN's names (ONEDNN_MAX_CPU_ISA), lowest first, and torch's own kernels' level
-MAX_ISA = {"SSE41": "default", "AVX": "default", "AVX2": "avx2", "AVX2_VNNI": "avx2",
-           "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512",
-           "AVX512_CORE_AMX": "avx512"}
 
+from benchmarks.isa import MAX_ISA, cap_isa  # noqa: E402
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE  # noqa: E402
 from tests.servers import free_port, start_process, stop_process, wait_http  # noqa: E402
 
@@ -486,8 +483,7 @@ def main() -> int:
         print(f"real photos not found at {SAMPLE}; the benchmark needs them", file=sys.stderr)
         return 2
     if args.max_isa:  # before anything loads torch; every child inherits it
-        os.environ["ONEDNN_MAX_CPU_ISA"] = args.max_isa
-        os.environ["ATEN_CPU_CAPABILITY"] = MAX_ISA[args.max_isa]
+        cap_isa(args.max_isa)
     from catsdogs.inference.compute import cpu_description  # after the caps: torch reads them
 
     print(f"CPU: {cpu_description()}", flush=True)
