@@ -16,12 +16,19 @@ review queue's data (`guard.REVIEW_DATA_PATHS`: the queue and its pictures, whic
 uploaded) are checked: health, readiness and metrics stay open to the orchestrator and
 Prometheus, and so do the pages (/ and /review hold no user data: the review page asks for a
 key and sends it with its requests).
+
+The review queue's data show one user's pictures to another, so they are never open to the
+network: without API keys they answer only a client on this host (a loopback connection whose
+`X-Real-IP`, which both our proxies set to the caller's address, is loopback too, or absent), and
+403 `review_needs_keys` to any other. The prediction endpoints stay open without keys: a caller
+sees only its own answers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -99,11 +106,16 @@ class ApiAccess:
         self.paths = frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "") not in self.paths or (
-                not self.keys and self.buckets is None):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        headers = dict(scope.get("headers") or [])
+        if path in REVIEW_DATA_PATHS and not self.keys and not _from_this_host(scope, headers):
+            await _answer(send, 403, "review_needs_keys", "the review queue shows pictures users "
+                          "uploaded: from another host it needs API keys (CATSDOGS_API_KEYS_FILE); "
+                          "without keys it answers only on the service's own host", [])
+            return
+        if path not in self.paths or (not self.keys and self.buckets is None):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
         key = self._presented_key(headers)
         if self.keys and (key is None or not self._known(key)):
             await _answer(send, 401, "unauthorized", "a valid API key is required: send it as "
@@ -140,6 +152,22 @@ class ApiAccess:
             return "header:" + headers[self.client_header].decode("latin-1").split(",")[0].strip()
         client = scope.get("client") or ("?", 0)
         return f"addr:{client[0]}"
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def _from_this_host(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    """Whether the caller is on the service's host: a loopback connection and, when a proxy on
+    this host forwarded it, a loopback `X-Real-IP` (the caller's address as our proxies set it)."""
+    client = scope.get("client") or ("", 0)
+    forwarded = headers.get(b"x-real-ip")
+    return _loopback(client[0]) and (forwarded is None
+                                     or _loopback(forwarded.decode("latin-1")))
 
 
 def access_options(settings: ServingSettings) -> dict[str, Any]:

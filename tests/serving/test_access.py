@@ -22,12 +22,13 @@ async def _ok(request) -> JSONResponse:
     return JSONResponse({"label": "cat"})
 
 
-def client(**options) -> TestClient:
+def client(address: str = "testclient", **options) -> TestClient:
     app = Starlette(routes=[Route("/predict", _ok, methods=["POST"]),
                             Route("/feedback", _ok, methods=["POST"]),
+                            Route("/review/queue", _ok), Route("/review/picture", _ok),
                             Route("/readyz", _ok), Route("/metrics", _ok)])
     app.add_middleware(ApiAccess, **options)
-    return TestClient(app)
+    return TestClient(app, client=(address, 50000))
 
 
 @pytest.fixture
@@ -57,6 +58,27 @@ def test_keys_are_required_on_prediction_paths_only(keys_file: Path) -> None:
     assert web.post("/feedback", headers={"X-API-Key": "key-beta-9876543210"}
                     ).status_code == 200
     assert web.get("/readyz").status_code == 200 and web.get("/metrics").status_code == 200
+
+
+def test_without_keys_the_review_data_answer_only_on_this_host(keys_file: Path) -> None:
+    """Users' pictures never go to the network without a key: a loopback caller (directly, or
+    through a proxy on this host that sets X-Real-IP to it) gets them; a caller from another host,
+    directly or through the proxy, gets 403 review_needs_keys, while its predictions still pass.
+    With keys, the key decides wherever the caller is."""
+    local, remote = client("127.0.0.1"), client("203.0.113.7")
+    for path in ("/review/queue", "/review/picture"):
+        assert local.get(path).status_code == 200
+        assert local.get(path, headers={"X-Real-IP": "::1"}).status_code == 200
+        through_proxy = local.get(path, headers={"X-Real-IP": "172.18.0.1"})
+        assert through_proxy.status_code == 403
+        assert through_proxy.json()["error"] == "review_needs_keys"
+        assert remote.get(path).status_code == 403
+        assert remote.get(path, headers={"X-Real-IP": "127.0.0.1"}).status_code == 403
+    assert remote.post("/predict").status_code == 200
+    keyed = client("203.0.113.7", keys=read_keys(keys_file))
+    assert keyed.get("/review/queue").status_code == 401
+    assert keyed.get("/review/queue", headers={"X-API-Key": "key-alpha-0123456789"}
+                     ).status_code == 200
 
 
 def test_429_with_retry_after_past_the_limit_per_client(keys_file: Path) -> None:
