@@ -81,7 +81,6 @@ global
   lua-load {dir}/mirror.lua
 {defaults}frontend public
   bind {host}:{public_port}
-  http-request set-header X-Real-IP %[src]
 {limits}{mirror}  http-error status 503 content-type application/json string '{{"error": "no model is being served here", "reason": "unavailable"}}'
   default_backend catsdogs
 backend catsdogs
