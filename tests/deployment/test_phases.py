@@ -244,3 +244,41 @@ def test_shadow_canary_watch_on_real_slots(
                                   "versions": load.versions, "seconds": round(seconds, 1),
                                   "phases": done.details["phases"]}
     (artifacts_dir / "local-phases.json").write_text(json.dumps(figures, indent=2))
+
+
+def test_a_stalled_scrape_is_retried_on_a_new_connection() -> None:
+    """A real listening socket whose first connection is accepted and never answered (what a
+    busy host did to one /metrics request while the slot kept answering others): the scrape
+    tries again on a new connection and gets the body; a server that never answers is a
+    UserError naming the tries."""
+    import socket
+    import threading
+
+    from catsdogs.deployment.release import scrape
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        for number in range(3):
+            connection, _ = server.accept()
+            if number == 0:
+                held.append(connection)   # stalled: read nothing, answer nothing
+                continue
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n"
+                               b"\r\nmetrics 1")
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert scrape(f"http://127.0.0.1:{port}/metrics", "the test's", timeout=1.0) == "metrics 1"
+    silent = socket.create_server(("127.0.0.1", 0))
+    with pytest.raises(UserError, match="did not answer 2 tries of 1 s"):
+        scrape(f"http://127.0.0.1:{silent.getsockname()[1]}/metrics", "the test's",
+               attempts=2, timeout=1.0)
+    for connection in held:
+        connection.close()
+    server.close()
+    silent.close()

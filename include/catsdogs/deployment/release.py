@@ -68,6 +68,29 @@ def http_status(url: str, timeout: float = 5.0) -> int | None:
         return None
 
 
+def scrape(url: str, what: str, attempts: int = 3, timeout: float = 10.0) -> str:
+    """The body of a GET of `url` (a staged version's /metrics; no proxies). A try that does not
+    answer within `timeout` seconds is repeated on a new connection, `attempts` tries in all: a
+    busy 2-core host has stalled one connection for 30 s while the slot kept answering others.
+    Raises UserError naming `what` when no try answered."""
+    import logging
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    attempt = 1
+    while True:
+        try:
+            with opener.open(url, timeout=timeout) as response:
+                return response.read().decode()
+        except OSError as exc:
+            if attempt >= attempts:
+                raise UserError(f"{what} {url} did not answer {attempts} tries of "
+                                f"{timeout:.0f} s: {exc}") from None
+            logging.getLogger(__name__).warning("%s %s: try %d of %d failed (%s); trying again",
+                                                what, url, attempt, attempts, exc)
+            attempt += 1
+
+
 def wait_ready(url: str, timeout: float, alive: Any = None, what: str = "the new version") -> float:
     """Poll `url` (a /readyz) until it answers 200; the seconds it took. Raises UserError when
     `timeout` seconds pass or `alive()` turns False (the process or container exited)."""

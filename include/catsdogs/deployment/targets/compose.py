@@ -47,6 +47,7 @@ from catsdogs.deployment.release import (
     Release,
     Skipped,
     http_status,
+    scrape,
     wait_ready,
 )
 from catsdogs.errors import UserError
@@ -329,14 +330,10 @@ class ComposeTarget:
         self._admin(proxy_container, f"add map {ROUTE_FILE} {key} {value}")
 
     def staged_metrics(self) -> str:
-        """The staged container's own /metrics. UserError when it does not answer."""
-        url = f"http://bento-{self._staging().color}:{SERVICE_PORT}/metrics"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(url, timeout=30) as response:
-                return response.read().decode()
-        except OSError as exc:
-            raise UserError(f"the staged container's {url} did not answer: {exc}") from None
+        """The staged container's own /metrics (`release.scrape`). UserError when it does not
+        answer."""
+        return scrape(f"http://bento-{self._staging().color}:{SERVICE_PORT}/metrics",
+                      "the staged container's")
 
     def mirror(self, on: bool) -> None:
         """Copies of live /predict requests to the staged container (by its address on the

@@ -59,7 +59,7 @@ from typing import Any
 
 from catsdogs.config import Params
 from catsdogs.deployment import proxy
-from catsdogs.deployment.release import Release, http_status, wait_ready
+from catsdogs.deployment.release import Release, http_status, scrape, wait_ready
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE, project_dir
 from catsdogs.errors import UserError
 from catsdogs.paths import DATA_DIR_ENV, DataPaths
@@ -516,16 +516,8 @@ class LocalTarget:
         return self._staged
 
     def staged_metrics(self) -> str:
-        """The staged slot's own /metrics. UserError when it does not answer."""
-        import urllib.request
-
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        url = f"http://127.0.0.1:{self._staging().port}/metrics"
-        try:
-            with opener.open(url, timeout=30) as response:
-                return response.read().decode()
-        except OSError as exc:
-            raise UserError(f"the staged slot's {url} did not answer: {exc}") from None
+        """The staged slot's own /metrics (`release.scrape`). UserError when it does not answer."""
+        return scrape(f"http://127.0.0.1:{self._staging().port}/metrics", "the staged slot's")
 
     def mirror(self, on: bool) -> None:
         """Copies of live /predict requests to the staged slot (`on`), or none."""
