@@ -22,6 +22,7 @@ from catsdogs.orchestration.monitoring import (
 )
 from catsdogs.orchestration.runners import make_task, runner
 from catsdogs.orchestration.runners.common import (
+    OVERRIDE_PATTERN,
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
     default_args,
@@ -61,7 +62,7 @@ with DAG(
     dagrun_timeout=timedelta(hours=1),
     default_args=default_args(SETTINGS),
     params={"overrides": Param([], type="array", items={"type": "string",
-                                                        "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
+                                                        "pattern": OVERRIDE_PATTERN},
                                title="Overrides", description="section.key=value settings, "
                                "e.g. monitor.window_hours=6")},
     user_defined_macros=TEMPLATE_MACROS,

@@ -113,12 +113,29 @@ def test_params_defaults_come_from_params_yaml(parse_dag) -> None:
     ("promote_min_delta", 0.05, -0.1),
     ("gpu", True, "yes"),
     ("overrides", ["train.seed=1"], ["not an override"]),
+    ("overrides", ["deploy.max_p99_s=10"], ["deploy.=10"]),
 ])
 def test_form_refuses_invalid_values(parse_dag, name: str, good, bad) -> None:
     param = parse_dag("local").params.get_param(name)
     assert param.resolve(good) == good
     with pytest.raises(ParamValidationError):
         param.resolve(bad)
+
+
+def test_every_parameter_of_params_yaml_can_be_overridden_from_the_form() -> None:
+    """The form's override pattern takes every section.key of params.yaml (a key with a digit,
+    deploy.max_p99_s, was refused with HTTP 400 when a run was triggered)."""
+    import re
+
+    import yaml
+
+    from catsdogs.orchestration.runners.common import OVERRIDE_PATTERN
+    from tests.conftest import REPO_ROOT
+
+    sections = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    keys = [f"{section}.{key}" for section, values in sections.items() for key in values]
+    assert len(keys) > 50
+    assert [key for key in keys if not re.match(OVERRIDE_PATTERN, f"{key}=1")] == []
 
 
 def test_an_unknown_runner_is_refused(monkeypatch) -> None:

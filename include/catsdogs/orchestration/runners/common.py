@@ -69,6 +69,10 @@ PARAM_KEYS: dict[str, str] = {
 }
 
 
+# A trigger form's `section.key=value` override of params.yaml (keys may hold digits: max_p99_s)
+OVERRIDE_PATTERN = r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*=.*$"
+
+
 def default_args(settings: RunnerSettings) -> dict[str, Any]:
     """Every task's: retries with exponential backoff (gate refusals are final, see
     `final_exit_codes`)."""
@@ -142,7 +146,7 @@ def dag_params() -> dict[str, Param]:
                                  "kubernetes mode: their nvidia.com/gpu limit, GPU node "
                                  "selector and tolerations."),
         "overrides": Param([], type="array", items={"type": "string",
-                                                    "pattern": r"^[a-z_]+\.[a-z_]+=.*$"},
+                                                    "pattern": OVERRIDE_PATTERN},
                            title="More overrides",
                            description="Extra section.key=value settings (e.g. "
                                        "transform.image_size=128)."),
