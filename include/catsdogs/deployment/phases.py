@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -203,13 +204,8 @@ class LogWindow:
         return frame[["label", "confidence", "in_distribution", "content_hash"]]
 
 
-def _median(values: Any) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return None
-    values.sort()
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _shadow_figures(report: PhaseReport, window: LogWindow) -> None:
@@ -226,14 +222,15 @@ def _shadow_figures(report: PhaseReport, window: LogWindow) -> None:
             report.ood_ratio_gap = float(
                 (~scored["in_distribution_new"].astype(bool)).mean()
                 - (~scored["in_distribution_old"].astype(bool)).mean())
-    window.champion_confidences.extend(old["confidence"].dropna().tolist())
+    # every poll re-reads the whole window: the latest read replaces the earlier ones
+    window.champion_confidences[:] = old["confidence"].dropna().tolist()
     report.champion_confidence = _median(window.champion_confidences)
 
 
 def _live_figures(report: PhaseReport, window: LogWindow) -> None:
     """Median confidence of the new version's logged answers, and the champion's (in this
     window, else from the phases before)."""
-    report.confidence = _median(window.rows(window.new)["confidence"].tolist())
+    report.confidence = _median(window.rows(window.new)["confidence"].dropna().tolist())
     old = window.rows(window.old)["confidence"].dropna().tolist()
     report.champion_confidence = _median(old or window.champion_confidences)
 
