@@ -36,7 +36,8 @@ _COMMON = {"command", "module", "params", "overrides", "data_dir", "verbose", "a
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
+    parser.add_argument("--params", default=None,
+                        help="params file (default: $CATSDOGS_PARAMS, else ./params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override a parameter (repeatable)")
     parser.add_argument("--data-dir", default=None,
@@ -91,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_format = load(LoggingSettings).log_format
         setup_logging(args.verbose, log_format, stage=args.command,
                       dag_id=airflow.airflow_ctx_dag_id, run_id=airflow.airflow_ctx_dag_run_id)
-        params = load_params(args.params, args.overrides)
-        summary_file = args.summary_file or load(StageSettings).summary_file
+        stage_settings = load(StageSettings)
+        params = load_params(args.params or stage_settings.params, args.overrides)
+        summary_file = args.summary_file or stage_settings.summary_file
         paths = DataPaths.resolve(args.data_dir)
         module = importlib.import_module(args.module)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}

@@ -110,9 +110,10 @@ class StageSettings(Settings):
 
     data_dir: Path | None = Field(None, description="the data dir (`--data-dir` wins); unset: "
                                   "`./data`", json_schema_extra={"shown": "`./data`"})
-    params: Path | None = Field(None, description="the params file the DAGs read for the "
-                                "trigger form's defaults, and the service its `review` keeping "
-                                "policy from; unset: `./params.yaml`",
+    params: Path | None = Field(None, description="the params file every stage reads "
+                                "(`--params` wins), the DAGs their trigger form's defaults "
+                                "from, and the service its `review` keeping policy; unset: "
+                                "`./params.yaml`",
                                 json_schema_extra={"shown": "the checkout's params.yaml"})
     summary_file: Path | None = Field(None, description="where a stage also writes its JSON "
                                       "summary (the runners set it; `--summary-file` wins)")

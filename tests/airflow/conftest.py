@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from catsdogs.data.synthetic import generate_dataset
-from tests.airflow.harness import REPO_ROOT, AirflowServices
+from tests.airflow.harness import REPO_ROOT, SERVICE_LABELS, AirflowServices, write_params
 
 # Airflow reads its configuration once, when first imported: point it at a private home first.
 _HOME = Path(tempfile.mkdtemp(prefix="catsdogs-airflow-test-"))
@@ -53,6 +53,10 @@ def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("tiny") / "images", per_class=30, seed=7)
 
 
+TINY_OVERRIDES = ("model.weights=none", "transform.image_size=64", "train.num_workers=0",
+                  "transform.workers=1")
+
+
 @pytest.fixture(scope="session")
 def tiny_conf(tiny_images: Path) -> dict[str, Any]:
     """Run conf for a fast, offline run (mobilenet_v2 without pretrained weights, 64 px, 1 epoch)."""
@@ -61,16 +65,21 @@ def tiny_conf(tiny_images: Path) -> dict[str, Any]:
         "epochs": 1,
         "batch_size": 16,
         "arch": "mobilenet_v2",
-        "overrides": ["model.weights=none", "transform.image_size=64", "train.num_workers=0",
-                      "transform.workers=1"],
+        "overrides": list(TINY_OVERRIDES),
     }
 
 
 @pytest.fixture(scope="session")
-def airflow_services(tmp_path_factory: pytest.TempPathFactory,
-                     mlflow_server: str) -> Iterator[AirflowServices]:
-    """api-server, scheduler, dag-processor, triggerer (SQLite, LocalExecutor), logged in."""
+def airflow_services(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str,
+                     tiny_conf: dict[str, Any]) -> Iterator[AirflowServices]:
+    """api-server, scheduler, dag-processor, triggerer (SQLite, LocalExecutor), logged in; their
+    params file ($CATSDOGS_PARAMS) is the checkout's with `tiny_conf` applied, so a run started
+    without a form (an asset-triggered retraining) is the fast offline one too."""
     home = tmp_path_factory.mktemp("airflow-services")
-    services = AirflowServices.start(home / "home", home / "data", mlflow_server)
+    params = home / "params.yaml"
+    write_params(params, [f"data.source={tiny_conf['data_source']}", "train.epochs=1",
+                          "train.batch_size=16", "model.arch=mobilenet_v2", *TINY_OVERRIDES,
+                          f"feedback.min_labels={SERVICE_LABELS}"])
+    services = AirflowServices.start(home / "home", home / "data", mlflow_server, params=params)
     yield services
     services.stop()

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from catsdogs.config import load_params, parse_override
 from catsdogs.orchestration.airflow_client import AirflowClient, AirflowError
 from demo.local_airflow import ADMIN, environment
 from tests.servers import free_port, start_process, stop_process, wait_http
@@ -20,6 +23,9 @@ from tests.servers import free_port, start_process, stop_process, wait_http
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+# labelled production pictures that make a retraining merge them (feedback.min_labels of the
+# services' params file; tests/airflow/test_services_monitoring.py labels this many)
+SERVICE_LABELS = 5
 # A made-up Kaggle key given to the services: it must never show in templates, logs or XCom.
 FAKE_KAGGLE = {"KAGGLE_USERNAME": "catsdogs-ci", "KAGGLE_KEY": "f4ke" + "0123456789abcdef" * 2}
 
@@ -45,6 +51,18 @@ def airflow_env(home: Path, data_dir: Path, tracking_uri: str, port: int | None 
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
         env.pop(name, None)
     return {**env, **(extra or {})}
+
+
+def write_params(path: Path, overrides: list[str]) -> Path:
+    """The checkout's params.yaml with `section.key=value` overrides applied, written to `path`
+    (validated as a stage would read it)."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_params(path)
+    return path
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -104,9 +122,13 @@ class AirflowServices:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, home: Path, data_dir: Path, tracking_uri: str) -> AirflowServices:
+    def start(cls, home: Path, data_dir: Path, tracking_uri: str,
+              params: Path | None = None) -> AirflowServices:
+        """Start them; `params`: the params file the DAGs and stages read ($CATSDOGS_PARAMS;
+        default: the checkout's params.yaml)."""
         port = free_port()
-        env = airflow_env(home, data_dir, tracking_uri, port=port, extra=FAKE_KAGGLE)
+        extra = FAKE_KAGGLE | ({"CATSDOGS_PARAMS": str(params)} if params else {})
+        env = airflow_env(home, data_dir, tracking_uri, port=port, extra=extra)
         migrate(env)
         url = f"http://127.0.0.1:{port}"
         services = cls(url=url, env=env, logs=home / "service-logs",

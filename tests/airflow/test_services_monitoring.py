@@ -3,7 +3,8 @@ MLflow server): a drifted prediction log makes catsdogs_monitoring's `monitor` t
 and its `drift_event` task announce `catsdogs://monitoring/drift`, which starts no training run
 (drift alone never retrains); once enough production pictures are labelled, the `labels` task
 counts them, `labelled_data_event` announces `catsdogs://feedback/labelled`, and the scheduler
-starts one asset-triggered catsdogs_training run; a later check asks for no second run.
+starts one asset-triggered catsdogs_training run, which trains on the source plus those pictures;
+a later check, after that ingest, asks for no second run.
 
 The log rows are generated (shifted embedding, darker pictures) to keep this test about the
 wiring; the drift method is proven on real photos in tests/monitoring/test_drift_proof.py."""
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ import pytest
 from catsdogs.monitoring.prediction_log import default_url
 from catsdogs.orchestration.airflow_client import AirflowError
 from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, TRAINING_DAG_ID
-from tests.airflow.harness import AirflowServices
+from tests.airflow.harness import SERVICE_LABELS, AirflowServices
 from tests.data.helpers import label_pictures, smooth_jpeg
 from tests.monitoring.logs import generated_rows, register_with_reference, write_log
 
 pytestmark = pytest.mark.services
-LABELS = 5   # feedback.retrain_labels for this test (an override of the monitoring run)
+LABELS = SERVICE_LABELS   # feedback.retrain_labels of the monitoring runs, min_labels of ingest
 
 
 def _asset_runs(services: AirflowServices) -> list[dict[str, Any]]:
@@ -101,12 +101,19 @@ def test_drift_asks_for_labels_and_enough_labels_retrain_once(airflow_services: 
         started = [r for r in _asset_runs(services) if r["dag_run_id"] not in before]
         time.sleep(2)
     assert len(started) == 1, f"no asset-triggered {TRAINING_DAG_ID} run\n{services.log_tail()}"
-    # Only the trigger is under test: stop the retraining (it would ingest the default source).
-    path = (f"/api/v2/dags/{TRAINING_DAG_ID}/dagRuns/"
-            f"{urllib.parse.quote(started[0]['dag_run_id'], safe='')}")
-    services.request("PATCH", path, {"state": "failed"})
+    # The retraining runs to its end (the services' params file is the tiny offline one) and its
+    # ingest merges the labelled production pictures into the training data.
+    retraining = started[0]["dag_run_id"]
+    state = services.wait_for_run(TRAINING_DAG_ID, retraining, timeout=600)
+    tasks = services.task_states(TRAINING_DAG_ID, retraining)
+    assert state == "success", ({t: ti["state"] for t, ti in tasks.items()}, services.log_tail())
+    ingest = services.client.xcom(TRAINING_DAG_ID, retraining, "ingest")
+    assert ingest["feedback"] == LABELS, ingest
+    assert ingest["feedback_per_class"] == {"cat": LABELS // 2, "dog": LABELS - LABELS // 2}
+    train = services.client.xcom(TRAINING_DAG_ID, retraining, "train")
+    assert train["status"] == "done" and not train["skipped"], train
 
-    third = _check(services, overrides)   # no ingest merged them: no second run asked for
+    third = _check(services, overrides)   # the ingest merged them: no second run asked for
     assert third["labelled_data_event"]["state"] == "skipped"
     assert len([e for e in _events(services) if e["uri"] == "catsdogs://feedback/labelled"]) == 1
     time.sleep(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ from catsdogs.orchestration.stage_table import STAGE_NAMES, STAGES
 CLI = [str(Path(sys.executable).parent / "catsdogs")]
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
 def test_help_lists_every_stage() -> None:
@@ -80,3 +83,20 @@ def test_summary_is_strict_json() -> None:
     assert document["signals"]["embedding"]["score"] == 0.91
     assert document["limits"] == [None, 1.5]
     json.dumps(document, allow_nan=False)   # what the XCom client sends
+
+
+def test_stages_read_the_params_file_the_dags_read(tmp_path: Path, synthetic_images: Path) -> None:
+    """$CATSDOGS_PARAMS (what the DAGs read their trigger form's defaults from) is every stage's
+    params file too, so a run started without a form (nightly, asset-triggered) trains with the
+    same params the form shows; `--params` wins."""
+    chosen = tmp_path / "chosen.yaml"
+    chosen.write_text(f"data:\n  source: dir:{synthetic_images}\n")
+    other = tmp_path / "other.yaml"
+    other.write_text(f"data:\n  source: dir:{tmp_path / 'nowhere'}\n")
+    env = {"CATSDOGS_PARAMS": str(chosen)}
+    result = run_cli("ingest", "--data-dir", str(tmp_path / "data"), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["source"] == f"dir:{synthetic_images}"
+    refused = run_cli("ingest", "--params", str(other), "--data-dir", str(tmp_path / "d2"),
+                      env=env)
+    assert refused.returncode != 0 and "nowhere" in refused.stderr, refused.stderr
