@@ -174,7 +174,7 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
                "val_in_distribution_rate": detector.calibration["val_in_distribution_rate"],
                "known_ood": detector.calibration["known_ood"]}
     log.info("reference profile: %d pictures (train + val), %d-d embedding, out-of-distribution "
-             "threshold %.1f (%.0f%% of val in distribution) in %.1fs", len(frame),
+             "threshold %.4g (%.0f%% of val in distribution) in %.1fs", len(frame),
              every.shape[1], detector.threshold, 100 * summary["val_in_distribution_rate"],
              seconds)
     if summary["known_ood"]["pictures"]:
