@@ -247,10 +247,15 @@ def test_pictures_claim_read_write_in_the_serving_pods(render: Renderer) -> None
         "accessModes": ["ReadWriteOnce"], "storageClassName": "nfs-csi",
         "resources": {"requests": {"storage": "2Gi"}}}
 
-    objects = render(sets=["pictures.enabled=false"])
-    assert by_kind(objects, "PersistentVolumeClaim") == []
-    assert "CATSDOGS_PREDICTION_LOG_SAMPLE_DIR" not in env_of(objects)
-    assert PICTURES_MOUNT not in {m["mountPath"] for m in container(objects)["volumeMounts"]}
+    # off, and a release installed before `pictures` existed upgraded with --reuse-values (its
+    # old values have no `pictures` key): no claim, no mount, no variable, and no render error
+    for sets in (["pictures.enabled=false"], ["pictures=null"]):
+        objects = render(sets=sets)
+        assert by_kind(objects, "PersistentVolumeClaim") == []
+        assert "CATSDOGS_PREDICTION_LOG_SAMPLE_DIR" not in env_of(objects)
+        assert PICTURES_MOUNT not in {m["mountPath"] for m in container(objects)["volumeMounts"]}
+        assert "pictures" not in {v["name"] for v in
+                                  deployment(objects)["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_service_settings_reach_the_environment(render: Renderer) -> None:

@@ -89,5 +89,5 @@ as read by catsdogs.settings.ServingSettings; null or "" leaves the service's de
 named, else the chart's own, RELEASE-catsdogs-pictures (catsdogs-pictures for the release
 `catsdogs`: the stage pods' default CATSDOGS_K8S_PICTURES_CLAIM). */}}
 {{- define "catsdogs.picturesClaim" -}}
-{{- default (printf "%s-pictures" (include "catsdogs.fullname" .) | trunc 63 | trimSuffix "-") .Values.pictures.existingClaim }}
+{{- default (printf "%s-pictures" (include "catsdogs.fullname" .) | trunc 63 | trimSuffix "-") (.Values.pictures | default dict).existingClaim }}
 {{- end }}
