@@ -95,6 +95,11 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     ood_quantile: float = Field(0.99, gt=0, lt=1)
+    # known out-of-distribution pictures ("neither" feedback) move the threshold down from there
+    # once there are this many, keeping at least this share of val in distribution
+    # (catsdogs.monitoring.ood.calibrate)
+    ood_min_known: int = Field(20, ge=1)
+    ood_min_in_distribution: float = Field(0.95, gt=0, lt=1)
     # fit a temperature on the val split and fold it into the head (catsdogs.training.calibration)
     temperature_scaling: bool = True
 

@@ -232,6 +232,11 @@ class KubernetesSettings(Settings):
         "IfNotPresent", description="of the worker image")
     k8s_data_claim: str = Field("catsdogs-data", min_length=1, description="PersistentVolume"
                                 "Claim mounted at /data")
+    k8s_pictures_claim: str = Field("", description="PersistentVolumeClaim of the pictures "
+                                    "the service keeps (the serving chart's `pictures`, "
+                                    "read-write there; `catsdogs-pictures` for the release "
+                                    f"`catsdogs`), mounted read-only at {PICTURES_MOUNT} in every "
+                                    "stage pod (ingest merges the labelled ones); unset: none")
     k8s_kaggle_secret: str = Field("catsdogs-kaggle", description="Secret with keys `username` "
                                    "and `key` (optional)")
     k8s_mlflow_secret: str = Field("catsdogs-mlflow", description="Secret with keys `username` "

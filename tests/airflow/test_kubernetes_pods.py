@@ -55,6 +55,7 @@ SETTINGS = {
     "CATSDOGS_WORKER_IMAGE": "registry.example.com/catsdogs-worker:1.2",
     "CATSDOGS_K8S_NAMESPACE": "ml",
     "CATSDOGS_K8S_DATA_CLAIM": "shared-photos",
+    "CATSDOGS_K8S_PICTURES_CLAIM": "kept-uploads",
     "CATSDOGS_K8S_KAGGLE_SECRET": "kaggle-api",
     "CATSDOGS_K8S_MLFLOW_SECRET": "mlflow-login",
     "CATSDOGS_K8S_SERVICE_ACCOUNT": "catsdogs-stages",
@@ -198,6 +199,25 @@ def test_data_claim_at_data_and_shared_memory(pods) -> None:
         assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory",
                                                           "sizeLimit": str(2 * 1024**3)}
         assert env_of(pod)["CATSDOGS_DATA_DIR"]["value"] == "/data"
+
+
+def test_pictures_claim_read_only_at_the_services_path(pods, parse_dag, tmp_path,
+                                                       monkeypatch) -> None:
+    """The pictures the service keeps, at the path the prediction log holds (the serving chart
+    mounts the claim read-write there), read-only in every stage pod; unset: none."""
+    from catsdogs.settings import PICTURES_MOUNT
+
+    for pod in pods.values():
+        volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+        [mount] = [m for m in base(pod)["volumeMounts"] if m["mountPath"] == PICTURES_MOUNT]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["persistentVolumeClaim"] == {"claimName": "kept-uploads",
+                                                                   "readOnly": True}
+    monkeypatch.delenv("CATSDOGS_K8S_PICTURES_CLAIM")
+    dag = parse_dag("kubernetes", **kube_connection(tmp_path))
+    pod = build_pod(dag, "ingest", run_params(dag))
+    assert PICTURES_MOUNT not in {m["mountPath"] for m in base(pod)["volumeMounts"]}
+    assert all(v["name"] != "pictures" for v in pod["spec"]["volumes"])
 
 
 def test_kaggle_credentials_only_as_secret_references_and_only_for_ingest(pods) -> None:
@@ -455,9 +475,13 @@ def test_chart_environment_gives_valid_stage_pods(parse_dag, chart_values, tmp_p
         pod = build_pod(dag, task.task_id, params)
         for kube_version in KUBE_VERSIONS:
             kubernetes_validate.validate(pod, kube_version, strict=True)
-        [claim] = [v["persistentVolumeClaim"] for v in pod["spec"]["volumes"]
-                   if "persistentVolumeClaim" in v]
-        assert claim["claimName"] == env["CATSDOGS_K8S_DATA_CLAIM"]
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["spec"]["volumes"]
+                  if "persistentVolumeClaim" in v}
+        assert claims["data"]["claimName"] == env["CATSDOGS_K8S_DATA_CLAIM"]
+        # the serving chart's claim for the release `catsdogs` (helm/catsdogs, `pictures`)
+        assert claims["pictures"] == {"claimName": env["CATSDOGS_K8S_PICTURES_CLAIM"],
+                                      "readOnly": True}
+        assert env["CATSDOGS_K8S_PICTURES_CLAIM"] == "catsdogs-pictures"
         assert pod["metadata"]["namespace"] == env["CATSDOGS_K8S_NAMESPACE"]
         assert ("nvidia.com/gpu" in base(pod)["resources"]["limits"]) is task.needs_gpu
         if task.needs_kaggle:

@@ -80,6 +80,12 @@ def test_labelled_pictures_merge_into_train_and_val_never_into_test(source: Path
     summary = _chain(source, paths, params)
     assert summary["feedback"] == 25   # 24 new + the near copy (transform screens it)
     assert summary["feedback_neither"] == 2 and summary["feedback_in_source"] == 1
+    # the neither pictures: in raw/neither/ for the OOD calibration, outside the manifest
+    known = feedback.known_ood(paths.raw)
+    assert [p.read_bytes() for p in known] == sorted(
+        [smooth_jpeg(7000), smooth_jpeg(7001)],
+        key=lambda data: "prod-" + hashlib.sha256(data).hexdigest()[:16])
+    assert "neither/" not in paths.raw_manifest.read_text()
     assert summary["feedback_store"]["stored"] == 28   # 24 + 2 neither + source copy + near copy
     # new[0]'s second label (hour 24) replaced its first (hour 0): the earliest is hour 1
     assert summary["feedback_labelled_from"] == (first + dt.timedelta(hours=1)).isoformat()
@@ -119,6 +125,7 @@ def test_labelled_pictures_merge_into_train_and_val_never_into_test(source: Path
            first + dt.timedelta(days=2))
     later = _chain(source, paths, params)
     assert later["feedback"] == 25 - 1 + 1 and later["feedback_store"]["relabelled"] == 1
+    assert later["feedback_neither"] == 3 and len(feedback.known_ood(paths.raw)) == 3
     assert sorted(r["source"] for r in _splits(paths) if r["split"] == "test") == fixed_test
 
 

@@ -93,8 +93,9 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
-# CATSDOGS_* variables the chart sets whatever the values: the drain file (preStop) and the slot
-ALWAYS_SET = {"CATSDOGS_DRAIN_FILE", "CATSDOGS_SLOT"}
+# CATSDOGS_* variables the chart sets whatever the `config` values: the drain file (preStop), the
+# slot and the kept pictures' folder (the default `pictures.enabled`)
+ALWAYS_SET = {"CATSDOGS_DRAIN_FILE", "CATSDOGS_SLOT", "CATSDOGS_PREDICTION_LOG_SAMPLE_DIR"}
 
 
 def deployment(objects: list[dict]) -> dict:
@@ -164,7 +165,8 @@ def test_kubernetes_validate_catches_an_invalid_field(helm: Path, tmp_path: Path
 def test_defaults(render: Renderer) -> None:
     objects = render()
     kinds = sorted(obj["kind"] for obj in objects)
-    assert kinds == ["Deployment", "Pod", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    assert kinds == ["Deployment", "PersistentVolumeClaim", "Pod", "PodDisruptionBudget",
+                     "Service", "ServiceAccount"]
     spec = deployment(objects)["spec"]
     assert spec["replicas"] == 2
     assert spec["strategy"] == {"type": "RollingUpdate",
@@ -205,6 +207,55 @@ def test_security_context_and_scratch_volumes(render: Renderer) -> None:
     for path in ("/tmp", bentoml_home):
         assert "emptyDir" in volumes[mounts[path]]
     assert not bentoml_home.startswith("/home/bentoml/bento")  # the Bento itself stays read-only
+
+
+def test_pictures_claim_read_write_in_the_serving_pods(render: Renderer) -> None:
+    """The kept pictures on a ReadWriteMany claim, read-write at /pictures (named by
+    CATSDOGS_PREDICTION_LOG_SAMPLE_DIR): the path the stage pods mount it at read-only."""
+    from catsdogs.settings import PICTURES_MOUNT
+
+    objects = render()
+    claim = one(objects, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{RELEASE}-catsdogs-pictures"
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"],
+                             "resources": {"requests": {"storage": "10Gi"}}}
+    pod = deployment(objects)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [mount] = [m for m in container(objects)["volumeMounts"] if m["mountPath"] == PICTURES_MOUNT]
+    assert not mount.get("readOnly", False)
+    assert volumes[mount["name"]]["persistentVolumeClaim"] == {
+        "claimName": f"{RELEASE}-catsdogs-pictures"}
+    assert env_of(objects)["CATSDOGS_PREDICTION_LOG_SAMPLE_DIR"] == PICTURES_MOUNT
+    # the release `catsdogs` (its full name is `catsdogs`, as with this override) makes the
+    # claim helm/airflow/values.yaml gives the stage pods (CATSDOGS_K8S_PICTURES_CLAIM)
+    airflow = yaml.safe_load((REPO_ROOT / "helm" / "airflow" / "values.yaml").read_text())
+    [stage_claim] = [item["value"] for item in airflow["env"]
+                     if item["name"] == "CATSDOGS_K8S_PICTURES_CLAIM"]
+    default = render(sets=["fullnameOverride=catsdogs"])
+    assert one(default, "PersistentVolumeClaim")["metadata"]["name"] == stage_claim
+
+    objects = render(sets=["pictures.existingClaim=nfs-pictures", "pictures.storageClass=nfs-csi",
+                           "pictures.accessModes={ReadWriteOnce}", "pictures.size=2Gi"])
+    assert by_kind(objects, "PersistentVolumeClaim") == []
+    pod = deployment(objects)["spec"]["template"]["spec"]
+    assert {"name": "pictures", "persistentVolumeClaim": {"claimName": "nfs-pictures"}} in (
+        pod["volumes"])
+    objects = render(sets=["pictures.storageClass=nfs-csi", "pictures.accessModes={ReadWriteOnce}",
+                           "pictures.size=2Gi"])
+    assert one(objects, "PersistentVolumeClaim")["spec"] == {
+        "accessModes": ["ReadWriteOnce"], "storageClassName": "nfs-csi",
+        "resources": {"requests": {"storage": "2Gi"}}}
+
+    # off, and a release installed before `pictures` existed upgraded with --reuse-values (its
+    # old values have no `pictures` key): no claim, no mount, no variable, and no render error
+    for sets in (["pictures.enabled=false"], ["pictures=null"]):
+        objects = render(sets=sets)
+        assert by_kind(objects, "PersistentVolumeClaim") == []
+        assert "CATSDOGS_PREDICTION_LOG_SAMPLE_DIR" not in env_of(objects)
+        assert PICTURES_MOUNT not in {m["mountPath"] for m in container(objects)["volumeMounts"]}
+        assert "pictures" not in {v["name"] for v in
+                                  deployment(objects)["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_service_settings_reach_the_environment(render: Renderer) -> None:

@@ -277,3 +277,23 @@ def test_misclassified_most_confident_first_within_the_limit(tmp_path: Path) -> 
     assert not list(net.modules())[-1]._forward_hooks          # the network itself untouched
     none = misclassified(net, pixels, [1, 0, 0, 1, 1], probs, names, tmp_path / "none")
     assert none == {"total": 0, "limit": 8, "shown": []}
+
+
+def test_card_shows_the_known_out_of_distribution_pictures() -> None:
+    """The OOD calibration's "neither" pictures (`ood.calibrate`): a line with how many and the
+    share flagged, whether they moved the threshold; none for a run without them."""
+    metrics = {"test_accuracy": 0.9, "ood_threshold": 12.5}
+    facts = model_card.CardFacts(
+        name="M", version="2", run_id="r", experiment_id="1", registered="2026-01-01T00:00:00",
+        aliases=(), tags={}, params={}, metrics=metrics, data=None, confusion=None, moves=[])
+    assert "known out-of-distribution" not in model_card.render(facts)
+    few = metrics | {"ood_known_pictures": 7, "ood_known_used": 0.0,
+                     "ood_known_flagged_share": 4 / 7}
+    assert ("Out-of-distribution threshold: 12.50, calibrated with 7 known out-of-distribution "
+            "('neither'-labelled production) pictures (too few to move it: "
+            "train.ood_min_known); it flags 57.1% of them.") in model_card.render(
+        dataclasses.replace(facts, metrics=few))
+    used = few | {"ood_known_pictures": 40, "ood_known_used": 1.0, "ood_known_flagged_share": 0.95}
+    assert ("calibrated with 40 known out-of-distribution ('neither'-labelled production) "
+            "pictures (used); it flags 95.0% of them.") in model_card.render(
+        dataclasses.replace(facts, metrics=used))

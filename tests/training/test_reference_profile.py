@@ -62,6 +62,11 @@ def test_ood_calibration_reproduces_the_reference_scores(trained: dict, tiny_dat
     # the 0.99 quantile of the val scores: all but at most one val picture in distribution
     assert val["in_distribution"].sum() >= len(val) - 1
     assert meta["val_in_distribution_rate"] == pytest.approx(val["in_distribution"].mean())
+    # no "neither" picture in this data dir: the quantile alone, and no known-OOD metric
+    assert meta["known_ood"]["pictures"] == 0 and meta["known_ood"]["used"] is False
+    assert meta["threshold"] == meta["known_ood"]["quantile_threshold"]
+    assert not any(key.startswith("ood_known") for key in
+                   MlflowClient().get_run(trained["run_id"]).data.metrics)
 
 
 def test_run_network_embedding_is_the_heads_input(trained: dict, tracking_uri: str) -> None:

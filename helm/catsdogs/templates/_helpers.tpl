@@ -84,3 +84,10 @@ as read by catsdogs.settings.ServingSettings; null or "" leaves the service's de
   value: {{ get $env $k | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The pictures claim the serving pods mount (values.yaml `pictures`): the existing one when
+named, else the chart's own, RELEASE-catsdogs-pictures (catsdogs-pictures for the release
+`catsdogs`: the stage pods' default CATSDOGS_K8S_PICTURES_CLAIM). */}}
+{{- define "catsdogs.picturesClaim" -}}
+{{- default (printf "%s-pictures" (include "catsdogs.fullname" .) | trunc 63 | trimSuffix "-") (.Values.pictures | default dict).existingClaim }}
+{{- end }}

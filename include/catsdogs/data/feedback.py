@@ -14,8 +14,12 @@ copies each into a content-addressed store in the data dir before merging:
   after it are the ones a next training run has not seen (`new_labels`).
 
 Ingest then copies the cat and dog pictures into `raw/<label>/prod-<sha256[:16]><ext>` and lists
-them in `raw/feedback.csv` (`MERGED_COLUMNS`); `neither` pictures are counted, kept in the store
-and left out of the class folders. `transform` reads `raw/feedback.csv` (`production`) to keep
+them in `raw/feedback.csv` (`MERGED_COLUMNS`); `neither` pictures go to
+`raw/neither/prod-<sha256[:16]><ext>`, listed in `raw/neither.csv` (same columns), outside the raw
+manifest (so validate, prepare and transform never see them): the train stage reads them
+(`known_ood`) as known out-of-distribution pictures for the OOD threshold
+(`catsdogs.monitoring.ood.calibrate`). A picture whose bytes the source holds (so possibly one of
+the test split) is left out of both. `transform` reads `raw/feedback.csv` (`production`) to keep
 production pictures out of the fixed test split (`near_duplicates`) and to hold out a share of
 them, chosen by content hash (`is_held_out`), as the recent-production test set.
 """
@@ -43,6 +47,7 @@ INDEX = "index.csv"
 SYNCED = "synced.json"
 PICTURES = "pictures"
 MERGED = "feedback.csv"
+KNOWN_OOD = "neither.csv"   # raw/neither.csv: the neither pictures under raw/<NEITHER>/
 INDEX_COLUMNS = ("sha256", "file", "label", "labelled_at", "prediction_id")
 MERGED_COLUMNS = ("path", "sha256", "label", "labelled_at", "prediction_id")
 PREFIX = "prod-"
@@ -67,7 +72,7 @@ class Merged:
 
     rows: list[dict[str, object]] = field(default_factory=list)
     per_class: Counter[str] = field(default_factory=Counter)
-    neither: int = 0
+    neither: int = 0             # neither pictures kept in raw/neither/ (known out of distribution)
     in_source: int = 0           # same bytes as a picture of the configured source: left out
     first_labelled_at: str = ""
     last_labelled_at: str = ""
@@ -150,17 +155,16 @@ def chosen(entries: dict[str, dict[str, str]], since: dt.datetime | None) -> lis
 def merge(entries: Sequence[dict[str, str]], store: Path, target: Path,
           source_hashes: set[str]) -> Merged:
     """Copy the cat and dog pictures of `entries` into `target/<label>/` (the raw folder being
-    built) and write `target/feedback.csv`; pictures whose bytes the source already holds and
-    `neither` pictures are counted and left out."""
+    built) and write `target/feedback.csv`; the `neither` pictures into `target/neither/`, listed
+    in `target/neither.csv` (written only when there is one). Pictures whose bytes the source
+    already holds are counted (`in_source`) and left out."""
     merged = Merged()
     times: list[str] = []
     listed: list[dict[str, str]] = []
+    unknown: list[dict[str, str]] = []
     for entry in entries:
         label = entry["label"]
-        if label == NEITHER:
-            merged.neither += 1
-            continue
-        if label not in CLASSES:
+        if label not in (*CLASSES, NEITHER):
             log.warning("feedback picture %s has label %r: left out", entry["sha256"], label)
             continue
         if entry["sha256"] in source_hashes:
@@ -170,6 +174,10 @@ def merge(entries: Sequence[dict[str, str]], store: Path, target: Path,
         relative = f"{label}/{PREFIX}{entry['sha256'][:16]}{stored.suffix}"
         (target / label).mkdir(exist_ok=True)
         shutil.copyfile(stored, target / relative)
+        if label == NEITHER:
+            merged.neither += 1
+            unknown.append({**entry, "path": relative})
+            continue
         merged.rows.append({"path": relative, "label": label, "bytes": stored.stat().st_size,
                             "sha256": entry["sha256"]})
         listed.append({**entry, "path": relative})
@@ -178,7 +186,14 @@ def merge(entries: Sequence[dict[str, str]], store: Path, target: Path,
     if times:
         merged.first_labelled_at, merged.last_labelled_at = min(times), max(times)
     write_csv(target / MERGED, listed, MERGED_COLUMNS)
+    if unknown:
+        write_csv(target / KNOWN_OOD, unknown, MERGED_COLUMNS)
     return merged
+
+
+def known_ood(raw: Path) -> list[Path]:
+    """The neither pictures ingest kept (`raw/neither.csv`), path-sorted; none when absent."""
+    return sorted(raw / row["path"] for row in _rows_by_hash(raw / KNOWN_OOD).values())
 
 
 def production(raw: Path) -> dict[str, dict[str, str]]:

@@ -15,6 +15,23 @@ dimensions and the train split may hold fewer pictures), and calibrated on the v
 the threshold is the `quantile` of the in-distribution validation scores, so by construction about
 (1 - quantile) of pictures like the validation ones are flagged.
 
+Known out-of-distribution pictures (production uploads a person labelled "neither", issue 30:
+`catsdogs ingest` keeps them in `raw/neither/`, never a picture of the source, so never one of the
+test split) move the threshold only when there are at least `min_known` of them (`calibrate`):
+
+    t_q = quantile(val, q)                       (the rule above; with fewer known pictures: t = t_q)
+    candidates = {t_q} + {val scores s <= t_q with share(val <= s) >= min_in_distribution}
+    t = argmax over candidates of  share(val <= t) + share(known > t)     (ties: the highest t)
+
+i.e. Youden's J statistic (Youden 1950, "Index for rating diagnostic tests"; the usual choice of
+an ROC operating point) restricted to thresholds at or BELOW today's: the threshold never rises
+(the validation quantile stays the ceiling on false alarms for pictures like the validation ones),
+and lowers only while it keeps at least `min_in_distribution` of the validation pictures in
+distribution, and only where flagging more known pictures outweighs the validation pictures it
+loses. Only val scores need be tried: between two of them the val share is constant and the known
+share can only grow as t falls. The known pictures' count, the share the chosen threshold flags
+(also reported when there are fewer than `min_known`) and t_q are recorded (`known_ood`).
+
     u = x / |x|
     score(x) = min_c (u - mu_c)^T P (u - mu_c)        (mu_c, P: fitted on normalised embeddings)
     in_distribution = score <= threshold
@@ -27,7 +44,9 @@ Stored as two files (the train stage logs them under `monitoring/` of the run; t
 copies them into the Bento model):
 - `ood.json`: {"method": "mahalanobis", "threshold", "quantile", "embedding_size", "normalised": true,
   "classes",
-  "val_scores": {"p50", "p95", "p99", "max"}, "val_in_distribution_rate", "arrays": "ood.npz"}
+  "val_scores": {"p50", "p95", "p99", "max"}, "val_in_distribution_rate", "train_pictures",
+  "val_pictures", "known_ood": {"pictures", "min_pictures", "used", "flagged_share" (null with no
+  picture), "quantile_threshold", "min_in_distribution"}, "arrays": "ood.npz"}
 - `ood.npz`: `means` (C,D float32), `precision` (D,D float32).
 """
 
@@ -112,7 +131,8 @@ class OodDetector:
             raise ValueError(f"{folder / ARRAYS_FILE}: precision {precision.shape} does not "
                              f"match means {means.shape}")
         extra = {k: v for k, v in meta.items() if k in ("val_scores", "val_in_distribution_rate",
-                                                         "train_pictures", "val_pictures")}
+                                                         "train_pictures", "val_pictures",
+                                                         "known_ood")}
         return cls(means, precision, float(meta["threshold"]), float(meta["quantile"]),
                    tuple(meta.get("classes") or ()), extra)
 
@@ -122,10 +142,42 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def calibrate(val_scores: np.ndarray, known_scores: np.ndarray, quantile: float,
+              min_known: int, min_in_distribution: float) -> tuple[float, dict[str, Any]]:
+    """The threshold from M val scores and K known out-of-distribution scores by the module
+    docstring's rule, and the `known_ood` record (pictures, min_pictures, used, flagged_share:
+    the share of the known pictures the threshold flags, None when K is 0; quantile_threshold:
+    t_q; min_in_distribution). ValueError when there is no val score."""
+    val = np.asarray(val_scores, dtype=np.float64)
+    known = np.asarray(known_scores, dtype=np.float64).reshape(-1)
+    if val.size == 0:
+        raise ValueError("the out-of-distribution threshold needs at least 1 validation picture")
+    ceiling = float(np.quantile(val, quantile))
+    threshold = ceiling
+    used = len(known) >= min_known
+    if used:
+        ordered = np.sort(val)
+        kept = np.searchsorted(ordered, ordered, side="right") / len(ordered)  # share(val <= s)
+        candidates = np.concatenate([[ceiling], ordered[(ordered <= ceiling)
+                                                        & (kept >= min_in_distribution)]])
+        gain = (np.mean(val[None, :] <= candidates[:, None], axis=1)
+                + np.mean(known[None, :] > candidates[:, None], axis=1))
+        best = np.flatnonzero(gain >= gain.max() - 1e-12)
+        threshold = float(candidates[best].max())
+    record = {"pictures": len(known), "min_pictures": min_known, "used": used,
+              "flagged_share": float(np.mean(known > threshold)) if len(known) else None,
+              "quantile_threshold": ceiling, "min_in_distribution": min_in_distribution}
+    return threshold, record
+
+
 def fit(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: np.ndarray,
-        classes: tuple[str, ...], quantile: float = 0.99) -> OodDetector:
-    """Fit on the train split (N,D embeddings, N class indices) and set the threshold at the
-    `quantile` of the validation split's scores (M,D). ValueError when a class has no picture."""
+        classes: tuple[str, ...], quantile: float = 0.99,
+        known_embeddings: np.ndarray | None = None, min_known: int = 20,
+        min_in_distribution: float = 0.95) -> OodDetector:
+    """Fit on the train split (N,D embeddings, N class indices) and set the threshold from the
+    validation split's scores (M,D) and the known out-of-distribution pictures' (K,D; None or
+    K=0: the `quantile` of the val scores alone) by `calibrate`. ValueError when there are fewer
+    than 2 training pictures."""
     from scipy.linalg import solve_triangular
     from sklearn.covariance import LedoitWolf
 
@@ -150,11 +202,13 @@ def fit(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: 
     unfitted = OodDetector(means.astype(np.float32), precision.astype(np.float32), np.inf,
                            quantile, classes, {})
     val = unfitted.score(val_embeddings)
-    threshold = float(np.quantile(val, quantile))
+    known = (unfitted.score(known_embeddings) if known_embeddings is not None
+             and len(known_embeddings) else np.zeros(0, dtype=np.float32))
+    threshold, known_ood = calibrate(val, known, quantile, min_known, min_in_distribution)
     calibration = {
         "val_scores": {"p50": float(np.quantile(val, 0.5)), "p95": float(np.quantile(val, 0.95)),
                        "p99": float(np.quantile(val, 0.99)), "max": float(val.max())},
         "val_in_distribution_rate": float(np.mean(val <= threshold)),
-        "train_pictures": len(x), "val_pictures": len(val)}
+        "train_pictures": len(x), "val_pictures": len(val), "known_ood": known_ood}
     return OodDetector(unfitted.means, unfitted.precision, threshold, quantile, classes,
                        calibration)

@@ -18,7 +18,10 @@ Artifacts of the training run (the served version's `run_id` finds them):
     input pixels), ood_score (float), in_distribution (bool), emb_0 .. emb_{D-1} (float32: the
     full penultimate-layer embedding, D = 1280 for mobilenet_v2, 512 for resnet18).
 - `monitoring/ood.json` + `monitoring/ood.npz` (`OOD_ARTIFACTS`): the out-of-distribution
-  detector fitted on the train split and calibrated on the val split (`catsdogs.monitoring.ood`).
+  detector fitted on the train split and calibrated on the val split and, when ingest kept
+  enough "neither"-labelled production pictures, on those known out-of-distribution pictures
+  too (`catsdogs.monitoring.ood.calibrate`; `known_ood` in ood.json says how many and what share
+  of them the threshold flags).
 
 `load_reference(run_id)` and `download_ood(run_id, folder)` read them back.
 """
@@ -122,12 +125,16 @@ def profile_frame(split: str, labels: np.ndarray, probabilities: np.ndarray,
 
 
 def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Sequence[str],
-                  compute: Compute, quantile: float) -> dict[str, Any]:
+                  compute: Compute, quantile: float, known_ood: Any | None = None,
+                  min_known: int = 20, min_in_distribution: float = 0.95) -> dict[str, Any]:
     """Profile the train and val splits, fit and calibrate the out-of-distribution detector, log
     `REFERENCE_ARTIFACT` and `OOD_ARTIFACTS` to the active MLflow run. `data`: split name ->
     `TensorSplit` (uint8 N,3,S,S pictures, N labels); `compute`: the run's device, precision and
-    layout (`run_network`); `quantile`: the OOD threshold's quantile of the val scores, in (0, 1).
-    Returns what it measured (pictures, seconds, val in-distribution rate)."""
+    layout (`run_network`); `quantile`: the OOD threshold's quantile of the val scores, in (0, 1);
+    `known_ood`: uint8 K,3,S,S known out-of-distribution pictures (None: none), used from
+    `min_known` on, keeping at least `min_in_distribution` of val in distribution
+    (`catsdogs.monitoring.ood.calibrate`; they are not in the reference profile). Returns what it
+    measured (pictures, seconds, threshold, val in-distribution rate, `known_ood`)."""
     import mlflow
     import pandas as pd
 
@@ -144,8 +151,10 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
         embeddings[split] = emb
         frames.append(profile_frame(split, labels[split], probs, tensors.pixels,
                                     picture_headers(paths, split, files), classes))
+    known = (run_network(net, known_ood, compute)[0]
+             if known_ood is not None and len(known_ood) else None)
     detector = ood.fit(embeddings["train"], labels["train"], embeddings["val"], tuple(classes),
-                       quantile)
+                       quantile, known, min_known, min_in_distribution)
     every = np.concatenate([embeddings[s] for s in REFERENCE_SPLITS])
     frame = pd.concat(frames, ignore_index=True)
     scores = detector.score(every)
@@ -162,11 +171,18 @@ def log_reference(net: Any, data: dict[str, Any], paths: DataPaths, classes: Seq
     seconds = time.perf_counter() - started
     summary = {"pictures": len(frame), "embedding_size": int(every.shape[1]),
                "seconds": round(seconds, 2), "ood_threshold": detector.threshold,
-               "val_in_distribution_rate": detector.calibration["val_in_distribution_rate"]}
+               "val_in_distribution_rate": detector.calibration["val_in_distribution_rate"],
+               "known_ood": detector.calibration["known_ood"]}
     log.info("reference profile: %d pictures (train + val), %d-d embedding, out-of-distribution "
-             "threshold %.1f (%.0f%% of val in distribution) in %.1fs", len(frame),
+             "threshold %.4g (%.0f%% of val in distribution) in %.1fs", len(frame),
              every.shape[1], detector.threshold, 100 * summary["val_in_distribution_rate"],
              seconds)
+    if summary["known_ood"]["pictures"]:
+        record = summary["known_ood"]
+        log.info("out-of-distribution calibration: %d known out-of-distribution ('neither') "
+                 "pictures, %s; the threshold flags %.0f%% of them", record["pictures"],
+                 "used" if record["used"] else f"fewer than {min_known}: not used",
+                 100 * record["flagged_share"])
     return summary
 
 

@@ -245,7 +245,8 @@ def _metrics_section(facts: CardFacts, classes: list[str]) -> list[str]:
                   + f"; the positive class is {classes[-1]}.", "",
                   "| " + " | ".join(METRIC_NAMES) + " |", "|---" * len(METRIC_NAMES) + "|",
                   "| " + " | ".join(_with_interval(metrics, m) for m in METRIC_NAMES) + " |"]
-        lines += ["", CARD_INTERVALS_NOTE, "", *_calibration_lines(metrics)]
+        lines += ["", CARD_INTERVALS_NOTE, "", *_calibration_lines(metrics),
+                  *_known_ood_lines(metrics)]
     if facts.confusion is not None:
         lines += ["Confusion matrix (test split; rows: true class, columns: predicted):", "",
                   "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
@@ -277,6 +278,20 @@ def _calibration_lines(metrics: dict[str, float]) -> list[str]:
             f"(log loss {_number(metrics.get('val_log_loss_before'))} -> "
             f"{_number(metrics.get('val_log_loss_after'))}), folded into the head: evaluate, "
             "promote and serving give these probabilities.", ""]
+
+
+def _known_ood_lines(metrics: dict[str, float]) -> list[str]:
+    """The known out-of-distribution ("neither"-labelled production) pictures the OOD threshold
+    was calibrated with (`catsdogs.monitoring.ood.calibrate`); nothing when the run had none."""
+    if "ood_known_pictures" not in metrics:
+        return []
+    used = metrics.get("ood_known_used", 0) >= 1
+    return [f"Out-of-distribution threshold: {_number(metrics.get('ood_threshold'), 2)}, "
+            f"calibrated with {int(metrics['ood_known_pictures'])} known out-of-distribution "
+            f"('neither'-labelled production) pictures ("
+            + ("used" if used else "too few to move it: train.ood_min_known")
+            + f"); it flags {_number(100 * metrics.get('ood_known_flagged_share', 0.0), 1)}% "
+            "of them.", ""]
 
 
 def _misclassified_lines(found: dict[str, Any] | None) -> list[str]:

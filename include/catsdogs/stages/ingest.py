@@ -9,7 +9,9 @@ With `data.feedback` on, the labelled production pictures of the prediction log
 content-addressed store `<data dir>/feedback/`, then its cat and dog pictures (labelled since
 `feedback.since`, once there are `feedback.min_labels` of them) are merged into `raw/` as
 `raw/<label>/prod-<sha256[:16]>.<ext>`, listed in `raw/feedback.csv` (`catsdogs.data.feedback`).
-The summary's `feedback` is how many were merged.
+The summary's `feedback` is how many were merged. Its `neither` pictures (labelled since
+`feedback.since`, however few) go to `raw/neither/`, listed in `raw/neither.csv`, outside the
+manifest: the train stage's out-of-distribution calibration reads them (`feedback_neither`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from catsdogs.config import CLASSES, Params
+from catsdogs.config import CLASSES, NEITHER, Params
 from catsdogs.data import feedback, provenance, sources
 from catsdogs.data.manifest import RAW_COLUMNS, write_csv
 from catsdogs.errors import UserError
@@ -101,8 +103,8 @@ def _feedback(params: Params, paths: DataPaths) -> tuple[list[dict[str, str]], d
     details: dict[str, Any] = {"stored": len(synced.entries), "added": synced.added,
                                "relabelled": synced.relabelled, "missing": synced.missing,
                                "log_unreachable": synced.unreachable, "cat_or_dog": labelled}
-    if labelled < params.feedback.min_labels:
-        return [], details | {"merged": False,
+    if labelled < params.feedback.min_labels:   # the neither pictures are kept all the same
+        return [e for e in entries if e["label"] == NEITHER], details | {"merged": False,
                               "reason": f"{labelled} labelled cat/dog pictures, fewer than "
                                         f"feedback.min_labels={params.feedback.min_labels}"}
     return entries, details | {"merged": True}
@@ -162,7 +164,10 @@ def run(params: Params, paths: DataPaths, source: str | None = None) -> Summary:
                    + (f"; left out {left_out} unlabelled/clutter files" if left_out else "")
                    + (f"; {len(merged.rows)} of them labelled production pictures (labelled "
                       f"{merged.first_labelled_at} .. {merged.last_labelled_at})"
-                      if merged.rows else ""),
+                      if merged.rows else "")
+                   + (f"; {merged.neither} 'neither' production pictures kept in "
+                      f"{paths.raw / NEITHER} for the out-of-distribution calibration"
+                      if merged.neither else ""),
                    details={"files": len(rows), "per_class": dict(counts),
                             "left_out": dict(found.skipped), "source": spec,
                             "synthetic": origin.synthetic,

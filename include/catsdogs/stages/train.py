@@ -12,6 +12,9 @@ the test split is scored (`catsdogs.training.calibration`): the registered weigh
 Besides metrics and reports, the run carries the model's reference profile and out-of-distribution
 calibration (`monitoring/reference.parquet`, `monitoring/ood.json`, `monitoring/ood.npz`:
 `catsdogs.monitoring.reference`), which the service and the monitor read by the version's run id.
+The "neither"-labelled production pictures ingest kept (`raw/neither.csv`) are the OOD
+calibration's known out-of-distribution pictures (metrics `ood_known_pictures`,
+`ood_known_used`, `ood_known_flagged_share`; a line of the model card).
 
 Idempotent: a finished run with the same fingerprint (data files, params, device) is reused unless
 `--force` is given.
@@ -155,8 +158,10 @@ def run(params: Params, paths: DataPaths, force: bool = False) -> Summary:
     choice = _choose(params, paths, device, data["train"])
     compute = choice.compute(device)
     hashed = data_hash(paths)
+    known = paths.raw / feedback.KNOWN_OOD   # the neither pictures: a new set calibrates anew
     run_fingerprint = fingerprint(hashed, params.fingerprint("transform", "train", "model"),
-                                  compute.device.type, compute.precision, compute.channels_last)
+                                  compute.device.type, compute.precision, compute.channels_last,
+                                  *([sha256_file(known)] if known.is_file() else []))
     previous = None if force else _previous_run(experiment, run_fingerprint)
     if previous is not None:
         version = previous.data.tags[REGISTERED_VERSION_TAG]
@@ -324,9 +329,16 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
                         "train_seconds": result.train_seconds})
         _log_reports(paths, params, active.info.run_id, compute, result, test, labels, probs)
         _log_misclassified(model, data["test"], paths, labels, probs)
-        reference = log_reference(model, data, paths, CLASSES, compute, settings.ood_quantile)
+        reference = log_reference(model, data, paths, CLASSES, compute, settings.ood_quantile,
+                                  _known_ood(paths, size), settings.ood_min_known,
+                                  settings.ood_min_in_distribution)
+        known = reference["known_ood"]
         _log_metrics({"reference_seconds": reference["seconds"],
-                      "ood_threshold": reference["ood_threshold"]})
+                      "ood_threshold": reference["ood_threshold"]}
+                     | ({"ood_known_pictures": known["pictures"],
+                         "ood_known_used": float(known["used"]),
+                         "ood_known_flagged_share": known["flagged_share"]}
+                        if known["pictures"] else {}))
         example = next(iter(batches["test"]))[0][:2].numpy()
         model = model.to("cpu").float().to(memory_format=torch.contiguous_format)
         version = register(
@@ -349,6 +361,25 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
         "best_epoch": result.best_epoch, "device": str(compute.device),
         "precision": compute.precision,
         "train_images_per_second": result.images_per_second})
+
+
+def _known_ood(paths: DataPaths, image_size: int) -> Any | None:
+    """The "neither"-labelled production pictures ingest kept (`feedback.known_ood`) as uint8
+    K,3,S,S pixels, decoded and squared as the service does an upload (`square_image`, then
+    `eval_resize`); None when there are none. A picture that does not decode is logged and left
+    out."""
+    import torch
+
+    from catsdogs.data.images import ImageRejected, square_image
+    from catsdogs.training.model import eval_resize
+
+    resize, pictures = eval_resize(image_size), []
+    for path in feedback.known_ood(paths.raw):
+        try:
+            pictures.append(resize(square_image(path, image_size)))
+        except (ImageRejected, OSError) as exc:
+            log.warning("known out-of-distribution picture %s left out: %s", path, exc)
+    return torch.stack(pictures) if pictures else None
 
 
 def _shown(metrics: dict[str, float], name: str) -> str:

@@ -5,7 +5,9 @@ The pod runs the same rendered `catsdogs <stage> --set ...` command as the other
 worker image, with:
 
 - the data on a PersistentVolumeClaim (ReadWriteMany when workers span nodes) mounted at /data,
-  and a memory-backed /dev/shm for DataLoader workers;
+  the serving chart's pictures claim (the pictures the service keeps for review) read-only at
+  `PICTURES_MOUNT` (the paths the prediction log holds) when `CATSDOGS_K8S_PICTURES_CLAIM` names
+  it, and a memory-backed /dev/shm for DataLoader workers;
 - the stage table's CPU/memory requests (memory is also the limit);
 - for GPU stages, when the run's `gpu` param is on: an `nvidia.com/gpu` limit, a GPU node selector
   and tolerations;
@@ -42,7 +44,7 @@ from catsdogs.orchestration.runners.common import (
     stage_environment,
 )
 from catsdogs.orchestration.stage_table import Stage
-from catsdogs.settings import KubernetesSettings, RunnerSettings, load
+from catsdogs.settings import PICTURES_MOUNT, KubernetesSettings, RunnerSettings, load
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class PodSettings:
     image: str = "catsdogs-worker:latest"
     image_pull_policy: str = "IfNotPresent"
     data_claim: str = "catsdogs-data"
+    pictures_claim: str = ""   # "": no pictures volume
     mlflow_uri: str = "http://mlflow:5000"
     kaggle_secret: str = "catsdogs-kaggle"
     mlflow_secret: str = "catsdogs-mlflow"
@@ -84,6 +87,7 @@ def kubernetes_settings(settings: RunnerSettings | None = None) -> PodSettings:
     return PodSettings(
         namespace=kube.k8s_namespace, image=settings.worker_image,
         image_pull_policy=kube.k8s_image_pull_policy, data_claim=kube.k8s_data_claim,
+        pictures_claim=kube.k8s_pictures_claim,
         mlflow_uri=settings.worker_mlflow_uri, kaggle_secret=kube.k8s_kaggle_secret,
         mlflow_secret=kube.k8s_mlflow_secret,
         service_account=kube.k8s_service_account or None, gpu_count=kube.k8s_gpus,
@@ -104,6 +108,15 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
     so when `kaggle:` lacks one; an MLflow server without login needs no account)."""
     return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
         secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key, optional=True)))
+
+
+def _pictures_volume(settings: PodSettings) -> list[k8s.V1Volume]:
+    """The pictures claim as a read-only volume (none when `pictures_claim` is "")."""
+    if not settings.pictures_claim:
+        return []
+    return [k8s.V1Volume(name="pictures", persistent_volume_claim=(
+        k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.pictures_claim,
+                                                read_only=True)))]
 
 
 class StageKubernetesPodOperator(StageMixin, KubernetesPodOperator):
@@ -143,9 +156,13 @@ class StageKubernetesPodOperator(StageMixin, KubernetesPodOperator):
                     claim_name=settings.data_claim)),
                 k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
                     medium="Memory", size_limit=str(settings.shm_bytes))),
+                *_pictures_volume(settings),
             ],
             volume_mounts=[k8s.V1VolumeMount(name="data", mount_path="/data"),
-                           k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+                           k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+                           *([k8s.V1VolumeMount(name="pictures", mount_path=PICTURES_MOUNT,
+                                                read_only=True)]
+                             if settings.pictures_claim else [])],
             container_resources=stage_resources(stage.cpu, stage.memory, gpus=0),
             security_context=k8s.V1PodSecurityContext(
                 run_as_non_root=True, run_as_user=WORKER_UID, run_as_group=WORKER_GID,
