@@ -24,7 +24,7 @@ def test_helm_upgrade_command_is_exact() -> None:
     argv = helm_upgrade_command("/usr/bin/helm", RELEASE, str(CHART_DIR), NAMESPACE, REPOSITORY,
                                 "v7", "300s")
     assert argv == ["/usr/bin/helm", "upgrade", "--install", RELEASE, str(CHART_DIR),
-                    "--namespace", NAMESPACE, "--reuse-values",
+                    "--namespace", NAMESPACE, "--reset-then-reuse-values",
                     "--set", f"image.repository={REPOSITORY}", "--set", "image.tag=v7",
                     "--wait", "--atomic", "--timeout", "300s"]
 

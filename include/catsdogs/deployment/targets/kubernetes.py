@@ -1,7 +1,12 @@
 """Kubernetes target: `helm upgrade` of the helm/catsdogs chart with the version's image tag.
 
-    helm upgrade --install RELEASE CHART --namespace NS --reuse-values
+    helm upgrade --install RELEASE CHART --namespace NS --reset-then-reuse-values
          --set image.repository=REPO --set image.tag=TAG --wait --atomic --timeout 10m
+
+`--reset-then-reuse-values` (Helm 3.14 and later) keeps the values the release was installed or
+upgraded with and takes the chart's defaults for every key they do not set: a chart that gained
+a value (e.g. `pictures`) rolls out with its default, where `--reuse-values` would keep the old
+values only.
 
 The chart's Deployment rolls out with maxUnavailable 0 and maxSurge 1: a new pod must pass its
 readiness probe (/readyz) before the Service sends it traffic and an old pod is terminated;
@@ -42,7 +47,7 @@ def helm_upgrade_command(helm: str, release: str, chart: str, namespace: str,
                          repository: str, tag: str, timeout: str = "10m") -> list[str]:
     """The exact `helm upgrade` argv a rollout runs (tests render the same values offline)."""
     return [helm, "upgrade", "--install", release, chart, "--namespace", namespace,
-            "--reuse-values", "--set", f"image.repository={repository}",
+            "--reset-then-reuse-values", "--set", f"image.repository={repository}",
             "--set", f"image.tag={tag}", "--wait", "--atomic", "--timeout", timeout]
 
 
