@@ -13,8 +13,9 @@ champion better on what users now send, with no regression on the fixed test spl
    `--labels` of the answers are labelled through `POST /feedback`.
 5. The next training run (the same stages) merges them; `promote` judges the challenger on the
    fixed test split and on the held-out recent-production set.
-6. Before and after, `catsdogs evaluate` scores the champion on the held-out shifted pictures and
-   on the fixed test split; accuracy with 95 % Wilson intervals.
+6. `catsdogs evaluate` scores the champion (before) and the challenger the labels trained
+   (after, promoted or not: the table says which, and promote's reason follows it) on the
+   held-out shifted pictures and on the fixed test split; accuracy with 95 % Wilson intervals.
 
 Usage: .venv/bin/python benchmarks/feedback_loop.py [--labels 150] [--unseen-share 0.3]
        [--shift dark-blur] [--set section.key=value ...] [--max-isa AVX2] [--json OUT]
@@ -116,7 +117,8 @@ class Score:
 
 @dataclass
 class LoopResult:
-    """What one run of the loop measured; `cpu_s`/`wall_s` per phase (seconds)."""
+    """What one run of the loop measured: `*_before` the champion's scores, `*_after` the
+    challenger's (`promoted` or not); `cpu_s`/`wall_s` per phase (seconds)."""
 
     champion: str
     challenger: str
@@ -191,9 +193,11 @@ class Loop:
         data = from_run(MlflowClient(tracking_uri=self.env["MLFLOW_TRACKING_URI"]).get_run(run_id))
         return {} if data is None else data.production
 
-    def score(self, images: Path) -> tuple[Score, str]:
-        """The champion's accuracy on `images` (cat/ and dog/ folders) and its version."""
-        result = self.stage("evaluate", "--images", str(images))
+    def score(self, images: Path, model: str | None = None) -> tuple[Score, str]:
+        """The accuracy of `model` (default: @champion) on `images` (cat/ and dog/ folders) and
+        its version."""
+        result = self.stage("evaluate", "--images", str(images),
+                            *(("--model", model) if model else ()))
         correct = sum(p["label"] == p["predicted"] for p in result["predictions"])
         return Score(correct, len(result["predictions"])), str(result["version"])
 
@@ -295,10 +299,13 @@ def run_loop(photos: Path, work: Path, mlflow_url: str, labels: int, unseen_shar
     sent = clock.time("serve + feedback", lambda: loop.serve_and_label(traffic, labels))
     ingest, train, promote = clock.time("retrain: ingest..promote",
                                         lambda: loop.train_and_promote(source))
-    shifted_after, new = clock.time("evaluate", lambda: loop.score(held))
-    clean_after, _ = clock.time("evaluate", lambda: loop.score(fixed_test))
+    # the challenger itself, promoted or not: what the labels taught, and what promote weighed
+    challenger = f"models:/CatsDogsCNN/{train['version']}"
+    shifted_after, _ = clock.time("evaluate", lambda: loop.score(held, challenger))
+    clean_after, _ = clock.time("evaluate", lambda: loop.score(fixed_test, challenger))
     return LoopResult(
-        champion=champion, challenger=str(train.get("version", "")), promoted=new != champion,
+        champion=champion, challenger=str(train["version"]),
+        promoted=bool(promote.get("promoted")),
         labels_sent=sent, feedback_merged=int(ingest["feedback"]),
         production_lineage=loop.lineage(str(train["run_id"])),
         shifted_before=shifted_before, shifted_after=shifted_after, clean_before=clean_before,
@@ -311,16 +318,17 @@ def run_loop(photos: Path, work: Path, mlflow_url: str, labels: int, unseen_shar
 
 def print_table(result: LoopResult) -> None:
     """The before/after table, then CPU and wall time per phase."""
+    verdict = "promoted" if result.promoted else "not promoted"
     print(f"\n{'':32} {'champion v' + result.champion:34} "
-          f"{'after the loop (v' + (result.challenger or '?') + ')':34}")
+          f"{'challenger v' + result.challenger + ' (' + verdict + ')':34}")
     print(f"{'shifted, never trained on':32} {result.shifted_before.shown():34} "
           f"{result.shifted_after.shown():34}")
     print(f"{'clean, the fixed test split':32} {result.clean_before.shown():34} "
           f"{result.clean_after.shown():34}")
     print(f"{'labels used':32} {'0':34} {result.labels_sent} sent, "
           f"{result.feedback_merged} merged by ingest")
-    print(f"challenger promoted: {result.promoted}; its data set's production pictures: "
-          f"{result.production_lineage}")
+    print(f"promote: {result.promote.get('message')}")
+    print(f"the challenger's data set's production pictures: {result.production_lineage}")
     print(f"\n{'phase':32} {'CPU min':>8} {'wall min':>9}")
     for phase, cpu in result.cpu_s.items():
         print(f"{phase:32} {cpu / 60:8.1f} {result.wall_s[phase] / 60:9.1f}")
