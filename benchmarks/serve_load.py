@@ -17,8 +17,8 @@ Where the CPU goes: each level also prints CPU milliseconds per request (CPU tim
 the level / requests sent), from the kernel's per-process and per-thread counters (psutil, i.e.
 /proc/<pid>/stat and /proc/<pid>/task/<tid>/stat, user + system) read before and after the level:
 - decode: the service's `catsdogs_decode_cpu_seconds_total` counter (its /metrics), the
-  `time.thread_time()` of every call of the API's decode function: JPEG decode, the square
-  resize and, with the prediction log on, the upload's header read;
+  `time.thread_time()` of every call of the API's decode function: JPEG decode and the square
+  resize (the upload's stored size and format come from that one decode);
 - network: the model process (`--service-name catsdogs_model`) minus its main thread, i.e.
   torch's calling thread (from BentoML's thread pool) and its OpenMP threads;
 - HTTP and batching: the API process (`--service-name catsdogs`) minus decode (its event loop:
