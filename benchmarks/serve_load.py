@@ -17,8 +17,8 @@ Where the CPU goes: each level also prints CPU milliseconds per request (CPU tim
 the level / requests sent), from the kernel's per-process and per-thread counters (psutil, i.e.
 /proc/<pid>/stat and /proc/<pid>/task/<tid>/stat, user + system) read before and after the level:
 - decode: the service's `catsdogs_decode_cpu_seconds_total` counter (its /metrics), the
-  `time.thread_time()` of every call of the API's decode function: JPEG decode, the square
-  resize and, with the prediction log on, the upload's header read;
+  `time.thread_time()` of every call of the API's decode function: JPEG decode and the square
+  resize (the upload's stored size and format come from that one decode);
 - network: the model process (`--service-name catsdogs_model`) minus its main thread, i.e.
   torch's calling thread (from BentoML's thread pool) and its OpenMP threads;
 - HTTP and batching: the API process (`--service-name catsdogs`) minus decode (its event loop:
@@ -27,6 +27,9 @@ the level / requests sent), from the kernel's per-process and per-thread counter
   BentoML's batching queue), plus the `bentoml serve` supervisor; the two parts are printed too;
 - load generator: this process (`time.process_time()`), the aiohttp client sending the load;
 - flask: the baseline process, everything (one thread: HTTP, decode, network).
+At c=32 it also prints the network-only ceiling, the CPUs this process may run on x 1000 /
+the network's CPU-ms a request (the requests/s if the CPUs ran nothing but the network), and the
+service's requests/s as a share of it (the issue's target: >= 60%).
 CPU time of a thread that ended during a level still counts in its process's total, so only the
 main thread is taken per thread. `--max-isa` caps the instruction set oneDNN (torch's and
 OpenVINO's) and torch's own kernels use (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), for the
@@ -411,6 +414,22 @@ def target_lines(results: dict[str, dict[int, LevelResult]]) -> list[str]:
     return lines
 
 
+def ceiling_line(rate: float, network_ms: float, cpus: int) -> str:
+    """The network-only ceiling at c=32 and the service's share of it: `cpus` x 1000 / the
+    network's CPU-ms a request (`network_ms`, cpu_split's `network`) is the requests/s the
+    machine would serve if its CPUs did nothing but run the network; the issue's target is a
+    share >= 60% (`rate`: the service's requests/s). ValueError when `network_ms` <= 0 or
+    `cpus` < 1."""
+    if network_ms <= 0 or cpus < 1:
+        raise ValueError(f"need network_ms > 0 and cpus >= 1, got {network_ms} and {cpus}")
+    ceiling = cpus * 1000 / network_ms
+    share = rate / ceiling
+    return (f"target c=32 throughput >= 60% of the network-only ceiling: "
+            f"{'met' if share >= 0.6 else 'MISSED'} ({rate:.0f} of {ceiling:.0f} req/s, "
+            f"{share:.0%}; ceiling = {cpus} CPUs x 1000 / {network_ms:.2f} network CPU-ms a "
+            f"request)")
+
+
 def print_logging_table(results: dict[str, dict[int, LevelResult]], levels: list[int]) -> None:
     print(f"\n{'concurrency':>11} | {'log on req/s':>12} {'p50 ms':>7} {'p99 ms':>7} | "
           f"{'log off req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | on/off")
@@ -567,6 +586,10 @@ def main() -> int:
             else:
                 print_table(results, levels)
                 print_cpu_table(splits, levels)
+                if 32 in levels:
+                    print(ceiling_line(results["bentoml"][32][0],
+                                       splits["bentoml"][32]["network"],
+                                       len(os.sched_getaffinity(0))), flush=True)
     if args.logging_cost:
         sent = (args.rounds * len(levels) * args.requests) + 40  # + the warm-up
         print(f"prediction log: {logged_rows(log_url)} rows for {sent} requests "

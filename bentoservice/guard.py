@@ -1,23 +1,24 @@
 """ASGI middleware in front of the API: every request shape gets a 2xx or a JSON 4xx.
 
-For the POST endpoints it reads the body itself, counting while it streams (a request over
-the limit is refused with 413 as soon as it gets there, Content-Length or not), and hands BentoML
-only a request it can parse without surprises:
+For the POST endpoints it reads the body itself, once, counting while it streams (a request over
+the limit is refused with 413 as soon as it gets there, Content-Length or not), parses it once and
+hands the route what it found in the request's state (`UPLOADS`):
 
 - `/predict`, `/predict_batch`, `/explain` (like `/predict`, multipart only): a multipart form whose parts are all files under the endpoint's
-  field (`image`, `images`). Any other field name, a text value where the file belongs (which
-  BentoML would take for a URL and download: the service never fetches what a caller names), a
-  malformed form or another content type is refused here. The accepted files are passed on in a
-  freshly written form (plain part headers and file names). `/predict` also takes the photo as
-  the raw body with an `image/*` or `application/octet-stream` Content-Type.
-- `/predict_base64`: anything but a JSON object whose `image` is a string is refused with a hint
-  (BentoML would log each such request's validation error with a traceback at error level).
-- `/feedback`: likewise, a JSON object whose `prediction_id` and `label` are strings, at most
-  `FEEDBACK_BYTES` (the service checks the label and the id).
+  field (`image`, `images`). Any other field name, a text value where the file belongs (a URL
+  among them: the service never fetches what a caller names), a malformed form or another
+  content type is refused here. The files' bytes go to the route (bentoservice/routes.py), in
+  order. `/predict` also takes the photo as the raw body with an `image/*` or
+  `application/octet-stream` Content-Type.
+- `/predict_base64`: anything but a JSON object whose `image` is a string is refused with a hint;
+  the string goes to the route.
+- `/feedback` (a BentoML API): likewise, a JSON object whose `prediction_id` and `label` are
+  strings, at most `FEEDBACK_BYTES` (the service checks the label and the id); its body is
+  passed on as it came.
 
-Every 4xx answer of the API, including BentoML's own validation errors, leaves as
-`{"error", "reason"}` JSON with the reason in the `x-catsdogs-reject-reason` header, and is counted
-in `catsdogs_rejected_requests_total{reason}`.
+Every refusal leaves through `refusal_response`: `{"error", "reason"}` JSON with the reason in the
+`x-catsdogs-reject-reason` header; every 4xx answer, BentoML's own validation errors included, is
+counted in `catsdogs_rejected_requests_total{reason}`.
 """
 
 from __future__ import annotations
@@ -26,16 +27,15 @@ import asyncio
 import json
 import logging
 import re
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from tempfile import SpooledTemporaryFile
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs
 
 import bentoml
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.responses import JSONResponse
 
 logger = logging.getLogger("bentoservice.guard")
 
@@ -47,10 +47,11 @@ JSON_FIELDS = {"/predict_base64": ("image",), "/feedback": ("prediction_id", "la
 """The JSON endpoints: the string fields their object must have."""
 FEEDBACK_BYTES = 4096
 EDGE_REFUSED = "catsdogs_edge_refused"  # scope["state"] key: the edge answered (and counted) it
+UPLOADS = "catsdogs_uploads"
+"""scope["state"] key: what the guard read for an upload route (files: list[bytes], in order;
+/predict_base64: the `image` string)."""
 UNLIMITED_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})  # probes: no slot
 MULTIPART_OVERHEAD = 64 * 1024
-SPOOL_BYTES = 4 * 1024 * 1024  # a form bigger than this is buffered in a temporary file
-REPLAY_CHUNK = 1024 * 1024
 TEXT_KEPT = 200  # characters of a text value quoted back in the refusal
 FILENAME_STAR = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 URL_LIKE = re.compile(r"^\s*[\"']?([a-z][a-z0-9+.-]*://|data:)", re.IGNORECASE)
@@ -86,12 +87,23 @@ ONE_FILE = {"/predict": "send one photo per /predict request, or several to /pre
 
 
 class Refusal(Exception):
-    """A request the guard answers itself: status, machine-readable reason, message."""
+    """A request refused (by the guard or a route): status, machine-readable reason, message."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+def refusal_response(refusal: Refusal, log: bool = True) -> JSONResponse:
+    """The answer to every refusal: `{"error": message, "reason": reason}` with the refusal's
+    status and the reason in `REJECT_HEADER`; logged with its reason and status only (the refused
+    content, a URL or a text, stays out of the log) unless `log` is False (the edge did it)."""
+    if log:
+        logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
+                    extra={"reason": refusal.reason, "status": refusal.status})
+    return JSONResponse({"error": str(refusal), "reason": refusal.reason},
+                        status_code=refusal.status, headers={REJECT_HEADER: refusal.reason})
 
 
 def looks_like_url(text: str) -> bool:
@@ -109,7 +121,7 @@ class _Part:
     name: str = ""
     size: int = 0
     text: bytearray = field(default_factory=bytearray)
-    data: SpooledTemporaryFile[bytes] | None = None
+    data: list[bytes] | None = None   # a file part's chunks (None: a text part)
 
 
 class _FormCheck:
@@ -157,10 +169,9 @@ class _FormCheck:
         if not self.parts:
             raise Refusal(400, "empty", f"the form has no field `{self.field}`; {HOW[self.path]}")
 
-    def close(self) -> None:
-        for part in self.parts:
-            if part.data is not None:
-                part.data.close()
+    def files(self) -> list[bytes]:
+        """The file parts' bytes, in order (after `finish`)."""
+        return [b"".join(p.data) for p in self.parts if p.data is not None]
 
     def _begin(self) -> None:
         self._disposition = b""
@@ -193,7 +204,7 @@ class _FormCheck:
             raise Refusal(400, "invalid_request", f"field `{part.name[:TEXT_KEPT]}` is not accepted "
                           f"here; {HOW[self.path]}")
         if self._is_file(options):
-            part.data = SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by close)
+            part.data = []
             if sum(p.data is not None for p in self.parts) > self.max_files:
                 raise Refusal(400, "too_many_images", f"field `{self.field}` holds more than "
                               f"{self.max_files} file(s); " + ONE_FILE.get(
@@ -211,7 +222,7 @@ class _FormCheck:
         part = self.parts[-1]
         part.size += end - start
         if part.data is not None:
-            part.data.write(data[start:end])
+            part.data.append(data[start:end])
         elif len(part.text) < TEXT_KEPT:
             part.text += data[start:min(end, start + TEXT_KEPT)]
 
@@ -219,7 +230,6 @@ class _FormCheck:
         part = self.parts[-1]
         if part.data is None:
             self._refuse_text(part)
-        part.data.seek(0)
 
     def _refuse_text(self, part: _Part) -> None:
         text = part.text.decode("utf-8", "replace")
@@ -228,37 +238,6 @@ class _FormCheck:
         raise Refusal(400, "not_a_file", f"field `{self.field}` was sent as a text value "
                       f"({part.size} bytes), not as a file; {HOW[self.path]} (with curl: "
                       f"-F {self.field}=@photo.jpg, not {self.field}=<photo.jpg)")
-
-
-class _Form:
-    """A plain multipart form holding the accepted files, replayed to BentoML in chunks (the
-    caller's part headers and file names are not passed on)."""
-
-    def __init__(self, field_name: str, files: list[SpooledTemporaryFile[bytes]],
-                 sizes: list[int]) -> None:
-        self.boundary = secrets.token_hex(16).encode()
-        self.files = files
-        self.heads = [(b"--" + self.boundary + b"\r\nContent-Disposition: form-data; name=\""
-                       + field_name.encode() + b"\"; filename=\"upload\"\r\n"
-                       b"Content-Type: application/octet-stream\r\n\r\n") for _ in files]
-        self.tail = b"--" + self.boundary + b"--\r\n"
-        self.length = sum(len(h) + s + 2 for h, s in zip(self.heads, sizes, strict=True)) \
-            + len(self.tail)
-
-    def content_type(self) -> bytes:
-        return b"multipart/form-data; boundary=" + self.boundary
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        for head, data in zip(self.heads, self.files, strict=True):
-            yield head
-            while chunk := data.read(REPLAY_CHUNK):
-                yield chunk
-            yield b"\r\n"
-        yield self.tail
-
-    def close(self) -> None:
-        for data in self.files:
-            data.close()
 
 
 class RequestGuard:
@@ -289,9 +268,8 @@ class RequestGuard:
         if scope.get("method") != "POST":
             await self._in_slot(scope, receive, self._json_errors(send, path))
             return
-        form: _Form | None = None
         try:
-            scope, receive, form = await self._checked(scope, receive, path)
+            receive = await self._checked(scope, receive, path)
         except Refusal as refusal:
             # a stalled upload the edge closed was answered and counted there; the answer is
             # still sent (to a closed connection: dropped) so that BentoML's request timeout,
@@ -300,11 +278,7 @@ class RequestGuard:
                 (scope.get("state") or {}).get(EDGE_REFUSED))
             await self._refuse(send, refusal, count=not counted)
             return
-        try:
-            await self._in_slot(scope, receive, self._json_errors(send, path))
-        finally:
-            if form is not None:
-                form.close()
+        await self._in_slot(scope, receive, self._json_errors(send, path))
 
     async def _in_slot(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app in a request slot; 429 `busy` when every slot is taken."""
@@ -316,9 +290,10 @@ class RequestGuard:
         async with self.slots:
             await self.app(scope, receive, send)
 
-    async def _checked(self, scope: Scope, receive: Receive, path: str
-                       ) -> tuple[Scope, Receive, _Form | None]:
-        """The request as the app should see it, or a `Refusal`."""
+    async def _checked(self, scope: Scope, receive: Receive, path: str) -> Receive:
+        """Read and check the body: an upload route's files or string go to
+        `scope["state"][UPLOADS]`; the `receive` the app then reads (the body replayed for
+        /feedback, nothing for the upload routes); or a `Refusal`."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         length = headers.get("content-length", "").strip()
@@ -334,42 +309,27 @@ class RequestGuard:
                               f"{HOW[path]}" + (" (or post the form to /predict)"
                                                 if path == "/predict_base64" else ""))
             body = await self._read_all(receive, path)
-            self._check_json(body, path)
-            return scope, _replay(body), None
-        if media == b"multipart/form-data":
+            value = self._check_json(body, path)
+            if path != "/predict_base64":
+                return _replay(body)
+            uploads: list[bytes] | str = value["image"]
+        elif media == b"multipart/form-data":
             if not options.get(b"boundary"):
                 raise Refusal(400, "bad_multipart", f"the multipart Content-Type has no "
                               f"boundary; {HOW[path]}")
             check = _FormCheck(path, options[b"boundary"], self.max_files[path])
-            try:
-                check.start()
-                await self._stream(receive, path, check.write)
-                check.finish()
-            except BaseException:
-                check.close()
-                raise
-            files = [p.data for p in check.parts if p.data is not None]
-            form = _Form(FIELD[path], files, [p.size for p in check.parts])
+            check.start()
+            await self._stream(receive, path, check.write)
+            check.finish()
+            uploads = check.files()
         elif path == "/predict" and (media.startswith(b"image/")
                                      or media == b"application/octet-stream"):
-            buffer: SpooledTemporaryFile[bytes] = SpooledTemporaryFile(  # noqa: SIM115 (form.close)
-                max_size=SPOOL_BYTES)
-            try:
-                size = await self._stream(receive, path, buffer.write)
-            except BaseException:
-                buffer.close()
-                raise
-            buffer.seek(0)
-            form = _Form("image", [buffer], [size])
+            uploads = [await self._read_all(receive, path)]
         else:
             body = await self._read_all(receive, path)
             self._refuse_other_body(body, media.decode("latin-1"), path)
-        scope = {**scope, "headers": [
-            *((k, v) for k, v in scope.get("headers", [])
-              if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")),
-            (b"content-type", form.content_type()),
-            (b"content-length", str(form.length).encode())]}
-        return scope, _replay_stream(form.chunks()), form
+        scope.setdefault("state", {})[UPLOADS] = uploads
+        return _replay(b"")
 
     async def _stream(self, receive: Receive, path: str, sink: Callable[[bytes], Any]) -> int:
         """Feed the body to `sink` chunk by chunk; 413 as soon as it passes the limit."""
@@ -400,7 +360,8 @@ class RequestGuard:
                        "bytes (CATSDOGS_MAX_UPLOAD_BYTES per picture, plus encoding overhead)")
 
     @staticmethod
-    def _check_json(body: bytes, path: str) -> None:
+    def _check_json(body: bytes, path: str) -> dict[str, Any]:
+        """The body's JSON object, whose `JSON_FIELDS[path]` are strings; else a `Refusal`."""
         if body.startswith(IMAGE_MAGIC):
             raise Refusal(400, "invalid_request", "the body is a raw image file, not JSON; "
                           f"{HOW[path]}" + (", or post the raw file to /predict"
@@ -421,9 +382,10 @@ class RequestGuard:
                 what = "a string of base64" if name == "image" else "a string"
                 raise Refusal(400, "invalid_request", f"`{name}` must be {what} (got {found}); "
                               f"{HOW[path]}")
+        return value
 
     @staticmethod
-    def _refuse_other_body(body: bytes, media: str, path: str) -> None:
+    def _refuse_other_body(body: bytes, media: str, path: str) -> NoReturn:
         """A body /predict or /predict_batch does not take: url_not_accepted when it names a URL
         (raw, as JSON `{"image": URL}` or as a URL-encoded form value), else 415."""
         field_name = FIELD[path]
@@ -478,15 +440,10 @@ class RequestGuard:
         False (the edge did both already)."""
         if count:
             REJECTED.labels(reason=refusal.reason).inc()
-            # the reason and status only: the refused content (a URL, a text) stays out of the log
-            logger.info("refused a request: %s (%d)", refusal.reason, refusal.status,
-                        extra={"reason": refusal.reason, "status": refusal.status})
-        body = json.dumps({"error": str(refusal), "reason": refusal.reason}).encode()
-        await send({"type": "http.response.start", "status": refusal.status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (REJECT_HEADER.encode(), refusal.reason.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        response = refusal_response(refusal, log=count)
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
 
 
 REASON_BY_STATUS = {405: "method_not_allowed", 415: "unsupported_media_type"}
@@ -519,25 +476,5 @@ def _replay(body: bytes) -> Receive:
             return {"type": "http.disconnect"}
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
-def _replay_stream(chunks: AsyncIterator[bytes]) -> Receive:
-    pending: list[bytes] = []
-    done = False
-
-    async def receive() -> Message:
-        nonlocal done
-        if done:
-            return {"type": "http.disconnect"}
-        if not pending:
-            pending.append(await anext(chunks))
-        chunk = pending.pop()
-        try:
-            pending.append(await anext(chunks))
-        except StopAsyncIteration:
-            done = True
-        return {"type": "http.request", "body": chunk, "more_body": not done}
 
     return receive

@@ -15,6 +15,12 @@ the store: the request only puts a record on a bounded queue. Each logged answer
 row's `prediction_id`; `POST /feedback` records the true label (cat, dog or neither) of that row
 (`PredictionLog.label`).
 
+The upload routes (/predict, /predict_batch, /predict_base64, /explain) are routes of an ASGI app
+the service mounts (bentoservice/routes.py): the guard reads and parses each body once, the routes
+hand the uploads to `classify` / `explanation`, and each picture is decoded once, its stored size
+and format coming back with its pixels (catsdogs.data.images.square_decoded). /feedback is a
+BentoML API (a small JSON body: BentoML's own parsing costs it little).
+
 Explanations: /explain answers like /predict (the same guard, decode path and batched model call,
 so the same label and confidence; not counted or logged as a prediction again), then computes the Grad-CAM heatmap of that label
 (catsdogs.inference.explain) with the eager float32 torch network, whatever variant the model
@@ -26,10 +32,7 @@ service runs (OpenVINO, TorchScript bf16, ...): loaded into the API process on t
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import io
 import logging
 import math
 import os
@@ -47,15 +50,14 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from bentoservice.access import ApiAccess, access_options
 from bentoservice.coalesce import Coalescer
 from bentoservice.edge import EdgeLimits
 from bentoservice.edge import install as install_edge
-from bentoservice.guard import REJECT_HEADER, RequestGuard, looks_like_url, url_refusal
+from bentoservice.guard import Refusal, RequestGuard, refusal_response
 from bentoservice.import_model import OOD_FOLDER_NAME
+from bentoservice.routes import Explained, ModelRef, Prediction, upload_app
 from bentoservice.runtime import (
     MLFLOW_MODEL_FOLDER,
     ModelInfo,
@@ -78,7 +80,7 @@ from bentoservice.settings import (
 from bentoservice.web import CARD_FILE, read_card, web_app
 from catsdogs.config import CLASSES, FEEDBACK_LABELS
 from catsdogs.console import bind_log_fields, log_handler
-from catsdogs.data.images import ImageLimits, ImageRejected, decode_image, square_image
+from catsdogs.data.images import ImageLimits, ImageRejected, decode_image, square_decoded
 from catsdogs.inference.compute import serving_device
 from catsdogs.inference.explain import GradCam, overlay, png
 from catsdogs.inference.variants import REFERENCE, Choice, Predicting, build_predictor, choose
@@ -137,36 +139,9 @@ MODEL_INFO = bentoml.metrics.Gauge(
     labelnames=["name", *VERSIONED], multiprocess_mode="max")
 
 
-class ModelRef(BaseModel):
-    name: str = Field(description="registered model name")
-    version: str = Field(description="registered model version")
-
-
-EXPLAINED_WITH = REFERENCE      # the network Grad-CAM runs: eager, float32 (needs gradients)
 EXPLAIN_WAITING = 4              # explanations queued behind the running one before 503
 FEEDBACK_THREADS = 4             # feedback requests waiting on the prediction log at once
 EXPLAIN_SIDE = 768               # longest side of the explanation PNG (smaller pictures: as sent)
-EXPLAIN_HEADERS = {"label": "x-catsdogs-label", "confidence": "x-catsdogs-confidence",
-                   "version": "x-catsdogs-model-version",
-                   "explained_with": "x-catsdogs-explained-with",
-                   "served_variant": "x-catsdogs-served-variant"}
-
-
-class Prediction(BaseModel):
-    label: str = Field(description="predicted class: cat or dog")
-    confidence: float = Field(description="probability of the predicted label")
-    probabilities: dict[str, float] = Field(description="probability of each class")
-    model: ModelRef
-    in_distribution: bool | None = Field(
-        None, description="false: the picture does not look like a cat or a dog photo (its "
-        "out-of-distribution score is above the threshold); null: the model has no calibration")
-    ood_score: float | None = Field(
-        None, description="out-of-distribution score (squared Mahalanobis distance of the "
-        "embedding to the nearest class; higher: less like the training pictures)")
-    prediction_id: str | None = Field(
-        None, description="this answer's row in the prediction log (32 hex digits): POST it to "
-        "/feedback with the true label; null when the log is off or dropped the row (queue "
-        "full), and in /explain's answer (not logged again)")
 
 
 class FeedbackAnswer(BaseModel):
@@ -175,20 +150,6 @@ class FeedbackAnswer(BaseModel):
     prediction_id: str = Field(description="the answer labelled")
     label: str = Field(description="the true label recorded: " + ", ".join(FEEDBACK_LABELS))
     labelled_at: dt.datetime = Field(description="when it was recorded (UTC)")
-
-
-class Explanation(BaseModel):
-    """/explain's JSON variant (`?format=json` or `Accept: application/json`)."""
-
-    prediction: Prediction = Field(description="the answer, as /predict gives it")
-    heatmap_png: str = Field(description="base64 PNG: the picture with the Grad-CAM heatmap of "
-                             "the predicted label over it")
-    width: int = Field(description="the PNG's width in pixels")
-    height: int = Field(description="the PNG's height in pixels")
-    explained_with: str = Field(description="the network the heatmap comes from: the eager "
-                                "float32 torch network, whatever variant serves /predict")
-    served_variant: str | None = Field(description="the variant serving /predict (null: the "
-                                       "model service did not say)")
 
 
 # No thread pool may spin on the cores the API process needs for decoding. OpenMP threads sleep
@@ -297,16 +258,14 @@ class CatsDogsModel:
 
 @dataclass(frozen=True)
 class Upload:
-    """What the prediction log keeps of one upload besides its pixels."""
+    """What the prediction log keeps of one upload besides its pixels: its stored size and
+    format (from the decode) and its bytes (kept only when the answer's keeping policy keeps
+    the picture: `_answer`)."""
 
-    width: int | None
-    height: int | None
+    width: int
+    height: int
     format: str | None
-    source: bytes | Path    # the upload (a request's temporary file lives as long as it does)
-
-    def picture(self) -> bytes:
-        """The upload's bytes, for a kept picture (read while the request is still open)."""
-        return self.source.read_bytes() if isinstance(self.source, Path) else bytes(self.source)
+    source: bytes
 
 
 def _count_feedback(label: str, labelled: Labelled) -> None:
@@ -317,22 +276,7 @@ def _count_feedback(label: str, labelled: Labelled) -> None:
         FEEDBACK.labels(label=label, correct=correct, version=labelled.model_version).inc()
 
 
-def _error(status: int, reason: str, message: str) -> JSONResponse:
-    """The refusal answer; logged with its reason and status (not the request's content)."""
-    logger.info("refused a request: %s (%d)", reason, status,
-                extra={"reason": reason, "status": status})
-    return JSONResponse({"error": message, "reason": reason}, status_code=status,
-                        headers={REJECT_HEADER: reason})
-
-
-def _wants_json(request: Request) -> bool:
-    """/explain's JSON variant: `?format=json`, or an Accept header naming JSON but not PNG."""
-    if request.query_params.get("format", "").lower() == "json":
-        return True
-    accept = request.headers.get("accept", "").lower()
-    return "application/json" in accept and "image/png" not in accept
-
-
+@bentoml.asgi_app(upload_app, path="/")
 @bentoml.asgi_app(web_app, path="/")
 @bentoml.service(name="catsdogs", workers=1, envs=SERVICE_ENV,
                  traffic={"timeout": 120})  # request slots: the guard (after the body is read)
@@ -387,6 +331,7 @@ class CatsDogs:
                                "data": data.as_dict() if data is not None else None,
                                "card": read_card(Path(stored.path_of(CARD_FILE)))}
         web_app.state.runtime = self._runtime
+        upload_app.state.service = self
         web_app.state.review = (ReviewDesk(prediction_log_target(SETTINGS),
                                            prediction_log_pictures(SETTINGS))
                                 if self.prediction_log is not None else None)
@@ -411,28 +356,17 @@ class CatsDogs:
         if web_app.state.review is not None:
             web_app.state.review.close()
 
-    def _prepare(self, source: bytes | Path) -> tuple[np.ndarray, Upload | None]:
+    def _prepare(self, source: bytes) -> tuple[np.ndarray, Upload]:
+        """In a decode thread: the upload's S,S,3 uint8 pixels and its `Upload` (one decode)."""
         started = time.thread_time()
         try:
-            pixels = np.asarray(square_image(source, self.info.image_size, self.limits))
-            return pixels, (self._upload(source) if self.prediction_log is not None else None)
+            found = square_decoded(source, self.info.image_size, self.limits)
+            return np.asarray(found.image), Upload(found.width, found.height, found.format,
+                                                   source)
         finally:
             DECODE_CPU.inc(time.thread_time() - started)
 
-    @staticmethod
-    def _upload(source: bytes | Path) -> Upload:
-        """What the prediction log keeps of an upload that decoded: its stored size and
-        format (a header read), and the upload itself (its bytes are copied only when the
-        answer's keeping policy keeps it: `_answer`)."""
-        try:
-            with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
-                width, height, kind = image.width, image.height, image.format
-        except (OSError, ValueError):  # decoded a moment ago; a race with the temp file
-            width = height = kind = None
-        return Upload(width, height, kind, source)
-
-    async def _pixels(self, sources: list[bytes | Path]
-                      ) -> tuple[np.ndarray, list[Upload | None]]:
+    async def _pixels(self, sources: list[bytes]) -> tuple[np.ndarray, list[Upload]]:
         """Decode and resize in the thread pool: N,H,W,3 uint8 (the model process normalises
         batches) and what the prediction log keeps of each upload; a bad picture raises
         ImageRejected, naming its position when there are several."""
@@ -450,7 +384,7 @@ class CatsDogs:
                 [upload for _, upload in pictures])  # type: ignore[misc]
 
     def _answer(self, outputs: np.ndarray, pixels: np.ndarray,
-                uploads: list[Upload | None], record: bool = True) -> list[Prediction]:
+                uploads: list[Upload], record: bool = True) -> list[Prediction]:
         """The answers; `record`: counted in the prediction metrics and handed to the prediction
         log (False for /explain: the page asks /predict and /explain for the same upload)."""
         probabilities, scores, embeddings = unpack_outputs(outputs, len(self.info.classes))
@@ -469,7 +403,7 @@ class CatsDogs:
                 if inside is False:
                     OUT_OF_DISTRIBUTION.labels(**self.versioned).inc()
             upload, prediction_id = uploads[index], None
-            if record and self.prediction_log is not None and upload is not None:
+            if record and self.prediction_log is not None:
                 kept_for = self.prediction_log.keep_for(row[best], inside)
                 logged = PredictionRecord(
                     time=now, model_name=self.info.name, model_version=self.info.version,
@@ -477,7 +411,7 @@ class CatsDogs:
                     height=upload.height, format=upload.format, pixels=pixels[index],
                     embedding=None if embeddings is None else embeddings[index],
                     ood_score=score, in_distribution=inside, kept_for=kept_for,
-                    picture=upload.picture() if kept_for else None)
+                    picture=upload.source if kept_for else None)
                 if self.prediction_log.submit(logged):
                     prediction_id = logged.prediction_id
             answers.append(Prediction(
@@ -487,25 +421,28 @@ class CatsDogs:
                 prediction_id=prediction_id))
         return answers
 
-    async def _predict(self, sources: list[bytes | Path]) -> list[Prediction] | JSONResponse:
-        result = await self._classify(sources)
-        return result if isinstance(result, JSONResponse) else result[0]
+    async def classify(self, uploads: list[bytes]) -> list[Prediction]:
+        """The answers to the upload routes (bentoservice/routes.py), one per upload in order,
+        counted and logged; raises `Refusal` (a picture refused, the model unavailable)."""
+        answers, _ = await self._classify(uploads)
+        return answers
 
-    async def _classify(self, sources: list[bytes | Path], record: bool = True
-                        ) -> tuple[list[Prediction], np.ndarray] | JSONResponse:
-        """The answers and the N,S,S,3 uint8 pixels they were computed from, or the refusal
-        (`record`: see `_answer`)."""
+    async def _classify(self, sources: list[bytes], record: bool = True
+                        ) -> tuple[list[Prediction], np.ndarray]:
+        """The answers and the N,S,S,3 uint8 pixels they were computed from (`record`: see
+        `_answer`); raises `Refusal`."""
         try:
             pixels, uploads = await self._pixels(sources)
         except ImageRejected as exc:
-            return _error(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
+            raise Refusal(413 if exc.reason == "too_large" else 400, exc.reason,
+                          str(exc)) from None
         outputs = await self.coalescer.infer(pixels)
         if outputs is None:
-            return _error(503, "model_unavailable",
+            raise Refusal(503, "model_unavailable",
                           "the model service is overloaded or not answering; retry in a moment")
         return self._answer(outputs, pixels, uploads, record), pixels
 
-    def _explain_picture(self, source: Path, pixels: np.ndarray, label: str
+    def _explain_picture(self, source: bytes, pixels: np.ndarray, label: str
                          ) -> tuple[bytes, int, int]:
         """In the explain thread: Grad-CAM of `label` on the answer's S,S,3 pixels, laid over
         the upload (at most EXPLAIN_SIDE on its longest side) -> (PNG bytes, width, height).
@@ -537,52 +474,6 @@ class CatsDogs:
                 return None
         return None
 
-    @bentoml.api(route="/predict")
-    async def predict(
-        self, image: Annotated[Path, Field(description="the photo (JPEG, PNG, WebP, GIF, ...)")],
-    ) -> Prediction:
-        """Classify one photo sent as multipart field `image`."""
-        result = await self._predict([image])
-        return result if isinstance(result, JSONResponse) else result[0]
-
-    @bentoml.api(route="/predict_batch")
-    async def predict_batch(
-        self, images: Annotated[list[Path], Field(description="photos, repeated field `images`")],
-    ) -> list[Prediction]:
-        """Classify several photos in one request; answers come back in the same order."""
-        if not images:
-            return _error(400, "empty", "no images: send one or more multipart fields `images`")
-        if len(images) > SETTINGS.max_batch_images:
-            return _error(400, "too_many_images", f"{len(images)} images; the limit per request "
-                          f"is {SETTINGS.max_batch_images} (CATSDOGS_MAX_BATCH_IMAGES)")
-        return await self._predict(list(images))
-
-    @bentoml.api(route="/predict_base64")
-    async def predict_base64(
-        self, image: Annotated[str, Field(description="the photo's bytes, base64-encoded")],
-    ) -> Prediction:
-        """Classify one photo sent as JSON `{"image": "<base64>"}` (a data: URL prefix is fine)."""
-        text = image.lstrip()
-        data_url = text[:5].lower() == "data:"  # URL schemes are case-insensitive (RFC 3986)
-        if looks_like_url(image) and not data_url:
-            refusal = url_refusal("`image`", image, "/predict_base64")
-            return _error(refusal.status, refusal.reason, str(refusal))
-        if data_url:
-            prefix, comma, text = text.partition(",")
-            if not comma:
-                return _error(400, "bad_data_url", f"`image` is a data: URL without the comma "
-                              f"that ends its header ({prefix[:40]!r}…); send "
-                              "data:image/jpeg;base64,<base64> or the base64 alone")
-        if len(text) > SETTINGS.max_upload_bytes * 4 // 3 + 4:
-            return _error(413, "too_large", f"the encoded image is {len(text)} characters; the "
-                          f"limit is {SETTINGS.max_upload_bytes} bytes once decoded")
-        try:
-            data = base64.b64decode("".join(text.split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            return _error(400, "bad_base64", f"`image` is not valid base64: {exc}")
-        result = await self._predict([data])
-        return result if isinstance(result, JSONResponse) else result[0]
-
     @bentoml.api(route="/feedback")
     async def feedback(
         self,
@@ -597,11 +488,12 @@ class CatsDogs:
         `bad_label`: another label; 404 `unknown_prediction`: no row has that id (never
         answered, not logged, or deleted by the log's cap or retention)."""
         if label not in FEEDBACK_LABELS:
-            return _error(400, "bad_label", f"`label` is {label[:40]!r}; it takes "
-                          + ", ".join(FEEDBACK_LABELS))
+            return refusal_response(Refusal(400, "bad_label", f"`label` is {label[:40]!r}; it "
+                                            "takes " + ", ".join(FEEDBACK_LABELS)))
         if self.prediction_log is None:
-            return _error(404, "unknown_prediction", "this service keeps no prediction log "
-                          "(CATSDOGS_PREDICTION_LOG=0): no answer can be labelled")
+            return refusal_response(Refusal(404, "unknown_prediction", "this service keeps no "
+                                            "prediction log (CATSDOGS_PREDICTION_LOG=0): no "
+                                            "answer can be labelled"))
         at = dt.datetime.now(dt.UTC)
         loop = asyncio.get_running_loop()
         try:
@@ -610,74 +502,42 @@ class CatsDogs:
         except (SQLAlchemyError, OSError) as exc:   # OSError: SQLite's folder cannot be made
             logger.warning("feedback not recorded: %s: %s", type(exc).__name__,
                            str(exc).splitlines()[0][:300])
-            return _error(503, "feedback_unavailable", "the prediction log's store is not "
-                          "answering; retry in a moment")
+            return refusal_response(Refusal(503, "feedback_unavailable", "the prediction log's "
+                                            "store is not answering; retry in a moment"))
         if not found:
-            return _error(404, "unknown_prediction", f"no prediction {prediction_id[:64]!r} in "
-                          "the prediction log: never answered, not logged, or deleted by its "
-                          "cap (CATSDOGS_PREDICTION_LOG_MAX_ROWS) or retention")
+            return refusal_response(Refusal(
+                404, "unknown_prediction", f"no prediction {prediction_id[:64]!r} in the "
+                "prediction log: never answered, not logged, or deleted by its cap "
+                "(CATSDOGS_PREDICTION_LOG_MAX_ROWS) or retention"))
         logger.info("feedback: %s is a %s", prediction_id, label)
         return FeedbackAnswer(prediction_id=prediction_id, label=label, labelled_at=at)
 
-    @bentoml.api(route="/explain")
-    async def explain(
-        self, image: Annotated[Path, Field(description="the photo (JPEG, PNG, WebP, GIF, ...)")],
-        ctx: bentoml.Context,
-    ) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
-        """Why the model answered: the photo (multipart field `image`, the same rules as /predict)
-        with a Grad-CAM heatmap of the predicted label over it, as a PNG (at most 768 px on its
-        longest side); the answer in the `x-catsdogs-label`, `x-catsdogs-confidence` and
-        `x-catsdogs-model-version` headers. `?format=json` (or `Accept: application/json`): the
-        answer and the PNG in base64 as JSON. The heatmap comes from the eager float32 torch
-        network (`x-catsdogs-explained-with`), also when /predict is served by another variant
-        (`x-catsdogs-served-variant`, e.g. OpenVINO)."""
+    async def explanation(self, upload: bytes) -> Explained:
+        """/explain (bentoservice/routes.py): the answer as /predict gives it (not counted or
+        logged again) and its Grad-CAM picture; raises `Refusal` (the picture's, explain_busy
+        past EXPLAIN_WAITING queued, explain_unavailable for a network Grad-CAM cannot hook)."""
         if self.explaining > EXPLAIN_WAITING:
-            return self._status(ctx, _error(503, "explain_busy", f"{self.explaining} explanations "
-                                            "are waiting; retry in a moment"))
+            raise Refusal(503, "explain_busy", f"{self.explaining} explanations are waiting; "
+                          "retry in a moment")
         self.explaining += 1
         try:
-            return await self._explain(image, ctx)
+            answers, pixels = await self._classify([upload], record=False)
+            answer = answers[0]
+            loop = asyncio.get_running_loop()
+            try:
+                data, width, height = await loop.run_in_executor(
+                    self.explain_pool, self._explain_picture, upload, pixels[0], answer.label)
+            except ValueError as exc:      # a network Grad-CAM cannot hook (an exported graph)
+                logger.warning("no explanation for %s v%s: %s", self.info.name,
+                               self.info.version, exc)
+                raise Refusal(503, "explain_unavailable", f"this model cannot be explained: "
+                              f"{exc}") from None
         finally:
             self.explaining -= 1
-
-    async def _explain(self, image: Path, ctx: bentoml.Context) -> Response:
-        result = await self._classify([image], record=False)   # /predict counts and logs it
-        if isinstance(result, JSONResponse):
-            return self._status(ctx, result)
-        answers, pixels = result
-        answer = answers[0]
-        loop = asyncio.get_running_loop()
-        try:
-            data, width, height = await loop.run_in_executor(
-                self.explain_pool, self._explain_picture, image, pixels[0], answer.label)
-        except ImageRejected as exc:  # the temporary upload went away between the two decodes
-            return self._status(ctx, _error(400, exc.reason, str(exc)))
-        except ValueError as exc:      # a network Grad-CAM cannot hook (an exported graph)
-            logger.warning("no explanation for %s v%s: %s", self.info.name, self.info.version,
-                           exc)
-            return self._status(ctx, _error(503, "explain_unavailable", f"this model cannot be "
-                                            f"explained: {exc}"))
         if self.served_variant is None:
             runtime = await self._runtime()
             self.served_variant = runtime.get("variant") if runtime else None
-        headers = {EXPLAIN_HEADERS["label"]: answer.label,
-                   EXPLAIN_HEADERS["confidence"]: f"{answer.confidence:.6f}",
-                   EXPLAIN_HEADERS["version"]: answer.model.version,
-                   EXPLAIN_HEADERS["explained_with"]: EXPLAINED_WITH,
-                   EXPLAIN_HEADERS["served_variant"]: self.served_variant or "unknown"}
-        if _wants_json(ctx.request):
-            body = Explanation(prediction=answer, heatmap_png=base64.b64encode(data).decode(),
-                               width=width, height=height, explained_with=EXPLAINED_WITH,
-                               served_variant=self.served_variant)
-            return JSONResponse(body.model_dump(mode="json"), headers=headers)
-        return Response(data, media_type="image/png", headers=headers)
-
-    @staticmethod
-    def _status(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
-        """A refusal from an API that takes the context (BentoML then sets the response's status
-        from the context's)."""
-        ctx.response.status_code = response.status_code
-        return response
+        return Explained(answer, data, width, height, self.served_variant)
 
 
 # optional API keys and per-client rate limit (bentoservice.access; off unless configured),

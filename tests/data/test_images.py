@@ -15,6 +15,8 @@ from catsdogs.data.images import (
     ImageLimits,
     ImageRejected,
     decode_image,
+    square_decoded,
+    square_image,
 )
 from tests.data.helpers import encode, noise_image, rotated_jpeg, sixteen_bit_png
 
@@ -56,6 +58,20 @@ def test_draft_mode_keeps_at_least_the_requested_size() -> None:
     image = decode_image(data, draft_size=224)
     assert image.size == (400, 250)  # decoded at 1/4 scale: both sides still >= 224
     assert decode_image(data).size == (1600, 1000)
+
+
+def test_square_decoded_gives_the_stored_size_and_format_with_the_pixels() -> None:
+    """The serving path's one decode: the file's stored size (before draft scaling and the EXIF
+    turn) and format come back with the same pixels `square_image` gives."""
+    rotated = rotated_jpeg(3)
+    found = square_decoded(rotated, 32)
+    assert (found.width, found.height, found.format) == (120, 90, "JPEG")
+    assert found.image.size == (32, 32)
+    assert np.array_equal(np.asarray(found.image), np.asarray(square_image(rotated, 32)))
+    big = square_decoded(encode(noise_image(2, (1600, 1000)), "JPEG"), 224)  # drafted at 1/4
+    assert (big.width, big.height) == (1600, 1000)
+    png = square_decoded(encode(noise_image(4, mode="LA"), "PNG"), 16)
+    assert (png.width, png.height, png.format, png.image.mode) == (120, 90, "PNG", "RGB")
 
 
 def test_path_and_bytes_agree(tmp_path: Path) -> None:

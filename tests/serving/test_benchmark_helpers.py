@@ -97,6 +97,18 @@ def test_targets_are_ratios_of_the_same_run() -> None:
                                     "flask": {8: (1.0, 1.0, 1.0, 0)}}) == []
 
 
+def test_network_ceiling_is_cpus_over_the_network_cost() -> None:
+    # the figures: 149 req/s, 5.82 network CPU-ms a request on 2 CPUs -> 344 req/s, 43%
+    line = serve_load.ceiling_line(149.0, 5.82, 2)
+    assert line.startswith("target c=32 throughput >= 60% of the network-only ceiling: MISSED "
+                           "(149 of 344 req/s, 43%;")
+    assert "met (250 of 400 req/s, 62%" in serve_load.ceiling_line(250.0, 10.0, 4)
+    with pytest.raises(ValueError, match="network_ms > 0"):
+        serve_load.ceiling_line(149.0, 0.0, 2)
+    with pytest.raises(ValueError, match="cpus >= 1"):
+        serve_load.ceiling_line(149.0, 5.82, 0)
+
+
 def test_cpu_description_names_the_flags_and_the_isa_cap() -> None:
     cpuinfo = ("model name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16 "
                "amx_int8\n")

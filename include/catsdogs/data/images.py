@@ -235,6 +235,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
                             f"cannot convert pixel mode {image.mode!r} to RGB: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded picture with what its header said: `image` (RGB), the `width` x `height` pixels
+    the file stores (before draft scaling and EXIF rotation) and its `format` (Pillow's name:
+    JPEG, PNG, HEIF, ...; None when the reader gives none)."""
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str | None
+
+
 def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
                  draft_size: int | None = None) -> Image.Image:
     """RGB image: EXIF orientation applied, L/LA/P/CMYK/RGBA/I;16/I/F converted (alpha composited on
@@ -243,6 +255,12 @@ def decode_image(source: bytes | Path, limits: ImageLimits = ImageLimits(),
 
     Raises `ImageRejected` (reason in `REASONS`, a message saying what is wrong) on anything bad,
     and no other exception: a failure inside Pillow that has no better name is `corrupt`."""
+    return decode(source, limits, draft_size).image
+
+
+def decode(source: bytes | Path, limits: ImageLimits = ImageLimits(),
+           draft_size: int | None = None) -> Decoded:
+    """`decode_image`'s picture with its stored size and format (`Decoded`); the same errors."""
     data = _read(source, limits)
     try:
         return _decode(data, limits, draft_size)
@@ -273,7 +291,7 @@ def _claimed_formats(data: bytes) -> list[str]:
     return claimed
 
 
-def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.Image:
+def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -294,6 +312,7 @@ def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.I
         what = " or ".join(claimed) if claimed else "image"
         raise ImageRejected(reason, f"unreadable {what} header: {exc}") from exc
     _check_header(image, limits)
+    width, height, kind = image.width, image.height, image.format
     if draft_size and image.format == "JPEG":
         image.draft(None, (draft_size, draft_size))
     try:
@@ -307,7 +326,7 @@ def _decode(data: bytes, limits: ImageLimits, draft_size: int | None) -> Image.I
         if isinstance(exc, ValueError) and _PNG_TEXT_LIMIT in str(exc):  # a chunk after IDAT
             raise _metadata_too_large(exc) from exc
         raise ImageRejected("truncated", f"image data is truncated or corrupt: {exc}") from exc
-    return to_rgb(image)
+    return Decoded(to_rgb(image), width, height, kind)
 
 
 def square(image: Image.Image, size: int) -> Image.Image:
@@ -320,4 +339,12 @@ def square_image(source: bytes | Path, size: int, limits: ImageLimits = ImageLim
                  ) -> Image.Image:
     """Decode (JPEG draft scaling only while at least `DRAFT_GAP` x size remains, as Pillow's own
     `thumbnail` does) and `square` to a size x size RGB image."""
-    return square(decode_image(source, limits, draft_size=size * DRAFT_GAP), size)
+    return square_decoded(source, size, limits).image
+
+
+def square_decoded(source: bytes | Path, size: int, limits: ImageLimits = ImageLimits()
+                   ) -> Decoded:
+    """`square_image`'s size x size picture with the upload's stored size and format (one
+    decode: the serving path keeps both)."""
+    found = decode(source, limits, draft_size=size * DRAFT_GAP)
+    return Decoded(square(found.image, size), found.width, found.height, found.format)
