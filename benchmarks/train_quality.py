@@ -12,7 +12,8 @@ default recipe and the new one side by side, with honest error bars.
    one: params.yaml as it is), on the same split, and prints one table: test accuracy, F1 and
    ROC-AUC with their 95% intervals (`catsdogs.training.metrics`), log loss, ECE, cats called
    dog and dogs called cat, the fitted temperature, wall and CPU seconds; and the same figures
-   on the validation split (the registered version scored by the real `evaluate`): a default
+   on the validation split (the registered version scored by the real `evaluate`; its mistakes
+   by file name, true label and P(dog) in the JSON): a default
    changes only when it is better on both splits, never by the test split alone.
 
 CPU seconds (this process's threads plus its finished children) are printed beside wall time:
@@ -150,6 +151,8 @@ def train_variant(name: str, data: Path) -> dict[str, object]:
             "val": val["metrics"],
             "val_cats_called_dog": f"{val_matrix[0][1]}/{sum(val_matrix[0])}",
             "val_dogs_called_cat": f"{val_matrix[1][0]}/{sum(val_matrix[1])}",
+            "val_mistakes": [(Path(p["path"]).name, p["label"], round(p["prob_dog"], 4))
+                             for p in val["predictions"] if p["predicted"] != p["label"]],
             "temperature": run.data.metrics.get("temperature"),
             "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
