@@ -90,6 +90,11 @@ class TrainParams(_Section):
     head_lr: float = Field(1e-3, gt=0, lt=1)
     top_blocks: int = Field(3, ge=1, le=8)
     mirror: bool = False
+    # cross-entropy against (1 - e) on the true class + e/2 on each (torch's label_smoothing)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # the 2-way head's start: random (torchvision's init) or the ImageNet head's mean cat rows
+    # (classes 281-285) and mean dog rows (151-268) (catsdogs.training.model.imagenet_prior_head)
+    head_init: Literal["random", "imagenet_prior"] = "random"
     seed: int = 42
     num_workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

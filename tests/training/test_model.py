@@ -15,11 +15,14 @@ from catsdogs.errors import UserError
 from catsdogs.inference.compute import Compute
 from catsdogs.inference.scorer import IMAGENET_MEAN, IMAGENET_STD, normalize
 from catsdogs.training.loading import ImageFolderDataset, make_loader, seed_everything
-from catsdogs.training.loop import fit, train_mode
+from catsdogs.training.loop import fit, make_step, train_mode
 from catsdogs.training.model import (
+    IMAGENET_CATS,
+    IMAGENET_DOGS,
     build_model,
     eval_resize,
     eval_transform,
+    imagenet_prior_head,
     train_transform,
 )
 from catsdogs.training.weights import MOBILENET_V2_FILE, checkpoint_dir, seed_cache
@@ -71,6 +74,49 @@ def test_imagenet_weights_offline_without_cache_name_three_ways_out(tmp_path, mo
     assert "resnet18-f37072fd.pth" in message and str(tmp_path) in message
     assert "model.weights=none" in message and "model.weights=/path/to/weights.pth" in message
     assert not list(tmp_path.rglob("*.pth"))
+
+
+def test_imagenet_prior_head_scores_the_mean_cat_and_dog_logits(tmp_path, monkeypatch,
+                                                                 mobilenet_file: Path) -> None:
+    """head_init=imagenet_prior: the 2-way head's logits are the ImageNet head's mean logit over
+    its 5 cat classes and its 118 dog breeds; everything below the head is ImageNet's."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(mobilenet_file, tmp_path / "hub" / "checkpoints" / MOBILENET_V2_FILE)
+    reference = torch.load(mobilenet_file, weights_only=True)
+    imagenet = torch.nn.Linear(1280, 1000)
+    imagenet.load_state_dict({"weight": reference["classifier.1.weight"],
+                              "bias": reference["classifier.1.bias"]})
+    model = build_model("mobilenet_v2", "imagenet", head_init="imagenet_prior")
+    assert torch.equal(model.features[0][0].weight, reference["features.0.0.weight"])
+    features = torch.randn(4, 1280, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = imagenet(features)
+        expected = torch.stack([logits[:, list(IMAGENET_CATS)].mean(1),
+                                logits[:, list(IMAGENET_DOGS)].mean(1)], 1)
+        assert torch.allclose(model.classifier[-1](features), expected, atol=1e-5)
+    assert len(IMAGENET_CATS) == 5 and len(IMAGENET_DOGS) == 118
+    with pytest.raises(ValueError, match="1000-way"):
+        imagenet_prior_head(torch.nn.Linear(1280, 2))
+    with pytest.raises(UserError, match="head_init=imagenet_prior needs"):
+        build_model("mobilenet_v2", "none", head_init="imagenet_prior")
+
+
+def test_label_smoothing_is_the_training_loss() -> None:
+    """make_step's loss is cross-entropy with the given label smoothing (the first step's loss is
+    computed on the weights before the update)."""
+    cpu = torch.device("cpu")
+    inputs = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 1, 0, 1, 0])
+    for smoothing in (0.0, 0.1):
+        torch.manual_seed(3)
+        model = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            model.weight.mul_(20)         # confident logits: smoothing changes the loss a lot
+            expected = torch.nn.functional.cross_entropy(model(inputs), targets,
+                                                         label_smoothing=smoothing).item()
+        step = make_step(model, 1e-3, Compute.resolve("fp32", cpu), label_smoothing=smoothing)
+        assert step(inputs, targets) == pytest.approx(expected, rel=1e-6), smoothing
 
 
 def test_state_dict_file_and_frozen_backbone(tmp_path) -> None:

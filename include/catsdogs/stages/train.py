@@ -290,7 +290,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
     settings, size = params.train, params.transform.image_size
     seed_everything(settings.seed)
     model = build_model(params.model.arch, params.model.weights, len(CLASSES),
-                        params.model.freeze_backbone)
+                        params.model.freeze_backbone, head_init=settings.head_init)
     batches = {split: TensorBatches(data[split], settings.batch_size, shuffle=False)
                for split in ("val", "test")}
     run_name = f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -311,6 +311,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
                                   seed=settings.seed, augment=train_augment(size))
             result = fit(model, train, batches["val"], epochs=settings.epochs,
                          lr=settings.lr, compute=compute, compile_model=settings.compile,
+                         label_smoothing=settings.label_smoothing,
                          on_epoch=lambda e, v: _log_metrics(v, e))
         else:
             result = fit_top_blocks(

@@ -163,17 +163,17 @@ def train_mode(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def make_step(model: torch.nn.Module, lr: float, compute: Compute, compile_model: bool = False
-              ) -> Callable[[torch.Tensor, torch.Tensor], float]:
+def make_step(model: torch.nn.Module, lr: float, compute: Compute, compile_model: bool = False,
+              label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """Move `model` to `compute.device` in its memory layout and return one optimisation step
     `step(images float32 N,3,S,S, targets N) -> loss` (Adam at learning rate `lr`,
-    cross-entropy, autocast in `compute.precision`, a GradScaler for fp16; `compile_model`:
-    through `torch.compile`)."""
+    cross-entropy with `label_smoothing`, autocast in `compute.precision`, a GradScaler for fp16;
+    `compile_model`: through `torch.compile`)."""
     device, memory = compute.device, compute.memory_format
     model.to(device, memory_format=memory)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=compute.precision == "fp16")
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     forward = torch.compile(model) if compile_model else model
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> float:
@@ -192,12 +192,14 @@ def make_step(model: torch.nn.Module, lr: float, compute: Compute, compile_model
 
 def fit(model: torch.nn.Module, train_loader: Batches, val_loader: Batches, *,
         epochs: int, lr: float, compute: Compute, compile_model: bool = False,
+        label_smoothing: float = 0.0,
         on_epoch: Callable[[int, dict[str, float]], Any] | None = None) -> FitResult:
-    """The `full` recipe: Adam + cross-entropy on every layer for `epochs`, trained and
+    """The `full` recipe: Adam + cross-entropy (with `label_smoothing`) on every layer for
+    `epochs`, trained and
     validated as `compute` says (device, precision, layout); keeps a deep copy of the best
     weights by val F1. `train_loader` is a DataLoader or `TensorBatches` (any iterable of
     (images N,3,S,S, labels N) with `len()` in batches and a `dataset`)."""
-    step = make_step(model, lr, compute, compile_model)
+    step = make_step(model, lr, compute, compile_model, label_smoothing)
     result = FitResult(best_state={}, best_epoch=0)
     best_f1 = -1.0
     batches, images = len(train_loader), len(train_loader.dataset)

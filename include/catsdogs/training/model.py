@@ -18,15 +18,22 @@ from PIL import Image
 from catsdogs.inference.scorer import normalize
 
 ARCHES: tuple[str, ...] = ("resnet18", "mobilenet_v2")
+# ImageNet-1k class indices (torchvision's order): domestic cats (tabby, tiger cat, Persian,
+# Siamese, Egyptian cat) and dogs (Chihuahua .. Mexican hairless: the 118 breeds)
+IMAGENET_CATS = range(281, 286)
+IMAGENET_DOGS = range(151, 269)
 
 
 def build_model(arch: str = "resnet18", weights: str = "imagenet", num_classes: int = 2,
-                freeze_backbone: bool = False) -> torch.nn.Module:
+                freeze_backbone: bool = False, head_init: str = "random") -> torch.nn.Module:
     """A torchvision `arch` with its classifier head replaced by `num_classes` outputs.
 
     `weights`: "imagenet" (torchvision's weights, from the $TORCH_HOME cache or downloaded),
     "none" (random init) or a path to a state-dict file for the full network (either the
     ImageNet 1000-class network or this 2-class one). `freeze_backbone` trains only the head.
+    `head_init`: "random" (torchvision's initialisation) or "imagenet_prior"
+    (`imagenet_prior_head`; needs ImageNet weights and the two classes (cat, dog)); a UserError
+    otherwise.
     """
     from catsdogs.training.weights import backbone_weights, load_state_dict_file
 
@@ -45,10 +52,43 @@ def build_model(arch: str = "resnet18", weights: str = "imagenet", num_classes: 
     if freeze_backbone:
         for parameter in net.parameters():
             parameter.requires_grad = False
+    imagenet_head = _head(net, arch)
     _replace_head(net, arch, num_classes)
     if state is not None:
         net.load_state_dict(state)
+    if head_init == "imagenet_prior":
+        if weights == "none" or state is not None or num_classes != 2:
+            from catsdogs.errors import UserError
+
+            raise UserError("train.head_init=imagenet_prior needs the ImageNet 1000-class head "
+                            f"and 2 classes (model.weights={weights!r}, {num_classes} classes); "
+                            "use model.weights=imagenet or train.head_init=random")
+        prior = imagenet_prior_head(imagenet_head)
+        new_head = _head(net, arch)
+        with torch.no_grad():
+            new_head.weight.copy_(prior.weight)
+            new_head.bias.copy_(prior.bias)
     return net
+
+
+def _head(net: torch.nn.Module, arch: str) -> torch.nn.Linear:
+    """The network's last (classifier) layer."""
+    return net.fc if arch == "resnet18" else net.classifier[-1]
+
+
+def imagenet_prior_head(imagenet: torch.nn.Linear) -> torch.nn.Linear:
+    """A 2-way (cat, dog) layer from the ImageNet 1000-way one (D -> 1000): row 0 (and bias) the
+    mean of the cat class rows, row 1 the mean of the dog class rows, so that its logits start
+    as the mean ImageNet logit over the cat classes and over the dog classes (D -> 2)."""
+    if imagenet.out_features != 1000:
+        raise ValueError(f"expected the ImageNet 1000-way layer, got {imagenet.out_features} outputs")
+    layer = torch.nn.Linear(imagenet.in_features, 2)
+    with torch.no_grad():
+        for row, classes in enumerate((IMAGENET_CATS, IMAGENET_DOGS)):
+            picked = list(classes)
+            layer.weight[row] = imagenet.weight[picked].mean(0)
+            layer.bias[row] = imagenet.bias[picked].mean()
+    return layer
 
 
 def _head_outputs(state: dict[str, torch.Tensor]) -> int:

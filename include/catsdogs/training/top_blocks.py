@@ -94,12 +94,14 @@ def _val_metrics(network: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
 
 def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
            inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-           generator: torch.Generator, compute: Compute, desc: str) -> float:
-    """One pass over one random view of each picture; mean training loss."""
+           generator: torch.Generator, compute: Compute, desc: str,
+           label_smoothing: float) -> float:
+    """One pass over one random view of each picture; mean training loss (cross-entropy with
+    `label_smoothing`)."""
     count = inputs.shape[1]
     order = torch.randperm(count, generator=generator)
     view = torch.randint(inputs.shape[0], (count,), generator=generator)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total = 0.0
     with Progress(desc, count) as counter:
         bounds = batch_bounds(count, batch_size, merge_single=True)
@@ -156,7 +158,7 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
         for epoch in range(1, settings.head_epochs + 1):
             head.train()
             loss = _epoch(head, optimizer, pooled, train.labels, size, generator, compute,
-                          f"head epoch {epoch}/{settings.head_epochs}")
+                          f"head epoch {epoch}/{settings.head_epochs}", settings.label_smoothing)
             head.eval()
             metrics = {"train_loss": loss} | _val_metrics(nn.Sequential(head), pooled_val,
                                                           val.labels, size, compute)
@@ -181,7 +183,7 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
     for epoch in range(1, settings.epochs + 1):
         head.train()            # dropout in the head; batch-norm stays in eval mode
         loss = _epoch(step_forward, optimizer, cached, train.labels, size, generator, compute,
-                      f"epoch {epoch}/{settings.epochs}")
+                      f"epoch {epoch}/{settings.epochs}", settings.label_smoothing)
         head.eval()
         metrics = {"train_loss": loss} | _val_metrics(nn.Sequential(top, _Pool(), head),
                                                       cached_val, val.labels, size, compute)
