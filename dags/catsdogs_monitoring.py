@@ -26,6 +26,7 @@ from catsdogs.orchestration.runners.common import (
     TEMPLATE_FILTERS,
     TEMPLATE_MACROS,
     default_args,
+    overrides_from_params,
     schedule,
 )
 from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, STAGES
@@ -41,7 +42,8 @@ DOC_MD = """
   reference profile (Evidently: embedding, prediction, confidence and image-property drift),
   logs the HTML report to MLflow and `reports/monitoring/`, pushes the scores to the Pushgateway.
 * **drift_event** announces the asset `catsdogs://monitoring/drift` when drift was detected and
-  the last drift event is older than the cool-down (`monitor.cooldown_hours`). Drift alone does
+  the last drift event is older than the cool-down (`monitor.cooldown_hours`; a run's
+  `overrides` may set it). Drift alone does
   not retrain: it asks for labels (alert `CatsdogsLabelsNeeded` while too few exist).
 * **labels** counts the labelled production pictures newer than the last ingest and pushes
   `catsdogs_labels_waiting` / `catsdogs_labels_needed`.
@@ -75,10 +77,11 @@ with DAG(
     @task(task_id="drift_event", inlets=[DRIFT_ASSET], outlets=[DRIFT_ASSET],
           execution_timeout=timedelta(minutes=5))
     def announce(summary: dict[str, Any] | None, *, inlet_events: Any = None,
-                 outlet_events: Any = None) -> dict[str, Any]:
+                 outlet_events: Any = None, params: Any = None) -> dict[str, Any]:
         """Announce the drift asset (or skip: no drift, too few rows, cool-down)."""
+        cooldown = cooldown_hours(runner(), overrides_from_params(params or {}))
         return drift_event(summary, list(inlet_events[DRIFT_ASSET]),
-                           outlet_events[DRIFT_ASSET], cooldown_hours(runner()))
+                           outlet_events[DRIFT_ASSET], cooldown)
 
     announce(monitor.output)
     labels = make_task(LABELS, SETTINGS)

@@ -262,6 +262,15 @@ def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str
             raise UserError(f"{path}: expected a mapping of sections at the top level")
     elif path != DEFAULT_PARAMS_FILE:
         raise UserError(f"params file {path} does not exist")
+    return _validated(raw, overrides, str(path))
+
+
+def with_overrides(params: Params, overrides: list[str] | tuple[str, ...]) -> Params:
+    """`params` with each `section.key=value` of `overrides` applied, validated as a file's."""
+    return _validated(params.model_dump(), overrides, "overrides")
+
+
+def _validated(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], where: str) -> Params:
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in Params.model_fields:
@@ -269,7 +278,7 @@ def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str
                             f"(one of {', '.join(Params.model_fields)})")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise UserError(f"{path}: section {section!r} must be a mapping")
+            raise UserError(f"{where}: section {section!r} must be a mapping")
         raw[section][key] = value
     try:
         return Params.model_validate(raw)
@@ -277,4 +286,4 @@ def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise UserError(f"invalid params ({path}): {problems}") from None
+        raise UserError(f"invalid params ({where}): {problems}") from None

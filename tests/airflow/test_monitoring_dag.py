@@ -11,9 +11,11 @@ import pytest
 from airflow.sdk import CronTriggerTimetable
 from airflow.sdk.exceptions import AirflowSkipException
 
+from catsdogs.errors import UserError
 from catsdogs.orchestration.monitoring import (
     DRIFT_ASSET,
     LABELLED_ASSET,
+    cooldown_hours,
     drift_event,
     labels_event,
 )
@@ -22,6 +24,7 @@ from catsdogs.orchestration.runners.docker import StageDockerOperator
 from catsdogs.orchestration.runners.kubernetes import StageKubernetesPodOperator
 from catsdogs.orchestration.runners.local import StageBashOperator
 from catsdogs.orchestration.stage_table import MONITORING_DAG_ID, PIPELINE, STAGES
+from catsdogs.settings import RunnerSettings
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 DRIFT = {"drift_detected": True, "drift_score": 0.5, "model_version": "3", "rows": 80,
@@ -117,6 +120,22 @@ def test_cool_down_after_the_last_drift_event() -> None:
     old = [SimpleNamespace(timestamp=NOW - dt.timedelta(hours=25))]
     assert drift_event(DRIFT, old, _outlet(), 24, NOW)["rows"] == 80
     assert drift_event(DRIFT, recent, _outlet(), 0, NOW)["rows"] == 80
+
+
+def test_a_runs_override_sets_its_cool_down(tmp_path, monkeypatch) -> None:
+    """Precedence: the run's `monitor.cooldown_hours=` override, then
+    $CATSDOGS_DRIFT_COOLDOWN_HOURS, then params.yaml ($CATSDOGS_PARAMS)."""
+    params = tmp_path / "params.yaml"
+    params.write_text("monitor:\n  cooldown_hours: 12\n")
+    monkeypatch.setenv("CATSDOGS_PARAMS", str(params))
+    plain, from_env = RunnerSettings(), RunnerSettings(drift_cooldown_hours=6)
+    assert cooldown_hours(plain) == 12
+    assert cooldown_hours(plain, ["train.epochs=1"]) == 12
+    assert cooldown_hours(from_env) == 6
+    assert cooldown_hours(from_env, ["monitor.cooldown_hours=0"]) == 0
+    assert cooldown_hours(plain, overrides_from_params({"overrides": ["monitor.cooldown_hours=2"]})) == 2
+    with pytest.raises(UserError, match="cooldown_hours"):
+        cooldown_hours(plain, ["monitor.cooldown_hours=-1"])
 
 
 LABELS = {"new_labels": 60, "needed": 50, "enough": True, "since": NOW.isoformat()}

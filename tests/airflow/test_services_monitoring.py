@@ -113,8 +113,12 @@ def test_drift_asks_for_labels_and_enough_labels_retrain_once(airflow_services: 
     train = services.client.xcom(TRAINING_DAG_ID, retraining, "train")
     assert train["status"] == "done" and not train["skipped"], train
 
-    third = _check(services, overrides)   # the ingest merged them: no second run asked for
+    # the ingest merged them: no second run asked for; the run's own cool-down override (0 h)
+    # lets its drift event through although the first one is minutes old
+    third = _check(services, overrides + ["monitor.cooldown_hours=0"])
     assert third["labelled_data_event"]["state"] == "skipped"
+    assert third["summary"]["drift_detected"] is True, third["summary"]
+    assert third["drift_event"]["state"] == "success"
     assert len([e for e in _events(services) if e["uri"] == "catsdogs://feedback/labelled"]) == 1
     time.sleep(10)
     # the drift event of the first check started nothing: one run, the labels' one

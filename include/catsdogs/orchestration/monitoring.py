@@ -38,11 +38,14 @@ LABELLED_ASSET = Asset(name="catsdogs_labelled_data", uri="catsdogs://feedback/l
                        group="monitoring")
 
 
-def cooldown_hours(settings: RunnerSettings) -> float:
-    """$CATSDOGS_DRIFT_COOLDOWN_HOURS, else `monitor.cooldown_hours` of params.yaml."""
-    if settings.drift_cooldown_hours is not None:
+def cooldown_hours(settings: RunnerSettings, overrides: Sequence[str] = ()) -> float:
+    """The cool-down in hours: the run's `monitor.cooldown_hours=` override (its trigger form's
+    `overrides`, as the monitor stage gets them), else $CATSDOGS_DRIFT_COOLDOWN_HOURS, else
+    `monitor.cooldown_hours` of params.yaml. A malformed override raises UserError."""
+    named = any(o.partition("=")[0].strip() == "monitor.cooldown_hours" for o in overrides)
+    if settings.drift_cooldown_hours is not None and not named:
         return settings.drift_cooldown_hours
-    return default_params().monitor.cooldown_hours
+    return default_params(tuple(overrides)).monitor.cooldown_hours
 
 
 def drift_event(summary: Mapping[str, Any] | None, earlier: Sequence[Any], outlet: Any,

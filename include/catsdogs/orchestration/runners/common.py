@@ -29,7 +29,7 @@ from typing import Any, get_args
 from airflow.sdk import BaseHook, BaseOperatorLink, Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
-from catsdogs.config import ModelParams, Params, PromoteParams, load_params
+from catsdogs.config import ModelParams, Params, PromoteParams, load_params, with_overrides
 from catsdogs.deployment.service_entry import project_dir
 from catsdogs.errors import GateFailed, UserError
 from catsdogs.orchestration.airflow_client import dag_run_url
@@ -108,14 +108,16 @@ def checkout_dir() -> Path | None:
         return None
 
 
-def default_params() -> Params:
-    """The project's params.yaml (what a stage run without overrides would use):
-    $CATSDOGS_PARAMS, else the checkout's; the defaults when there is none."""
+def default_params(overrides: tuple[str, ...] = ()) -> Params:
+    """The project's params.yaml (what a stage run would use, with `overrides`, each
+    `section.key=value`): $CATSDOGS_PARAMS, else the checkout's; the defaults when there is
+    none. A bad override raises UserError naming it."""
     path: Path | None = load(StageSettings).params
     if path is None:
         checkout = checkout_dir()
         path = checkout / "params.yaml" if checkout else None
-    return load_params(path) if path is not None and path.is_file() else Params()
+    base = load_params(path) if path is not None and path.is_file() else Params()
+    return with_overrides(base, overrides) if overrides else base
 
 
 def dag_params() -> dict[str, Param]:
