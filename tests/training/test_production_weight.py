@@ -107,7 +107,7 @@ def test_production_pictures_come_from_splits_csv_and_feedback_csv(tmp_path: Pat
     weights, figures = _production_weights(paths, 4.0, 5)
     assert weights is not None
     assert weights.tolist() == [1.0, 4.0, 1.0, 1.0, 1.0]   # list_images order: cat/a, cat/prod..
-    assert figures == {"train_production_pictures": 1.0, "train_production_share": 0.2,
+    assert figures == {"train_production_pictures": 1, "train_production_share": 0.2,
                        "train_production_drawn_share": pytest.approx(4 / 8)}
     plain, figures = _production_weights(paths, 1.0, 5)
     assert plain is None and figures["train_production_drawn_share"] == 0.2

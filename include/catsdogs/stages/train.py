@@ -42,6 +42,8 @@ from catsdogs.storage import fingerprint, sha256_file
 from catsdogs.summary import Summary
 
 if TYPE_CHECKING:
+    import torch
+
     from catsdogs.inference.compute import Compute
 
 log = logging.getLogger(__name__)
@@ -267,7 +269,7 @@ def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
 
 
 def _production_weights(paths: DataPaths, weight: float, count: int
-                        ) -> tuple[Any, dict[str, float]]:
+                        ) -> tuple[torch.Tensor | None, dict[str, float | int]]:
     """The train split's sampling weights (`catsdogs.training.loading.sampling_weights`; None:
     the plain shuffle) and their figures: `train_production_pictures` (n_p),
     `train_production_share` (n_p / N) and `train_production_drawn_share` (the expected share of
@@ -284,7 +286,7 @@ def _production_weights(paths: DataPaths, weight: float, count: int
                         f"cache {count}: run `catsdogs transform` and train again")
     marks = [path.relative_to(paths.transformed).as_posix() in produced for path, _ in items]
     pictures = sum(marks)
-    figures = {"train_production_pictures": float(pictures),
+    figures = {"train_production_pictures": pictures,
                "train_production_share": pictures / count,
                "train_production_drawn_share":
                    weight * pictures / (weight * pictures + count - pictures)}
@@ -333,7 +335,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
         mlflow.set_tags(tags | tracking.orchestrator_tags())
         lineage.log_input(training_data)
         log.info("training %s by the %s recipe on %s (%s), %d train images (%d from "
-                 "production, drawn at weight %g: %.1f%% of each epoch), run %s",
+                 "production, drawn at weight %g: %.1f%% of an epoch's draws), run %s",
                  params.model.arch, settings.recipe, compute.device, compute.precision,
                  len(data["train"]), production["train_production_pictures"],
                  settings.production_weight, 100 * production["train_production_drawn_share"],
