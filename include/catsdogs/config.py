@@ -95,6 +95,9 @@ class TrainParams(_Section):
     # the 2-way head's start: random (torchvision's init) or the ImageNet head's mean cat rows
     # (classes 281-285) and mean dog rows (151-268) (catsdogs.training.model.imagenet_prior_head)
     head_init: Literal["random", "imagenet_prior"] = "random"
+    # how often a labelled production picture of the train split is drawn relative to a source
+    # picture (catsdogs.training.loading.epoch_order); 1.0: the plain shuffle, no picture favoured
+    production_weight: float = Field(1.0, ge=1, allow_inf_nan=False)
     seed: int = 42
     num_workers: int = Field(2, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

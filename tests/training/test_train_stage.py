@@ -36,8 +36,11 @@ def test_run_logs_params_metrics_tags_and_artefacts(trained: dict, tiny_data,
     client = MlflowClient()
     run = client.get_run(trained["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "Cats vs Dogs CNN"
-    expected_params = {k: str(v) for k, v in tiny_params().flat().items()}
+    expected_params = {k: str(v) for k, v in tiny_params().flat().items()} | {
+        "train_production_pictures": "0", "train_production_share": "0.0",
+        "train_production_drawn_share": "0.0"}      # no labelled production picture here
     assert run.data.params == expected_params
+    assert trained["production_weight"] == 1.0 and trained["train_production_share"] == 0.0
     for name in EPOCH_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
         assert [point.step for point in history] == [1], name

@@ -32,7 +32,7 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,23 +229,36 @@ def near_duplicates(candidates: Iterable[Path], reference: Iterable[Path],
             if min(average_hash(path) - other for other in hashes) <= bits}
 
 
+def _split_rows(splits_csv: Path, raw: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """(splits.csv row, raw/feedback.csv row) of each production picture of a transformed data
+    set: the one rule for which transformed pictures came from production (a `splits.csv` row
+    whose `source` is a path raw/feedback.csv lists). Nothing when either file is absent."""
+    listed = {row["path"]: row for row in production(raw).values()}
+    if not listed or not splits_csv.is_file():
+        return
+    with splits_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            entry = listed.get(row["source"])
+            if entry is not None:
+                yield row, entry
+
+
+def transformed_production(splits_csv: Path, raw: Path, split: str) -> set[str]:
+    """The production pictures of `split` as paths relative to transformed/ (`splits.csv`'s
+    `path` column, e.g. `train/cat/prod-0123456789abcdef.jpg`); empty when there are none."""
+    return {row["path"] for row, _entry in _split_rows(splits_csv, raw) if row["split"] == split}
+
+
 def in_splits(splits_csv: Path, raw: Path) -> dict[str, Any]:
     """The production pictures of a transformed data set (`splits.csv`'s rows whose source is
     listed in raw/feedback.csv): `per_split` counts, and the earliest and latest `labelled_at`
     (UTC ISO) of those trained on (train and val). Empty when there are none."""
-    listed = {row["path"]: row for row in production(raw).values()}
-    if not listed or not splits_csv.is_file():
-        return {}
     per_split: Counter[str] = Counter()
     times: list[str] = []
-    with splits_csv.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            entry = listed.get(row["source"])
-            if entry is None:
-                continue
-            per_split[row["split"]] += 1
-            if row["split"] in ("train", "val"):
-                times.append(entry["labelled_at"])
+    for row, entry in _split_rows(splits_csv, raw):
+        per_split[row["split"]] += 1
+        if row["split"] in ("train", "val"):
+            times.append(entry["labelled_at"])
     if not per_split:
         return {}
     return {"per_split": dict(sorted(per_split.items())),

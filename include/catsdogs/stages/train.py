@@ -42,6 +42,8 @@ from catsdogs.storage import fingerprint, sha256_file
 from catsdogs.summary import Summary
 
 if TYPE_CHECKING:
+    import torch
+
     from catsdogs.inference.compute import Compute
 
 log = logging.getLogger(__name__)
@@ -266,6 +268,34 @@ def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
     return data
 
 
+def _production_weights(paths: DataPaths, weight: float, count: int
+                        ) -> tuple[torch.Tensor | None, dict[str, float | int]]:
+    """The train split's sampling weights (`catsdogs.training.loading.sampling_weights`; None:
+    the plain shuffle) and their figures: `train_production_pictures` (n_p),
+    `train_production_share` (n_p / N) and `train_production_drawn_share` (the expected share of
+    an epoch's draws, w n_p / (w n_p + n_s)). Which pictures came from production is what
+    transform recorded: `splits.csv` rows whose source raw/feedback.csv lists
+    (`feedback.transformed_production`). `count` is the cached train split's length (its
+    pictures are `list_images`' order); a UserError when the folder no longer matches it."""
+    from catsdogs.training.loading import list_images, sampling_weights
+
+    produced = feedback.transformed_production(paths.splits_csv, paths.raw, "train")
+    items = list_images(paths.split_dir("train"))
+    if len(items) != count:
+        raise UserError(f"{paths.split_dir('train')} holds {len(items)} pictures, its tensor "
+                        f"cache {count}: run `catsdogs transform` and train again")
+    marks = [path.relative_to(paths.transformed).as_posix() in produced for path, _ in items]
+    pictures = sum(marks)
+    figures = {"train_production_pictures": pictures,
+               "train_production_share": pictures / count,
+               "train_production_drawn_share":
+                   weight * pictures / (weight * pictures + count - pictures)}
+    if pictures != len(produced):
+        log.warning("splits.csv lists %d production pictures in train, the folder holds %d of "
+                    "them", len(produced), pictures)
+    return sampling_weights(marks, weight), figures
+
+
 def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
            measured: dict[str, float], data: dict[str, Any],
            training_data: lineage.TrainingData, tags: dict[str, str]) -> Summary:
@@ -299,16 +329,21 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
     with (mlflow.start_run(experiment_id=experiment, run_name=run_name,
                            tags={PROCESS_TAG: tags[PROCESS_TAG]}) as active,
           tracking.talking_to_mlflow(f"logging the training run {run_name}")):
-        mlflow.log_params(params.flat())
+        weights, production = _production_weights(paths, settings.production_weight,
+                                                  len(data["train"]))
+        mlflow.log_params(params.flat() | production)
         mlflow.set_tags(tags | tracking.orchestrator_tags())
         lineage.log_input(training_data)
-        log.info("training %s by the %s recipe on %s (%s), %d train images, run %s",
+        log.info("training %s by the %s recipe on %s (%s), %d train images (%d from "
+                 "production, drawn at weight %g: %.1f%% of an epoch's draws), run %s",
                  params.model.arch, settings.recipe, compute.device, compute.precision,
-                 len(data["train"]),
+                 len(data["train"]), production["train_production_pictures"],
+                 settings.production_weight, 100 * production["train_production_drawn_share"],
                  active.info.run_id)
         if settings.recipe == "full":
             train = TensorBatches(data["train"], settings.batch_size, shuffle=True,
-                                  seed=settings.seed, augment=train_augment(size))
+                                  seed=settings.seed, augment=train_augment(size),
+                                  weights=weights)
             result = fit(model, train, batches["val"], epochs=settings.epochs,
                          lr=settings.lr, compute=compute, compile_model=settings.compile,
                          label_smoothing=settings.label_smoothing,
@@ -316,7 +351,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
         else:
             result = fit_top_blocks(
                 model, params.model.arch, data["train"], data["val"], settings=settings,
-                compute=compute, on_epoch=lambda e, v: _log_metrics(v, e),
+                compute=compute, weights=weights, on_epoch=lambda e, v: _log_metrics(v, e),
                 on_head_epoch=lambda e, v: _log_metrics({f"head_{k}": x for k, x in v.items()}, e))
         model.load_state_dict(result.best_state)
         if settings.temperature_scaling:
@@ -361,7 +396,8 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
         "test": finite(test),
         "best_epoch": result.best_epoch, "device": str(compute.device),
         "precision": compute.precision,
-        "train_images_per_second": result.images_per_second})
+        "train_images_per_second": result.images_per_second,
+        "production_weight": settings.production_weight} | production)
 
 
 def _known_ood(paths: DataPaths, image_size: int) -> Any | None:

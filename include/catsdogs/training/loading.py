@@ -8,13 +8,13 @@ network for the cores)."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from catsdogs.config import CLASSES
 from catsdogs.data.images import decode_image
@@ -99,19 +99,54 @@ def batch_bounds(count: int, batch_size: int, merge_single: bool) -> list[tuple[
     return bounds
 
 
+def sampling_weights(production: Sequence[bool], weight: float) -> torch.Tensor | None:
+    """Per-picture sampling weights (float64, N) of a train split: `weight` for each picture
+    `production` marks (a labelled production picture), 1.0 for each source picture. None when no
+    picture is favoured (`weight` 1.0, or no production picture): the epoch is then the plain
+    shuffle. Raises ValueError when `weight` < 1 (params validation refuses it first, naming
+    `train.production_weight`).
+
+    With n_p production and n_s source pictures, an epoch draws a production picture with
+    probability w * n_p / (w * n_p + n_s) at each draw."""
+    if weight < 1:
+        raise ValueError(f"train.production_weight must be at least 1, got {weight}")
+    if weight == 1.0 or not any(production):
+        return None
+    return torch.tensor([weight if produced else 1.0 for produced in production],
+                        dtype=torch.float64)
+
+
+def epoch_order(count: int, generator: torch.Generator,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The picture indices (int64, `count`) one training epoch visits, drawn from `generator`.
+
+    Without `weights`: a permutation (`torch.randperm`), every picture once, as training always
+    did. With `weights` (N = `count` non-negative floats, `sampling_weights`): `count` draws with
+    replacement in proportion to them (`torch.utils.data.WeightedRandomSampler`), so an epoch
+    costs the same number of steps and a favoured picture is seen more often."""
+    if weights is None:
+        return torch.randperm(count, generator=generator)
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} sampling weights for {count} pictures")
+    sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
+    return torch.tensor(list(sampler), dtype=torch.int64)
+
+
 class TensorBatches:
     """Batches (float32 N,3,S,S ImageNet-normalised, int64 N labels) of a cached split.
 
     `augment` (e.g. `catsdogs.training.model.train_augment`) runs per picture on uint8 3,S,S
     tensors before normalisation. Shuffled (training) order comes from a generator seeded with
-    `seed`, so the same seed gives the same batches; a last batch of one picture is merged into
-    the batch before it.
+    `seed`, so the same seed gives the same batches (`epoch_order`: with `weights`, N sampling
+    weights, a weighted draw with replacement); a last batch of one picture is merged into the
+    batch before it.
     """
 
     def __init__(self, data: TensorSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 weights: torch.Tensor | None = None) -> None:
         self.data = self.dataset = data
-        self.shuffle, self.augment = shuffle, augment
+        self.shuffle, self.augment, self.weights = shuffle, augment, weights
         self.bounds = batch_bounds(len(data), batch_size, merge_single=shuffle)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -119,7 +154,7 @@ class TensorBatches:
         return len(self.bounds)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = (torch.randperm(len(self.data), generator=self.generator) if self.shuffle
+        order = (epoch_order(len(self.data), self.generator, self.weights) if self.shuffle
                  else torch.arange(len(self.data)))
         for start, stop in self.bounds:
             index = order[start:stop].sort().values if self.shuffle else order[start:stop]

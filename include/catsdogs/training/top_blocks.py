@@ -37,7 +37,7 @@ from catsdogs.config import TrainParams
 from catsdogs.console import Progress
 from catsdogs.inference.compute import Compute
 from catsdogs.inference.scorer import Scorer
-from catsdogs.training.loading import TensorBatches, TensorSplit, batch_bounds
+from catsdogs.training.loading import TensorBatches, TensorSplit, batch_bounds, epoch_order
 from catsdogs.training.loop import FitResult
 from catsdogs.training.metrics import classification_metrics
 
@@ -95,11 +95,12 @@ def _val_metrics(network: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
 def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
            inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
            generator: torch.Generator, compute: Compute, desc: str,
-           label_smoothing: float) -> float:
-    """One pass over one random view of each picture; mean training loss (cross-entropy with
-    `label_smoothing`)."""
+           label_smoothing: float, weights: torch.Tensor | None) -> float:
+    """One pass over one random view of each picture (`epoch_order`: each once, or with
+    `weights` as many weighted draws as there are pictures); mean training loss (cross-entropy
+    with `label_smoothing`)."""
     count = inputs.shape[1]
-    order = torch.randperm(count, generator=generator)
+    order = epoch_order(count, generator, weights)
     view = torch.randint(inputs.shape[0], (count,), generator=generator)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total = 0.0
@@ -121,12 +122,15 @@ def _epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.opt
 
 def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorSplit, *,
                    settings: TrainParams, compute: Compute,
+                   weights: torch.Tensor | None = None,
                    on_epoch: Callable[[int, dict[str, float]], Any] | None = None,
                    on_head_epoch: Callable[[int, dict[str, float]], Any] | None = None
                    ) -> FitResult:
     """Train `model` (a `build_model` network) by the recipe above on `train` and `val` (uint8
     N,3,S,S pictures + N labels), encoding and training as `compute` says (device, autocast
-    precision, memory layout); the best fine-tune epoch by validation F1 is kept (a deep copy of
+    precision, memory layout); each head and fine-tune epoch draws the training pictures by
+    `epoch_order` (`weights`: N sampling weights, `sampling_weights`; None: a plain shuffle);
+    the best fine-tune epoch by validation F1 is kept (a deep copy of
     the whole state dict). `train.top_blocks` is at most 8 (config), which always leaves a frozen
     bottom (ResNet18: stem + 8 blocks; MobileNetV2: 19)."""
     blocks, head = network_blocks(model, arch)
@@ -158,7 +162,8 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
         for epoch in range(1, settings.head_epochs + 1):
             head.train()
             loss = _epoch(head, optimizer, pooled, train.labels, size, generator, compute,
-                          f"head epoch {epoch}/{settings.head_epochs}", settings.label_smoothing)
+                          f"head epoch {epoch}/{settings.head_epochs}", settings.label_smoothing,
+                          weights)
             head.eval()
             metrics = {"train_loss": loss} | _val_metrics(nn.Sequential(head), pooled_val,
                                                           val.labels, size, compute)
@@ -183,7 +188,7 @@ def fit_top_blocks(model: nn.Module, arch: str, train: TensorSplit, val: TensorS
     for epoch in range(1, settings.epochs + 1):
         head.train()            # dropout in the head; batch-norm stays in eval mode
         loss = _epoch(step_forward, optimizer, cached, train.labels, size, generator, compute,
-                      f"epoch {epoch}/{settings.epochs}", settings.label_smoothing)
+                      f"epoch {epoch}/{settings.epochs}", settings.label_smoothing, weights)
         head.eval()
         metrics = {"train_loss": loss} | _val_metrics(nn.Sequential(top, _Pool(), head),
                                                       cached_val, val.labels, size, compute)
