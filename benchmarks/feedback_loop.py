@@ -15,7 +15,8 @@ champion better on what users now send, with no regression on the fixed test spl
    fixed test split and on the held-out recent-production set.
 6. `catsdogs evaluate` scores the champion (before) and the challenger the labels trained
    (after, promoted or not: the table says which, and promote's reason follows it) on the
-   held-out shifted pictures and on the fixed test split; accuracy with 95 % Wilson intervals.
+   held-out shifted pictures and on the fixed test split; accuracy with 95 % Wilson intervals,
+   and the gain after - before with its paired bootstrap interval (the same pictures).
 
 Usage: .venv/bin/python benchmarks/feedback_loop.py [--labels 150] [--unseen-share 0.3]
        [--shift dark-blur] [--set section.key=value ...] [--max-isa AVX2] [--json OUT]
@@ -46,7 +47,7 @@ from benchmarks.isa import MAX_ISA, cap_isa  # noqa: E402
 from catsdogs.data.lineage import from_run  # noqa: E402
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE  # noqa: E402
 from catsdogs.monitoring.prediction_log import default_url  # noqa: E402
-from catsdogs.training.metrics import wilson  # noqa: E402
+from catsdogs.training.metrics import paired_difference, wilson  # noqa: E402
 from tests.servers import (  # noqa: E402
     free_port,
     mlflow_env,
@@ -98,21 +99,54 @@ def share_of(data: bytes) -> float:
 
 @dataclass
 class Score:
-    """A model's accuracy on one folder: `correct` of `total`, its 95 % Wilson interval."""
+    """A model's accuracy on one folder: `correct` of `total`, its 95 % Wilson interval;
+    `paths`, `labels` (0 cat, 1 dog) and `prob_dog` per picture, in `catsdogs evaluate`'s
+    order, for the paired gain."""
 
-    correct: int
-    total: int
+    paths: list[str]
+    labels: list[int]
+    prob_dog: list[float]
+    correct: int = 0
+    total: int = 0
     accuracy: float = 0.0
     low: float = 0.0
     high: float = 0.0
 
     def __post_init__(self) -> None:
+        self.total = len(self.labels)
+        self.correct = sum((p >= 0.5) == (y == 1) for y, p in zip(self.labels, self.prob_dog,
+                                                                 strict=True))
         self.accuracy = self.correct / self.total
         self.low, self.high = wilson(self.correct, self.total)
 
     def shown(self) -> str:
         return (f"{self.accuracy:6.1%} [{self.low:.1%}, {self.high:.1%}] "
                 f"({self.correct}/{self.total})")
+
+
+@dataclass
+class Gain:
+    """accuracy(after) - accuracy(before) on the same pictures (points of a share, e.g. 0.084)
+    and its 95 % paired percentile bootstrap interval (`catsdogs.training.metrics.
+    paired_difference`, the statistic `promote` uses): both models are scored on the same
+    resampled pictures, so the pictures' shared difficulty leaves the noise. Independent Wilson
+    intervals of the two accuracies can touch while the paired interval excludes 0."""
+
+    point: float
+    low: float
+    high: float
+
+    @classmethod
+    def between(cls, before: Score, after: Score) -> Gain:
+        """ValueError when the two scores are not of the same pictures in the same order."""
+        if before.paths != after.paths or before.labels != after.labels:
+            raise ValueError("the two scores are not of the same pictures")
+        interval = paired_difference("accuracy", before.labels, after.prob_dog,
+                                     before.prob_dog)
+        return cls(after.accuracy - before.accuracy, interval.low, interval.high)
+
+    def shown(self) -> str:
+        return f"{100 * self.point:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
 
 
 @dataclass
@@ -134,6 +168,12 @@ class LoopResult:
     wall_s: dict[str, float] = field(default_factory=dict)
     ingest: dict = field(default_factory=dict)
     promote: dict = field(default_factory=dict)
+    shifted_gain: Gain | None = None
+    clean_gain: Gain | None = None
+
+    def __post_init__(self) -> None:
+        self.shifted_gain = Gain.between(self.shifted_before, self.shifted_after)
+        self.clean_gain = Gain.between(self.clean_before, self.clean_after)
 
 
 class Clock:
@@ -198,8 +238,9 @@ class Loop:
         its version."""
         result = self.stage("evaluate", "--images", str(images),
                             *(("--model", model) if model else ()))
-        correct = sum(p["label"] == p["predicted"] for p in result["predictions"])
-        return Score(correct, len(result["predictions"])), str(result["version"])
+        rows = result["predictions"]
+        return Score([r["path"] for r in rows], [CLASSES.index(r["label"]) for r in rows],
+                     [float(r["prob_dog"]) for r in rows]), str(result["version"])
 
     def serve_and_label(self, traffic: list[tuple[Path, str]], labels: int) -> int:
         """Import the champion, serve it (every upload kept), send `traffic`, label the first
@@ -325,6 +366,8 @@ def print_table(result: LoopResult) -> None:
           f"{result.shifted_after.shown():34}")
     print(f"{'clean, the fixed test split':32} {result.clean_before.shown():34} "
           f"{result.clean_after.shown():34}")
+    print(f"{'gain, paired (95% bootstrap)':32} {'shifted ' + result.shifted_gain.shown():34} "
+          f"{'clean ' + result.clean_gain.shown():34}")
     print(f"{'labels used':32} {'0':34} {result.labels_sent} sent, "
           f"{result.feedback_merged} merged by ingest")
     print(f"promote: {result.promote.get('message')}")

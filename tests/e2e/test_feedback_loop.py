@@ -58,4 +58,8 @@ def test_labelled_production_pictures_make_the_next_champion_better(tmp_path: Pa
     assert result.promoted and result.promote["production"]["judged"]
     before, after = result.shifted_before, result.shifted_after
     assert after.accuracy >= before.accuracy + MARGIN, (before, after)
+    # the paired gain is of the same pictures: its point is the accuracies' difference
+    gain = result.shifted_gain
+    assert gain.point == pytest.approx(after.accuracy - before.accuracy), gain
+    assert gain.low <= gain.point <= gain.high and gain.low > 0, gain
     assert result.clean_after.accuracy >= result.clean_before.accuracy, result
