@@ -21,10 +21,12 @@ from catsdogs.errors import UserError
 from catsdogs.paths import DataPaths
 from catsdogs.stages.train import _production_weights
 from catsdogs.stages.transform import SPLIT_COLUMNS
+from catsdogs.training.cache import load_split
 from catsdogs.training.loading import (
     TensorBatches,
     TensorSplit,
     epoch_order,
+    list_images,
     sampling_weights,
 )
 
@@ -104,12 +106,13 @@ def test_production_pictures_come_from_splits_csv_and_feedback_csv(tmp_path: Pat
     assert feedback.transformed_production(paths.splits_csv, paths.raw, "train") == {
         "train/cat/prod-0011.jpg"}
 
-    weights, figures = _production_weights(paths, 4.0, 5)
+    # the cache's split carries its files in list_images' order: the marks follow the pixels
+    train = load_split(paths, "train", 4)
+    assert [p for p, _ in list_images(paths.split_dir("train"))] == list(train.paths)
+    weights, figures = _production_weights(paths, 4.0, train)
     assert weights is not None
     assert weights.tolist() == [1.0, 4.0, 1.0, 1.0, 1.0]   # list_images order: cat/a, cat/prod..
     assert figures == {"train_production_pictures": 1, "train_production_share": 0.2,
                        "train_production_drawn_share": pytest.approx(4 / 8)}
-    plain, figures = _production_weights(paths, 1.0, 5)
+    plain, figures = _production_weights(paths, 1.0, train)
     assert plain is None and figures["train_production_drawn_share"] == 0.2
-    with pytest.raises(UserError, match="tensor cache 6"):
-        _production_weights(paths, 4.0, 6)

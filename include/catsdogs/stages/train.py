@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import torch
 
     from catsdogs.inference.compute import Compute
+    from catsdogs.training.loading import TensorSplit
 
 log = logging.getLogger(__name__)
 
@@ -268,24 +269,19 @@ def _load_data(paths: DataPaths, params: Params) -> dict[str, Any]:
     return data
 
 
-def _production_weights(paths: DataPaths, weight: float, count: int
+def _production_weights(paths: DataPaths, weight: float, train: TensorSplit
                         ) -> tuple[torch.Tensor | None, dict[str, float | int]]:
     """The train split's sampling weights (`catsdogs.training.loading.sampling_weights`; None:
     the plain shuffle) and their figures: `train_production_pictures` (n_p),
     `train_production_share` (n_p / N) and `train_production_drawn_share` (the expected share of
     an epoch's draws, w n_p / (w n_p + n_s)). Which pictures came from production is what
     transform recorded: `splits.csv` rows whose source raw/feedback.csv lists
-    (`feedback.transformed_production`). `count` is the cached train split's length (its
-    pictures are `list_images`' order); a UserError when the folder no longer matches it."""
-    from catsdogs.training.loading import list_images, sampling_weights
+    (`feedback.transformed_production`), matched to `train.paths` (the cache's order)."""
+    from catsdogs.training.loading import sampling_weights
 
     produced = feedback.transformed_production(paths.splits_csv, paths.raw, "train")
-    items = list_images(paths.split_dir("train"))
-    if len(items) != count:
-        raise UserError(f"{paths.split_dir('train')} holds {len(items)} pictures, its tensor "
-                        f"cache {count}: run `catsdogs transform` and train again")
-    marks = [path.relative_to(paths.transformed).as_posix() in produced for path, _ in items]
-    pictures = sum(marks)
+    marks = [path.relative_to(paths.transformed).as_posix() in produced for path in train.paths]
+    pictures, count = sum(marks), len(marks)
     figures = {"train_production_pictures": pictures,
                "train_production_share": pictures / count,
                "train_production_drawn_share":
@@ -330,7 +326,7 @@ def _train(params: Params, paths: DataPaths, experiment: str, compute: Compute,
                            tags={PROCESS_TAG: tags[PROCESS_TAG]}) as active,
           tracking.talking_to_mlflow(f"logging the training run {run_name}")):
         weights, production = _production_weights(paths, settings.production_weight,
-                                                  len(data["train"]))
+                                                  data["train"])
         mlflow.log_params(params.flat() | production)
         mlflow.set_tags(tags | tracking.orchestrator_tags())
         lineage.log_input(training_data)

@@ -58,7 +58,8 @@ def load_split(paths: DataPaths, split: str, image_size: int) -> TensorSplit:
         log.info("%s: %d pictures from the tensor cache %s", split, len(items), folder)
     shape = (len(items), 3, image_size, image_size)
     pixels = np.memmap(folder / PIXELS_FILE, dtype=np.uint8, mode="c", shape=shape)
-    return TensorSplit(torch.from_numpy(pixels), torch.from_numpy(np.load(folder / LABELS_FILE)))
+    return TensorSplit(torch.from_numpy(pixels), torch.from_numpy(np.load(folder / LABELS_FILE)),
+                       tuple(path for path, _label in items))
 
 
 def _build(items: list[tuple[Path, int]], folder: Path, image_size: int, stamp: str,

@@ -40,10 +40,12 @@ def list_images(folder: Path) -> list[tuple[Path, int]]:
 
 @dataclass(frozen=True)
 class TensorSplit:
-    """A decoded split: `pixels` N,3,S,S uint8 (memory-mapped, copy-on-write), `labels` N int64."""
+    """A decoded split: `pixels` N,3,S,S uint8 (memory-mapped, copy-on-write), `labels` N int64,
+    `paths` the N pictures' files in the same order (`list_images`; empty when not from files)."""
 
     pixels: torch.Tensor
     labels: torch.Tensor
+    paths: tuple[Path, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
