@@ -44,6 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "include"), str(REPO_ROOT)]
 
 from benchmarks.isa import MAX_ISA, cap_isa  # noqa: E402
+from catsdogs.config import CLASSES  # noqa: E402
 from catsdogs.data.lineage import from_run  # noqa: E402
 from catsdogs.deployment.service_entry import IMPORT_MODEL, SERVICE  # noqa: E402
 from catsdogs.monitoring.prediction_log import default_url  # noqa: E402
@@ -58,7 +59,6 @@ from tests.servers import (  # noqa: E402
 )
 
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
-CLASSES = ("cat", "dog")
 CATSDOGS = Path(sys.executable).with_name("catsdogs")
 BENTOML = Path(sys.executable).with_name("bentoml")
 TIMEOUT = 60
