@@ -40,9 +40,12 @@ tools: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Two pytest-xdist workers (TEST_WORKERS=0: one process); each test file is one unit of work,
+# the Docker tests one unit handed out first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: system-deps venv tools
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo:
 	bash scripts/ensure-system-deps.sh demo

@@ -1,5 +1,12 @@
 """Fixtures shared by every test area: the real photo sample, a generated data set, a real
-MLflow tracking server. Area-specific fixtures live in the area's own conftest.py."""
+MLflow tracking server. Area-specific fixtures live in the area's own conftest.py.
+
+`make test` runs the suite over two pytest-xdist workers: most of its time is spent waiting on
+real servers, containers and one-core processes, so a second worker uses the idle core. A unit of
+work is a test file (its module fixtures built once), except two that hold several files: the
+Docker engine's tests (one engine, started once, one test at a time; the longest unit, so it is
+handed out first) and the two files sharing the Airflow services fixture.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +23,48 @@ from tests.servers import start_mlflow_server, stop_process
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "petimages-sample"
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
+# Units of work of more than one file (see the docstring); every file with a `docker` test is in
+# DOCKER_FILES (checked at collection).
+DOCKER_FILES = frozenset({"tests/airflow/test_docker_stage.py", "tests/e2e/test_compose_e2e.py",
+                          "tests/e2e/test_fresh_machine.py"})
+SHARED_FIXTURE_FILES = frozenset({"tests/airflow/test_services.py",
+                                  "tests/airflow/test_services_monitoring.py"})
 # What `catsdogs.tracking.connect` leaves in the environment of the process that calls it: MLflow
 # copies the URIs it is pointed at into these, and connect sets MLflow's HTTP bounds.
 MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                       "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+def unit_of_work(path: str) -> str:
+    """The xdist unit a test file (repository-relative, `/`-separated) belongs to."""
+    if path in DOCKER_FILES:
+        return "docker-engine"
+    return "airflow-services" if path in SHARED_FIXTURE_FILES else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's load-scope scheduling with `unit_of_work` as the scope. (Its own `loadgroup` adds
+    the group to each item's node id, which pytest 9's read-only node ids no longer allow.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid.split("::", 1)[0])
+
+    return FileUnits(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Docker tests first (the scheduler hands units out in collection order); a `docker` test
+    outside DOCKER_FILES is an error, not a second engine user running beside the first."""
+    for item in items:
+        path = Path(item.path).resolve().relative_to(REPO_ROOT).as_posix()
+        if item.get_closest_marker("docker") and path not in DOCKER_FILES:
+            raise pytest.UsageError(f"{path} has Docker tests: add it to DOCKER_FILES in "
+                                    "tests/conftest.py")
+    items.sort(key=lambda item: item.get_closest_marker("docker") is None)   # stable
 
 
 @pytest.fixture(autouse=True)
