@@ -67,6 +67,10 @@ OUTAGE_MARKERS = ("Max retries exceeded", "Failed to establish a new connection"
                   "Connection refused", "Connection aborted", "RemoteDisconnected",
                   "Read timed out", "failed with timeout exception", "Connection reset")
 _server: str | None = None   # the http(s) tracking URI `connect` pointed MLflow at
+# the embedded store's URI `connect` last gave MLflow: `mlflow.set_tracking_uri` exports it as
+# $MLFLOW_TRACKING_URI (for subprocesses), which must not read as the user's choice when this
+# process later opens another data dir
+_embedded: str | None = None
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 PROBE_TIMEOUT_S = 5.0
@@ -88,7 +92,9 @@ LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri
 
 def tracking_uri(paths: DataPaths, settings: TrackingSettings | None = None) -> str:
     """`$MLFLOW_TRACKING_URI`, else the embedded SQLite store in the data dir."""
-    settings = settings or load(TrackingSettings)
+    if settings is None:
+        _forget_own_export()
+        settings = load(TrackingSettings)
     return settings.mlflow_tracking_uri or f"sqlite:///{paths.mlflow_dir / STORE_DB}"
 
 
@@ -112,6 +118,7 @@ def connect(paths: DataPaths, create: bool = True) -> str:
     """
     import mlflow
 
+    _forget_own_export()
     settings = load(TrackingSettings)
     uri = tracking_uri(paths, settings)
     # MLflow prints a "View experiment" link that opens the GenAI page; the stages log their own
@@ -126,11 +133,21 @@ def connect(paths: DataPaths, create: bool = True) -> str:
         _server = None
     if not create and uri.startswith("sqlite:///"):
         _require_file(Path(uri[len("sqlite:///"):]), paths)
+    global _embedded
     if not settings.mlflow_tracking_uri:
         _open_embedded(paths, uri)
+        _embedded = uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def _forget_own_export() -> None:
+    """Unset `$MLFLOW_TRACKING_URI` where it is only MLflow's export of the embedded store
+    `connect` chose (a second data dir in one process: a benchmark, a test, a notebook, would
+    otherwise write to the first one's store)."""
+    if _embedded is not None and os.environ.get(TRACKING_ENV) == _embedded:
+        del os.environ[TRACKING_ENV]
 
 
 def _require_file(db: Path, paths: DataPaths) -> None:

@@ -92,3 +92,45 @@ def test_shown_store_leaves_credentials_out() -> None:
     assert shown_uri("https://token@mlflow.example.com") == "https://***@mlflow.example.com"
     assert shown_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert shown_uri("sqlite:////data/mlflow/mlflow.db") == "sqlite:////data/mlflow/mlflow.db"
+
+
+def test_one_process_opening_two_data_dirs_writes_each_ones_own_store(tmp_path: Path) -> None:
+    """`mlflow.set_tracking_uri` exports the first embedded store as $MLFLOW_TRACKING_URI; a
+    second data dir opened in the same process (a benchmark's folds, a notebook) must still get
+    its own store, not the first one's (found writing fold 2 into fold 1's deleted store)."""
+    script = """
+import shutil, sys
+from pathlib import Path
+import mlflow
+from catsdogs import tracking
+from catsdogs.paths import DataPaths
+first, second = Path(sys.argv[1]), Path(sys.argv[2])
+for data in (first, second):
+    uri = tracking.connect(DataPaths(data))
+    assert uri == f"sqlite:///{data.resolve() / 'mlflow' / 'mlflow.db'}", uri
+    with mlflow.start_run():
+        mlflow.log_param("data", data.name)
+    shutil.rmtree(first, ignore_errors=data == second)   # the first store gone: no writes to it
+print("ok")
+"""
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = subprocess.run([sys.executable, "-c", script, str(first), str(second)],
+                            capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{second / 'mlflow' / 'mlflow.db'}"
+    runs = MlflowClient(tracking_uri=uri).search_runs(["0"])
+    assert [run.data.params["data"] for run in runs] == ["second"]
+
+
+def test_a_tracking_server_the_user_chose_is_kept(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only MLflow's own export of the embedded store is forgotten, never the user's choice."""
+    from catsdogs import tracking
+    from catsdogs.paths import DataPaths
+
+    chosen = f"sqlite:///{tmp_path / 'chosen.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    monkeypatch.setattr(tracking, "_embedded", f"sqlite:///{tmp_path / 'other.db'}")
+    assert tracking.tracking_uri(DataPaths(tmp_path / "data")) == chosen
