@@ -8,7 +8,7 @@ default recipe and the new one side by side, with honest error bars.
    images, weights none): fp32 vs bf16 autocast, steps interleaved, best step counts.
 4. Runs the real `train` stage (embedded MLflow store) with params.yaml plus
    `model.arch=mobilenet_v2 model.weights=imagenet` (the only ImageNet weights obtainable
-   offline) for each variant of `VARIANTS` (the old default: no temperature scaling; the new
+   offline) for each variant of `VARIANTS` (the old default: temperature scaling on; the new
    one: params.yaml as it is), on the same split, and prints one table: test accuracy, F1 and
    ROC-AUC with their 95% intervals (`catsdogs.training.metrics`), log loss, ECE, cats called
    dog and dogs called cat, the fitted temperature, wall and CPU seconds; and the same figures
@@ -23,7 +23,11 @@ usual 1,600 / 200 / 200). Every variant is trained on every fold (folds outermos
 run still holds paired results on the folds it finished), its registered version scored on the
 test fold by the real `evaluate`; the table pools the 2,000 out-of-fold predictions: each figure
 with its 95% interval, and each variant's gain over the first one as a paired bootstrap interval
-(the same photos). Geometry variants (`crop`: resize the short side, centre crop) change only
+(the same photos). `old` (no temperature scaling) is also calibrated afterwards from its
+Each variant trained without temperature scaling (`new`, the default) is also calibrated
+afterwards from its val-fold predictions with the temperature fit's two targets: new+T(platt) is
+what train does with `train.temperature_scaling` on (`catsdogs.training.calibration`), new+T(hard)
+the plain maximum-likelihood fit. The gains are measured against the first variant. Geometry variants (`crop`: resize the short side, centre crop) change only
 how this benchmark squares the photos, to test whether the squash explains the lean toward "dog"
 before any product code changes.
 
@@ -54,7 +58,8 @@ log = logging.getLogger("train_quality")
 BASE = ["model.arch=mobilenet_v2", "model.weights=imagenet", "train.num_workers=2"]
 # name -> params overrides on top of params.yaml and BASE; "new" is params.yaml as it is
 VARIANTS: dict[str, list[str]] = {
-    "old": ["train.temperature_scaling=false"],
+    # the default before the cross-validated measurement (docs/training.md): T fitted on val
+    "old": ["train.temperature_scaling=true"],
     "new": [],
     # levers measured against "new" (docs/training.md, "Error bars and calibration")
     "mirror": ["train.mirror=true"],
@@ -144,12 +149,41 @@ def train_on_fold(name: str, data: Path) -> dict[str, object]:
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     run = mlflow.get_run(summary.details["run_id"])
     version = run.data.tags[REGISTERED_VERSION_TAG]
-    scored = evaluate.evaluate(params, DataPaths(data), data / "transformed" / "test",
-                               f"models:/{params.mlflow.registered_model_name}/{version}")
-    return {"predictions": {f"{p['label']}/{Path(p['path']).name}": p["prob_dog"]
-                            for p in scored["predictions"]},
-            "temperature": run.data.metrics.get("temperature"),
-            "wall_s": wall, "cpu_s": cpu}
+    found: dict[str, object] = {"temperature": run.data.metrics.get("temperature"),
+                                "wall_s": wall, "cpu_s": cpu}
+    # without temperature scaling the val split is scored too: `calibrated` fits T afterwards
+    for split in ("test", *([] if params.train.temperature_scaling else ["val"])):
+        scored = evaluate.evaluate(params, DataPaths(data), data / "transformed" / split,
+                                   f"models:/{params.mlflow.registered_model_name}/{version}")
+        found[f"{split}_predictions"] = {f"{p['label']}/{Path(p['path']).name}": p["prob_dog"]
+                                         for p in scored["predictions"]}
+    return found
+
+
+def calibrated(runs: list[dict[str, object]], targets: str) -> list[dict[str, object]]:
+    """Runs trained without temperature scaling, calibrated afterwards as train does it: T fitted
+    on each fold's val predictions (`fit_temperature` with `targets`) and applied to its test
+    ones. The logits are recovered from P(dog) as ln(p / (1 - p)), p clipped to [1e-7, 1 - 1e-7]
+    (a softmax of two logits is the sigmoid of their difference)."""
+    import numpy as np
+
+    from catsdogs.training.calibration import fit_temperature
+
+    def gaps(probs: dict[str, float]) -> tuple[list[str], np.ndarray]:
+        keys = sorted(probs)
+        clipped = np.clip([probs[key] for key in keys], 1e-7, 1 - 1e-7)
+        return keys, np.log(clipped) - np.log1p(-clipped)
+
+    out = []
+    for run in runs:
+        keys, gap = gaps(run["val_predictions"])
+        labels = np.array([int(key.startswith("dog/")) for key in keys])
+        temperature = fit_temperature(np.stack([np.zeros_like(gap), gap], axis=1), labels,
+                                      targets=targets)
+        keys, gap = gaps(run["test_predictions"])
+        out.append({**run, "temperature": temperature, "test_predictions": dict(
+            zip(keys, (1 / (1 + np.exp(-gap / temperature))).tolist(), strict=True))})
+    return out
 
 
 def pooled(runs: list[dict[str, object]], baseline: list[dict[str, object]] | None
@@ -158,7 +192,7 @@ def pooled(runs: list[dict[str, object]], baseline: list[dict[str, object]] | No
     and (given the baseline's runs on the same folds) the paired gain in accuracy and log loss."""
     from catsdogs.training.metrics import confusion, finite, paired_difference, with_intervals
 
-    probs = {key: prob for run in runs for key, prob in run["predictions"].items()}
+    probs = {key: prob for run in runs for key, prob in run["test_predictions"].items()}
     keys = sorted(probs)
     labels = [int(key.startswith("dog/")) for key in keys]
     ours = [probs[key] for key in keys]
@@ -172,15 +206,18 @@ def pooled(runs: list[dict[str, object]], baseline: list[dict[str, object]] | No
         "cpu_s": round(sum(run["cpu_s"] for run in runs), 1)}
     if baseline is not None:
         theirs_by_key = {key: prob for run in baseline[:len(runs)]
-                         for key, prob in run["predictions"].items()}
+                         for key, prob in run["test_predictions"].items()}
         theirs = [theirs_by_key[key] for key in keys]
         found["gain"] = {metric: list(paired_difference(metric, labels, ours, theirs))
                          for metric in ("accuracy", "log_loss", "ece")}
     return found
 
 
-def cross_validate(names: list[str], count: int, tmp: Path) -> dict[str, object]:
-    """Every variant on every fold (folds outermost); the pooled figures per variant."""
+def cross_validate(names: list[str], count: int, tmp: Path, json_out: Path | None = None
+                   ) -> dict[str, object]:
+    """Every variant on every fold (folds outermost); the pooled figures per variant. After
+    each fold `json_out`, when given, holds every run's predictions so far (P(dog) per
+    "label/file"), to calibrate or compare afterwards without training again."""
     import shutil
 
     folds = fold_of(SAMPLE, count)
@@ -201,14 +238,28 @@ def cross_validate(names: list[str], count: int, tmp: Path) -> dict[str, object]
             log.info("fold %d/%d %s: %.0f s wall, %.0f s CPU, T=%s", fold + 1, count, name,
                      runs[name][-1]["wall_s"], runs[name][-1]["cpu_s"],
                      runs[name][-1]["temperature"])
-        done = {name: pooled(found, runs[names[0]] if name != names[0] else None)
-                for name, found in runs.items()}
+        done = pool_all(runs, names[0])
+        if json_out is not None:
+            json_out.with_suffix(".folds.json").write_text(json.dumps(runs))
         log.info("after fold %d:\n%s", fold + 1, fold_table(done, names[0]))
     return done
 
 
+def pool_all(runs: dict[str, list[dict[str, object]]], first: str) -> dict[str, object]:
+    """Every variant pooled, gains against `first`; a variant trained without temperature
+    scaling also as NAME+T(hard) and NAME+T(platt), calibrated afterwards (`calibrated`)."""
+    every = dict(runs)
+    for name, found in runs.items():
+        if found and "val_predictions" in found[0]:
+            every |= {f"{name}+T({targets})": calibrated(found, targets)
+                      for targets in ("hard", "platt")}
+    return {name: pooled(found, every[first] if name != first else None)
+            for name, found in every.items()}
+
+
 def fold_table(results: dict[str, dict[str, object]], baseline: str) -> str:
-    """The pooled out-of-fold figures side by side as a markdown table."""
+    """The pooled out-of-fold figures side by side as a markdown table; Δ = the variant's figure
+    minus `baseline`'s on the same pictures (paired bootstrap interval)."""
     def shown(metrics: dict, name: str) -> str:
         return (f"{metrics[name]:.4f} [{metrics[name + '_ci_low']:.4f}, "
                 f"{metrics[name + '_ci_high']:.4f}]")
@@ -220,8 +271,8 @@ def fold_table(results: dict[str, dict[str, object]], baseline: str) -> str:
         return f"[{low:+.4f}, {high:+.4f}]"
 
     lines = [f"| variant | folds | pictures | accuracy [95%] | F1 [95%] | ROC-AUC [95%] | "
-             f"log loss [95%] | ECE [95%] | cats→dog | dogs→cat | accuracy gain vs {baseline} "
-             f"[95%] | log loss gain [95%] | ECE gain [95%] | wall s | CPU s |",
+             f"log loss [95%] | ECE [95%] | cats→dog | dogs→cat | Δ accuracy vs {baseline} "
+             f"[95%] | Δ log loss [95%] | Δ ECE [95%] | wall s | CPU s |",
              "|---" * 15 + "|"]
     for name, found in results.items():
         metrics = found["metrics"]
@@ -369,7 +420,8 @@ def main() -> int:
     if args.folds:
         names = list(filter(None, args.variants.split(",")))
         with tempfile.TemporaryDirectory(prefix="train-quality-") as tmp:
-            results["cross_validation"] = cross_validate(names, args.folds, Path(tmp))
+            results["cross_validation"] = cross_validate(names, args.folds, Path(tmp),
+                                                          args.json)
         results["load_average_end"] = os.getloadavg()
         text = json.dumps(results, indent=2)
         print(text)

@@ -108,8 +108,9 @@ class TrainParams(_Section):
     # (catsdogs.monitoring.ood.calibrate)
     ood_min_known: int = Field(20, ge=1)
     ood_min_in_distribution: float = Field(0.95, gt=0, lt=1)
-    # fit a temperature on the val split and fold it into the head (catsdogs.training.calibration)
-    temperature_scaling: bool = True
+    # fit a temperature on the val split and fold it into the head (catsdogs.training.calibration);
+    # off: cross-validated on the sample it made log loss and ECE worse (docs/training.md)
+    temperature_scaling: bool = False
 
 
 class ModelParams(_Section):

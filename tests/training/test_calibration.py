@@ -67,3 +67,26 @@ def test_calibrate_fits_folds_and_lowers_the_val_log_loss() -> None:
     torch.testing.assert_close(Scorer(net, compute)(images[:8]),
                                torch.softmax(logits[:8] / found["temperature"], dim=1),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_validation_split_without_a_mistake_gets_a_finite_temperature() -> None:
+    """Hard labels on a perfectly separated split push T to the search bound (every sharpening
+    lowers their log loss); Platt's targets stop it where P(right) is about (N_c + 1) / (N_c + 2)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    gap = rng.uniform(2.0, 8.0, size=200) * np.where(labels == 1, 1, -1)   # all right
+    logits = np.stack([np.zeros(200), gap], axis=1)
+    assert fit_temperature(logits, labels, targets="hard") < 0.06        # the bound, 0.05
+    fitted = fit_temperature(logits, labels)
+    assert 0.3 < fitted < 2.0
+    p_right = 1 / (1 + np.exp(-np.abs(gap) / fitted))
+    assert p_right.mean() == pytest.approx(101 / 102, abs=0.01)
+
+
+def test_platt_targets() -> None:
+    from catsdogs.training.calibration import platt_targets
+
+    targets = platt_targets(np.array([0, 0, 0, 1]), 2)
+    np.testing.assert_allclose(targets, [[4 / 5, 1 / 5]] * 3 + [[1 / 3, 2 / 3]])
+    with pytest.raises(ValueError):
+        fit_temperature(np.zeros((2, 2)), np.array([0, 1]), targets="soft")

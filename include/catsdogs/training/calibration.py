@@ -1,5 +1,5 @@
 """Temperature scaling (Guo et al. 2017): one scalar T > 0 fitted on the validation split so that
-softmax(logits / T) minimises the log loss, then folded into the network's classifier head
+softmax(logits / T) minimises the cross-entropy against Platt's targets (below), then folded into the network's classifier head
 (weight / T, bias / T: exactly logits / T).
 
 Folding makes the calibrated network an ordinary network: the registered weights carry T, so
@@ -7,6 +7,18 @@ every forward pass (`catsdogs.inference.scorer.Scorer`: training's test scores, 
 promote, the reference profile, the serving import and the Bento service) applies it
 identically, with nothing extra to store, load or forget. T only rescales the logits, so the
 predicted class (and accuracy, F1, ROC-AUC) is unchanged; log loss and ECE change.
+
+The fit's targets are Platt's (1999; scikit-learn's `CalibratedClassifierCV(method="sigmoid")`
+uses them too), not the hard labels: a picture of class c counts as P(c) = (N_c + 1) / (N_c + 2),
+the rest spread over the other classes, N_c being the validation pictures of class c. With hard
+labels a validation split the network gets entirely right (common: 200 pictures at 99%) has no
+finite optimum, since every sharpening lowers its log loss, and T ran to the search bound (0.05
+measured on one fold of the sample: logits x 20, near-certainty on everything, so one mistake
+on the test split costs up to the metrics' 16 nats, -ln 1e-7). Platt's targets are the Laplace estimate of what N_c pictures can
+show: where the split holds no mistake or few, T stops where the mean P(right) is about
+(N_c + 1) / (N_c + 2) instead of at 1, and the more mistakes the split holds, the less the two
+fits differ.
+`benchmarks/train_quality.py --folds` measures both fits on the same logits.
 """
 
 from __future__ import annotations
@@ -27,26 +39,47 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)     # the search interval of T
 LOG_FLOOR = 1e-38                     # smallest float32 probability kept (|logit gap| <= ~87)
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+def _log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     scaled = logits / temperature
     top = scaled.max(axis=1, keepdims=True)
-    log_norm = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
-    return float((log_norm - scaled[np.arange(labels.size), labels]).mean())
+    return scaled - (top + np.log(np.exp(scaled - top).sum(axis=1, keepdims=True)))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T in TEMPERATURE_BOUNDS minimising the mean log loss of softmax(logits / T).
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean log loss (nats) of softmax(logits / T) against the hard labels."""
+    return float(-_log_softmax(logits, temperature)[np.arange(labels.size), labels].mean())
+
+
+def platt_targets(labels: np.ndarray, classes: int) -> np.ndarray:
+    """N,C target probabilities: (N_c + 1) / (N_c + 2) on each picture's class c, the remainder
+    shared equally by the other classes (module docstring)."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    own = (counts[labels] + 1) / (counts[labels] + 2)
+    targets = np.repeat(((1 - own) / max(classes - 1, 1))[:, None], classes, axis=1)
+    targets[np.arange(labels.size), labels] = own
+    return targets
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, targets: str = "platt") -> float:
+    """The T in TEMPERATURE_BOUNDS minimising the mean cross-entropy of softmax(logits / T)
+    against `targets`: "platt" (the default, module docstring) or "hard" (the labels themselves,
+    Guo et al.'s plain maximum likelihood; kept to measure against).
 
     `logits`: N,C float (any per-row constant shift allowed: log-probabilities do); `labels`:
-    N class indices. ValueError on an empty split."""
+    N class indices. ValueError on an empty split or unknown targets."""
     from scipy.optimize import minimize_scalar
 
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     if labels.size == 0:
         raise ValueError("temperature scaling needs at least one validation picture")
+    if targets not in ("platt", "hard"):
+        raise ValueError(f"targets must be 'platt' or 'hard', got {targets!r}")
+    goal = (platt_targets(labels, logits.shape[1]) if targets == "platt"
+            else np.eye(logits.shape[1])[labels])
     low, high = (math.log(bound) for bound in TEMPERATURE_BOUNDS)
-    found = minimize_scalar(lambda log_t: _nll(logits, labels, math.exp(log_t)),
-                            bounds=(low, high), method="bounded", options={"xatol": 1e-4})
+    found = minimize_scalar(
+        lambda log_t: float(-(goal * _log_softmax(logits, math.exp(log_t))).sum(axis=1).mean()),
+        bounds=(low, high), method="bounded", options={"xatol": 1e-4})
     return float(math.exp(found.x))
 
 
