@@ -23,13 +23,13 @@ usual 1,600 / 200 / 200). Every variant is trained on every fold (folds outermos
 run still holds paired results on the folds it finished), its registered version scored on the
 test fold by the real `evaluate`; the table pools the 2,000 out-of-fold predictions: each figure
 with its 95% interval, and each variant's gain over the first one as a paired bootstrap interval
-(the same photos). `old` (no temperature scaling) is also calibrated afterwards from its
-Each variant trained without temperature scaling (`new`, the default) is also calibrated
-afterwards from its val-fold predictions with the temperature fit's two targets: new+T(platt) is
-what train does with `train.temperature_scaling` on (`catsdogs.training.calibration`), new+T(hard)
-the plain maximum-likelihood fit. The gains are measured against the first variant. Geometry variants (`crop`: resize the short side, centre crop) change only
-how this benchmark squares the photos, to test whether the squash explains the lean toward "dog"
-before any product code changes.
+(the same photos). The gains are measured against the first variant. Each variant trained
+without temperature scaling (`new`, the default) is also calibrated afterwards from its val-fold
+predictions with the temperature fit's two targets: new+T(platt) is what train does with
+`train.temperature_scaling` on (`catsdogs.training.calibration`), new+T(hard) the plain
+maximum-likelihood fit. Geometry variants (`crop`: resize the short side, centre crop) change
+only how this benchmark squares the photos, to test whether the squash explains a lean toward
+"dog" before any product code changes. params.yaml is read once, before the first fold.
 
 CPU seconds (this process's threads plus its finished children) are printed beside wall time:
 other sessions share the 2 cores, so wall time is inflated by their load; CPU time is the fairer
@@ -51,6 +51,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from catsdogs.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "petimages-sample"
@@ -91,7 +97,7 @@ def build_splits(sample: Path, data: Path, size: int, seed: int = 42) -> dict[st
     return counts
 
 
-def crop_square(image, size: int):
+def crop_square(image: Image.Image, size: int) -> Image.Image:
     """Resize the short side to `size` (BILINEAR) and cut the centred size x size square."""
     from PIL import Image
 
@@ -134,16 +140,14 @@ def link_fold(resized: Path, data: Path, folds: dict[tuple[str, str], int], fold
         os.link(resized / label / name, target)
 
 
-def train_on_fold(name: str, data: Path) -> dict[str, object]:
-    """Train variant `name` on a fold's data dir; its test fold's predictions and costs."""
+def train_on_fold(params: Params, data: Path) -> dict[str, object]:
+    """Train with `params` on a fold's data dir; its test fold's predictions and costs."""
     import mlflow
 
-    from catsdogs.config import load_params
     from catsdogs.paths import DataPaths
     from catsdogs.registry.names import REGISTERED_VERSION_TAG
     from catsdogs.stages import evaluate, train
 
-    params = load_params(REPO / "params.yaml", [*BASE, *VARIANTS[name]])
     wall, cpu = time.perf_counter(), cpu_seconds()
     summary = train.run(params, DataPaths(data), force=True)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
@@ -189,7 +193,8 @@ def calibrated(runs: list[dict[str, object]], targets: str) -> list[dict[str, ob
 def pooled(runs: list[dict[str, object]], baseline: list[dict[str, object]] | None
            ) -> dict[str, object]:
     """One variant's out-of-fold predictions pooled: figures with intervals, errors per class,
-    and (given the baseline's runs on the same folds) the paired gain in accuracy and log loss."""
+    and (given the baseline's runs on the same folds) the paired gain in accuracy, log loss and
+    ECE."""
     from catsdogs.training.metrics import confusion, finite, paired_difference, with_intervals
 
     probs = {key: prob for run in runs for key, prob in run["test_predictions"].items()}
@@ -220,12 +225,16 @@ def cross_validate(names: list[str], count: int, tmp: Path, json_out: Path | Non
     "label/file"), to calibrate or compare afterwards without training again."""
     import shutil
 
+    from catsdogs.config import load_params
+
+    settings = {name: load_params(REPO / "params.yaml", [*BASE, *VARIANTS[name]])
+                for name in names}            # resolved once: an edit mid-run changes nothing
     folds = fold_of(SAMPLE, count)
     resized: dict[tuple[int, str], Path] = {}
     runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     for fold in range(count):
         for name in names:
-            shape = (image_size(name), GEOMETRY.get(name, "squash"))
+            shape = (settings[name].transform.image_size, GEOMETRY.get(name, "squash"))
             if shape not in resized:
                 resized[shape] = tmp / f"resized-{shape[0]}-{shape[1]}"
                 started = time.perf_counter()
@@ -233,7 +242,7 @@ def cross_validate(names: list[str], count: int, tmp: Path, json_out: Path | Non
                 log.info("squared at %d px (%s) in %.0fs", *shape, time.perf_counter() - started)
             data = tmp / f"fold-{fold}-{name}"
             link_fold(resized[shape], data, folds, fold, count)
-            runs[name].append(train_on_fold(name, data))
+            runs[name].append(train_on_fold(settings[name], data))
             shutil.rmtree(data)
             log.info("fold %d/%d %s: %.0f s wall, %.0f s CPU, T=%s", fold + 1, count, name,
                      runs[name][-1]["wall_s"], runs[name][-1]["cpu_s"],
