@@ -86,12 +86,22 @@ def drift_asks_for_labels_and_alerts(predict_url: str, photos: list[Path],
     assert states["labelled_data_event"] == "skipped", states
     t0 = time.monotonic()
 
-    def drift_alert() -> list[dict[str, Any]]:
-        alerts = http_json(f"{alertmanager_url}/api/v2/alerts")
-        return [a for a in alerts if a["labels"].get("alertname") == "CatsdogsDataDrift"]
+    seen: list[dict[str, Any]] = []
 
-    alerts = wait_until(drift_alert, 240, interval=5, what="CatsdogsDataDrift in Alertmanager")
-    assert alerts[0]["labels"]["model_version"] == str(summary["model_version"])
+    def drift_alert() -> list[dict[str, Any]]:
+        """CatsdogsDataDrift for the version this run checked. Alertmanager may also hold one
+        for another version (an earlier monitoring run's, until it expires), in any order."""
+        alerts = http_json(f"{alertmanager_url}/api/v2/alerts")
+        seen[:] = [alert["labels"] for alert in alerts
+                   if alert["labels"].get("alertname") == "CatsdogsDataDrift"]
+        return [labels for labels in seen
+                if labels.get("model_version") == str(summary["model_version"])]
+
+    try:
+        wait_until(drift_alert, 240, interval=5, what="CatsdogsDataDrift in Alertmanager")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; v{summary['model_version']} checked, drift alerts: "
+                             f"{seen}") from None
     query = urllib.parse.quote('catsdogs_drift_detected{job="catsdogs_monitor"}')
     series = http_json(f"{prometheus_url}/api/v1/query?query={query}")["data"]["result"]
     assert series and series[0]["value"][1] == "1", series

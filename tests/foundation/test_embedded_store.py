@@ -14,9 +14,14 @@ import pytest
 CLI = [sys.executable, "-m", "catsdogs.cli"]
 
 
+# what an earlier test in this worker process may have left behind (`mlflow.set_tracking_uri`
+# and `mlflow.set_experiment` export them): a store and an experiment id of another store
+MLFLOW_PROCESS_STATE = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
 def cli_env() -> dict[str, str]:
     """This process's environment without a tracking server: the embedded store is used."""
-    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {k: v for k, v in os.environ.items() if k not in MLFLOW_PROCESS_STATE}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
